@@ -1,0 +1,35 @@
+"""Nox sessions: ``tests`` (lint, types, the suite), ``demo`` (the example runner), ``bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = ["3.11", "3.12", "3.13"]
+TOOLS = ["ruff>=0.6", "mypy>=1.11", "nox"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """ruff check, ruff format --check, mypy --strict, then the whole pytest suite."""
+    session.install("-e", ".[test]", *TOOLS)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy", "--strict")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: Qt's server and three example clients, side by side, on loopback."""
+    session.install("-e", ".")
+    session.run("python", "examples/run_example.py", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against trio.DTLSEndpoint, measured in the same run (see benchmarks/)."""
+    session.install("-e", ".")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -1,0 +1,67 @@
+"""trio_dtls_server: a DTLS 1.2 server (and client) for Trio, on pyOpenSSL.
+
+Start here:
+
+* :class:`DTLSServer` — ``await nursery.start(server.serve, host, port)``;
+* :class:`DTLSConnection` — what your handler gets for each verified, handshaken peer;
+* :class:`DTLSClient` — ``await DTLSClient.connect(host, port, identity=..., key=...)``;
+* :class:`ServerConfig` — limits and timers;
+* the events (:class:`InfoEvent`, :class:`WarningEvent`, :class:`ErrorEvent`,
+  :class:`DatagramReceived`) and :meth:`DTLSServer.statistics`.
+"""
+
+from ._client import DTLSClient, HandshakeError
+from ._config import (
+    DEFAULT_CIPHERS,
+    DEFAULT_PORT,
+    QT_DEMO_IDENTITY_HINT,
+    QT_DEMO_KEY,
+    ServerConfig,
+)
+from ._connection import ConnectionClosed, DTLSConnection
+from ._events import DatagramReceived, ErrorEvent, InfoEvent, ServerEvent, WarningEvent, peer_info
+from ._psk import (
+    MappingStore,
+    PskFileError,
+    PskStore,
+    SingleKeyStore,
+    load_psk_file,
+    parse_psk_file,
+    parse_psk_hex,
+)
+from ._server import DTLSServer, Handler, ServerBindError, qt_ack_handler
+from ._session import RetransmitPolicy
+from ._stats import StatisticsSnapshot
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_CIPHERS",
+    "DEFAULT_PORT",
+    "QT_DEMO_IDENTITY_HINT",
+    "QT_DEMO_KEY",
+    "ConnectionClosed",
+    "DTLSClient",
+    "DTLSConnection",
+    "DTLSServer",
+    "DatagramReceived",
+    "ErrorEvent",
+    "Handler",
+    "HandshakeError",
+    "InfoEvent",
+    "MappingStore",
+    "PskFileError",
+    "PskStore",
+    "RetransmitPolicy",
+    "ServerBindError",
+    "ServerConfig",
+    "ServerEvent",
+    "SingleKeyStore",
+    "StatisticsSnapshot",
+    "WarningEvent",
+    "load_psk_file",
+    "parse_psk_file",
+    "parse_psk_hex",
+    "peer_info",
+    "qt_ack_handler",
+]

@@ -1,0 +1,281 @@
+"""A Trio DTLS 1.2 PSK client: the counterpart the tests, the examples and ``client`` use.
+
+    key = bytes.fromhex("1a2b3c4d5e6f")
+    async with await DTLSClient.connect("127.0.0.1", 22334, identity="Alice", key=key) as client:
+        await client.send(b"I am Alice, please, accept our ping 0")
+        print(await client.receive())
+
+The client owns one connected UDP socket.  It answers the server's HelloVerifyRequest (OpenSSL
+does that inside the handshake), retransmits its flights on the same schedule as the server
+(1 s, doubling), and gives up after ``handshake_timeout`` seconds with :class:`HandshakeError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import socket as stdlib_socket
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import trio
+from OpenSSL import SSL
+
+from ._config import DEFAULT_CIPHERS, DEFAULT_IPV4_MTU, DEFAULT_IPV6_MTU
+from ._connection import ConnectionClosed
+from ._events import ErrorEvent, InfoEvent, ServerEvent, WarningEvent
+from ._openssl import install_client_psk, new_dtls_context
+from ._session import (
+    ApplicationData,
+    ConnectionFailed,
+    DTLSSession,
+    RecordsDropped,
+    RemoteClosed,
+    RetransmitPolicy,
+    Retransmitted,
+    SessionState,
+)
+from ._transport import Address, DatagramTransport, bind_udp
+
+__all__ = ["DTLSClient", "HandshakeError"]
+
+logger = logging.getLogger("trio_dtls_server.client")
+
+EventCallback = Callable[[ServerEvent], None]
+
+
+class HandshakeError(Exception):
+    """The client's handshake failed (alert, wrong key, unknown identity) or timed out."""
+
+
+@functools.lru_cache(maxsize=8)
+def _client_context(ciphers: str) -> SSL.Context:
+    # One context per cipher list: contexts are costly to build, and the PSK callback finds
+    # each connection's identity and key through the connection itself.
+    context = new_dtls_context(server=False, ciphers=ciphers)
+    install_client_psk(context)
+    return context
+
+
+def _log_event(event: ServerEvent) -> None:
+    level = {"error": logging.ERROR, "warning": logging.WARNING}.get(event.severity, logging.INFO)
+    logger.log(level, "%s", event.message)
+
+
+class DTLSClient:
+    """One DTLS association to a server.  Build it with :meth:`connect`."""
+
+    def __init__(
+        self,
+        transport: DatagramTransport,
+        server: Address,
+        session: DTLSSession,
+        name: str,
+        on_event: EventCallback,
+    ) -> None:
+        self._transport = transport
+        self._server = server
+        self._session = session
+        self._name = name
+        self._on_event = on_event
+        self._ready: deque[bytes] = deque()
+        self._closed_reason: str | None = None
+        self._send_lock = trio.Lock()
+        #: The negotiated suite, e.g. ``PSK-AES128-GCM-SHA256``.
+        self.cipher: str = session.connection.get_cipher_name() or "unknown"
+        #: ``DTLSv1.2``.
+        self.protocol: str = session.connection.get_protocol_version_name()
+        #: The local ``(host, port)`` of the client's socket.
+        self.local_address: Address = transport.local_address
+        #: Datagrams that came from somewhere other than the server (dropped unread).
+        self.foreign_datagrams = 0
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        identity: str | bytes,
+        key: bytes,
+        local_port: int = 0,
+        **options: Any,
+    ) -> DTLSClient:
+        """Bind a UDP socket, run the handshake with ``host``:``port``, return the client.
+
+        Raises :class:`HandshakeError` if the server refuses (the reason says why) or if no
+        handshake completes within ``handshake_timeout`` seconds.  ``options`` are those of
+        :meth:`connect_over`.
+        """
+        infos = await trio.socket.getaddrinfo(host, port, type=stdlib_socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        wildcard = "::" if family == stdlib_socket.AF_INET6 else "0.0.0.0"
+        transport = await bind_udp(wildcard, local_port, buffer_size=1 << 20)
+        server = (str(address[0]), int(address[1]))
+        return await cls.connect_over(transport, server, identity=identity, key=key, **options)
+
+    @classmethod
+    async def connect_over(
+        cls,
+        transport: DatagramTransport,
+        server: Address,
+        *,
+        identity: str | bytes,
+        key: bytes,
+        ciphers: str = DEFAULT_CIPHERS,
+        mtu: int | None = None,
+        retransmit: RetransmitPolicy | None = None,
+        handshake_timeout: float = 30.0,
+        on_event: EventCallback = _log_event,
+    ) -> DTLSClient:
+        """Run the handshake over ``transport`` (which the client then owns and closes).
+
+        ``on_event`` receives progress as the same event objects the server uses (default:
+        :mod:`logging` under ``trio_dtls_server.client``).
+        """
+        name = identity.decode("latin-1") if isinstance(identity, bytes) else identity
+        identity_bytes = identity if isinstance(identity, bytes) else identity.encode("latin-1")
+        try:
+            session = DTLSSession.client(
+                _client_context(ciphers),
+                now=trio.current_time(),
+                mtu=mtu or (DEFAULT_IPV6_MTU if transport.is_ipv6 else DEFAULT_IPV4_MTU),
+                policy=retransmit or RetransmitPolicy(),
+                identity=identity_bytes,
+                key=key,
+            )
+            client = cls(transport, server, session, name, on_event)
+            on_event(InfoEvent("handshake_start", f"{name}: starting a handshake"))
+            with trio.move_on_after(handshake_timeout):
+                await client._handshake()
+            if session.state is SessionState.HANDSHAKING:
+                session.close()
+                message = f"{name}: handshake not finished within {handshake_timeout:g} s"
+                on_event(ErrorEvent("handshake_timeout", message))
+                raise HandshakeError(message)
+            if session.state is not SessionState.ESTABLISHED:
+                message = f"{name}: handshake error - {session.failure_reason}"
+                on_event(ErrorEvent("handshake_failed", message))
+                raise HandshakeError(message)
+        except BaseException:
+            transport.close()
+            raise
+        client.cipher = session.connection.get_cipher_name() or "unknown"
+        client.protocol = session.connection.get_protocol_version_name()
+        on_event(InfoEvent("handshake_complete", f"{name}: encrypted connection established!"))
+        return client
+
+    async def _handshake(self) -> None:
+        session, name = self._session, self._name
+        while True:
+            await self._send_all(session.take_datagrams())
+            if session.state is not SessionState.HANDSHAKING:
+                return
+            datagram: bytes | None = None
+            with trio.move_on_at(session.timer_deadline or math.inf):
+                datagram = await self._receive_datagram()
+            now = trio.current_time()
+            if datagram is None:
+                for event in session.handle_timer(now):
+                    if isinstance(event, Retransmitted):
+                        self._on_event(
+                            WarningEvent(
+                                "retransmit", f"{name}: handshake timeout, trying to re-transmit"
+                            )
+                        )
+                continue
+            # Completion and failure are read from session.state by connect_over().
+            session.receive_datagram(datagram, now)
+            if session.state is SessionState.HANDSHAKING:
+                self._on_event(
+                    InfoEvent("handshake_progress", f"{name}: continuing with handshake ...")
+                )
+
+    async def _receive_datagram(self) -> bytes:
+        """The next datagram from the server; anything from elsewhere is dropped."""
+        while True:
+            received = self._transport.receive_nowait(65536)
+            if received is None:
+                await self._transport.wait_readable()
+                continue
+            datagram, source = received
+            if source == self._server:
+                return datagram
+            self.foreign_datagrams += 1
+
+    async def _send_all(self, datagrams: list[bytes]) -> None:
+        for datagram in datagrams:
+            while not self._transport.send_nowait(datagram, self._server):
+                async with self._send_lock:
+                    await self._transport.wait_writable()
+
+    # -- data -----------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_reason is not None
+
+    async def send(self, data: bytes) -> None:
+        """Encrypt ``data`` as one datagram and send it."""
+        if self._closed_reason is not None:
+            raise ConnectionClosed(self._closed_reason)
+        self._session.send(data)
+        await self._send_all(self._session.take_datagrams())
+
+    async def receive(self) -> bytes:
+        """The next datagram from the server; :class:`ConnectionClosed` once it has ended."""
+        while not self._ready:
+            if self._closed_reason is not None:
+                raise ConnectionClosed(self._closed_reason)
+            datagram = await self._receive_datagram()
+            for event in self._session.receive_datagram(datagram, trio.current_time()):
+                if isinstance(event, ApplicationData):
+                    self._ready.append(event.data)
+                elif isinstance(event, RemoteClosed):
+                    self._closed_reason = "the server sent close_notify"
+                    self._on_event(
+                        ErrorEvent("remote_closed", f"{self._name}: shutdown alert received")
+                    )
+                elif isinstance(event, ConnectionFailed):
+                    self._closed_reason = event.reason
+                    self._on_event(ErrorEvent("connection_failed", f"{self._name}: {event.reason}"))
+                elif isinstance(event, RecordsDropped):
+                    self._on_event(
+                        WarningEvent("dropped", f"{self._name}: {event.reason}, dropped")
+                    )
+            await self._send_all(self._session.take_datagrams())
+        return self._ready.popleft()
+
+    def __aiter__(self) -> DTLSClient:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.receive()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        """Send close_notify (if still connected) and close the socket; idempotent."""
+        if self._closed_reason is None:
+            self._closed_reason = "closed by the client"
+        if self._session.state is SessionState.ESTABLISHED:
+            self._session.close()
+            # Best effort and never blocking: a goodbye must not hang a cancelled caller.
+            for datagram in self._session.take_datagrams():
+                self._transport.send_nowait(datagram, self._server)
+        self._transport.close()
+
+    async def __aenter__(self) -> DTLSClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,107 @@
+"""Every knob of the server in one frozen dataclass, with the defaults and why they are so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._session import RetransmitPolicy
+
+__all__ = [
+    "DEFAULT_CIPHERS",
+    "DEFAULT_IPV4_MTU",
+    "DEFAULT_IPV6_MTU",
+    "DEFAULT_PORT",
+    "QT_DEMO_IDENTITY_HINT",
+    "QT_DEMO_KEY",
+    "ServerConfig",
+]
+
+#: Qt's example port (its server and client both default to it).
+DEFAULT_PORT = 22334
+#: Qt's example key, ``1a 2b 3c 4d 5e 6f``.  It is published: for demos only.
+QT_DEMO_KEY = bytes.fromhex("1a2b3c4d5e6f")
+#: Qt's example identity hint.
+QT_DEMO_IDENTITY_HINT = "Qt DTLS example server"
+
+#: UDP payload that fits an Ethernet frame: 1500 - 20 (IPv4) - 8 (UDP).
+DEFAULT_IPV4_MTU = 1472
+#: 1500 - 40 (IPv6) - 8 (UDP).
+DEFAULT_IPV6_MTU = 1452
+
+#: AEAD-only PSK and ECDHE-PSK suites, strongest first.  AES-CCM (16-byte tag) is included
+#: because constrained devices often have nothing else.
+DEFAULT_CIPHERS = ":".join(
+    [
+        "ECDHE-PSK-CHACHA20-POLY1305",
+        "PSK-AES256-GCM-SHA384",
+        "PSK-AES128-GCM-SHA256",
+        "PSK-CHACHA20-POLY1305",
+        "PSK-AES128-CCM",
+        "PSK-AES256-CCM",
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Limits and timers.  Every field is also a ``serve`` command-line option.
+
+    Sizes are in bytes, times in seconds.
+    """
+
+    #: Sent to clients in the ServerKeyExchange; Qt's example sends ``Qt DTLS example server``.
+    identity_hint: str | None = None
+    #: OpenSSL cipher list (DTLS 1.2 suite names).
+    ciphers: str = DEFAULT_CIPHERS
+    #: Largest datagram we send during handshakes; ``None`` picks 1472 (IPv4) or 1452 (IPv6).
+    mtu: int | None = None
+    #: Handshake retransmission: 1 s, doubling, at most 60 s, at most 6 times.
+    retransmit: RetransmitPolicy = field(default_factory=RetransmitPolicy)
+    #: A handshake not finished this long after the verified ClientHello fails and is released.
+    handshake_timeout: float = 30.0
+    #: An established peer that sends nothing authentic for this long gets close_notify and is
+    #: released.  ``None`` keeps quiet peers forever (until evicted).
+    idle_timeout: float | None = 1800.0
+    #: Peers held at once, handshaking or established (OpenSSL needs 60-140 KB each).
+    max_peers: int = 20_000
+    #: Handshakes in flight at once; a verified ClientHello beyond this is refused (the client
+    #: retransmits and gets in once a slot frees).
+    max_handshakes: int = 1_000
+    #: When the peer table is full, a new verified client may evict the least recently active
+    #: peer if it has been idle at least this long; ``None`` never evicts (new clients are refused).
+    evict_idle_after: float | None = 60.0
+    #: Datagrams queued per peer before the reader drops more for that peer.
+    peer_queue_size: int = 64
+    #: Larger datagrams are dropped unread (a DTLS record holds at most 16 KiB + overhead).
+    max_datagram_size: int = 16_384 + 2_048 + 13
+    #: How often the cookie secret changes (the previous one stays valid for one more period).
+    cookie_rotation: float = 300.0
+    #: Records failing authentication tolerated per peer in ``auth_failure_window`` seconds
+    #: before the peer's datagrams are dropped unread for the rest of that window.
+    max_auth_failures: int = 32
+    auth_failure_window: float = 10.0
+    #: Events buffered per subscriber of :meth:`DTLSServer.events`.
+    event_buffer: int = 1_024
+
+    def __post_init__(self) -> None:
+        positive = {
+            "handshake_timeout": self.handshake_timeout,
+            "max_peers": self.max_peers,
+            "max_handshakes": self.max_handshakes,
+            "peer_queue_size": self.peer_queue_size,
+            "cookie_rotation": self.cookie_rotation,
+            "max_auth_failures": self.max_auth_failures,
+            "auth_failure_window": self.auth_failure_window,
+            "event_buffer": self.event_buffer,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, not {value!r}")
+        if self.idle_timeout is not None and self.idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be positive or None, not {self.idle_timeout!r}")
+        if self.evict_idle_after is not None and self.evict_idle_after < 0:
+            raise ValueError("evict_idle_after must be >= 0 or None")
+        if self.mtu is not None and not 256 <= self.mtu <= 65_507:
+            raise ValueError(f"mtu must be between 256 and 65507, not {self.mtu}")
+        if not 512 <= self.max_datagram_size <= 65_535:
+            raise ValueError("max_datagram_size must be between 512 and 65535")

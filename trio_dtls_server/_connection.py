@@ -1,0 +1,240 @@
+"""One verified, handshaken peer as the application sees it: :class:`DTLSConnection`.
+
+The server creates one per peer once its handshake completes and hands it to the application's
+handler inside that peer's own task.  Everything here runs in that task: datagrams wait in the
+peer's bounded inbox (filled by the reader task) until :meth:`DTLSConnection.receive` decrypts
+them, so a slow handler slows only its own peer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ._events import DatagramReceived, ErrorEvent, EventHub, InfoEvent, WarningEvent, peer_info
+from ._session import (
+    DROP_AUTHENTICATION,
+    DROP_HANDSHAKE_RETRANSMISSION,
+    DROP_REPLAY,
+    ApplicationData,
+    ConnectionFailed,
+    DTLSSession,
+    RecordsDropped,
+    RemoteClosed,
+    SessionState,
+)
+from ._stats import ServerStatistics
+
+__all__ = ["ConnectionClosed", "DTLSConnection", "PeerSlot"]
+
+Address = tuple[str, int]
+
+
+class ConnectionClosed(Exception):
+    """The connection is over: ``reason`` says why (close_notify, idle, fatal alert, ...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(eq=False)
+class PeerSlot:
+    """The server's record of one verified peer: its inbox, its task's cancel scope, its health.
+
+    The reader task only ever touches ``inbox_send``, ``throttled_until`` and the counters;
+    the peer task owns the rest.
+    """
+
+    address: Address
+    client_random: bytes
+    inbox_send: trio.MemorySendChannel[bytes]
+    inbox_receive: trio.MemoryReceiveChannel[bytes]
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    session: DTLSSession | None = None
+    established: bool = False
+    last_activity: float = 0.0
+    throttled_until: float = -math.inf
+    auth_failures: deque[float] = field(default_factory=deque)
+    #: Why the server ended this peer (replaced, evicted, shutdown), for the peer task's report.
+    ended_by_server: str | None = None
+
+    @property
+    def info(self) -> str:
+        return peer_info(self.address)
+
+
+class DTLSConnection:
+    """An encrypted association with one peer.
+
+    * ``await receive()`` returns the next decrypted datagram; ``async for data in connection``
+      does the same until the connection ends.
+    * ``await send(data)`` encrypts ``data`` as one datagram (at most 16,384 bytes).
+    * ``await aclose()`` sends close_notify; the peer is then released.
+
+    :attr:`peer`, :attr:`psk_identity`, :attr:`cipher` and :attr:`protocol` describe the peer.
+    """
+
+    def __init__(
+        self,
+        *,
+        slot: PeerSlot,
+        session: DTLSSession,
+        transmit: Callable[[list[bytes], Address], Awaitable[None]],
+        hub: EventHub,
+        stats: ServerStatistics,
+        idle_timeout: float | None,
+        max_auth_failures: int,
+        auth_failure_window: float,
+    ) -> None:
+        self._slot = slot
+        self._session = session
+        self._transmit = transmit
+        self._hub = hub
+        self._stats = stats
+        self._idle_timeout = idle_timeout
+        self._max_auth_failures = max_auth_failures
+        self._auth_failure_window = auth_failure_window
+        self._ready: deque[bytes] = deque()
+        self._closed_reason: str | None = None
+        ssl = session.connection
+        #: The peer's ``(host, port)``.
+        self.peer: Address = slot.address
+        #: Qt's ``(host:port)`` text for the peer.
+        self.peer_info: str = slot.info
+        #: The PSK identity the peer authenticated with, or None (certificate clients).
+        self.psk_identity: bytes | None = session.psk_identity
+        #: The negotiated cipher suite, OpenSSL's name (``PSK-AES128-GCM-SHA256``).
+        self.cipher: str = ssl.get_cipher_name() or "unknown"
+        #: ``DTLSv1.2``.
+        self.protocol: str = ssl.get_protocol_version_name()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_reason is not None
+
+    def __aiter__(self) -> DTLSConnection:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.receive()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> bytes:
+        """The next datagram's plaintext; raises :class:`ConnectionClosed` once it ends."""
+        while not self._ready:
+            if self._closed_reason is not None:
+                raise ConnectionClosed(self._closed_reason)
+            await self._receive_one()
+        return self._ready.popleft()
+
+    async def send(self, data: bytes) -> None:
+        """Encrypt and send one datagram."""
+        if self._closed_reason is not None:
+            raise ConnectionClosed(self._closed_reason)
+        self._session.send(data)
+        self._stats.messages_sent += 1
+        await self._transmit(self._session.take_datagrams(), self.peer)
+
+    async def aclose(self) -> None:
+        """Send close_notify (once) and end the connection."""
+        if self._closed_reason is None:
+            self._closed_reason = "closed by the server"
+        if self._session.state is SessionState.ESTABLISHED:
+            self._session.close()
+            await self._transmit(self._session.take_datagrams(), self.peer)
+
+    async def _receive_one(self) -> None:
+        slot = self._slot
+        deadline = math.inf
+        if self._idle_timeout is not None:
+            deadline = slot.last_activity + self._idle_timeout
+        datagram: bytes | None = None
+        with trio.move_on_at(deadline):
+            datagram = await slot.inbox_receive.receive()
+        if datagram is None:
+            self._stats.idle_closed += 1
+            self._hub.emit(
+                InfoEvent(
+                    "idle_timeout",
+                    f"{self.peer_info}: no authentic datagram for {self._idle_timeout:g} s, "
+                    "closing the connection",
+                    self.peer,
+                )
+            )
+            await self.aclose()
+            self._closed_reason = "idle timeout"
+            return
+        now = trio.current_time()
+        events = self._session.receive_datagram(datagram, now)
+        outgoing = self._session.take_datagrams()
+        if outgoing:
+            await self._transmit(outgoing, self.peer)
+        for event in events:
+            if isinstance(event, ApplicationData):
+                slot.last_activity = now
+                self._stats.messages_received += 1
+                self._ready.append(event.data)
+                self._hub.emit(
+                    DatagramReceived(
+                        "datagram",
+                        f"A message from {self.peer_info}",
+                        self.peer,
+                        ciphertext=datagram,
+                        plaintext=event.data,
+                    )
+                )
+            elif isinstance(event, RemoteClosed):
+                self._stats.remote_closed += 1
+                self._closed_reason = "the peer sent close_notify"
+                self._hub.emit(
+                    InfoEvent(
+                        "remote_closed",
+                        f"{self.peer_info}: The DTLS connection has been shutdown",
+                        self.peer,
+                    )
+                )
+            elif isinstance(event, ConnectionFailed):
+                self._closed_reason = event.reason
+                self._hub.emit(
+                    ErrorEvent("connection_failed", f"{self.peer_info}: {event.reason}", self.peer)
+                )
+            elif isinstance(event, RecordsDropped):
+                self._record_drop(event.reason, now)
+
+    def _record_drop(self, reason: str, now: float) -> None:
+        self._stats.drops[reason] += 1
+        if reason == DROP_HANDSHAKE_RETRANSMISSION:
+            message = f"{self.peer_info}: 0 byte dgram, could be a re-connect attempt?"
+            self._hub.emit(
+                WarningEvent("handshake_retransmission", message, self.peer), rate_limited=True
+            )
+            return
+        code = "replayed_record" if reason == DROP_REPLAY else "authentication_failed"
+        self._hub.emit(
+            WarningEvent(code, f"{self.peer_info}: {reason}, dropped", self.peer), rate_limited=True
+        )
+        if reason != DROP_AUTHENTICATION:
+            return
+        failures = self._slot.auth_failures
+        failures.append(now)
+        while failures and failures[0] <= now - self._auth_failure_window:
+            failures.popleft()
+        if len(failures) >= self._max_auth_failures:
+            failures.clear()
+            self._slot.throttled_until = now + self._auth_failure_window
+            self._stats.drops["peer throttled"] += 0  # make the key visible in the report
+            self._hub.emit(
+                WarningEvent(
+                    "peer_throttled",
+                    f"{self.peer_info}: {self._max_auth_failures} records failed authentication; "
+                    f"ignoring this peer for {self._auth_failure_window:g} s",
+                    self.peer,
+                )
+            )

@@ -1,0 +1,177 @@
+"""What the server tells the world: Qt's four signals as typed events, plus logging.
+
+Qt's ``DtlsServer`` has four signals: ``errorMessage``, ``warningMessage``, ``infoMessage`` and
+``datagramReceived(peerInfo, cipherText, plainText)``.  Here they are four frozen dataclasses
+sharing one base, :class:`ServerEvent`.  Each carries Qt's wording in ``message`` and a stable,
+machine-readable ``code`` (``"handshake_complete"``, ``"cookie_sent"``, ...), so applications can
+match on codes while people read messages.
+
+The :class:`EventHub` fans every event out to
+
+* the standard :mod:`logging` logger ``trio_dtls_server`` (error → ERROR, warning → WARNING,
+  info and datagrams → INFO/DEBUG), and
+* every subscriber's bounded Trio memory channel.  A subscriber that does not keep up loses
+  events, never the server's time: delivery is ``send_nowait`` and each loss is counted.
+
+Floods (10,000 garbage datagrams a second) must not turn into 10,000 log lines a second, so
+warnings about unauthenticated traffic go through a per-code rate limit; what it holds back
+is counted and summarised in the next line of that code that gets through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+__all__ = [
+    "DatagramReceived",
+    "ErrorEvent",
+    "EventHub",
+    "InfoEvent",
+    "ServerEvent",
+    "WarningEvent",
+    "peer_info",
+]
+
+logger = logging.getLogger("trio_dtls_server")
+
+Address = tuple[str, int]
+
+
+def peer_info(peer: Address) -> str:
+    """Qt's ``(address:port)`` text: ``(127.0.0.1:5555)``; IPv6 has no brackets: ``(::1:5555)``."""
+    return f"({peer[0]}:{peer[1]})"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEvent:
+    """Base of every event. ``peer`` is the ``(host, port)`` concerned, when there is one."""
+
+    code: str
+    message: str
+    peer: Address | None = None
+
+    @property
+    def severity(self) -> str:
+        return "info"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent(ServerEvent):
+    """Qt's ``errorMessage``: something failed (a handshake, a bind, a connection)."""
+
+    @property
+    def severity(self) -> str:
+        return "error"
+
+
+@dataclass(frozen=True, slots=True)
+class WarningEvent(ServerEvent):
+    """Qt's ``warningMessage``: bad or unexpected input that was dropped and counted."""
+
+    @property
+    def severity(self) -> str:
+        return "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class InfoEvent(ServerEvent):
+    """Qt's ``infoMessage``: progress (verified, handshaking, encrypted, closed, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatagramReceived(ServerEvent):
+    """Qt's ``datagramReceived``: one decrypted datagram, with the DTLS bytes it came in."""
+
+    ciphertext: bytes = b""
+    plaintext: bytes = b""
+
+    @property
+    def severity(self) -> str:
+        return "message"
+
+
+_LOG_LEVELS = {
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+    "message": logging.INFO,
+}
+
+
+@dataclass
+class _RateLimit:
+    """A token bucket per event code: ``burst`` events at once, then ``rate`` per second."""
+
+    rate: float
+    burst: float
+    tokens: float
+    updated: float
+    suppressed: int = 0
+
+
+@dataclass
+class EventHub:
+    """Delivers events to logging and to subscribers without ever blocking the caller."""
+
+    clock: Callable[[], float] = trio.current_time
+    warning_rate: float = 10.0
+    warning_burst: float = 50.0
+    #: Events that a full subscriber channel could not take.
+    dropped: int = 0
+    #: Warnings held back by the rate limit (they were counted in the statistics regardless).
+    suppressed: int = 0
+    _subscribers: list[trio.MemorySendChannel[ServerEvent]] = field(default_factory=list)
+    _limits: dict[str, _RateLimit] = field(default_factory=dict)
+
+    def subscribe(self, max_buffer: int) -> trio.MemoryReceiveChannel[ServerEvent]:
+        send, receive = trio.open_memory_channel[ServerEvent](max_buffer)
+        self._subscribers.append(send)
+        return receive
+
+    def emit(self, event: ServerEvent, *, rate_limited: bool = False) -> None:
+        """Log ``event`` and hand it to every subscriber; never blocks, never raises."""
+        note = ""
+        if rate_limited:
+            held_back = self._admit(event)
+            if held_back < 0:
+                return
+            if held_back:
+                note = f" ({held_back} more like this were not logged)"
+        level = _LOG_LEVELS[event.severity]
+        if logger.isEnabledFor(level):
+            logger.log(level, "%s%s", event.message, note, extra={"dtls_event": event})
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:
+                self.dropped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.remove(channel)
+
+    def close(self) -> None:
+        """End every subscriber's stream (their ``async for`` finishes)."""
+        for channel in self._subscribers:
+            channel.close()
+        self._subscribers.clear()
+
+    def _admit(self, event: ServerEvent) -> int:
+        """-1 if the rate limit holds ``event`` back, else how many it held back before it."""
+        now = self.clock()
+        limit = self._limits.get(event.code)
+        if limit is None:
+            limit = self._limits[event.code] = _RateLimit(
+                self.warning_rate, self.warning_burst, self.warning_burst, now
+            )
+        limit.tokens = min(limit.burst, limit.tokens + (now - limit.updated) * limit.rate)
+        limit.updated = now
+        if limit.tokens < 1.0:
+            limit.suppressed += 1
+            self.suppressed += 1
+            return -1
+        limit.tokens -= 1.0
+        held_back, limit.suppressed = limit.suppressed, 0
+        return held_back

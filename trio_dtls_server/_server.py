@@ -1,0 +1,598 @@
+"""The Trio server: one UDP socket, one reader task, one task per verified peer.
+
+Where things are:
+
+* :meth:`DTLSServer.serve` binds the socket and opens the nursery that owns every task.
+* :meth:`DTLSServer._reader` is **the reader task**: it reads datagrams in a tight loop and
+  classifies each one synchronously (:meth:`DTLSServer._on_datagram`).  It never waits for a
+  peer: a datagram for a known peer goes into that peer's bounded inbox with ``send_nowait``
+  (overflow → dropped and counted); a ClientHello from anyone is answered statelessly with a
+  HelloVerifyRequest unless its cookie (:mod:`._cookie`) is valid; anything else is dropped and
+  counted.  No OpenSSL object, task or table entry exists for a peer before its cookie checks.
+* :meth:`DTLSServer._run_peer` is **the peer task**: it runs the handshake (with the handshake
+  deadline as a cancel scope), then the application's handler with a :class:`DTLSConnection`.
+  Its cancel scope is how the server replaces (client restart), evicts or shuts down a peer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import trio
+from OpenSSL import SSL
+
+from ._config import DEFAULT_IPV4_MTU, DEFAULT_IPV6_MTU, DEFAULT_PORT, ServerConfig
+from ._connection import ConnectionClosed, DTLSConnection, PeerSlot
+from ._cookie import CookieJar
+from ._events import ErrorEvent, EventHub, InfoEvent, ServerEvent, WarningEvent, peer_info
+from ._openssl import install_server_psk, new_dtls_context
+from ._psk import PskSource, PskStore, as_psk_store
+from ._session import (
+    DTLSSession,
+    HandshakeComplete,
+    HandshakeFailed,
+    HandshakeProgress,
+    PskIdentity,
+    Retransmitted,
+    SessionEvent,
+    SessionState,
+)
+from ._stats import ServerStatistics, StatisticsSnapshot
+from ._transport import DatagramTransport, bind_udp
+from ._wire import (
+    CONTENT_HANDSHAKE,
+    HANDSHAKE_CLIENT_HELLO,
+    FragmentedClientHello,
+    MalformedDatagram,
+    build_hello_verify_request,
+    parse_initial_client_hello,
+)
+
+__all__ = ["DTLSServer", "Handler", "ServerBindError", "qt_ack_handler"]
+
+Address = tuple[str, int]
+Handler = Callable[[DTLSConnection], Awaitable[None]]
+
+# How many datagrams the reader handles before it lets other tasks run.
+_READ_BATCH = 64
+
+
+class ServerBindError(OSError):
+    """The UDP socket could not be bound; the message names the address and the OS reason."""
+
+
+async def qt_ack_handler(connection: DTLSConnection) -> None:
+    """The default handler, Qt's: answer every datagram with ``to (addr:port): ACK``."""
+    reply = f"to {connection.peer_info}: ACK".encode("latin-1")
+    async for _ in connection:
+        await connection.send(reply)
+
+
+def _looks_like_client_hello(datagram: bytes) -> bool:
+    """Cheap pre-check before parsing: a handshake record, epoch 0, ClientHello message."""
+    return (
+        len(datagram) > 25
+        and datagram[0] == CONTENT_HANDSHAKE
+        and datagram[3] == 0
+        and datagram[4] == 0
+        and datagram[13] == HANDSHAKE_CLIENT_HELLO
+    )
+
+
+class DTLSServer:
+    """A DTLS 1.2 PSK server for Trio.
+
+    >>> server = DTLSServer(psk={"device-1": key1, "device-2": key2})   # doctest: +SKIP
+    >>> async with trio.open_nursery() as nursery:                      # doctest: +SKIP
+    ...     address = await nursery.start(server.serve, "127.0.0.1", 0)
+
+    ``psk`` is a :class:`~trio_dtls_server.PskStore`, one ``bytes`` key for every identity, or a
+    mapping of identity to key.  ``handler`` is called with a :class:`DTLSConnection` for each
+    peer whose handshake completed, in that peer's own task; the default answers each
+    datagram like Qt's example.  Events (Qt's error / warning / info / datagram signals) go to
+    :mod:`logging` and to :meth:`events` subscribers; counters to :meth:`statistics`.
+    """
+
+    def __init__(
+        self,
+        psk: PskSource,
+        *,
+        handler: Handler = qt_ack_handler,
+        config: ServerConfig | None = None,
+        identity_hint: str | None = None,
+    ) -> None:
+        self.config = config or ServerConfig()
+        if identity_hint is not None:
+            from dataclasses import replace
+
+            self.config = replace(self.config, identity_hint=identity_hint)
+        self._psk_store: PskStore = as_psk_store(psk)
+        self._handler = handler
+        self._context = self._make_context()
+        self._stats = ServerStatistics()
+        self._hub = EventHub()
+        self._cookies = CookieJar(rotation_interval=self.config.cookie_rotation)
+        self._peers: dict[Address, PeerSlot] = {}
+        self._handshaking = 0
+        self._transport: DatagramTransport | None = None
+        self._nursery: trio.Nursery | None = None
+        self._send_lock = trio.Lock()
+        self._stopped = trio.Event()
+        self._stopped.set()
+        self._local_address: Address | None = None
+        self._mtu = DEFAULT_IPV4_MTU
+        self._accepting = False
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def local_address(self) -> Address | None:
+        """The bound ``(host, port)`` (the real port when 0 was asked), or None when not serving."""
+        return self._local_address
+
+    def is_listening(self) -> bool:
+        """True while :meth:`serve` is running and accepting new peers."""
+        return self._accepting
+
+    @property
+    def peer_count(self) -> int:
+        """Peers held now: established plus handshaking."""
+        return len(self._peers)
+
+    def statistics(self) -> StatisticsSnapshot:
+        """A snapshot of every counter (the health report)."""
+        return self._stats.snapshot(
+            peers=len(self._peers), handshaking=self._handshaking, events_dropped=self._hub.dropped
+        )
+
+    @asynccontextmanager
+    async def events(
+        self, max_buffer: int | None = None
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[ServerEvent]]:
+        """Subscribe to events: ``async with server.events() as stream: async for e in stream``.
+
+        The stream is bounded (``ServerConfig.event_buffer`` by default): if the subscriber falls
+        behind, events are dropped for it and counted in ``statistics().events_dropped`` — the
+        server never waits for a reader.
+        """
+        receive = self._hub.subscribe(max_buffer or self.config.event_buffer)
+        async with receive:
+            yield receive
+
+    def close(self) -> None:
+        """Stop serving: every established peer gets close_notify, then the socket closes.
+
+        Returns at once; :meth:`aclose` also waits until :meth:`serve` has returned.
+        """
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
+        await self._stopped.wait()
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Bind ``host``:``port`` (IPv4 or IPv6) and serve until cancelled or :meth:`close`\\ d.
+
+        Use it as ``address = await nursery.start(server.serve, host, port)``: that returns the
+        bound ``(host, port)`` once the socket listens (the real port when 0 was asked).  A bind
+        failure raises :class:`ServerBindError` naming the address and the OS reason.
+        """
+        if not self._stopped.is_set():
+            raise RuntimeError("this server is already serving")
+        try:
+            transport = await bind_udp(host, port)
+        except OSError as error:
+            raise ServerBindError(error.errno or 0, error.strerror or str(error)) from None
+        await self.serve_on(transport, task_status=task_status)
+
+    async def serve_on(
+        self,
+        transport: DatagramTransport,
+        *,
+        task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on a transport you bound yourself (or an in-memory one, in tests).
+
+        The server owns the transport from here on and closes it when it stops.
+        """
+        if not self._stopped.is_set():
+            transport.close()
+            raise RuntimeError("this server is already serving")
+        self._stopped = trio.Event()
+        self._transport = transport
+        self._local_address = transport.local_address
+        self._mtu = self.config.mtu or (DEFAULT_IPV6_MTU if transport.is_ipv6 else DEFAULT_IPV4_MTU)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._accepting = True
+                nursery.start_soon(self._reader, transport)
+                host, port = self._local_address
+                self._hub.emit(
+                    InfoEvent("listening", f"Server is listening on address {host} and port {port}")
+                )
+                task_status.started(self._local_address)
+        finally:
+            # Peer tasks sent their close_notify while being cancelled; now the socket can go.
+            self._accepting = False
+            self._nursery = None
+            transport.close()
+            self._transport = None
+            self._local_address = None
+            self._hub.emit(InfoEvent("stopped", "Server is not accepting new connections"))
+            self._stopped.set()
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def _make_context(self) -> SSL.Context:
+        context = new_dtls_context(server=True, ciphers=self.config.ciphers)
+        hint = self.config.identity_hint
+        install_server_psk(context, hint.encode("utf-8") if hint else None)
+        # The real cookie check is ours and happens before any OpenSSL object exists (see
+        # _on_client_hello); DTLSv1_listen only needs these to accept the verified hello.
+        context.set_cookie_generate_callback(lambda connection: b"\0" * CookieJar.COOKIE_LENGTH)
+        context.set_cookie_verify_callback(lambda connection, cookie: True)
+        return context
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _send_nowait(self, datagram: bytes, address: Address) -> bool:
+        """Try one non-blocking send; False if the transport's buffer is full (or it is gone)."""
+        transport = self._transport
+        if transport is None or not transport.send_nowait(datagram, address):
+            return False
+        self._stats.datagrams_out += 1
+        self._stats.bytes_out += len(datagram)
+        return True
+
+    async def _transmit(self, datagrams: list[bytes], address: Address) -> None:
+        """Send datagrams to ``address``; waits (under a lock) only if the socket is full."""
+        for datagram in datagrams:
+            while not self._send_nowait(datagram, address):
+                transport = self._transport
+                if transport is None:
+                    return
+                # Only one task may wait for writability on a socket at a time in Trio.
+                async with self._send_lock:
+                    await transport.wait_writable()
+
+    # -- the reader task ------------------------------------------------------------------------
+
+    async def _reader(self, transport: DatagramTransport) -> None:
+        """The reader task: drain every ready datagram, classify it, then wait for more."""
+        size = self.config.max_datagram_size + 1
+        while True:
+            await transport.wait_readable()
+            for _ in range(_READ_BATCH):
+                received = transport.receive_nowait(size)
+                if received is None:
+                    break
+                self._on_datagram(received[0], received[1], size)
+
+    def _warn(self, code: str, message: str, peer: Address | None) -> None:
+        self._hub.emit(WarningEvent(code, message, peer), rate_limited=True)
+
+    def _drop(self, reason: str, code: str, message: str, peer: Address | None) -> None:
+        self._stats.drops[reason] += 1
+        self._warn(code, message, peer)
+
+    def _on_datagram(self, datagram: bytes, address: Address, read_size: int) -> None:
+        """Classify one datagram and route it; runs in the reader task, never waits."""
+        stats = self._stats
+        stats.datagrams_in += 1
+        stats.bytes_in += len(datagram)
+        if not datagram:
+            self._drop(
+                "empty datagram", "empty_datagram", f"{peer_info(address)}: empty datagram", address
+            )
+            return
+        if len(datagram) >= read_size:
+            self._drop(
+                "oversized datagram",
+                "oversized_datagram",
+                f"{peer_info(address)}: datagram larger than {read_size - 1} bytes",
+                address,
+            )
+            return
+        slot = self._peers.get(address)
+        if _looks_like_client_hello(datagram):
+            self._on_client_hello(datagram, address, slot)
+            return
+        if slot is None:
+            self._drop(
+                "not a ClientHello from an unknown peer",
+                "unexpected_datagram",
+                f"{peer_info(address)}: not a ClientHello and no association, dropped",
+                address,
+            )
+            return
+        self._deliver(slot, datagram)
+
+    def _deliver(self, slot: PeerSlot, datagram: bytes) -> None:
+        if slot.throttled_until > trio.current_time():
+            self._stats.drops["peer throttled"] += 1
+            return
+        try:
+            slot.inbox_send.send_nowait(datagram)
+        except trio.WouldBlock:
+            self._stats.queue_overflows += 1
+            self._drop(
+                "peer queue full",
+                "queue_overflow",
+                f"{slot.info}: inbound queue full ({self.config.peer_queue_size}), dropped",
+                slot.address,
+            )
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._stats.drops["peer closing"] += 1
+
+    def _on_client_hello(self, datagram: bytes, address: Address, slot: PeerSlot | None) -> None:
+        try:
+            initial = parse_initial_client_hello(datagram)
+        except FragmentedClientHello as error:
+            self._drop(
+                "fragmented ClientHello",
+                "fragmented_client_hello",
+                f"{peer_info(address)}: {error} (fragmented ClientHellos are not supported)",
+                address,
+            )
+            return
+        except MalformedDatagram as error:
+            if slot is not None:
+                self._deliver(slot, datagram)  # OpenSSL judges what comes from a known peer
+                return
+            self._drop(
+                "malformed ClientHello",
+                "malformed_client_hello",
+                f"{peer_info(address)}: malformed ClientHello: {error}",
+                address,
+            )
+            return
+        hello = initial.hello
+        if slot is not None and slot.client_random == hello.random:
+            # The hello that started this peer's handshake, retransmitted: OpenSSL handles it.
+            self._deliver(slot, datagram)
+            return
+        if hello.cookie and self._cookies.is_valid(address, hello):
+            self._stats.cookies_verified += 1
+            self._start_peer(datagram, address, hello.random, slot)
+            return
+        if hello.cookie:
+            self._stats.cookies_rejected += 1
+            self._warn(
+                "cookie_rejected",
+                f"{peer_info(address)}: ClientHello with an invalid or expired cookie",
+                address,
+            )
+        if not self._accepting:
+            return
+        reply = build_hello_verify_request(
+            initial.record, self._cookies.make_cookie(address, hello)
+        )
+        if len(reply) > len(datagram):
+            # Never answer with more bytes than came in: no amplification for spoofed sources.
+            self._stats.drops["HelloVerifyRequest would amplify"] += 1
+            return
+        if self._send_nowait(reply, address):
+            self._stats.cookies_sent += 1
+            self._hub.emit(
+                InfoEvent("cookie_sent", f"{peer_info(address)}: not verified yet", address),
+                rate_limited=True,
+            )
+
+    # -- peers ----------------------------------------------------------------------------------
+
+    def _start_peer(
+        self, hello: bytes, address: Address, client_random: bytes, old: PeerSlot | None
+    ) -> None:
+        if not self._accepting or self._nursery is None:
+            return
+        if self._handshaking >= self.config.max_handshakes:
+            self._refuse(address, f"{self._handshaking} handshakes already in flight")
+            return
+        if old is None and len(self._peers) >= self.config.max_peers and not self._evict_one():
+            self._refuse(address, f"the peer table is full ({self.config.max_peers} peers)")
+            return
+        if old is not None:
+            # RFC 6347 §4.2.8: a new, cookie-verified ClientHello from a known address means the
+            # client restarted; the cookie proved it owns the address, so the old association goes.
+            self._stats.replacements += 1
+            old.ended_by_server = "replaced by a new handshake from the same address"
+            old.cancel_scope.cancel()
+        send, receive = trio.open_memory_channel[bytes](self.config.peer_queue_size)
+        slot = PeerSlot(address, client_random, send, receive, last_activity=trio.current_time())
+        self._peers[address] = slot
+        self._handshaking += 1
+        self._stats.handshakes_started += 1
+        self._stats.peak_peers = max(self._stats.peak_peers, len(self._peers))
+        self._hub.emit(
+            InfoEvent("verified", f"{slot.info}: verified, starting a handshake", address)
+        )
+        self._nursery.start_soon(self._run_peer, slot, hello)
+
+    def _refuse(self, address: Address, why: str) -> None:
+        self._stats.handshakes_refused += 1
+        self._warn("handshake_refused", f"{peer_info(address)}: handshake refused: {why}", address)
+
+    def _evict_one(self) -> bool:
+        threshold = self.config.evict_idle_after
+        if threshold is None:
+            return False
+        now = trio.current_time()
+        victim: PeerSlot | None = None
+        for slot in self._peers.values():
+            if (
+                slot.established
+                and slot.ended_by_server is None
+                and now - slot.last_activity >= threshold
+            ) and (victim is None or slot.last_activity < victim.last_activity):
+                victim = slot
+        if victim is None:
+            return False
+        self._stats.evictions += 1
+        idle = now - victim.last_activity
+        victim.ended_by_server = f"evicted to make room (idle for {idle:.0f} s)"
+        victim.cancel_scope.cancel()
+        # Free the table slot now: the victim's task only finishes at its next checkpoint.
+        del self._peers[victim.address]
+        return True
+
+    async def _run_peer(self, slot: PeerSlot, hello: bytes) -> None:
+        """The peer task: handshake, then the handler; its cancel scope ends it from outside."""
+        session: DTLSSession | None = None
+        try:
+            with slot.cancel_scope:
+                session = DTLSSession.server(
+                    self._context,
+                    hello,
+                    now=trio.current_time(),
+                    mtu=self._mtu,
+                    policy=self.config.retransmit,
+                    psk_lookup=self._psk_store.lookup,
+                )
+                slot.session = session
+                if await self._handshake(slot, session):
+                    await self._serve_connection(slot, session)
+        finally:
+            if slot.established is False:
+                self._handshaking -= 1
+            # Server shutdown, eviction or a handler that returned: say goodbye.  Not on
+            # replacement: the restarted client has no keys for the old epoch.
+            replaced = (slot.ended_by_server or "").startswith("replaced")
+            if session is not None and session.state is SessionState.ESTABLISHED and not replaced:
+                session.close()
+                for datagram in session.take_datagrams():
+                    self._send_nowait(datagram, slot.address)
+            slot.inbox_send.close()
+            if self._peers.get(slot.address) is slot:
+                del self._peers[slot.address]
+            if slot.ended_by_server:
+                self._hub.emit(
+                    InfoEvent("peer_ended", f"{slot.info}: {slot.ended_by_server}", slot.address)
+                )
+
+    async def _handshake(self, slot: PeerSlot, session: DTLSSession) -> bool:
+        deadline = trio.current_time() + self.config.handshake_timeout
+        self._report_handshake(slot, session.startup_events)
+        with trio.move_on_at(deadline):
+            while True:
+                await self._transmit(session.take_datagrams(), slot.address)
+                if session.state is not SessionState.HANDSHAKING:
+                    break
+                datagram: bytes | None = None
+                with trio.move_on_at(session.timer_deadline or math.inf):
+                    datagram = await slot.inbox_receive.receive()
+                now = trio.current_time()
+                if datagram is None:
+                    events = session.handle_timer(now)
+                else:
+                    events = session.receive_datagram(datagram, now)
+                self._report_handshake(slot, events)
+        if session.state is SessionState.ESTABLISHED:
+            return True
+        if session.state is SessionState.HANDSHAKING:
+            reason = f"handshake not finished within {self.config.handshake_timeout:g} s"
+            session.close()
+            self._handshake_failed(slot, reason, "deadline")
+        return False
+
+    def _report_handshake(self, slot: PeerSlot, events: list[SessionEvent]) -> None:
+        for event in events:
+            if isinstance(event, HandshakeProgress):
+                self._hub.emit(
+                    InfoEvent(
+                        "handshake_progress",
+                        f"{slot.info}: handshake is in progress ...",
+                        slot.address,
+                    ),
+                    rate_limited=True,
+                )
+            elif isinstance(event, PskIdentity):
+                name = event.identity.decode("latin-1")
+                self._hub.emit(
+                    InfoEvent(
+                        "psk_identity",
+                        f"PSK callback, received a client's identity: '{name}'",
+                        slot.address,
+                    )
+                )
+                if not event.known:
+                    self._hub.emit(
+                        ErrorEvent(
+                            "unknown_identity",
+                            f"{slot.info}: unknown PSK identity '{name}'",
+                            slot.address,
+                        )
+                    )
+            elif isinstance(event, Retransmitted):
+                self._hub.emit(
+                    InfoEvent(
+                        "retransmit",
+                        f"{slot.info}: handshake timeout, re-transmitting the last flight "
+                        f"(attempt {event.attempt})",
+                        slot.address,
+                    ),
+                    rate_limited=True,
+                )
+            elif isinstance(event, HandshakeComplete):
+                slot.established = True
+                slot.last_activity = trio.current_time()
+                self._handshaking -= 1
+                self._stats.handshakes_completed += 1
+                protocol = "DTLS 1.2." if event.protocol == "DTLSv1.2" else "Unknown protocol."
+                self._hub.emit(
+                    InfoEvent(
+                        "handshake_complete",
+                        f"Connection with {slot.info} encrypted. Session cipher: {event.cipher}; "
+                        f"session protocol: {protocol}",
+                        slot.address,
+                    )
+                )
+            elif isinstance(event, HandshakeFailed):
+                self._handshake_failed(slot, event.reason, _failure_kind(event.reason))
+
+    def _handshake_failed(self, slot: PeerSlot, reason: str, kind: str) -> None:
+        self._stats.handshakes_failed[kind] += 1
+        self._hub.emit(
+            ErrorEvent("handshake_failed", f"{slot.info}: handshake failed: {reason}", slot.address)
+        )
+
+    async def _serve_connection(self, slot: PeerSlot, session: DTLSSession) -> None:
+        connection = DTLSConnection(
+            slot=slot,
+            session=session,
+            transmit=self._transmit,
+            hub=self._hub,
+            stats=self._stats,
+            idle_timeout=self.config.idle_timeout,
+            max_auth_failures=self.config.max_auth_failures,
+            auth_failure_window=self.config.auth_failure_window,
+        )
+        # A handler may let the end of its connection propagate; that is a normal end.
+        with contextlib.suppress(ConnectionClosed):
+            await self._handler(connection)
+
+
+def _failure_kind(reason: str) -> str:
+    """A short bucket for the statistics out of a handshake failure reason."""
+    text = reason.lower()
+    if "unknown psk identity" in text or "psk identity not found" in text:
+        return "unknown identity"
+    if "retransmissions" in text:
+        return "no answer"
+    if "decrypt" in text or "bad record mac" in text or "digest check failed" in text:
+        return "wrong key"
+    if "no shared cipher" in text or "no suitable" in text:
+        return "no shared cipher"
+    if "alert" in text:
+        return "alert from peer"
+    return "other"

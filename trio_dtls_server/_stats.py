@@ -1,0 +1,97 @@
+"""The health report: counters the server keeps, and the snapshot it hands out."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ServerStatistics", "StatisticsSnapshot"]
+
+
+@dataclass(frozen=True, slots=True)
+class StatisticsSnapshot:
+    """A consistent copy of the counters at one moment (see :class:`ServerStatistics`)."""
+
+    datagrams_in: int
+    datagrams_out: int
+    bytes_in: int
+    bytes_out: int
+    send_failures: int
+    handshakes_started: int
+    handshakes_completed: int
+    handshakes_failed: dict[str, int]
+    handshakes_refused: int
+    cookies_sent: int
+    cookies_verified: int
+    cookies_rejected: int
+    drops: dict[str, int]
+    peers: int
+    handshaking: int
+    peak_peers: int
+    evictions: int
+    replacements: int
+    idle_closed: int
+    remote_closed: int
+    queue_overflows: int
+    messages_received: int
+    messages_sent: int
+    events_dropped: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
+class ServerStatistics:
+    """Live counters; only the server writes them.  Read them with :meth:`snapshot`."""
+
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    send_failures: int = 0
+    handshakes_started: int = 0
+    handshakes_completed: int = 0
+    handshakes_failed: Counter[str] = field(default_factory=Counter)
+    handshakes_refused: int = 0
+    cookies_sent: int = 0
+    cookies_verified: int = 0
+    cookies_rejected: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+    peak_peers: int = 0
+    evictions: int = 0
+    replacements: int = 0
+    idle_closed: int = 0
+    remote_closed: int = 0
+    queue_overflows: int = 0
+    messages_received: int = 0
+    messages_sent: int = 0
+
+    def snapshot(self, *, peers: int, handshaking: int, events_dropped: int) -> StatisticsSnapshot:
+        return StatisticsSnapshot(
+            datagrams_in=self.datagrams_in,
+            datagrams_out=self.datagrams_out,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            send_failures=self.send_failures,
+            handshakes_started=self.handshakes_started,
+            handshakes_completed=self.handshakes_completed,
+            handshakes_failed=dict(self.handshakes_failed),
+            handshakes_refused=self.handshakes_refused,
+            cookies_sent=self.cookies_sent,
+            cookies_verified=self.cookies_verified,
+            cookies_rejected=self.cookies_rejected,
+            drops=dict(self.drops),
+            peers=peers,
+            handshaking=handshaking,
+            peak_peers=self.peak_peers,
+            evictions=self.evictions,
+            replacements=self.replacements,
+            idle_closed=self.idle_closed,
+            remote_closed=self.remote_closed,
+            queue_overflows=self.queue_overflows,
+            messages_received=self.messages_received,
+            messages_sent=self.messages_sent,
+            events_dropped=events_dropped,
+        )

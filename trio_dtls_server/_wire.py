@@ -1,0 +1,578 @@
+"""DTLS 1.2 wire format: the one place where untrusted datagram bytes are parsed.
+
+A DTLS server has to look at datagrams *before* OpenSSL sees them: a datagram from an
+address we do not know yet must be a ClientHello, and we answer it statelessly with a
+HelloVerifyRequest (RFC 6347 section 4.2.1) so that a spoofed source address cannot make
+us allocate a connection or send a large reply. That means parsing attacker-controlled
+bytes in Python, so every parser here follows the same rules:
+
+* Every length is checked against the bytes actually present before it is used, so a
+  slice can never silently come back short.
+* Anything wrong with the input raises :class:`MalformedDatagram` (a :class:`ValueError`)
+  with a short message saying what was wrong. No other exception type escapes a
+  ``parse_*`` function for any input, so callers need exactly one ``except`` clause and
+  can log the message without fear.
+* Parsers return frozen dataclasses holding ``bytes`` copies, never views into a buffer
+  that may later be reused.
+
+The layouts, all big-endian (RFC 6347 sections 4.1 and 4.2.2)::
+
+    record:     type(1) version(2) epoch(2) sequence_number(6) length(2) fragment[length]
+    handshake:  msg_type(1) length(3) message_seq(2) fragment_offset(3)
+                fragment_length(3) body[fragment_length]
+
+Functions that handle *trusted* bytes (written by OpenSSL, or built by us) do not start
+with ``parse_``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+__all__ = [
+    "CONTENT_ALERT",
+    "CONTENT_APPLICATION_DATA",
+    "CONTENT_CHANGE_CIPHER_SPEC",
+    "CONTENT_HANDSHAKE",
+    "DTLS_1_0",
+    "DTLS_1_2",
+    "HANDSHAKE_CLIENT_HELLO",
+    "HANDSHAKE_CLIENT_KEY_EXCHANGE",
+    "HANDSHAKE_HEADER_LENGTH",
+    "HANDSHAKE_HELLO_VERIFY_REQUEST",
+    "MAX_RECORD_FRAGMENT",
+    "RECORD_HEADER_LENGTH",
+    "ClientHello",
+    "FragmentedClientHello",
+    "HandshakeFragment",
+    "InitialClientHello",
+    "MalformedDatagram",
+    "Record",
+    "build_hello_verify_request",
+    "pack_datagrams",
+    "parse_alert",
+    "parse_client_hello",
+    "parse_first_record",
+    "parse_handshake_fragment",
+    "parse_hello_verify_request",
+    "parse_initial_client_hello",
+    "parse_psk_identity_from_client_key_exchange",
+    "parse_records",
+    "split_records",
+]
+
+# Record content types (RFC 5246 section 6.2.1). RFC 6347 section 4.1.2.7 says a record
+# with any other type is silently discarded, so we treat it as malformed.
+CONTENT_CHANGE_CIPHER_SPEC = 20
+CONTENT_ALERT = 21
+CONTENT_HANDSHAKE = 22
+CONTENT_APPLICATION_DATA = 23
+
+# Handshake message types we need to recognise ourselves; OpenSSL handles the rest.
+HANDSHAKE_CLIENT_HELLO = 1
+HANDSHAKE_HELLO_VERIFY_REQUEST = 3
+HANDSHAKE_CLIENT_KEY_EXCHANGE = 16
+
+# DTLS versions are the one's complement of the TLS version they are based on, so they
+# count *down*: DTLS 1.0 is {254, 255}, DTLS 1.2 is {254, 253}.
+DTLS_1_0 = 0xFEFF
+DTLS_1_2 = 0xFEFD
+
+RECORD_HEADER_LENGTH = 13
+HANDSHAKE_HEADER_LENGTH = 12
+
+# RFC 6347 section 4.1 caps DTLSCiphertext.length at 2^14 + 2048; anything longer cannot
+# come from a conforming peer.
+MAX_RECORD_FRAGMENT = 2**14 + 2048
+
+_DTLS_MAJOR = 0xFE
+_MIN_CONTENT_TYPE = CONTENT_CHANGE_CIPHER_SPEC
+_MAX_CONTENT_TYPE = CONTENT_APPLICATION_DATA
+_RANDOM_LENGTH = 32
+_MAX_SESSION_ID = 32
+_MAX_COOKIE = 255
+
+# type(1) version(2) epoch(2) sequence_number as high(2)+low(4) length(2) = 13 bytes.
+# struct has no 6-byte integer, so the 48-bit sequence number is read as two parts.
+_RECORD_HEADER = struct.Struct("!BHHHIH")
+assert _RECORD_HEADER.size == RECORD_HEADER_LENGTH
+
+
+class MalformedDatagram(ValueError):
+    """Untrusted bytes that are not what they claim to be.
+
+    The message says what was wrong, e.g. ``"record header truncated: 7 bytes"``. It is
+    meant for logs and debugging; never for the peer.
+    """
+
+
+class FragmentedClientHello(MalformedDatagram):
+    """A ClientHello split across several handshake fragments.
+
+    Legal DTLS, but a stateless cookie exchange cannot reassemble fragments without
+    keeping state per source address, which is exactly what the cookie exchange exists to
+    avoid. Real clients send a ClientHello in one record, so callers drop these; a separate
+    class lets them count the drops separately from garbage.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One DTLS record.
+
+    ``raw`` is the whole record, header included, exactly as received; the other fields
+    are decoded from it. ``sequence_number`` is the 48-bit per-epoch record number.
+    """
+
+    content_type: int
+    version: int
+    epoch: int
+    sequence_number: int
+    fragment: bytes
+    raw: bytes
+
+
+def _parse_record_at(data: bytes, start: int) -> Record:
+    """Parse the record beginning at ``data[start]``; the caller has checked start < len."""
+    left = len(data) - start
+    if left < RECORD_HEADER_LENGTH:
+        raise MalformedDatagram(f"record header truncated: {left} bytes")
+    content_type, version, epoch, seq_high, seq_low, length = _RECORD_HEADER.unpack_from(
+        data, start
+    )
+    if not _MIN_CONTENT_TYPE <= content_type <= _MAX_CONTENT_TYPE:
+        raise MalformedDatagram(f"content type {content_type} is not a DTLS record type")
+    if version >> 8 != _DTLS_MAJOR:
+        raise MalformedDatagram(f"record version {version:#06x} is not DTLS")
+    # Check the absolute cap before "left" so an absurd length gets the clearer message.
+    if length > MAX_RECORD_FRAGMENT:
+        raise MalformedDatagram(
+            f"record length {length} exceeds the maximum of {MAX_RECORD_FRAGMENT}"
+        )
+    body_start = start + RECORD_HEADER_LENGTH
+    end = body_start + length
+    if end > len(data):
+        raise MalformedDatagram(
+            f"record length {length} exceeds the {left - RECORD_HEADER_LENGTH} bytes left"
+        )
+    return Record(
+        content_type=content_type,
+        version=version,
+        epoch=epoch,
+        sequence_number=(seq_high << 32) | seq_low,
+        fragment=data[body_start:end],
+        raw=data[start:end],
+    )
+
+
+def parse_records(datagram: bytes) -> list[Record]:
+    """Split a received datagram into its DTLS records.
+
+    A datagram may carry several records back to back (RFC 6347 section 4.1.1) but a
+    record never spans datagrams, so the records must tile the datagram exactly: leftover
+    bytes too short for a header, or a length field running past the end, make the whole
+    datagram malformed. So do an unknown content type and a version that is not DTLS.
+
+    The result is never empty, and ``b"".join(r.raw for r in records) == datagram``.
+    """
+    if not datagram:
+        raise MalformedDatagram("empty datagram")
+    records = []
+    position = 0
+    while position < len(datagram):
+        record = _parse_record_at(datagram, position)
+        records.append(record)
+        position += len(record.raw)
+    return records
+
+
+def parse_first_record(datagram: bytes) -> Record:
+    """Parse only the first record of a datagram, with the same checks as parse_records.
+
+    This is the cheap way to classify a datagram (which epoch? handshake or application
+    data?) without touching the rest of it. Bytes after the first record are not looked
+    at, so they may be anything.
+    """
+    if not datagram:
+        raise MalformedDatagram("empty datagram")
+    return _parse_record_at(datagram, 0)
+
+
+def split_records(flight: bytes) -> list[bytes]:
+    """Split the bytes OpenSSL wrote into its write BIO into individual records.
+
+    OpenSSL writes a whole flight (e.g. ServerHello ... ServerHelloDone) into the memory
+    BIO as one blob of concatenated records. To send it over a path with a small MTU we
+    re-pack it ourselves (see :func:`pack_datagrams`), which needs the record boundaries.
+
+    The input is trusted, so only the framing is checked: every record header must be
+    complete and every length must land inside the input. If that fails something is
+    badly wrong (a bug, or a BIO read that cut a record in half), and we raise
+    :class:`MalformedDatagram` rather than send a corrupt datagram. An empty flight gives
+    an empty list.
+    """
+    records = []
+    position = 0
+    total = len(flight)
+    while position < total:
+        left = total - position
+        if left < RECORD_HEADER_LENGTH:
+            raise MalformedDatagram(f"record header truncated: {left} bytes")
+        # The length is the last two bytes of the 13-byte header.
+        length = int.from_bytes(flight[position + 11 : position + 13], "big")
+        end = position + RECORD_HEADER_LENGTH + length
+        if end > total:
+            raise MalformedDatagram(
+                f"record length {length} exceeds the {left - RECORD_HEADER_LENGTH} bytes left"
+            )
+        records.append(flight[position:end])
+        position = end
+    return records
+
+
+def pack_datagrams(records: list[bytes], mtu: int) -> list[bytes]:
+    """Pack whole records, in order, into as few datagrams of at most ``mtu`` bytes as possible.
+
+    Records are never split (DTLS forbids a record spanning datagrams) and never
+    reordered. A record that alone exceeds ``mtu`` is sent in a datagram of its own: the
+    oversized datagram may still get through (IP fragmentation), whereas dropping it would
+    certainly stall the handshake.
+
+    Filling each datagram greedily is optimal here: since order is fixed, closing a
+    datagram before it is full can only push records later, never save a datagram.
+    """
+    if mtu <= 0:
+        raise ValueError(f"mtu must be positive, not {mtu}")
+    datagrams: list[bytes] = []
+    current: list[bytes] = []
+    current_size = 0
+    for record in records:
+        if current and current_size + len(record) > mtu:
+            datagrams.append(b"".join(current))
+            current = []
+            current_size = 0
+        current.append(record)
+        current_size += len(record)
+    if current:
+        datagrams.append(b"".join(current))
+    return datagrams
+
+
+# ---------------------------------------------------------------------------------------
+# Handshake messages
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFragment:
+    """One handshake message (or a fragment of one) from a handshake record.
+
+    DTLS can split a handshake message of ``length`` bytes into fragments; this one holds
+    ``body`` = bytes ``[fragment_offset, fragment_offset + fragment_length)`` of it.
+    """
+
+    msg_type: int
+    length: int
+    message_seq: int
+    fragment_offset: int
+    fragment_length: int
+    body: bytes
+
+    @property
+    def is_complete(self) -> bool:
+        """True if this fragment is the whole message, so ``body`` can be parsed."""
+        return self.fragment_offset == 0 and self.fragment_length == self.length
+
+
+def parse_handshake_fragment(fragment: bytes) -> HandshakeFragment:
+    """Parse the fragment of a handshake record as exactly one handshake message fragment.
+
+    DTLS allows a record to carry several handshake messages back to back, but the
+    messages we parse ourselves (ClientHello, HelloVerifyRequest, ClientKeyExchange) are
+    each sent alone in their record by real implementations. So this parses one message per
+    call, and bytes after its body are an error rather than a second message.
+
+    Raises MalformedDatagram if the header is truncated, if the body is not exactly
+    ``fragment_length`` bytes, or if the fragment reaches past the end of the message.
+    """
+    size = len(fragment)
+    if size < HANDSHAKE_HEADER_LENGTH:
+        raise MalformedDatagram(f"handshake header truncated: {size} bytes")
+    msg_type = fragment[0]
+    length = int.from_bytes(fragment[1:4], "big")
+    message_seq = int.from_bytes(fragment[4:6], "big")
+    fragment_offset = int.from_bytes(fragment[6:9], "big")
+    fragment_length = int.from_bytes(fragment[9:12], "big")
+    body_size = size - HANDSHAKE_HEADER_LENGTH
+    if fragment_length > body_size:
+        raise MalformedDatagram(
+            f"handshake fragment length {fragment_length} exceeds the {body_size} bytes left"
+        )
+    if fragment_length < body_size:
+        raise MalformedDatagram(
+            f"{body_size - fragment_length} bytes after the handshake fragment body"
+        )
+    if fragment_offset + fragment_length > length:
+        raise MalformedDatagram(
+            f"handshake fragment (offset {fragment_offset}, {fragment_length} bytes) "
+            f"runs past the message length {length}"
+        )
+    return HandshakeFragment(
+        msg_type=msg_type,
+        length=length,
+        message_seq=message_seq,
+        fragment_offset=fragment_offset,
+        fragment_length=fragment_length,
+        body=fragment[HANDSHAKE_HEADER_LENGTH:],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """The fields of a DTLS ClientHello (RFC 6347 section 4.2.1).
+
+    The vector fields hold the vector's content without its length prefix.
+    ``extensions`` is ``b""`` both when the extensions block is absent and when it is
+    present but empty; nothing we do depends on the difference.
+    """
+
+    client_version: int
+    random: bytes
+    session_id: bytes
+    cookie: bytes
+    cipher_suites: bytes
+    compression_methods: bytes
+    extensions: bytes
+
+    def cookie_input(self) -> bytes:
+        """The bytes a HelloVerifyRequest cookie must be bound to.
+
+        RFC 6347 section 4.2.1 requires the second ClientHello (the one carrying the
+        cookie) to repeat version, random, session_id, cipher_suites and
+        compression_methods from the first, so those five are what a stateless cookie can
+        cover. The cookie itself obviously cannot be part of it, and extensions are
+        left out because the RFC does not require clients to repeat them unchanged.
+
+        Every variable-length field gets a 2-byte length prefix so that no two different
+        hellos map to the same bytes (e.g. moving a byte from the end of session_id to
+        the start of cipher_suites changes the output).
+        """
+        parts = [self.client_version.to_bytes(2, "big")]
+        for field in (self.random, self.session_id, self.cipher_suites, self.compression_methods):
+            parts.append(len(field).to_bytes(2, "big"))
+            parts.append(field)
+        return b"".join(parts)
+
+
+def _take_vector(data: bytes, position: int, prefix: int, what: str) -> tuple[bytes, int]:
+    """Read the vector with a ``prefix``-byte length at ``position``; return it and its end."""
+    header_end = position + prefix
+    if header_end > len(data):
+        raise MalformedDatagram(f"ClientHello truncated in the {what} length")
+    length = int.from_bytes(data[position:header_end], "big")
+    end = header_end + length
+    if end > len(data):
+        raise MalformedDatagram(
+            f"ClientHello {what} length {length} exceeds the {len(data) - header_end} bytes left"
+        )
+    return data[header_end:end], end
+
+
+def parse_client_hello(body: bytes) -> ClientHello:
+    """Parse the body of a complete ClientHello handshake message.
+
+    Layout::
+
+        client_version(2) random(32) session_id<0..32> cookie<0..255>
+        cipher_suites<2..2^16-2> compression_methods<1..2^8-1> [extensions<0..2^16-1>]
+
+    Every length is validated: session_id at most 32 bytes, cipher_suites non-empty and a
+    whole number of 2-byte suites, compression_methods non-empty, and if anything follows
+    the compression methods it must be an extensions block whose 2-byte length covers
+    exactly the rest of the body. The extensions themselves are not parsed.
+    """
+    if len(body) < 2 + _RANDOM_LENGTH:
+        raise MalformedDatagram(f"ClientHello truncated: {len(body)} bytes")
+    client_version = int.from_bytes(body[0:2], "big")
+    random = body[2 : 2 + _RANDOM_LENGTH]
+    position = 2 + _RANDOM_LENGTH
+    session_id, position = _take_vector(body, position, 1, "session_id")
+    if len(session_id) > _MAX_SESSION_ID:
+        raise MalformedDatagram(f"ClientHello session_id is {len(session_id)} bytes, over 32")
+    cookie, position = _take_vector(body, position, 1, "cookie")
+    cipher_suites, position = _take_vector(body, position, 2, "cipher_suites")
+    if not cipher_suites or len(cipher_suites) % 2:
+        raise MalformedDatagram(
+            f"ClientHello cipher_suites length {len(cipher_suites)} is not a positive even number"
+        )
+    compression_methods, position = _take_vector(body, position, 1, "compression_methods")
+    if not compression_methods:
+        raise MalformedDatagram("ClientHello has no compression methods")
+    extensions = b""
+    if position < len(body):
+        extensions, position = _take_vector(body, position, 2, "extensions")
+        if position != len(body):
+            raise MalformedDatagram(
+                f"{len(body) - position} bytes after the ClientHello extensions"
+            )
+    return ClientHello(
+        client_version=client_version,
+        random=random,
+        session_id=session_id,
+        cookie=cookie,
+        cipher_suites=cipher_suites,
+        compression_methods=compression_methods,
+        extensions=extensions,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InitialClientHello:
+    """A datagram from an unknown peer that starts with a complete ClientHello."""
+
+    record: Record
+    handshake: HandshakeFragment
+    hello: ClientHello
+
+
+def parse_initial_client_hello(datagram: bytes) -> InitialClientHello:
+    """Check that a datagram from an unknown address opens a handshake, and parse it.
+
+    The first record must be an epoch-0 handshake record holding one complete ClientHello;
+    anything else from an address without a connection is dropped, and the
+    MalformedDatagram message says why. A ClientHello split into fragments raises the
+    subclass :class:`FragmentedClientHello`. Records after the first are ignored: the
+    cookie exchange only needs the hello, and OpenSSL will see the datagram again anyway
+    once the peer has proven its address.
+    """
+    record = parse_first_record(datagram)
+    if record.content_type != CONTENT_HANDSHAKE:
+        raise MalformedDatagram(f"not a handshake record (content type {record.content_type})")
+    if record.epoch != 0:
+        raise MalformedDatagram(f"epoch {record.epoch} is not 0")
+    handshake = parse_handshake_fragment(record.fragment)
+    if handshake.msg_type != HANDSHAKE_CLIENT_HELLO:
+        raise MalformedDatagram(f"handshake message type {handshake.msg_type} is not ClientHello")
+    if not handshake.is_complete:
+        raise FragmentedClientHello(
+            f"fragmented ClientHello (offset {handshake.fragment_offset}, "
+            f"{handshake.fragment_length} of {handshake.length} bytes)"
+        )
+    return InitialClientHello(
+        record=record, handshake=handshake, hello=parse_client_hello(handshake.body)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# HelloVerifyRequest
+# ---------------------------------------------------------------------------------------
+
+
+def build_hello_verify_request(client_hello_record: Record, cookie: bytes) -> bytes:
+    """Build the datagram answering a cookie-less ClientHello (RFC 6347 section 4.2.1).
+
+    Laid out the way OpenSSL writes it, so clients see nothing unusual:
+
+    * record: type 22, version fe ff (the RFC says to use DTLS 1.0 here whatever version
+      is negotiated later), epoch 0, and the sequence number *copied* from the
+      ClientHello record -- the server keeps no state, so it cannot have a counter of its
+      own, and copying lets the client match the reply to its hello;
+    * handshake: msg_type 3, message_seq 0, offset 0, fragment_length = length;
+    * body: server_version fe ff, cookie length (1 byte), cookie.
+
+    The result is ``28 + len(cookie)`` bytes. ``cookie`` is our own value, so a bad
+    length is a programming error and raises a plain ValueError.
+    """
+    if len(cookie) > _MAX_COOKIE:
+        raise ValueError(f"cookie is {len(cookie)} bytes; at most {_MAX_COOKIE} fit")
+    body = DTLS_1_0.to_bytes(2, "big") + bytes([len(cookie)]) + cookie
+    body_length = len(body).to_bytes(3, "big")
+    handshake = (
+        bytes([HANDSHAKE_HELLO_VERIFY_REQUEST])
+        + body_length  # length of the whole message
+        + b"\x00\x00"  # message_seq
+        + b"\x00\x00\x00"  # fragment_offset
+        + body_length  # fragment_length: one fragment holding everything
+        + body
+    )
+    header = (
+        bytes([CONTENT_HANDSHAKE])
+        + DTLS_1_0.to_bytes(2, "big")
+        + b"\x00\x00"  # epoch
+        + client_hello_record.sequence_number.to_bytes(6, "big")
+        + len(handshake).to_bytes(2, "big")
+    )
+    return header + handshake
+
+
+def parse_hello_verify_request(datagram: bytes) -> bytes:
+    """Return the cookie from a datagram whose first record is a HelloVerifyRequest.
+
+    The client side of :func:`build_hello_verify_request`: an epoch-0 handshake record
+    holding one complete HelloVerifyRequest whose body is server_version(2) followed by
+    cookie<0..255> and nothing else. Records after the first are ignored.
+    """
+    record = parse_first_record(datagram)
+    if record.content_type != CONTENT_HANDSHAKE:
+        raise MalformedDatagram(f"not a handshake record (content type {record.content_type})")
+    if record.epoch != 0:
+        raise MalformedDatagram(f"epoch {record.epoch} is not 0")
+    handshake = parse_handshake_fragment(record.fragment)
+    if handshake.msg_type != HANDSHAKE_HELLO_VERIFY_REQUEST:
+        raise MalformedDatagram(
+            f"handshake message type {handshake.msg_type} is not HelloVerifyRequest"
+        )
+    if not handshake.is_complete:
+        raise MalformedDatagram(
+            f"fragmented HelloVerifyRequest (offset {handshake.fragment_offset}, "
+            f"{handshake.fragment_length} of {handshake.length} bytes)"
+        )
+    body = handshake.body
+    if len(body) < 3:
+        raise MalformedDatagram(f"HelloVerifyRequest truncated: {len(body)} bytes")
+    cookie_length = body[2]
+    if cookie_length != len(body) - 3:
+        raise MalformedDatagram(
+            f"HelloVerifyRequest cookie length {cookie_length} "
+            f"does not match the {len(body) - 3} bytes left"
+        )
+    return body[3:]
+
+
+# ---------------------------------------------------------------------------------------
+# Other messages the server peeks at
+# ---------------------------------------------------------------------------------------
+
+
+def parse_alert(fragment: bytes) -> tuple[int, int]:
+    """Return ``(level, description)`` from the fragment of a plaintext alert record.
+
+    An alert is exactly two bytes (RFC 5246 section 7.2). Only meaningful for epoch 0;
+    in later epochs the fragment is ciphertext.
+    """
+    if len(fragment) != 2:
+        raise MalformedDatagram(f"alert is {len(fragment)} bytes, not 2")
+    return fragment[0], fragment[1]
+
+
+def parse_psk_identity_from_client_key_exchange(body: bytes) -> bytes:
+    """Return the PSK identity from the body of a PSK ClientKeyExchange message.
+
+    For plain PSK (RFC 4279) the body is ``psk_identity<0..2^16-1>``; for ECDHE-PSK
+    (RFC 5489) the same vector is followed by the client's ECDH public value. Both start
+    the same way, so we return just the identity and do not look at what follows.
+    """
+    if len(body) < 2:
+        raise MalformedDatagram(f"ClientKeyExchange truncated: {len(body)} bytes")
+    length = int.from_bytes(body[0:2], "big")
+    if 2 + length > len(body):
+        raise MalformedDatagram(
+            f"PSK identity length {length} exceeds the {len(body) - 2} bytes left"
+        )
+    return body[2 : 2 + length]
