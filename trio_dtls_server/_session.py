@@ -15,7 +15,9 @@ a test running on Trio's ``MockClock``) we resend the datagrams of its last flig
 A receiver that already saw those records drops them as duplicates; one that lost them accepts
 them.  When the peer retransmits a flight after we finished (our final flight was lost), OpenSSL
 answers by re-emitting that final flight, and since we drain the write BIO after every step it
-goes out.  We never re-pack or re-number records ourselves.
+goes out.  But OpenSSL drops a byte-for-byte resent flight as a replay, so when the peer's
+retransmitted Finished made OpenSSL send nothing we resend our saved final flight byte for byte
+(:meth:`~DTLSSession._resend_final_flight`).  We never re-pack or re-number records ourselves.
 """
 
 from __future__ import annotations
@@ -27,11 +29,21 @@ from dataclasses import dataclass
 
 from OpenSSL import SSL
 
-from ._openssl import drain_write_bio, openssl_error_reason
+from ._openssl import (
+    alert_name,
+    drain_write_bio,
+    openssl_error_reason,
+    session_psk_identity,
+    session_reused,
+)
 from ._wire import (
+    CONTENT_ALERT,
     CONTENT_APPLICATION_DATA,
+    CONTENT_HANDSHAKE,
+    DTLS_1_2,
     MalformedDatagram,
     pack_datagrams,
+    parse_alert,
     parse_records,
     split_records,
 )
@@ -103,15 +115,24 @@ class PskIdentity:
 
 @dataclass(frozen=True, slots=True)
 class HandshakeComplete:
+    """The handshake finished; ``resumed``: it was an abbreviated one (session resumption)."""
+
     cipher: str
     protocol: str
+    resumed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class HandshakeFailed:
-    """The handshake is over and failed; any alert OpenSSL wrote is already queued to send."""
+    """The handshake is over and failed; any alert OpenSSL wrote is already queued to send.
+
+    ``alert_sent`` names the fatal alert going to the peer (``unknown_psk_identity (115)``),
+    ``alert_received`` the one the peer sent us, when there is one.
+    """
 
     reason: str
+    alert_sent: str | None = None
+    alert_received: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +183,29 @@ SessionEvent = (
     | ConnectionFailed
     | RecordsDropped
 )
+
+
+_FATAL = 2
+_BAD_RECORD_MAC = 20
+
+
+def _plaintext_fatal_alert(datagrams: list[bytes]) -> str | None:
+    """The name of the first plaintext (epoch 0) fatal alert in ``datagrams``, or None."""
+    for datagram in datagrams:
+        try:
+            records = parse_records(datagram)
+        except MalformedDatagram:
+            continue
+        for record in records:
+            if record.content_type != CONTENT_ALERT or record.epoch != 0:
+                continue
+            try:
+                level, description = parse_alert(record.fragment)
+            except MalformedDatagram:
+                continue
+            if level == _FATAL:
+                return alert_name(description)
+    return None
 
 
 class _ReplayMirror:
@@ -216,13 +260,33 @@ class DTLSSession:
         self._outgoing: list[bytes] = []
         self._last_flight: list[bytes] = []
         self._retransmissions = 0
+        # Our final handshake flight (the server's CCS + Finished), kept until the peer proves
+        # it arrived; see _resend_final_flight.
+        self._final_flight: list[bytes] = []
+        self._final_flight_resends = 0
         self._callback_events: list[SessionEvent] = []
         self._replay = _ReplayMirror()
         self.state = SessionState.HANDSHAKING
         #: When :meth:`handle_timer` wants to be called next (same clock as ``now``), or None.
         self.timer_deadline: float | None = None
-        #: The PSK identity the client used (server side, once the PSK callback ran).
+        #: The PSK identity the client used (server side, once the PSK callback ran, or from
+        #: the session once a resumed handshake finished).
         self.psk_identity: bytes | None = None
+        #: Keys an asynchronous PSK store answered before OpenSSL asked (server side): the owner
+        #: fills it, the PSK callback reads it.  A ``None`` value means "no key".
+        self.prefetched_keys: dict[bytes, bytes | None] = {}
+        #: Why the prefetched key is missing (lookup timed out or raised), for the reason text.
+        self.psk_lookup_failure: str | None = None
+        #: True once a handshake finished by resuming an earlier session.
+        self.resumed = False
+        #: The fatal alert we sent / received when the handshake failed (``name (number)``).
+        self.alert_sent: str | None = None
+        self.alert_received: str | None = None
+        # What our own alert needs if we must write one (see _reject_bad_finished): the next
+        # record sequence number of epoch 0, and whether we already sent protected records.
+        self._next_plaintext_sequence = 0
+        self._sent_protected = False
+        self._last_received = b""
         #: Why the handshake or the connection failed, once it did.
         self.failure_reason: str | None = None
         #: What the first handshake step (inside :meth:`server` / :meth:`client`) caused.
@@ -241,9 +305,12 @@ class DTLSSession:
         now: float,
         mtu: int,
         policy: RetransmitPolicy,
-        psk_lookup: Callable[[bytes], bytes | None],
+        psk_lookup: Callable[[bytes], bytes | None] | None,
     ) -> DTLSSession:
         """A server session started from a ClientHello whose cookie the caller already verified.
+
+        ``psk_lookup`` answers the PSK callback; ``None`` means keys come only from
+        :attr:`prefetched_keys` (an asynchronous store) or that there is no PSK at all.
 
         ``context`` must accept every cookie (``set_cookie_verify_callback`` returning True):
         the real, stateless check happened before any OpenSSL object existed.
@@ -270,21 +337,38 @@ class DTLSSession:
         now: float,
         mtu: int,
         policy: RetransmitPolicy,
-        identity: bytes,
-        key: bytes,
+        identity: bytes | None,
+        key: bytes | None,
+        session: SSL.Session | None = None,
     ) -> DTLSSession:
-        """A client session; its first ClientHello is ready in :meth:`take_datagrams`."""
-        session = cls(
-            SSL.Connection(context, None), mtu=mtu, policy=policy, psk_credentials=(identity, key)
+        """A client session; its first ClientHello is ready in :meth:`take_datagrams`.
+
+        ``identity`` and ``key`` may be None for a certificate-only client.  ``session`` (from an
+        earlier connection's ``connection.get_session()``) asks the server to resume it.
+        """
+        credentials = (identity, key) if identity is not None and key is not None else None
+        client = cls(
+            SSL.Connection(context, None), mtu=mtu, policy=policy, psk_credentials=credentials
         )
-        session._connection.set_connect_state()
-        session.startup_events = session._step_handshake(now)
-        return session
+        if session is not None:
+            client._connection.set_session(session)
+        client._connection.set_connect_state()
+        client.startup_events = client._step_handshake(now)
+        return client
 
     # -- PSK callbacks (called by OpenSSL from inside do_handshake) -----------------------------
 
     def psk_for_identity(self, identity: bytes) -> bytes | None:
-        key = self._psk_lookup(identity) if self._psk_lookup is not None else None
+        if identity in self.prefetched_keys:
+            key = self.prefetched_keys[identity]
+        elif self._psk_lookup is not None:
+            key = self._psk_lookup(identity)
+        else:
+            key = None
+            if self.psk_lookup_failure is None:
+                self.psk_lookup_failure = (
+                    "no key was looked up for it (its ClientKeyExchange was not recognised)"
+                )
         self.psk_identity = identity
         self._callback_events.append(PskIdentity(identity, key is not None))
         return key
@@ -308,9 +392,17 @@ class DTLSSession:
         """Feed one datagram from the peer; return what it caused."""
         if self.state in (SessionState.CLOSED, SessionState.FAILED):
             return []
+        if not datagram:
+            # A zero-length BIO write raises WantReadError out of pyOpenSSL; and there is
+            # nothing in it for OpenSSL anyway.
+            return [RecordsDropped(DROP_MALFORMED)]
         self._connection.bio_write(datagram)
         if self.state is SessionState.HANDSHAKING:
-            return self._step_handshake(now)
+            self._last_received = datagram
+            events = self._step_handshake(now)
+            if self.state is SessionState.HANDSHAKING and self._peer_finished_rejected(datagram):
+                events.extend(self._reject_bad_finished(now))
+            return events
         return self._read_application_data(datagram)
 
     def handle_timer(self, now: float) -> list[SessionEvent]:
@@ -368,11 +460,23 @@ class DTLSSession:
         if not raw:
             return []
         try:
-            datagrams = pack_datagrams(split_records(raw), self._mtu)
+            records = split_records(raw)
+            datagrams = pack_datagrams(records, self._mtu)
         except MalformedDatagram:  # cannot happen with OpenSSL's own output; send it whole
-            datagrams = [raw]
+            records, datagrams = [], [raw]
+        if self.state is SessionState.HANDSHAKING:
+            self._note_sent(records)
         self._outgoing.extend(datagrams)
         return datagrams
+
+    def _note_sent(self, records: list[bytes]) -> None:
+        """Track our epoch-0 record numbers (trusted bytes: OpenSSL's own records)."""
+        for record in records:
+            if record[3:5] == b"\0\0":
+                sequence = int.from_bytes(record[5:11], "big")
+                self._next_plaintext_sequence = max(self._next_plaintext_sequence, sequence + 1)
+            else:
+                self._sent_protected = True
 
     def _take_callback_events(self) -> list[SessionEvent]:
         events, self._callback_events = self._callback_events, []
@@ -395,30 +499,79 @@ class DTLSSession:
             events = self._take_callback_events()
             return events + self._fail(self._handshake_failure_reason(error), now)
         events = self._take_callback_events()
-        self._flush()
+        self._final_flight = self._flush()
         self.state = SessionState.ESTABLISHED
         self.timer_deadline = None
         self._last_flight = []
+        self._last_received = b""
+        self.resumed = session_reused(self._connection)
+        if self.resumed and self.psk_identity is None:
+            # A resumed handshake skips the PSK callback; the session remembers the identity.
+            self.psk_identity = session_psk_identity(self._connection)
         cipher = self._connection.get_cipher_name() or "unknown"
         protocol = self._connection.get_protocol_version_name()
-        events.append(HandshakeComplete(cipher, protocol))
+        events.append(HandshakeComplete(cipher, protocol, self.resumed))
         return events
 
     def _handshake_failure_reason(self, error: SSL.Error) -> str:
         reason = openssl_error_reason(error)
         if self.psk_identity is not None and "psk identity not found" in reason.lower():
             name = self.psk_identity.decode("latin-1")
+            if self.psk_lookup_failure is not None:
+                return f"PSK lookup for '{name}' failed: {self.psk_lookup_failure} ({reason})"
             return f"unknown PSK identity '{name}' ({reason})"
         return reason
 
     def _fail(self, reason: str, now: float | None) -> list[SessionEvent]:
         # OpenSSL leaves the fatal alert in the write BIO: send it so the peer fails fast.
-        self._flush()
+        sent = self._flush()
         was_handshaking = self.state is SessionState.HANDSHAKING
         self.state = SessionState.FAILED
         self.failure_reason = reason
         self.timer_deadline = None
-        return [HandshakeFailed(reason) if was_handshaking else ConnectionFailed(reason)]
+        if not was_handshaking:
+            return [ConnectionFailed(reason)]
+        self.alert_sent = self.alert_sent or _plaintext_fatal_alert(sent)
+        self.alert_received = _plaintext_fatal_alert([self._last_received])
+        self._last_received = b""
+        return [HandshakeFailed(reason, self.alert_sent, self.alert_received)]
+
+    def _peer_finished_rejected(self, datagram: bytes) -> bool:
+        """Did OpenSSL just drop the peer's Finished because it failed authentication?
+
+        DTLS discards records that fail authentication without a word (RFC 6347 §4.1.2.7), so
+        a client with the wrong PSK would retransmit until it gives up.  The sign: OpenSSL has
+        read the peer's ChangeCipherSpec (so it holds the new keys), this datagram carried a
+        protected handshake record (the Finished), and the handshake still did not finish.
+        """
+        if b"read change cipher spec" not in self._connection.get_state_string():
+            return False
+        try:
+            records = parse_records(datagram)
+        except MalformedDatagram:
+            return False
+        return any(r.epoch > 0 and r.content_type == CONTENT_HANDSHAKE for r in records)
+
+    def _reject_bad_finished(self, now: float) -> list[SessionEvent]:
+        """Fail the handshake and tell the peer with a fatal ``bad_record_mac`` alert.
+
+        OpenSSL has no way to send it, so this is the one record we write ourselves: a
+        plaintext epoch-0 alert, which the peer still reads because we have not sent our
+        ChangeCipherSpec yet (RFC 6347 §4.1.2.7 allows a fatal alert for an invalid record).
+        After our ChangeCipherSpec (a resumed handshake) only an encrypted alert would be read,
+        and OpenSSL cannot make one on demand, so then the handshake just fails.
+        """
+        if not self._sent_protected:
+            header = bytes([CONTENT_ALERT]) + DTLS_1_2.to_bytes(2, "big") + b"\0\0"
+            sequence = self._next_plaintext_sequence.to_bytes(6, "big")
+            self._outgoing.append(header + sequence + b"\0\x02" + bytes([_FATAL, _BAD_RECORD_MAC]))
+            self._next_plaintext_sequence += 1
+            self.alert_sent = alert_name(_BAD_RECORD_MAC)
+        return self._fail(
+            "the peer's Finished failed authentication: the two sides derived different keys "
+            "(a wrong PSK?)",
+            now,
+        )
 
     def _read_application_data(self, datagram: bytes) -> list[SessionEvent]:
         events: list[SessionEvent] = []
@@ -439,12 +592,38 @@ class DTLSSession:
             if plaintext:
                 events.append(ApplicationData(plaintext))
         # A retransmitted client flight makes OpenSSL re-emit our final flight: send it.
-        self._flush()
+        reemitted = self._flush()
         if events:
             self._mark_accepted(datagram)
+            self._final_flight = []  # authentic data: the peer has finished its handshake
         else:
-            events.append(RecordsDropped(self._classify_drop(datagram)))
+            reason = self._classify_drop(datagram)
+            if reason == DROP_HANDSHAKE_RETRANSMISSION and not reemitted:
+                self._resend_final_flight(datagram)
+            events.append(RecordsDropped(reason))
         return events
+
+    def _resend_final_flight(self, datagram: bytes) -> None:
+        """Answer the peer's retransmitted final flight with our final flight, byte for byte.
+
+        OpenSSL re-emits our final flight only if the peer's retransmitted Finished passes its
+        replay check, that is, only if the peer's OpenSSL made fresh records.  A peer that
+        resends its flight byte for byte (as :meth:`handle_timer` does whenever OpenSSL's
+        real-time timer is not due yet: under a mock clock, or with a policy faster than
+        OpenSSL's own 1 s doubling) has its Finished dropped as a replay, and would wait
+        forever for our lost final flight.  So: a datagram carrying a protected handshake
+        record (the peer's Finished) that made OpenSSL send nothing gets our saved final flight,
+        at most ``max_retransmissions`` times.
+        """
+        if not self._final_flight or self._final_flight_resends >= self._policy.max_retransmissions:
+            return
+        try:
+            records = parse_records(datagram)
+        except MalformedDatagram:
+            return
+        if any(r.epoch > 0 and r.content_type == CONTENT_HANDSHAKE for r in records):
+            self._final_flight_resends += 1
+            self._outgoing.extend(self._final_flight)
 
     def _mark_accepted(self, datagram: bytes) -> None:
         try:
