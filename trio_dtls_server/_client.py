@@ -8,6 +8,11 @@
 The client owns one connected UDP socket.  It answers the server's HelloVerifyRequest (OpenSSL
 does that inside the handshake), retransmits its flights on the same schedule as the server
 (1 s, doubling), and gives up after ``handshake_timeout`` seconds with :class:`HandshakeError`.
+
+Certificates: ``ca=`` (a PEM bundle) makes the client offer certificate suites and verify the
+server's certificate against it; ``certificate=``/``private_key=`` present a client certificate.
+Resumption: pass an earlier client's :attr:`DTLSClient.session` as ``session=`` and the server
+may skip the key exchange (:attr:`DTLSClient.resumed` tells).
 """
 
 from __future__ import annotations
@@ -18,16 +23,20 @@ import math
 import socket as stdlib_socket
 from collections import deque
 from collections.abc import Callable
+from pathlib import PurePath
 from types import TracebackType
 from typing import Any
 
 import trio
+from cryptography import x509
 from OpenSSL import SSL
 
-from ._config import DEFAULT_CIPHERS, DEFAULT_IPV4_MTU, DEFAULT_IPV6_MTU
+from ._certificates import peer_certificate, use_client_credentials
+from ._config import DEFAULT_IPV4_MTU, DEFAULT_IPV6_MTU
 from ._connection import ConnectionClosed
-from ._events import ErrorEvent, InfoEvent, ServerEvent, WarningEvent
-from ._openssl import install_client_psk, new_dtls_context
+from ._events import DatagramReceived, ErrorEvent, InfoEvent, ServerEvent, WarningEvent
+from ._openssl import install_client_psk, new_dtls_context, restrict_groups_and_signatures
+from ._profiles import client_cipher_string, lowers_security_level
 from ._session import (
     ApplicationData,
     ConnectionFailed,
@@ -48,16 +57,37 @@ EventCallback = Callable[[ServerEvent], None]
 
 
 class HandshakeError(Exception):
-    """The client's handshake failed (alert, wrong key, unknown identity) or timed out."""
+    """The client's handshake failed (alert, wrong key, unknown identity) or timed out.
+
+    ``alert`` names the fatal alert the server sent (``unknown_psk_identity (115)``), if any.
+    """
+
+    def __init__(self, message: str, *, alert: str | None = None) -> None:
+        super().__init__(message)
+        self.alert = alert
 
 
-@functools.lru_cache(maxsize=8)
-def _client_context(ciphers: str) -> SSL.Context:
-    # One context per cipher list: contexts are costly to build, and the PSK callback finds
-    # each connection's identity and key through the connection itself.
+@functools.lru_cache(maxsize=16)
+def _client_context(
+    ciphers: str,
+    ca: str | None = None,
+    certificate: str | None = None,
+    private_key: str | None = None,
+) -> SSL.Context:
+    # One context per cipher list and credential files: contexts are costly to build, and the
+    # PSK callback finds each connection's identity and key through the connection itself.
     context = new_dtls_context(server=False, ciphers=ciphers)
     install_client_psk(context)
+    # Server certificates are always verified: with no CA given, every certificate fails.
+    context.set_verify(SSL.VERIFY_PEER)
+    use_client_credentials(context, ca=ca, certificate=certificate, private_key=private_key)
+    if lowers_security_level(ciphers):
+        restrict_groups_and_signatures(context)
     return context
+
+
+def _path_text(path: str | PurePath | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _log_event(event: ServerEvent) -> None:
@@ -92,6 +122,12 @@ class DTLSClient:
         self.local_address: Address = transport.local_address
         #: Datagrams that came from somewhere other than the server (dropped unread).
         self.foreign_datagrams = 0
+        #: The session, for ``DTLSClient.connect(..., session=client.session)`` later.
+        self.session: SSL.Session | None = None
+        #: True if the handshake resumed the ``session=`` given (an abbreviated handshake).
+        self.resumed = False
+        #: The server's certificate (verified against ``ca``), or None for PSK suites.
+        self.peer_certificate: x509.Certificate | None = None
 
     @classmethod
     async def connect(
@@ -99,8 +135,8 @@ class DTLSClient:
         host: str,
         port: int,
         *,
-        identity: str | bytes,
-        key: bytes,
+        identity: str | bytes | None = None,
+        key: bytes | None = None,
         local_port: int = 0,
         **options: Any,
     ) -> DTLSClient:
@@ -123,9 +159,13 @@ class DTLSClient:
         transport: DatagramTransport,
         server: Address,
         *,
-        identity: str | bytes,
-        key: bytes,
-        ciphers: str = DEFAULT_CIPHERS,
+        identity: str | bytes | None = None,
+        key: bytes | None = None,
+        ciphers: str = "default",
+        ca: str | PurePath | None = None,
+        certificate: str | PurePath | None = None,
+        private_key: str | PurePath | None = None,
+        session: SSL.Session | None = None,
         mtu: int | None = None,
         retransmit: RetransmitPolicy | None = None,
         handshake_timeout: float = 30.0,
@@ -133,38 +173,63 @@ class DTLSClient:
     ) -> DTLSClient:
         """Run the handshake over ``transport`` (which the client then owns and closes).
 
-        ``on_event`` receives progress as the same event objects the server uses (default:
-        :mod:`logging` under ``trio_dtls_server.client``).
+        ``identity`` and ``key`` are the PSK credentials (both or neither).  ``ciphers`` is a
+        cipher profile (``default``, ``iot``, ``compat``: its PSK suites when there is a key,
+        its certificate suites when there is a ``ca``) or an OpenSSL cipher string.  ``ca``
+        verifies the server's certificate; ``certificate`` and ``private_key`` (PEM; the key
+        may be in the certificate file) are the client's own.  ``session`` asks to resume an
+        earlier :attr:`session`.  ``on_event`` receives progress as the same event objects the
+        server uses (default: :mod:`logging` under ``trio_dtls_server.client``).
         """
-        name = identity.decode("latin-1") if isinstance(identity, bytes) else identity
-        identity_bytes = identity if isinstance(identity, bytes) else identity.encode("latin-1")
+        if (identity is None) != (key is None):
+            transport.close()
+            raise ValueError("give both identity and key (a PSK client) or neither")
+        if isinstance(identity, bytes):
+            name = identity.decode("latin-1")
+            identity_bytes: bytes | None = identity
+        elif identity is not None:
+            name, identity_bytes = identity, identity.encode("latin-1")
+        else:
+            name, identity_bytes = "certificate client", None
         try:
-            session = DTLSSession.client(
-                _client_context(ciphers),
+            context = _client_context(
+                client_cipher_string(ciphers, psk=key is not None, verify_server=ca is not None),
+                _path_text(ca),
+                _path_text(certificate),
+                _path_text(private_key),
+            )
+            dtls_session = DTLSSession.client(
+                context,
                 now=trio.current_time(),
                 mtu=mtu or (DEFAULT_IPV6_MTU if transport.is_ipv6 else DEFAULT_IPV4_MTU),
                 policy=retransmit or RetransmitPolicy(),
                 identity=identity_bytes,
                 key=key,
+                session=session,
             )
-            client = cls(transport, server, session, name, on_event)
+            client = cls(transport, server, dtls_session, name, on_event)
             on_event(InfoEvent("handshake_start", f"{name}: starting a handshake"))
             with trio.move_on_after(handshake_timeout):
                 await client._handshake()
-            if session.state is SessionState.HANDSHAKING:
-                session.close()
+            if dtls_session.state is SessionState.HANDSHAKING:
+                dtls_session.close()
                 message = f"{name}: handshake not finished within {handshake_timeout:g} s"
                 on_event(ErrorEvent("handshake_timeout", message))
                 raise HandshakeError(message)
-            if session.state is not SessionState.ESTABLISHED:
-                message = f"{name}: handshake error - {session.failure_reason}"
+            if dtls_session.state is not SessionState.ESTABLISHED:
+                message = f"{name}: handshake error - {dtls_session.failure_reason}"
+                if dtls_session.alert_received is not None:
+                    message += f" (fatal alert from the server: {dtls_session.alert_received})"
                 on_event(ErrorEvent("handshake_failed", message))
-                raise HandshakeError(message)
+                raise HandshakeError(message, alert=dtls_session.alert_received)
         except BaseException:
             transport.close()
             raise
-        client.cipher = session.connection.get_cipher_name() or "unknown"
-        client.protocol = session.connection.get_protocol_version_name()
+        client.cipher = dtls_session.connection.get_cipher_name() or "unknown"
+        client.protocol = dtls_session.connection.get_protocol_version_name()
+        client.session = dtls_session.connection.get_session()
+        client.resumed = dtls_session.resumed
+        client.peer_certificate = peer_certificate(dtls_session.connection)
         on_event(InfoEvent("handshake_complete", f"{name}: encrypted connection established!"))
         return client
 
@@ -234,6 +299,16 @@ class DTLSClient:
             for event in self._session.receive_datagram(datagram, trio.current_time()):
                 if isinstance(event, ApplicationData):
                     self._ready.append(event.data)
+                    # Qt's client shows each reply with the DTLS datagram it came in.
+                    self._on_event(
+                        DatagramReceived(
+                            "datagram",
+                            f"{self._name} received a DTLS datagram",
+                            self._server,
+                            ciphertext=datagram,
+                            plaintext=event.data,
+                        )
+                    )
                 elif isinstance(event, RemoteClosed):
                     self._closed_reason = "the server sent close_notify"
                     self._on_event(

@@ -1,0 +1,756 @@
+"""The command line, end to end: ``serve`` and ``client`` as real subprocesses on loopback.
+
+Every process is started through :class:`Program`, which collects its output in reader
+threads, lets a test wait (with a timeout) for a pattern to appear, and always ends the
+process by its handle when the ``with`` block exits.  ``test_examples.py`` and
+``test_interop.py`` use the same helpers.
+
+The second half tests the pieces in-process: the parser (every ServerConfig field has an
+option, every option documents its default), the one-line errors, and the display.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import dataclasses
+import io
+import json
+import os
+import pty
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+from trio_dtls_server import (
+    QT_DEMO_IDENTITY_HINT,
+    DatagramReceived,
+    ErrorEvent,
+    InfoEvent,
+    RetransmitPolicy,
+    ServerConfig,
+    WarningEvent,
+)
+from trio_dtls_server._cli import CONFIG_OPTIONS, build_parser, config_from_arguments, main
+from trio_dtls_server._display import (
+    ColourMode,
+    Display,
+    colour_mode_for,
+    escape_control_characters,
+    hex_dump,
+)
+
+#: Longest wait for any one expected output (the machine may be loaded: it is generous).
+TIMEOUT = 30.0
+
+LISTENING = r"Server is listening on address (\S+) and port (\d+)"
+HEX = r"(?:[0-9a-f]{2} )*[0-9a-f]{2}"
+
+
+# -- helpers shared with test_examples.py and test_interop.py -------------------------------------
+
+
+class _Collector:
+    """Reads one file descriptor to its end in a thread; tests wait for patterns in the text."""
+
+    def __init__(self, fd: int) -> None:
+        self.text = ""
+        self.finished = False
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(fd,), daemon=True)
+        self._thread.start()
+
+    def _read(self, fd: int) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        while True:
+            try:
+                chunk = os.read(fd, 65_536)
+            except OSError:  # a pty master reports EIO once the child has gone
+                chunk = b""
+            with self._condition:
+                self.text += decoder.decode(chunk, final=not chunk)
+                if not chunk:
+                    self.finished = True
+                self._condition.notify_all()
+            if not chunk:
+                return
+
+    def wait_for(self, pattern: str, timeout: float = TIMEOUT, *, count: int = 1) -> re.Match[str]:
+        """The ``count``-th match of ``pattern`` (multi-line regex), waiting up to ``timeout``."""
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while True:
+                matches = list(regex.finditer(self.text))
+                if len(matches) >= count:
+                    return matches[count - 1]
+                remaining = deadline - time.monotonic()
+                if self.finished or remaining <= 0:
+                    raise AssertionError(
+                        f"{pattern!r} (x{count}) not seen within {timeout:g} s; "
+                        f"output so far:\n{self.text}"
+                    )
+                self._condition.wait(remaining)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+def clean_environment(overrides: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """The test's environment without colour settings, plus ``overrides`` (None deletes)."""
+    environment = dict(os.environ)
+    for name in ("NO_COLOR", "COLORTERM", "FORCE_COLOR"):
+        environment.pop(name, None)
+    for name, value in (overrides or {}).items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    return environment
+
+
+class Program:
+    """A subprocess with collected output, always ended by its handle on ``__exit__``.
+
+    ``terminal=True`` runs it with stdout and stderr on a pseudo-terminal (then both land in
+    :attr:`stdout`).
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str | None] | None = None,
+        stdin: bool = False,
+        terminal: bool = False,
+    ) -> None:
+        self.args = list(args)
+        self._terminal_fd: int | None = None
+        environment = clean_environment(env)
+        stdin_mode = subprocess.PIPE if stdin else subprocess.DEVNULL
+        if terminal:
+            master, slave = pty.openpty()
+            try:
+                self.process = subprocess.Popen(
+                    self.args, stdin=stdin_mode, stdout=slave, stderr=slave, env=environment
+                )
+            finally:
+                os.close(slave)
+            self._terminal_fd = master
+            self.stdout = _Collector(master)
+            self.stderr = self.stdout
+        else:
+            self.process = subprocess.Popen(
+                self.args,
+                stdin=stdin_mode,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=environment,
+            )
+            assert self.process.stdout is not None and self.process.stderr is not None
+            self.stdout = _Collector(self.process.stdout.fileno())
+            self.stderr = _Collector(self.process.stderr.fileno())
+
+    def __enter__(self) -> Program:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def write(self, text: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(text.encode())
+        self.process.stdin.flush()
+
+    def close_stdin(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+
+    def send_signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        """The exit code, once the process has ended and all its output was read."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.args} still running after {timeout:g} s; output:\n{self.stdout.text}"
+                f"\nstderr:\n{self.stderr.text}"
+            ) from None
+        self.stdout.join(TIMEOUT)
+        self.stderr.join(TIMEOUT)
+        return code
+
+    def stop(self) -> None:
+        """Kill the process if it still runs, reap it, close our ends of its pipes."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(TIMEOUT)
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+        if self._terminal_fd is not None:
+            self.stdout.join(TIMEOUT)
+            os.close(self._terminal_fd)
+            self._terminal_fd = None
+
+
+def command(*args: str) -> list[str]:
+    """``python -m trio_dtls_server <args>`` with the interpreter running the tests."""
+    return [sys.executable, "-m", "trio_dtls_server", *args]
+
+
+def start_serve(
+    *args: str, env: Mapping[str, str | None] | None = None, terminal: bool = False
+) -> tuple[Program, int]:
+    """``serve --port 0 <args>``, running; returns it and the port it reported."""
+    program = Program(command("serve", "--port", "0", *args), env=env, terminal=terminal)
+    try:
+        port = int(program.stdout.wait_for(LISTENING).group(2))
+    except BaseException:
+        program.stop()
+        raise
+    return program, port
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """A UDP port nobody uses right now (for programs that cannot report theirs)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def check_dtls_record(hex_text: str) -> None:
+    """``hex_text`` is one DTLS 1.2 application-data record, length field included."""
+    record = bytes.fromhex(hex_text.replace(" ", ""))
+    assert record[0] == 23  # application_data
+    assert record[1:3] == b"\xfe\xfd"  # DTLS 1.2
+    assert record[3:5] == b"\x00\x01"  # epoch 1: encrypted
+    assert int.from_bytes(record[11:13], "big") == len(record) - 13
+
+
+# -- serve + client ----------------------------------------------------------------------------
+
+
+def test_three_clients_three_pings_every_ping_acked() -> None:
+    server, port = start_serve("--psk-hex", "1a2b3c4d5e6f")
+    with server:
+        with Program(
+            command(
+                "client", "127.0.0.1", str(port), "--connections", "3", "--pings", "3",
+                "--interval", "0.2",
+            )
+        ) as client:  # fmt: skip
+            assert client.wait() == 0, client.stdout.text + client.stderr.text
+        client_lines = client.stdout.text.splitlines()
+        assert client_lines[-1] == (
+            "Summary: 3 association(s), 3 handshake(s), 9 ping(s) sent, 9 repl(ies) received, "
+            "0 failed"
+        )
+        # Qt's client line for each reply: the DTLS record in hex and Qt's exact ACK text.
+        reply = re.compile(
+            rf"^Alice \(clone number (\d)\) received a DTLS datagram: ({HEX}) "
+            r"As plain text: to \(127\.0\.0\.1:(\d+)\): ACK$"
+        )
+        ports: dict[int, set[int]] = {0: set(), 1: set(), 2: set()}
+        replies = [match for line in client_lines if (match := reply.match(line))]
+        assert len(replies) == 9
+        for match in replies:
+            ports[int(match.group(1))].add(int(match.group(3)))
+            check_dtls_record(match.group(2))
+        assert all(len(seen) == 1 for seen in ports.values()), ports
+        client_port = {number: seen.pop() for number, seen in ports.items()}
+        assert len(set(client_port.values())) == 3  # one socket per association
+        for number in range(3):
+            name = f"Alice (clone number {number})"
+            assert f"{name}: starting a handshake" in client_lines
+            assert f"{name}: encrypted connection established!" in client_lines
+
+        # The server saw every ping, from the port its ACK named, and each client's goodbye.
+        for number, peer_port in client_port.items():
+            for ping in range(3):
+                server.stdout.wait_for(
+                    rf"^A message from \(127\.0\.0\.1:{peer_port}\) DTLS datagram: {HEX} "
+                    rf"As plain text: I am Alice \(clone number {number}\), please, "
+                    rf"accept our ping {ping}$"
+                )
+            server.stdout.wait_for(
+                rf"^\(127\.0\.0\.1:{peer_port}\): The DTLS connection has been shutdown$"
+            )
+            assert (
+                f"PSK callback, received a client's identity: 'Alice (clone number {number})'"
+                in server.stdout.text
+            )
+        server.send_signal(signal.SIGINT)
+        assert server.wait() == 0
+        assert server.stdout.text.splitlines()[-2:] == [
+            "SIGINT received: shutting down, close_notify to 0 peer(s)",
+            "Server is not accepting new connections",
+        ]
+        assert server.stderr.text == ""
+
+
+def test_sigint_to_serve_sends_close_notify_to_running_clients() -> None:
+    server, port = start_serve()
+    with server, Program(
+        command(
+            "client", "127.0.0.1", str(port), "--connections", "2", "--pings", "100000",
+            "--interval", "0.2",
+        )
+    ) as client:  # fmt: skip
+        for number in range(2):
+            client.stdout.wait_for(
+                rf"^Alice \(clone number {number}\) received a DTLS datagram: .* ACK$"
+            )
+        server.send_signal(signal.SIGINT)
+        assert server.wait() == 0
+        server.stdout.wait_for(r"^SIGINT received: shutting down, close_notify to 2 peer\(s\)$")
+        assert client.wait() == 1
+        lines = client.stdout.text.splitlines()
+        for number in range(2):
+            assert f"error: Alice (clone number {number}): shutdown alert received" in lines
+        assert lines[-1].startswith("Summary: 2 association(s), 2 handshake(s), ")
+        assert lines[-1].endswith(", 2 failed")
+
+
+def test_serve_exits_zero_on_sigterm_and_bind_failure_is_one_line() -> None:
+    server, port = start_serve()
+    with server:
+        # The port is taken: one line on stderr naming the address and the reason.
+        with Program(command("serve", "--port", str(port))) as second:
+            assert second.wait() == 1
+        assert second.stderr.text == (
+            f"trio-dtls-server: error: cannot bind UDP 127.0.0.1:{port}: Address already in use\n"
+        )
+        assert "Server is listening" not in second.stdout.text
+
+        # serve's first two lines: Qt's listening line, then the demo-key warning.
+        assert server.stdout.text.splitlines()[:2] == [
+            f"Server is listening on address 127.0.0.1 and port {port}",
+            "warning: using Qt's demo key 1a2b3c4d5e6f: it is public, anyone can connect; "
+            "give --psk-hex or --psk-file for anything but a demo",
+        ]
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+        assert "SIGTERM received: shutting down, close_notify to 0 peer(s)" in server.stdout.text
+
+
+def test_client_ctrl_c_closes_with_close_notify_and_exits_130() -> None:
+    server, port = start_serve()
+    with server, Program(command("client", "127.0.0.1", str(port), "--interval", "0.2")) as client:
+        match = client.stdout.wait_for(r"As plain text: to \(127\.0\.0\.1:(\d+)\): ACK$")
+        client.send_signal(signal.SIGINT)
+        assert client.wait() == 130
+        assert (
+            "SIGINT received: closing 1 association(s) with close_notify"
+            in client.stdout.text.splitlines()
+        )
+        server.stdout.wait_for(
+            rf"^\(127\.0\.0\.1:{match.group(1)}\): The DTLS connection has been shutdown$"
+        )
+
+
+def test_unknown_identity_is_refused_with_a_reason_on_both_sides(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(
+        "# only the sensors may talk to us\nsensor-0,1a2b3c4d5e6f\nsensor-1,0011223344\n"
+    )
+    server, port = start_serve("--psk-file", str(keys))
+    with server:
+        with Program(command("client", "127.0.0.1", str(port), "--pings", "1")) as stranger:
+            assert stranger.wait() == 1
+        failure = stranger.stdout.wait_for(
+            r"^error: Alice \(clone number 0\): handshake error - (.*)$"
+        )
+        assert "unknown psk identity" in failure.group(1).lower()
+        server.stdout.wait_for(
+            r"^error: \(127\.0\.0\.1:\d+\): unknown PSK identity 'Alice \(clone number 0\)'$"
+        )
+        assert "demo key" not in server.stdout.text  # a PSK file means no demo-key warning
+
+        # Identities from the file get in, each with its own key; "%1" is the clone number.
+        clients = [
+            ("sensor-0", ["--identity", "sensor-%1", "--psk-hex", "1a2b3c4d5e6f"]),
+            ("sensor-1", ["--identity", "sensor-1", "--psk-hex", "0011223344"]),
+        ]
+        for name, options in clients:
+            args = command("client", "127.0.0.1", str(port), "--pings", "1", *options)
+            with Program(args) as sensor:
+                assert sensor.wait() == 0, sensor.stdout.text
+            sensor.stdout.wait_for(
+                rf"^{name} received a DTLS datagram: .* As plain text: to \(.*\): ACK$"
+            )
+            server.stdout.wait_for(rf"^PSK callback, received a client's identity: '{name}'$")
+
+
+def test_client_without_a_server_retransmits_then_gives_up() -> None:
+    port = free_udp_port()
+    with Program(
+        command("client", "127.0.0.1", str(port), "--handshake-timeout", "1.5", "--pings", "1")
+    ) as client:
+        assert client.wait() == 1
+    lines = client.stdout.text.splitlines()
+    assert lines == [
+        "Alice (clone number 0): starting a handshake",
+        "warning: Alice (clone number 0): handshake timeout, trying to re-transmit",
+        "error: Alice (clone number 0): handshake not finished within 1.5 s",
+        "Summary: 1 association(s), 0 handshake(s), 0 ping(s) sent, 0 repl(ies) received, 1 failed",
+    ]
+
+
+def test_json_log_format_and_statistics() -> None:
+    server, port = start_serve("--log-format", "json", "--stats-interval", "0.2")
+    with server:
+        with Program(
+            command("client", "127.0.0.1", str(port), "--pings", "1", "--log-format", "json")
+        ) as client:
+            assert client.wait() == 0
+        server.stdout.wait_for(r'"code": "remote_closed"')
+        server.stdout.wait_for(r'"code": "statistics".*"messages_received": 1\b')
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+
+    server_records = [json.loads(line) for line in server.stdout.text.splitlines()]
+    for record in server_records:
+        assert {"time", "severity", "code", "message", "peer"} <= record.keys()
+    assert (
+        server_records[0]["message"] == f"Server is listening on address 127.0.0.1 and port {port}"
+    )
+    assert server_records[-1]["code"] == "stopped"
+    (message,) = [r for r in server_records if r["code"] == "datagram"]
+    assert message["severity"] == "message"
+    assert message["plaintext"] == "I am Alice (clone number 0), please, accept our ping 0"
+    check_dtls_record(bytes.fromhex(message["ciphertext"]).hex(" "))
+    assert message["peer"][0] == "127.0.0.1"
+    statistics = [r for r in server_records if r["code"] == "statistics"]
+    assert statistics[-1]["statistics"]["handshakes_completed"] == 1
+
+    client_records = [json.loads(line) for line in client.stdout.text.splitlines()]
+    (reply,) = [r for r in client_records if r["code"] == "datagram"]
+    assert reply["plaintext"] == f"to (127.0.0.1:{message['peer'][1]}): ACK"
+    assert reply["peer"] == ["127.0.0.1", port]
+
+
+def test_quiet_shows_only_the_listening_line_warnings_and_errors() -> None:
+    server, port = start_serve("--quiet")
+    with server:
+        with Program(command("client", "127.0.0.1", str(port), "--pings", "1", "--quiet")) as c:
+            assert c.wait() == 0
+        assert c.stdout.text.splitlines() == [
+            "Summary: 1 association(s), 1 handshake(s), 1 ping(s) sent, 1 repl(ies) received, "
+            "0 failed"
+        ]
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert server.stdout.text.splitlines() == [
+        f"Server is listening on address 127.0.0.1 and port {port}",
+        "warning: using Qt's demo key 1a2b3c4d5e6f: it is public, anyone can connect; "
+        "give --psk-hex or --psk-file for anything but a demo",
+    ]
+
+
+# -- colour ------------------------------------------------------------------------------------
+
+ESCAPE = "\x1b["
+
+
+def test_no_colour_when_output_is_not_a_terminal() -> None:
+    server, port = start_serve()
+    with server:
+        with Program(command("client", "127.0.0.1", str(port), "--pings", "1")) as client:
+            assert client.wait() == 0
+        server.stdout.wait_for("The DTLS connection has been shutdown")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    for text in (server.stdout.text, server.stderr.text, client.stdout.text):
+        assert ESCAPE not in text
+    assert "warning: using Qt's demo key" in server.stdout.text
+
+
+@pytest.mark.parametrize(
+    ("environment", "listening_colour", "warning_colour"),
+    [
+        ({"TERM": "xterm-256color"}, "\x1b[38;5;18m", "\x1b[38;5;208m"),
+        ({"TERM": "xterm-256color", "COLORTERM": "truecolor"}, "\x1b[38;2;0;0;139m", None),
+    ],
+    ids=["256-colours", "truecolor"],
+)
+def test_colour_on_a_terminal(
+    environment: dict[str, str | None], listening_colour: str, warning_colour: str | None
+) -> None:
+    server, port = start_serve(env=environment, terminal=True)
+    with server:
+        server.stdout.wait_for("demo key")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    text = server.stdout.text
+    expected = f"{listening_colour}Server is listening on address 127.0.0.1 and port {port}\x1b[0m"
+    assert expected in text
+    if warning_colour:
+        assert f"{warning_colour}using Qt's demo key" in text
+    assert "warning: " not in text  # the colour says it
+
+
+@pytest.mark.parametrize("value", ["1", ""], ids=["NO_COLOR=1", "NO_COLOR-empty"])
+def test_no_colour_on_a_terminal_when_no_color_is_set(value: str) -> None:
+    env = {"TERM": "xterm-256color", "COLORTERM": "truecolor", "NO_COLOR": value}
+    server, port = start_serve(env=env, terminal=True)
+    with server:
+        server.stdout.wait_for("demo key")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert ESCAPE not in server.stdout.text
+    assert f"Server is listening on address 127.0.0.1 and port {port}" in server.stdout.text
+
+
+def test_client_colours_replies_dark_magenta_on_a_terminal() -> None:
+    server, port = start_serve("--psk-hex", "1a2b3c4d5e6f")
+    with (
+        server,
+        Program(
+            command("client", "127.0.0.1", str(port), "--pings", "1"),
+            env={"TERM": "xterm-256color", "COLORTERM": "truecolor"},
+            terminal=True,
+        ) as client,
+    ):
+        assert client.wait() == 0
+        client.stdout.wait_for(
+            r"\x1b\[38;2;139;0;139mAlice \(clone number 0\) received a DTLS datagram: "
+        )
+
+
+# -- bad keys: one line, exit code 2 ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("12345", "--psk-hex: '12345' is not an even-length hex string"),
+        ("1a2b3g", "--psk-hex: '1a2b3g' is not an even-length hex string"),
+        ("", "--psk-hex: the key is empty"),
+    ],
+)
+def test_bad_psk_hex_is_one_line_and_exit_code_2(value: str, problem: str) -> None:
+    with Program(command("serve", "--port", "0", "--psk-hex", value)) as server:
+        assert server.wait() == 2
+    assert server.stderr.text == f"trio-dtls-server: error: {problem}\n"
+    assert server.stdout.text == ""
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("Bob,1a2b\nAlice (clone number 0) 1a2b\n", "line 2: expected 'identity,hexkey'"),
+        ("Bob,xyz\n", "line 1: 'xyz' is not an even-length hex string"),
+        ("Bob,1a2b\nBob,3c4d\n", "line 2: identity 'Bob' appears twice"),
+        (",1a2b\n", "line 1: the identity is empty"),
+        ("# nothing\n\n", "no 'identity,hexkey' lines"),
+    ],
+)
+def test_bad_psk_file_is_one_line_and_exit_code_2(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text(content)
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["serve", "--port", "0", "--psk-file", str(keys)], stdout=out, stderr=err) == 2
+    assert out.getvalue() == ""
+    (line,) = err.getvalue().splitlines()
+    assert line.startswith(f"trio-dtls-server: error: {keys}")
+    assert problem in line
+
+
+def test_bad_psk_file_through_the_real_command(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("Alice (clone number 0) 1a2b3c\n")
+    with Program(command("serve", "--port", "0", "--psk-file", str(keys))) as server:
+        assert server.wait() == 2
+    assert server.stderr.text == (
+        f"trio-dtls-server: error: {keys}, line 1: expected 'identity,hexkey', found no comma\n"
+    )
+
+
+def test_missing_psk_file_and_bad_client_key() -> None:
+    err = io.StringIO()
+    assert main(["serve", "--psk-file", "/nonexistent/keys"], stdout=io.StringIO(), stderr=err) == 2
+    assert err.getvalue().startswith("trio-dtls-server: error: cannot read PSK file ")
+    assert len(err.getvalue().splitlines()) == 1
+    err = io.StringIO()
+    assert main(["client", "127.0.0.1", "--psk-hex", "xyz"], stdout=io.StringIO(), stderr=err) == 2
+    assert (
+        err.getvalue()
+        == "trio-dtls-server: error: --psk-hex: 'xyz' is not an even-length hex string\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        (["--mtu", "100"], "--mtu must be between 256 and 65507, not 100"),
+        (["--retransmit-initial", "0"], "--retransmit-initial/--retransmit-max: "),
+        (["--ciphers", "NO-SUCH-SUITE"], "--ciphers: OpenSSL refuses 'NO-SUCH-SUITE'"),
+    ],
+)
+def test_bad_limits_are_one_line_and_exit_code_2(options: list[str], problem: str) -> None:
+    err = io.StringIO()
+    assert main(["serve", "--port", "0", *options], stdout=io.StringIO(), stderr=err) == 2
+    (line,) = err.getvalue().splitlines()
+    assert line.startswith(f"trio-dtls-server: error: {problem}")
+
+
+# -- the parser ------------------------------------------------------------------------------------
+
+
+def test_every_server_config_field_has_an_option() -> None:
+    targets = {option.target for option in CONFIG_OPTIONS}
+    config_fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    policy_fields = {f"retransmit.{f.name}" for f in dataclasses.fields(RetransmitPolicy)}
+    # identity_hint is --identity-hint (Qt's default); retransmit is its three fields.
+    assert targets == (config_fields - {"identity_hint", "retransmit"}) | policy_fields
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("no subcommands")
+
+
+def test_help_explains_every_option_with_its_default() -> None:
+    without_default = {"help", "quiet", "psk_file", "host"}  # host: HOST, the client's target
+    for name, subparser in _subcommands().items():
+        for action in subparser._actions:
+            assert action.help, (name, action.dest)
+            if action.dest not in without_default or (name, action.dest) == ("serve", "host"):
+                assert "(default: " in action.help, (name, action.dest)
+    serve_help = _subcommands()["serve"].format_help()
+    for option in CONFIG_OPTIONS:
+        assert f"{option.flag} {option.metavar}" in serve_help
+    assert "(default: 20000)" in serve_help  # --max-peers
+    client_help = _subcommands()["client"].format_help()
+    assert "(default: 'Alice (clone number %1)')" in client_help
+    assert "(default: 5, as Qt)" in client_help  # --interval
+
+
+def test_options_build_the_server_config() -> None:
+    defaults = build_parser().parse_args(["serve"])
+    assert config_from_arguments(defaults) == ServerConfig(identity_hint=QT_DEMO_IDENTITY_HINT)
+    arguments = build_parser().parse_args(
+        [
+            "serve", "--identity-hint", "", "--ciphers", "PSK-AES128-GCM-SHA256", "--mtu", "1200",
+            "--retransmit-initial", "0.5", "--retransmit-max", "4", "--retransmit-count", "2",
+            "--handshake-timeout", "7", "--idle-timeout", "none", "--max-peers", "10",
+            "--max-handshakes", "3", "--evict-idle-after", "never", "--peer-queue-size", "8",
+            "--max-datagram-size", "2000", "--cookie-rotation", "60", "--max-auth-failures", "4",
+            "--auth-failure-window", "2", "--event-buffer", "16",
+        ]
+    )  # fmt: skip
+    assert config_from_arguments(arguments) == ServerConfig(
+        identity_hint=None,
+        ciphers="PSK-AES128-GCM-SHA256",
+        mtu=1200,
+        retransmit=RetransmitPolicy(initial=0.5, maximum=4.0, max_retransmissions=2),
+        handshake_timeout=7.0,
+        idle_timeout=None,
+        max_peers=10,
+        max_handshakes=3,
+        evict_idle_after=None,
+        peer_queue_size=8,
+        max_datagram_size=2000,
+        cookie_rotation=60.0,
+        max_auth_failures=4,
+        auth_failure_window=2.0,
+        event_buffer=16,
+    )
+
+
+def test_usage_errors_exit_with_code_2() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["serve", "--port", "70000"])
+    assert exit_info.value.code == 2
+
+
+# -- the display -----------------------------------------------------------------------------------
+
+
+class _FakeStream(io.StringIO):
+    def __init__(self, terminal: bool) -> None:
+        super().__init__()
+        self._terminal = terminal
+
+    def isatty(self) -> bool:
+        return self._terminal
+
+
+@pytest.mark.parametrize(
+    ("terminal", "environment", "expected"),
+    [
+        (False, {}, ColourMode.NONE),
+        (True, {}, ColourMode.PALETTE_256),
+        (True, {"COLORTERM": "truecolor"}, ColourMode.TRUECOLOR),
+        (True, {"COLORTERM": "24bit"}, ColourMode.TRUECOLOR),
+        (True, {"NO_COLOR": ""}, ColourMode.NONE),
+        (True, {"NO_COLOR": "0", "COLORTERM": "truecolor"}, ColourMode.NONE),
+        (True, {"TERM": "dumb"}, ColourMode.NONE),
+    ],
+)
+def test_colour_mode(terminal: bool, environment: dict[str, str], expected: ColourMode) -> None:
+    assert colour_mode_for(_FakeStream(terminal), environment) is expected
+
+
+def test_qt_colours_for_each_severity() -> None:
+    stream = _FakeStream(True)
+    display = Display(stream, colour=ColourMode.TRUECOLOR)
+    display.show(ErrorEvent("x", "failed"))
+    display.show(WarningEvent("x", "odd"))
+    display.show(InfoEvent("x", "fine"))
+    display.show(
+        DatagramReceived("datagram", "A message from (::1:5555)", ("::1", 5555), b"\x17\xfe", b"hi")
+    )
+    assert stream.getvalue().splitlines() == [
+        "\x1b[38;2;220;20;60mfailed\x1b[0m",  # Crimson
+        "\x1b[38;2;255;140;0modd\x1b[0m",  # DarkOrange
+        "\x1b[38;2;0;0;139mfine\x1b[0m",  # DarkBlue
+        "\x1b[38;2;139;0;139m"  # DarkMagenta
+        "A message from (::1:5555) DTLS datagram: 17 fe As plain text: hi\x1b[0m",
+    ]
+
+
+def test_peer_text_cannot_reach_the_terminal_raw() -> None:
+    stream = _FakeStream(False)
+    display = Display(stream, side="client", colour=ColourMode.NONE)
+    # ESC, CR/LF, a backslash, a C1 CSI (U+009B, as UTF-8) and a byte that is not UTF-8.
+    hostile = b"\x1b[2Jgotcha\r\nline two\\\xc2\x9b\xff"
+    display.show(
+        DatagramReceived("datagram", "Alice received a DTLS datagram", None, b"\x01", hostile)
+    )
+    display.show(InfoEvent("psk_identity", "identity: 'evil\x1b]0;title\x07'"))
+    assert stream.getvalue().splitlines() == [
+        "Alice received a DTLS datagram: 01 As plain text: "
+        "\\x1b[2Jgotcha\\r\\nline two\\\\\\x9b\ufffd",
+        "identity: 'evil\\x1b]0;title\\x07'",
+    ]
+    assert escape_control_characters("caf\u00e9 ok") == "caf\u00e9 ok"
+
+
+def test_hex_dump_like_qt_and_shortened() -> None:
+    assert hex_dump(b"\x17\xfe\xfd\x00") == "17 fe fd 00"
+    assert hex_dump(bytes(range(20)), 4) == "00 01 02 03 ... (20 bytes)"
+    assert hex_dump(b"\x01\x02", 4) == "01 02"

@@ -1,0 +1,810 @@
+"""The command line: ``trio-dtls-server serve`` (Qt's server example) and ``client`` (Qt's client).
+
+``serve`` runs a :class:`~trio_dtls_server.DTLSServer` in the foreground and prints its events,
+one per line (:mod:`._display`).  ``client`` runs Qt's ``DtlsAssociation`` example: K
+associations, each pinging the server and printing the replies.
+
+Both stop the Trio way: a signal receiver task cancels the nursery, and everything inside shuts
+down as cancellation unwinds -- the server sends close_notify to every peer, each client
+association sends close_notify to the server.
+
+Exit codes (the same for both commands):
+
+* 0 -- ``serve`` stopped by SIGINT/SIGTERM; ``client`` got every reply it waited for;
+* 1 -- a failure at run time: bind failure, a handshake that failed or timed out, a missing
+  reply, a close_notify from the server;
+* 2 -- the command line is wrong: unknown option, malformed ``--psk-hex`` or ``--psk-file``,
+  a limit out of range;
+* 130 / 143 -- ``client`` interrupted by SIGINT / SIGTERM (128 + the signal number, as shells
+  report it): the associations were closed with close_notify before their pings were done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import trio
+from OpenSSL import SSL
+
+from ._client import DTLSClient, HandshakeError
+from ._config import (
+    DEFAULT_CIPHERS,
+    DEFAULT_PORT,
+    QT_DEMO_IDENTITY_HINT,
+    QT_DEMO_KEY,
+    ServerConfig,
+)
+from ._connection import ConnectionClosed
+from ._display import Display
+from ._events import ErrorEvent, InfoEvent, ServerEvent, WarningEvent
+from ._psk import PskFileError, PskSource, load_psk_file, parse_psk_hex
+from ._server import DTLSServer, ServerBindError
+from ._session import RetransmitPolicy
+
+__all__ = ["build_parser", "main"]
+
+PROGRAM = "trio-dtls-server"
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+#: Qt's client names its associations from this template; ``%1`` is the clone number.
+QT_IDENTITY_TEMPLATE = "Alice (clone number %1)"
+#: Qt's client pings every 5 seconds.
+QT_PING_INTERVAL = 5.0
+
+_UNSET: Any = object()
+
+
+class UsageError(Exception):
+    """A command-line value that cannot be used; printed as one line, exit code 2."""
+
+
+# -- argument types ----------------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65_535:
+        raise argparse.ArgumentTypeError(f"port {port} is not between 0 and 65535")
+    return port
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def _on_off(text: str) -> bool:
+    value = text.lower()
+    if value in {"on", "yes", "true", "1"}:
+        return True
+    if value in {"off", "no", "false", "0"}:
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not 'on' or 'off'")
+
+
+def _float_or_none(text: str) -> float | None:
+    return None if text.lower() in {"none", "never", "off"} else _non_negative_float(text)
+
+
+def _int_or_auto(text: str) -> int | None:
+    return None if text.lower() == "auto" else _positive_int(text)
+
+
+# -- the ServerConfig options ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigOption:
+    """One ``serve`` option that sets a :class:`ServerConfig` (or :class:`RetransmitPolicy`)
+    field; ``target`` is the field name, ``retransmit.<name>`` for the policy's fields."""
+
+    flag: str
+    target: str
+    parse: Callable[[str], Any]
+    metavar: str
+    help: str
+
+
+#: Every ServerConfig field except ``identity_hint`` (which has Qt's default, see ``serve``).
+CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
+    ConfigOption(
+        "--ciphers",
+        "ciphers",
+        str,
+        "LIST",
+        "a cipher profile ('default': AEAD suites only; 'iot': adds RFC 7925's CCM_8; "
+        "'compat': adds CBC suites) or an OpenSSL cipher string",
+    ),
+    ConfigOption(
+        "--mtu",
+        "mtu",
+        _int_or_auto,
+        "BYTES",
+        "largest handshake datagram we send; 'auto' = 1472 on IPv4, 1452 on IPv6",
+    ),
+    ConfigOption(
+        "--retransmit-initial",
+        "retransmit.initial",
+        _non_negative_float,
+        "SECONDS",
+        "first handshake retransmission after this long (then doubling)",
+    ),
+    ConfigOption(
+        "--retransmit-max",
+        "retransmit.maximum",
+        _non_negative_float,
+        "SECONDS",
+        "longest wait between handshake retransmissions",
+    ),
+    ConfigOption(
+        "--retransmit-count",
+        "retransmit.max_retransmissions",
+        _non_negative_int,
+        "N",
+        "unanswered retransmissions before a handshake fails",
+    ),
+    ConfigOption(
+        "--handshake-timeout",
+        "handshake_timeout",
+        _non_negative_float,
+        "SECONDS",
+        "a handshake not finished this long after the verified ClientHello fails",
+    ),
+    ConfigOption(
+        "--idle-timeout",
+        "idle_timeout",
+        _float_or_none,
+        "SECONDS",
+        "close (with close_notify) a peer silent this long; 'none' = never",
+    ),
+    ConfigOption("--max-peers", "max_peers", _positive_int, "N", "peers held at once"),
+    ConfigOption(
+        "--max-handshakes", "max_handshakes", _positive_int, "N", "handshakes in flight at once"
+    ),
+    ConfigOption(
+        "--evict-idle-after",
+        "evict_idle_after",
+        _float_or_none,
+        "SECONDS",
+        "when the peer table is full, a new client may evict a peer idle this long; "
+        "'none' = never evict",
+    ),
+    ConfigOption(
+        "--peer-queue-size",
+        "peer_queue_size",
+        _positive_int,
+        "N",
+        "datagrams queued per peer before more are dropped",
+    ),
+    ConfigOption(
+        "--max-datagram-size",
+        "max_datagram_size",
+        _positive_int,
+        "BYTES",
+        "larger datagrams are dropped unread",
+    ),
+    ConfigOption(
+        "--cookie-rotation",
+        "cookie_rotation",
+        _non_negative_float,
+        "SECONDS",
+        "how often the cookie secret changes (the previous one stays valid one more period)",
+    ),
+    ConfigOption(
+        "--max-auth-failures",
+        "max_auth_failures",
+        _positive_int,
+        "N",
+        "records failing authentication tolerated per peer per window",
+    ),
+    ConfigOption(
+        "--auth-failure-window",
+        "auth_failure_window",
+        _non_negative_float,
+        "SECONDS",
+        "the window of --max-auth-failures; a peer over the limit is ignored this long",
+    ),
+    ConfigOption(
+        "--psk-lookup-timeout",
+        "psk_lookup_timeout",
+        _non_negative_float,
+        "SECONDS",
+        "how long an asynchronous PSK store may take to answer",
+    ),
+    ConfigOption(
+        "--session-resumption",
+        "session_resumption",
+        _on_off,
+        "on|off",
+        "let returning clients resume their session (an abbreviated handshake)",
+    ),
+    ConfigOption(
+        "--session-lifetime",
+        "session_lifetime",
+        _non_negative_float,
+        "SECONDS",
+        "an older session is not resumed",
+    ),
+    ConfigOption(
+        "--event-buffer",
+        "event_buffer",
+        _positive_int,
+        "N",
+        "events buffered for the display; beyond it events are dropped (and counted)",
+    ),
+)
+
+
+def _dest(option: ConfigOption) -> str:
+    return option.flag.removeprefix("--").replace("-", "_")
+
+
+def _default_of(target: str) -> Any:
+    if target.startswith("retransmit."):
+        return getattr(RetransmitPolicy(), target.removeprefix("retransmit."))
+    return getattr(ServerConfig(), target)
+
+
+def _describe_default(value: Any, option: ConfigOption) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "auto" if option.parse is _int_or_auto else "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def config_from_arguments(arguments: argparse.Namespace) -> ServerConfig:
+    """A :class:`ServerConfig` from the parsed ``serve`` options (defaults where not given)."""
+    settings: dict[str, Any] = {}
+    retransmit: dict[str, Any] = {}
+    for option in CONFIG_OPTIONS:
+        value = getattr(arguments, _dest(option))
+        if value is _UNSET:
+            continue
+        if option.target.startswith("retransmit."):
+            retransmit[option.target.removeprefix("retransmit.")] = value
+        else:
+            settings[option.target] = value
+    hint = arguments.identity_hint
+    settings["identity_hint"] = hint or None
+    try:
+        if retransmit:
+            settings["retransmit"] = RetransmitPolicy(**retransmit)
+        return ServerConfig(**settings)
+    except ValueError as error:
+        raise UsageError(_name_the_option(str(error))) from None
+
+
+def _name_the_option(message: str) -> str:
+    """ServerConfig's complaint, with the field name it starts with turned into the flag."""
+    if message.startswith("retransmission timers"):
+        return f"--retransmit-initial/--retransmit-max: {message}"
+    for option in CONFIG_OPTIONS:
+        if message.startswith(option.target + " "):
+            return option.flag + message.removeprefix(option.target)
+    return message
+
+
+# -- the parser --------------------------------------------------------------------------------
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=100)
+
+
+def _add_display_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="'text': one line per event, coloured like Qt's window on a terminal (never "
+        "when NO_COLOR is set); 'json': one JSON object per line with time, severity, code, "
+        "message, peer (default: text)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only warnings and errors (and the listening line / the summary)",
+    )
+    parser.add_argument(
+        "--hex-limit",
+        type=_non_negative_int,
+        default=0,
+        metavar="BYTES",
+        help="show at most this many bytes of each DTLS datagram in hex; 0 = all, as Qt "
+        "(default: 0)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``trio-dtls-server`` argument parser, with its ``serve`` and ``client`` commands."""
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="A DTLS 1.2 PSK server and client on Trio: Qt's DTLS server and client "
+        "examples, on the command line.",
+        epilog="Exit codes: 0 success (serve: stopped by SIGINT/SIGTERM); 1 run-time failure "
+        "(bind, handshake, missing reply, close_notify from the server); 2 bad command line "
+        "or key; 130/143 client interrupted by SIGINT/SIGTERM.",
+        formatter_class=_Formatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the server in the foreground (Qt's DTLS server example)",
+        description="Run the DTLS server in the foreground.  It prints Qt's line 'Server is "
+        "listening on address H and port P' once bound, then one event per line.  SIGINT "
+        "(Ctrl-C) or SIGTERM sends close_notify to every peer and exits 0.",
+        formatter_class=_Formatter,
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to bind, IPv4 or IPv6 (default: 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"UDP port; 0 picks a free one (default: {DEFAULT_PORT}, Qt's)",
+    )
+    keys = serve.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--psk-hex",
+        metavar="HEX",
+        help="one pre-shared key, in hex, for every identity (default: Qt's public demo key "
+        f"{QT_DEMO_KEY.hex()}, with a warning)",
+    )
+    keys.add_argument(
+        "--psk-file",
+        metavar="PATH",
+        help="'identity,hexkey' lines (blank lines and # comments skipped); identities not "
+        "in the file are refused",
+    )
+    serve.add_argument(
+        "--identity-hint",
+        default=QT_DEMO_IDENTITY_HINT,
+        metavar="TEXT",
+        help="PSK identity hint sent to clients; '' sends none "
+        f"(default: {QT_DEMO_IDENTITY_HINT!r}, Qt's)",
+    )
+    serve.add_argument(
+        "--stats-interval",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="print the server's statistics every SECONDS; 0 = never (default: 0)",
+    )
+    _add_display_options(serve)
+    limits = serve.add_argument_group("limits and timers (ServerConfig)")
+    for option in CONFIG_OPTIONS:
+        default = _describe_default(_default_of(option.target), option)
+        limits.add_argument(
+            option.flag,
+            dest=_dest(option),
+            type=option.parse,
+            default=_UNSET,
+            metavar=option.metavar,
+            help=f"{option.help} (default: {default})",
+        )
+
+    client = commands.add_parser(
+        "client",
+        help="run Qt's DTLS client example: K associations pinging a server",
+        description="Qt's DtlsAssociation example: each association has its own UDP socket, "
+        "uses its name as PSK identity, pings the server every --interval seconds with 'I am "
+        "<name>, please, accept our ping <n>' and prints every reply.  Exit 0 when every "
+        "association got its --pings replies; 1 on a handshake failure or timeout, a missing "
+        "reply or a close_notify from the server; SIGINT (Ctrl-C) / SIGTERM close every "
+        "association with close_notify and exit 130 / 143.",
+        formatter_class=_Formatter,
+    )
+    client.add_argument("host", metavar="HOST", help="the server's address")
+    client.add_argument(
+        "port",
+        metavar="PORT",
+        type=_port,
+        nargs="?",
+        default=DEFAULT_PORT,
+        help=f"the server's port (default: {DEFAULT_PORT})",
+    )
+    client.add_argument(
+        "--connections",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="associations to run at once, each with its own socket (default: 1)",
+    )
+    client.add_argument(
+        "--identity",
+        default=QT_IDENTITY_TEMPLATE,
+        metavar="TEMPLATE",
+        help="PSK identity and display name; %%1 becomes the clone number, from 0 "
+        f"(default: {QT_IDENTITY_TEMPLATE.replace('%', '%%')!r})",
+    )
+    client.add_argument(
+        "--psk-hex",
+        metavar="HEX",
+        default=QT_DEMO_KEY.hex(),
+        help=f"the pre-shared key in hex (default: Qt's demo key {QT_DEMO_KEY.hex()})",
+    )
+    client.add_argument(
+        "--interval",
+        type=_non_negative_float,
+        default=QT_PING_INTERVAL,
+        metavar="SECONDS",
+        help="seconds between pings; ping 0 goes right after the handshake "
+        f"(default: {QT_PING_INTERVAL:g}, as Qt)",
+    )
+    client.add_argument(
+        "--pings",
+        type=_positive_int,
+        default=None,
+        metavar="P",
+        help="pings per association, then close and exit (default: forever, as Qt)",
+    )
+    client.add_argument(
+        "--handshake-timeout",
+        type=_non_negative_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up a handshake after this long; it retransmits after 1 s, 2 s, 4 s, ... "
+        "meanwhile (default: 30)",
+    )
+    client.add_argument(
+        "--reply-timeout",
+        type=_non_negative_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --pings: fail if the replies are not all in this long after the last ping "
+        "(default: 10)",
+    )
+    client.add_argument(
+        "--ciphers",
+        default=DEFAULT_CIPHERS,
+        metavar="LIST",
+        help="OpenSSL cipher list to offer (default: the AEAD PSK and ECDHE-PSK suites)",
+    )
+    _add_display_options(client)
+    return parser
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+def _psk_source(arguments: argparse.Namespace) -> tuple[PskSource, str | None]:
+    """The key source, and a warning to show if it is Qt's public demo key."""
+    if arguments.psk_file is not None:
+        return load_psk_file(arguments.psk_file), None
+    if arguments.psk_hex is not None:
+        return parse_psk_hex(arguments.psk_hex), None
+    warning = (
+        f"using Qt's demo key {QT_DEMO_KEY.hex()}: it is public, anyone can connect; "
+        "give --psk-hex or --psk-file for anything but a demo"
+    )
+    return QT_DEMO_KEY, warning
+
+
+async def _print_events(
+    stream: trio.MemoryReceiveChannel[ServerEvent], display: Display, listening_shown: trio.Event
+) -> None:
+    async for event in stream:
+        display.show(event)
+        if event.code == "listening":
+            listening_shown.set()
+
+
+async def _print_statistics(server: DTLSServer, display: Display, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        display.show_statistics(server.statistics())
+
+
+async def run_serve(arguments: argparse.Namespace, display: Display, errors: TextIO) -> int:
+    """The ``serve`` command; returns the exit code."""
+    try:
+        psk, demo_warning = _psk_source(arguments)
+        config = config_from_arguments(arguments)
+        server = DTLSServer(psk, config=config)
+    except (PskFileError, UsageError) as error:
+        _one_line(errors, str(error))
+        return EXIT_USAGE
+    except SSL.Error as error:  # a cipher string OpenSSL rejects
+        _one_line(errors, f"--ciphers: OpenSSL refuses {config.ciphers!r}: {error}")
+        return EXIT_USAGE
+    except ValueError as error:  # a configuration the server refuses (e.g. no usable suite)
+        _one_line(errors, f"cannot configure the server: {error}")
+        return EXIT_USAGE
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with server.events() as stream:
+            async with trio.open_nursery() as nursery:
+                listening_shown = trio.Event()
+                nursery.start_soon(_print_events, stream, display, listening_shown)
+                try:
+                    await nursery.start(server.serve, arguments.host, arguments.port)
+                except ServerBindError as error:
+                    nursery.cancel_scope.cancel()
+                    _one_line(errors, error.strerror or str(error))
+                    return EXIT_FAILURE
+                if demo_warning is not None:
+                    # After Qt's listening line, which scripts wait for; it is already queued.
+                    with trio.move_on_after(1.0):
+                        await listening_shown.wait()
+                    display.show(WarningEvent("demo_key", demo_warning))
+                if arguments.stats_interval > 0:
+                    nursery.start_soon(_print_statistics, server, display, arguments.stats_interval)
+                async for signal_number in signals:
+                    name = signal.Signals(signal_number).name
+                    display.show(
+                        InfoEvent(
+                            "shutdown",
+                            f"{name} received: shutting down, close_notify to "
+                            f"{server.peer_count} peer(s)",
+                        )
+                    )
+                    break
+                # Cancels the server's nursery: each peer task sends its close_notify as it
+                # unwinds, then the socket closes.  aclose() returns once serve() has.
+                await server.aclose()
+                nursery.cancel_scope.cancel()
+            # The printer was cancelled; what the shutdown itself reported is still queued.
+            while True:
+                try:
+                    display.show(stream.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+    return EXIT_OK
+
+
+def _one_line(errors: TextIO, message: str) -> None:
+    """The single error line of a failed start: ``trio-dtls-server: error: <problem>``."""
+    text = " ".join(message.split())  # never more than one line, whatever the OS said
+    errors.write(f"{PROGRAM}: error: {text}\n")
+    errors.flush()
+
+
+# -- client ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class AssociationResult:
+    """How one client association went."""
+
+    name: str
+    pings_sent: int = 0
+    replies: int = 0
+    established: bool = False
+    failure: str | None = None
+
+
+@dataclass
+class ClientRun:
+    """Everything the associations share."""
+
+    host: str
+    port: int
+    key: bytes
+    interval: float
+    pings: int | None
+    handshake_timeout: float
+    reply_timeout: float
+    ciphers: str
+    display: Display
+    results: list[AssociationResult] = field(default_factory=list)
+
+
+def _association_name(template: str, number: int) -> str:
+    return template.replace("%1", str(number))
+
+
+async def _run_association(run: ClientRun, result: AssociationResult) -> None:
+    """One of Qt's ``DtlsAssociation``: handshake, ping every interval, count the replies."""
+    name, show = result.name, run.display.show
+    try:
+        client = await DTLSClient.connect(
+            run.host,
+            run.port,
+            identity=name,
+            key=run.key,
+            ciphers=run.ciphers,
+            handshake_timeout=run.handshake_timeout,
+            on_event=show,
+        )
+    except HandshakeError as error:  # already shown through on_event
+        result.failure = str(error)
+        return
+    except OSError as error:
+        result.failure = f"{name}: cannot reach {run.host}:{run.port}: {error.strerror or error}"
+        show(ErrorEvent("socket_error", result.failure))
+        return
+    result.established = True
+    async with client:  # leaving it (also by cancellation) sends close_notify
+        with trio.CancelScope() as replies_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_ping, run, client, result, replies_scope)
+                try:
+                    while run.pings is None or result.replies < run.pings:
+                        await client.receive()  # on_event shows it
+                        result.replies += 1
+                except ConnectionClosed as closed:
+                    # The server's close_notify (shown by on_event as "shutdown alert
+                    # received") or a fatal alert.
+                    result.failure = f"{name}: {closed.reason}"
+                nursery.cancel_scope.cancel()
+        if replies_scope.cancelled_caught:
+            missing = (run.pings or 0) - result.replies
+            result.failure = (
+                f"{name}: {missing} of {run.pings} pings not answered within "
+                f"{run.reply_timeout:g} s of the last one"
+            )
+            show(ErrorEvent("reply_timeout", result.failure))
+
+
+async def _ping(
+    run: ClientRun,
+    client: DTLSClient,
+    result: AssociationResult,
+    replies_scope: trio.CancelScope,
+) -> None:
+    """Qt's ping timer: ping 0 at once, then one every ``interval`` seconds."""
+    start = trio.current_time()
+    number = 0
+    while run.pings is None or number < run.pings:
+        await trio.sleep_until(start + number * run.interval)
+        message = f"I am {result.name}, please, accept our ping {number}"
+        try:
+            await client.send(message.encode("latin-1"))
+        except ConnectionClosed:
+            return  # the receiving side reports why
+        result.pings_sent += 1
+        number += 1
+    replies_scope.deadline = trio.current_time() + run.reply_timeout
+
+
+async def run_client(arguments: argparse.Namespace, display: Display, errors: TextIO) -> int:
+    """The ``client`` command; returns the exit code."""
+    try:
+        key = parse_psk_hex(arguments.psk_hex)
+    except PskFileError as error:
+        _one_line(errors, str(error))
+        return EXIT_USAGE
+    names = [_association_name(arguments.identity, n) for n in range(arguments.connections)]
+    for name in names:
+        try:
+            name.encode("latin-1")
+        except UnicodeEncodeError:
+            _one_line(errors, f"--identity: {name!r} is not Latin-1 text (Qt's identities are)")
+            return EXIT_USAGE
+    run = ClientRun(
+        host=arguments.host,
+        port=arguments.port,
+        key=key,
+        interval=arguments.interval,
+        pings=arguments.pings,
+        handshake_timeout=arguments.handshake_timeout,
+        reply_timeout=arguments.reply_timeout,
+        ciphers=arguments.ciphers,
+        display=display,
+        results=[AssociationResult(name) for name in names],
+    )
+    interrupted: int | None = None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                nonlocal interrupted
+                async for signal_number in signals:
+                    interrupted = signal_number
+                    open_count = sum(1 for r in run.results if r.established and not r.failure)
+                    display.show(
+                        InfoEvent(
+                            "interrupted",
+                            f"{signal.Signals(signal_number).name} received: closing "
+                            f"{open_count} association(s) with close_notify",
+                        )
+                    )
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch_signals)
+            async with trio.open_nursery() as associations:
+                for result in run.results:
+                    associations.start_soon(_run_association, run, result)
+            nursery.cancel_scope.cancel()
+    return _client_summary(run, interrupted)
+
+
+def _client_summary(run: ClientRun, interrupted: int | None) -> int:
+    results = run.results
+    sent = sum(r.pings_sent for r in results)
+    replies = sum(r.replies for r in results)
+    failed = [r for r in results if r.failure is not None]
+    summary = (
+        f"Summary: {len(results)} association(s), "
+        f"{sum(r.established for r in results)} handshake(s), "
+        f"{sent} ping(s) sent, {replies} repl(ies) received, {len(failed)} failed"
+    )
+    run.display.show(InfoEvent("summary", summary))
+    if interrupted is not None:
+        return 128 + interrupted
+    if failed:
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+# -- entry point --------------------------------------------------------------------------------
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return the exit code."""
+    out = sys.stdout if stdout is None else stdout
+    errors = sys.stderr if stderr is None else stderr
+    arguments = build_parser().parse_args(argv)
+    # Events reach the terminal through the Display; keep the library's logging records from
+    # also landing on stderr through logging's last-resort handler.
+    library_logger = logging.getLogger("trio_dtls_server")
+    silencer = logging.NullHandler()
+    library_logger.addHandler(silencer)
+    propagate, library_logger.propagate = library_logger.propagate, False
+    display = Display(
+        out,
+        side="server" if arguments.command == "serve" else "client",
+        log_format=arguments.log_format,
+        quiet=arguments.quiet,
+        hex_limit=arguments.hex_limit,
+        always_show=frozenset({"listening", "summary"}),
+    )
+    command = run_serve if arguments.command == "serve" else run_client
+    try:
+        return trio.run(command, arguments, display, errors)
+    except KeyboardInterrupt:
+        # Ctrl-C before the signal receiver was installed (or after it was removed).
+        return 128 + signal.SIGINT
+    finally:
+        # main() is also called in-process (tests, embedding): leave logging as it was.
+        library_logger.removeHandler(silencer)
+        library_logger.propagate = propagate
