@@ -5,11 +5,14 @@ Start here:
 * :class:`DTLSServer` — ``await nursery.start(server.serve, host, port)``;
 * :class:`DTLSConnection` — what your handler gets for each verified, handshaken peer;
 * :class:`DTLSClient` — ``await DTLSClient.connect(host, port, identity=..., key=...)``;
-* :class:`ServerConfig` — limits and timers;
+* :class:`ServerConfig` — limits, timers and the cipher profile (:data:`PROFILES`);
+* PSK stores (:class:`MappingStore`, :class:`PskFileStore`, :class:`AsyncFunctionStore`, ...)
+  and :class:`CertificateConfig` — the credentials;
 * the events (:class:`InfoEvent`, :class:`WarningEvent`, :class:`ErrorEvent`,
   :class:`DatagramReceived`) and :meth:`DTLSServer.statistics`.
 """
 
+from ._certificates import CertificateConfig, CertificateError, ClientCertificateMode
 from ._client import DTLSClient, HandshakeError
 from ._config import (
     DEFAULT_CIPHERS,
@@ -20,14 +23,19 @@ from ._config import (
 )
 from ._connection import ConnectionClosed, DTLSConnection
 from ._events import DatagramReceived, ErrorEvent, InfoEvent, ServerEvent, WarningEvent, peer_info
+from ._profiles import PROFILES, CipherConfigError, CipherProfile, CipherSelection
 from ._psk import (
+    AsyncFunctionStore,
+    AsyncPskStore,
     MappingStore,
     PskFileError,
+    PskFileStore,
     PskStore,
     SingleKeyStore,
     load_psk_file,
     parse_psk_file,
     parse_psk_hex,
+    reload_on_signal,
 )
 from ._server import DTLSServer, Handler, ServerBindError, qt_ack_handler
 from ._session import RetransmitPolicy
@@ -37,6 +45,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_CIPHERS",
+    "PROFILES",
+    "AsyncFunctionStore",
+    "AsyncPskStore",
+    "CertificateConfig",
+    "CertificateError",
+    "CipherConfigError",
+    "CipherProfile",
+    "CipherSelection",
+    "ClientCertificateMode",
+    "PskFileStore",
+    "reload_on_signal",
     "DEFAULT_PORT",
     "QT_DEMO_IDENTITY_HINT",
     "QT_DEMO_KEY",

@@ -29,7 +29,8 @@ DEFAULT_IPV4_MTU = 1472
 DEFAULT_IPV6_MTU = 1452
 
 #: AEAD-only PSK and ECDHE-PSK suites, strongest first.  AES-CCM (16-byte tag) is included
-#: because constrained devices often have nothing else.
+#: because constrained devices often have nothing else.  This is the PSK part of the
+#: ``default`` cipher profile (see :mod:`._profiles`).
 DEFAULT_CIPHERS = ":".join(
     [
         "ECDHE-PSK-CHACHA20-POLY1305",
@@ -51,8 +52,10 @@ class ServerConfig:
 
     #: Sent to clients in the ServerKeyExchange; Qt's example sends ``Qt DTLS example server``.
     identity_hint: str | None = None
-    #: OpenSSL cipher list (DTLS 1.2 suite names).
-    ciphers: str = DEFAULT_CIPHERS
+    #: A cipher profile -- ``default`` (AEAD only), ``iot`` (adds RFC 7925's CCM_8 suites) or
+    #: ``compat`` (adds CBC suites) -- or a free-form OpenSSL cipher string.  A profile offers
+    #: PSK suites when there is a PSK store and certificate suites when there is a certificate.
+    ciphers: str = "default"
     #: Largest datagram we send during handshakes; ``None`` picks 1472 (IPv4) or 1452 (IPv6).
     mtu: int | None = None
     #: Handshake retransmission: 1 s, doubling, at most 60 s, at most 6 times.
@@ -82,6 +85,14 @@ class ServerConfig:
     auth_failure_window: float = 10.0
     #: Events buffered per subscriber of :meth:`DTLSServer.events`.
     event_buffer: int = 1_024
+    #: How long an *async* PSK store may take to answer; then that handshake fails with the
+    #: ``unknown_psk_identity`` alert.
+    psk_lookup_timeout: float = 5.0
+    #: Let returning clients resume their session (an abbreviated handshake: no key exchange,
+    #: one round trip fewer), with stateless tickets or OpenSSL's session cache.
+    session_resumption: bool = True
+    #: A session older than this is not resumed (a full handshake happens instead).
+    session_lifetime: float = 3600.0
 
     def __post_init__(self) -> None:
         positive = {
@@ -93,6 +104,8 @@ class ServerConfig:
             "max_auth_failures": self.max_auth_failures,
             "auth_failure_window": self.auth_failure_window,
             "event_buffer": self.event_buffer,
+            "psk_lookup_timeout": self.psk_lookup_timeout,
+            "session_lifetime": self.session_lifetime,
         }
         for name, value in positive.items():
             if value <= 0:

@@ -10,23 +10,35 @@ callbacks) and from there, through ``Connection.get_app_data()``, to the object 
 connection and knows how to answer: anything implementing :class:`PskResponder`.  An exception
 cannot propagate out of a C callback, so every callback catches everything and answers
 "unknown identity" (a failed handshake) instead.
+
+It also holds what the bindings offer for session resumption (the session ID context, whether
+a handshake resumed, the PSK identity a resumed session was made with) and the names of the
+TLS alerts, so events can say ``unknown_psk_identity (115)`` instead of a number.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
 
 __all__ = [
+    "ALERT_NAMES",
     "DTLS_1_2",
     "PskResponder",
+    "alert_name",
+    "configure_session_resumption",
     "drain_write_bio",
     "install_client_psk",
     "install_server_psk",
     "new_dtls_context",
     "openssl_error_reason",
+    "restrict_groups_and_signatures",
+    "session_psk_identity",
+    "session_reused",
+    "set_session_id_context",
 ]
 
 _binding = Binding()
@@ -156,3 +168,161 @@ def openssl_error_reason(error: SSL.Error) -> str:
     if reasons:
         return "; ".join(dict.fromkeys(reasons))
     return str(error) or type(error).__name__
+
+
+# -- alerts -------------------------------------------------------------------------------------
+
+#: TLS alert descriptions (RFC 5246 §7.2, RFC 4279 §2 for ``unknown_psk_identity``), by number.
+ALERT_NAMES: dict[int, str] = {
+    0: "close_notify",
+    10: "unexpected_message",
+    20: "bad_record_mac",
+    22: "record_overflow",
+    30: "decompression_failure",
+    40: "handshake_failure",
+    42: "bad_certificate",
+    43: "unsupported_certificate",
+    44: "certificate_revoked",
+    45: "certificate_expired",
+    46: "certificate_unknown",
+    47: "illegal_parameter",
+    48: "unknown_ca",
+    49: "access_denied",
+    50: "decode_error",
+    51: "decrypt_error",
+    70: "protocol_version",
+    71: "insufficient_security",
+    80: "internal_error",
+    86: "inappropriate_fallback",
+    90: "user_canceled",
+    100: "no_renegotiation",
+    109: "missing_extension",
+    110: "unsupported_extension",
+    112: "unrecognized_name",
+    115: "unknown_psk_identity",
+}
+
+
+def alert_name(description: int) -> str:
+    """``unknown_psk_identity (115)``: the alert's RFC name and its number, for messages."""
+    return f"{ALERT_NAMES.get(description, 'unknown alert')} ({description})"
+
+
+# -- session resumption -------------------------------------------------------------------------
+
+
+def set_session_id_context(context: SSL.Context, session_id_context: bytes) -> None:
+    """Set the context in which sessions may be resumed; a session made under another is not.
+
+    Unlike ``Context.set_session_id`` this may be called after the context made connections
+    (pyOpenSSL forbids that for its own setter): each new connection copies the value, so
+    changing it makes every session issued before unresumable, tickets included.
+    """
+    if not 1 <= len(session_id_context) <= 32:  # SSL_MAX_SID_CTX_LENGTH
+        raise ValueError("a session ID context is 1 to 32 bytes")
+    if not _lib.SSL_CTX_set_session_id_context(
+        context._context, session_id_context, len(session_id_context)
+    ):
+        raise SSL.Error("SSL_CTX_set_session_id_context failed")
+
+
+def configure_session_resumption(
+    context: SSL.Context, *, enabled: bool, lifetime: float, session_id_context: bytes
+) -> None:
+    """Server side: resume with tickets (no server state) and with OpenSSL's session-ID cache.
+
+    ``lifetime`` (seconds) bounds both: a ticket or cached session older than that is not
+    resumed.  The cache holds at most OpenSSL's built-in 20,480 sessions (the ``cryptography``
+    bindings do not expose ``SSL_CTX_sess_set_cache_size``); OpenSSL evicts the oldest beyond
+    that and drops expired ones as it goes.  ``enabled=False`` turns off both, so every
+    handshake is a full one.
+    """
+    set_session_id_context(context, session_id_context)
+    if not enabled:
+        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        context.set_options(SSL.OP_NO_TICKET)
+        return
+    context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    context.set_timeout(max(1, math.ceil(lifetime)))
+
+
+def session_reused(connection: SSL.Connection) -> bool:
+    """True if the (finished) handshake resumed an earlier session: an abbreviated handshake."""
+    return bool(_lib.SSL_session_reused(connection._ssl))
+
+
+def _der_items(data: bytes) -> list[tuple[int, bytes]]:
+    """Split DER into (tag, content) pairs, one level deep.  The bytes come from OpenSSL."""
+    items: list[tuple[int, bytes]] = []
+    position = 0
+    while position + 2 <= len(data):
+        tag, length = data[position], data[position + 1]
+        position += 2
+        if length & 0x80:
+            width = length & 0x7F
+            length = int.from_bytes(data[position : position + width], "big")
+            position += width
+        items.append((tag, data[position : position + length]))
+        position += length
+    return items
+
+
+def session_psk_identity(connection: SSL.Connection) -> bytes | None:
+    """The PSK identity of the connection's session, or None (certificate session, no session).
+
+    A resumed handshake never calls the PSK callback, so this is how the identity of a resumed
+    peer is known.  The bindings lack ``SSL_get_psk_identity``; the identity is field ``[8]`` of
+    the DER form of the session (``SSL_SESSION_ASN1`` in OpenSSL's ``ssl_asn1.c``).
+    """
+    session = _lib.SSL_get_session(connection._ssl)
+    if session == _ffi.NULL:
+        return None
+    length = _lib.i2d_SSL_SESSION(session, _ffi.NULL)
+    if length <= 0:
+        return None
+    buffer = _ffi.new("unsigned char[]", length)
+    cursor = _ffi.new("unsigned char **", buffer)
+    if _lib.i2d_SSL_SESSION(session, cursor) != length:
+        return None
+    outer = _der_items(bytes(_ffi.buffer(buffer, length)))
+    if not outer or outer[0][0] != 0x30:  # SEQUENCE
+        return None
+    for tag, content in _der_items(outer[0][1]):
+        if tag == 0xA8:  # [8] EXPLICIT OCTET STRING psk_identity
+            inner = _der_items(content)
+            if inner and inner[0][0] == 0x04:
+                return inner[0][1]
+    return None
+
+
+# -- what a lowered security level must not lower -----------------------------------------------
+
+#: Key exchange groups when the security level is lowered (RFC 7925 needs only P-256).
+SAFE_GROUPS = "X25519:P-256:P-384"
+#: Signature algorithms when the security level is lowered: no SHA-1, no MD5.
+SAFE_SIGNATURE_ALGORITHMS = ":".join(
+    [
+        "ECDSA+SHA256",
+        "ECDSA+SHA384",
+        "ed25519",
+        "rsa_pss_rsae_sha256",
+        "rsa_pss_rsae_sha384",
+        "RSA+SHA256",
+        "RSA+SHA384",
+    ]
+)
+
+
+def restrict_groups_and_signatures(context: SSL.Context) -> None:
+    """Pin ECDHE groups and signature algorithms to strong ones.
+
+    ``@SECLEVEL=0`` (needed for the 8-byte-tag CCM_8 suites) would also let small groups and
+    SHA-1 signatures through; these two lists take that back, so the lowered level only
+    admits the suites that were asked for.
+    """
+    if not _lib.SSL_CTX_set1_curves_list(context._context, SAFE_GROUPS.encode("ascii")):
+        raise SSL.Error("SSL_CTX_set1_curves_list failed")
+    if not _lib.SSL_CTX_set1_sigalgs_list(
+        context._context, SAFE_SIGNATURE_ALGORITHMS.encode("ascii")
+    ):
+        raise SSL.Error("SSL_CTX_set1_sigalgs_list failed")

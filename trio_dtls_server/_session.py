@@ -18,6 +18,10 @@ answers by re-emitting that final flight, and since we drain the write BIO after
 goes out.  But OpenSSL drops a byte-for-byte resent flight as a replay, so when the peer's
 retransmitted Finished made OpenSSL send nothing we resend our saved final flight byte for byte
 (:meth:`~DTLSSession._resend_final_flight`).  We never re-pack or re-number records ourselves.
+
+The one record we write ourselves is an alert: OpenSSL silently drops a client Finished that
+fails authentication (a wrong PSK), so the client would only time out; we answer it with a
+plaintext fatal ``bad_record_mac`` alert (:meth:`~DTLSSession._reject_bad_finished`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ class StatisticsSnapshot:
     send_failures: int
     handshakes_started: int
     handshakes_completed: int
+    #: Of the completed handshakes, those that resumed an earlier session (abbreviated).
+    handshakes_resumed: int
     handshakes_failed: dict[str, int]
     handshakes_refused: int
     cookies_sent: int
@@ -30,6 +32,7 @@ class StatisticsSnapshot:
     handshaking: int
     peak_peers: int
     evictions: int
+    throttles: int
     replacements: int
     idle_closed: int
     remote_closed: int
@@ -53,6 +56,7 @@ class ServerStatistics:
     send_failures: int = 0
     handshakes_started: int = 0
     handshakes_completed: int = 0
+    handshakes_resumed: int = 0
     handshakes_failed: Counter[str] = field(default_factory=Counter)
     handshakes_refused: int = 0
     cookies_sent: int = 0
@@ -61,6 +65,7 @@ class ServerStatistics:
     drops: Counter[str] = field(default_factory=Counter)
     peak_peers: int = 0
     evictions: int = 0
+    throttles: int = 0
     replacements: int = 0
     idle_closed: int = 0
     remote_closed: int = 0
@@ -77,6 +82,7 @@ class ServerStatistics:
             send_failures=self.send_failures,
             handshakes_started=self.handshakes_started,
             handshakes_completed=self.handshakes_completed,
+            handshakes_resumed=self.handshakes_resumed,
             handshakes_failed=dict(self.handshakes_failed),
             handshakes_refused=self.handshakes_refused,
             cookies_sent=self.cookies_sent,
@@ -87,6 +93,7 @@ class ServerStatistics:
             handshaking=handshaking,
             peak_peers=self.peak_peers,
             evictions=self.evictions,
+            throttles=self.throttles,
             replacements=self.replacements,
             idle_closed=self.idle_closed,
             remote_closed=self.remote_closed,
