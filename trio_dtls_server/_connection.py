@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
+from cryptography import x509
 
+from ._certificates import describe_subject, peer_certificate
 from ._events import DatagramReceived, ErrorEvent, EventHub, InfoEvent, WarningEvent, peer_info
 from ._session import (
     DROP_AUTHENTICATION,
@@ -29,9 +31,14 @@ from ._session import (
 )
 from ._stats import ServerStatistics
 
-__all__ = ["ConnectionClosed", "DTLSConnection", "PeerSlot"]
+__all__ = ["IDLE_WATCH_GRACE", "ConnectionClosed", "DTLSConnection", "PeerSlot"]
 
 Address = tuple[str, int]
+
+#: How long after the idle timeout the handler of a quiet peer is cancelled if it is not
+#: reading.  A reading handler's :meth:`DTLSConnection.receive` ends the connection at the idle
+#: timeout itself (and says why to the handler), so this backstop must come later.
+IDLE_WATCH_GRACE = 1.0
 
 
 class ConnectionClosed(Exception):
@@ -62,6 +69,9 @@ class PeerSlot:
     auth_failures: deque[float] = field(default_factory=deque)
     #: Why the server ended this peer (replaced, evicted, shutdown), for the peer task's report.
     ended_by_server: str | None = None
+    #: Around the handler: enforces the idle timeout on a handler that stops reading (see
+    #: ``DTLSServer._serve_connection``); every authentic datagram moves its deadline on.
+    idle_watch: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
     def info(self) -> str:
@@ -76,7 +86,8 @@ class DTLSConnection:
     * ``await send(data)`` encrypts ``data`` as one datagram (at most 16,384 bytes).
     * ``await aclose()`` sends close_notify; the peer is then released.
 
-    :attr:`peer`, :attr:`psk_identity`, :attr:`cipher` and :attr:`protocol` describe the peer.
+    :attr:`peer`, :attr:`psk_identity`, :attr:`peer_certificate`, :attr:`peer_subject`,
+    :attr:`cipher`, :attr:`protocol` and :attr:`resumed` describe the peer.
     """
 
     def __init__(
@@ -112,6 +123,15 @@ class DTLSConnection:
         self.cipher: str = ssl.get_cipher_name() or "unknown"
         #: ``DTLSv1.2``.
         self.protocol: str = ssl.get_protocol_version_name()
+        #: The client certificate OpenSSL verified against the server's client CA bundle, or
+        #: None (PSK peers, and certificate peers that sent none in ``"optional"`` mode).
+        self.peer_certificate: x509.Certificate | None = peer_certificate(ssl)
+        #: That certificate's subject as an RFC 4514 string (``CN=device-7,O=Example``).
+        self.peer_subject: str | None = (
+            None if self.peer_certificate is None else describe_subject(self.peer_certificate)
+        )
+        #: True if the peer resumed an earlier session (an abbreviated handshake).
+        self.resumed: bool = session.resumed
 
     @property
     def closed(self) -> bool:
@@ -179,6 +199,8 @@ class DTLSConnection:
         for event in events:
             if isinstance(event, ApplicationData):
                 slot.last_activity = now
+                if self._idle_timeout is not None:
+                    slot.idle_watch.deadline = now + self._idle_timeout + IDLE_WATCH_GRACE
                 self._stats.messages_received += 1
                 self._ready.append(event.data)
                 self._hub.emit(
@@ -229,7 +251,7 @@ class DTLSConnection:
         if len(failures) >= self._max_auth_failures:
             failures.clear()
             self._slot.throttled_until = now + self._auth_failure_window
-            self._stats.drops["peer throttled"] += 0  # make the key visible in the report
+            self._stats.throttles += 1
             self._hub.emit(
                 WarningEvent(
                     "peer_throttled",

@@ -18,18 +18,40 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
 from OpenSSL import SSL
 
+from ._certificates import (
+    CertificateConfig,
+    ServerCertificate,
+    load_certificate_config,
+    use_server_certificate,
+)
 from ._config import DEFAULT_IPV4_MTU, DEFAULT_IPV6_MTU, DEFAULT_PORT, ServerConfig
-from ._connection import ConnectionClosed, DTLSConnection, PeerSlot
+from ._connection import IDLE_WATCH_GRACE, ConnectionClosed, DTLSConnection, PeerSlot
 from ._cookie import CookieJar
 from ._events import ErrorEvent, EventHub, InfoEvent, ServerEvent, WarningEvent, peer_info
-from ._openssl import install_server_psk, new_dtls_context
-from ._psk import PskSource, PskStore, as_psk_store
+from ._openssl import (
+    configure_session_resumption,
+    install_server_psk,
+    new_dtls_context,
+    restrict_groups_and_signatures,
+    set_session_id_context,
+)
+from ._profiles import CipherSelection, select_ciphers
+from ._psk import (
+    AsyncPskStore,
+    PskFileStore,
+    PskSource,
+    as_psk_store,
+    is_async_store,
+    reload_on_signal,
+    store_generation,
+)
 from ._session import (
     DTLSSession,
     HandshakeComplete,
@@ -45,10 +67,14 @@ from ._transport import DatagramTransport, bind_udp
 from ._wire import (
     CONTENT_HANDSHAKE,
     HANDSHAKE_CLIENT_HELLO,
+    HANDSHAKE_CLIENT_KEY_EXCHANGE,
     FragmentedClientHello,
     MalformedDatagram,
     build_hello_verify_request,
+    parse_handshake_fragment,
     parse_initial_client_hello,
+    parse_psk_identity_from_client_key_exchange,
+    parse_records,
 )
 
 __all__ = ["DTLSServer", "Handler", "ServerBindError", "qt_ack_handler"]
@@ -89,8 +115,13 @@ class DTLSServer:
     >>> async with trio.open_nursery() as nursery:                      # doctest: +SKIP
     ...     address = await nursery.start(server.serve, "127.0.0.1", 0)
 
-    ``psk`` is a :class:`~trio_dtls_server.PskStore`, one ``bytes`` key for every identity, or a
-    mapping of identity to key.  ``handler`` is called with a :class:`DTLSConnection` for each
+    ``psk`` is a :class:`~trio_dtls_server.PskStore` or :class:`~trio_dtls_server.AsyncPskStore`,
+    one ``bytes`` key for every identity, a mapping of identity to key, a PSK file path or an
+    ``async def`` lookup function.  ``certificate`` (a :class:`CertificateConfig`) adds
+    certificate suites and client-certificate checking; give either or both.
+    ``config.ciphers`` picks the cipher profile; a combination that leaves no usable suite
+    raises :class:`~trio_dtls_server.CipherConfigError` here, not at the first handshake.
+    ``handler`` is called with a :class:`DTLSConnection` for each
     peer whose handshake completed, in that peer's own task; the default answers each
     datagram like Qt's example.  Events (Qt's error / warning / info / datagram signals) go to
     :mod:`logging` and to :meth:`events` subscribers; counters to :meth:`statistics`.
@@ -98,18 +129,36 @@ class DTLSServer:
 
     def __init__(
         self,
-        psk: PskSource,
+        psk: PskSource | None = None,
         *,
         handler: Handler = qt_ack_handler,
         config: ServerConfig | None = None,
         identity_hint: str | None = None,
+        certificate: CertificateConfig | None = None,
     ) -> None:
         self.config = config or ServerConfig()
         if identity_hint is not None:
             from dataclasses import replace
 
             self.config = replace(self.config, identity_hint=identity_hint)
-        self._psk_store: PskStore = as_psk_store(psk)
+        store = None if psk is None else as_psk_store(psk)
+        self._psk_store = store
+        # OpenSSL's callback can only use a synchronous store; an async one is awaited by the
+        # peer task before the ClientKeyExchange reaches OpenSSL (see _prefetch_psk).
+        self._async_store: AsyncPskStore | None = None
+        self._sync_lookup: Callable[[bytes], bytes | None] | None = None
+        if is_async_store(store):
+            assert isinstance(store, AsyncPskStore)
+            self._async_store = store
+        elif store is not None:
+            self._sync_lookup = store.lookup  # type: ignore[assignment]
+        self._psk_generation = store_generation(store)
+        self._certificate: ServerCertificate | None = (
+            None if certificate is None else load_certificate_config(certificate)
+        )
+        self._cipher_selection = select_ciphers(
+            self.config.ciphers, psk=store is not None, certificate=self._certificate
+        )
         self._handler = handler
         self._context = self._make_context()
         self._stats = ServerStatistics()
@@ -141,6 +190,36 @@ class DTLSServer:
     def peer_count(self) -> int:
         """Peers held now: established plus handshaking."""
         return len(self._peers)
+
+    @property
+    def cipher_selection(self) -> CipherSelection:
+        """The cipher profile as resolved: the OpenSSL string and the suites it can negotiate."""
+        return self._cipher_selection
+
+    async def reload_psk_on_signal(
+        self,
+        signum: int = signal.SIGHUP,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Reload the PSK file on SIGHUP (or ``signum``) until cancelled; each reload is an event.
+
+        ``await nursery.start(server.reload_psk_on_signal)``.  Needs a
+        :class:`~trio_dtls_server.PskFileStore` (``DTLSServer(psk=PskFileStore(path))`` or
+        ``psk=Path(...)``).  Established peers are untouched; sessions made under the old keys
+        are no longer resumed.
+        """
+        store = self._psk_store
+        if not isinstance(store, PskFileStore):
+            raise TypeError("reload_psk_on_signal needs a PskFileStore as the server's PSK store")
+
+        def report(ok: bool, message: str) -> None:
+            if ok:
+                self._hub.emit(InfoEvent("psk_reloaded", message))
+            else:
+                self._hub.emit(ErrorEvent("psk_reload_failed", message))
+
+        await reload_on_signal(store, signum, on_reload=report, task_status=task_status)
 
     def statistics(self) -> StatisticsSnapshot:
         """A snapshot of every counter (the health report)."""
@@ -235,14 +314,38 @@ class DTLSServer:
     # -- setup ----------------------------------------------------------------------------------
 
     def _make_context(self) -> SSL.Context:
-        context = new_dtls_context(server=True, ciphers=self.config.ciphers)
-        hint = self.config.identity_hint
-        install_server_psk(context, hint.encode("utf-8") if hint else None)
+        selection = self._cipher_selection
+        context = new_dtls_context(server=True, ciphers=selection.cipher_string)
+        if self._psk_store is not None:
+            hint = self.config.identity_hint
+            install_server_psk(context, hint.encode("utf-8") if hint else None)
+        if self._certificate is not None:
+            use_server_certificate(context, self._certificate)
+        if selection.lowers_security_level:
+            # @SECLEVEL=0 is there for the CCM_8 suites only; keep groups and signatures strong.
+            restrict_groups_and_signatures(context)
+        configure_session_resumption(
+            context,
+            enabled=self.config.session_resumption,
+            lifetime=self.config.session_lifetime,
+            session_id_context=self._session_id_context(),
+        )
         # The real cookie check is ours and happens before any OpenSSL object exists (see
         # _on_client_hello); DTLSv1_listen only needs these to accept the verified hello.
         context.set_cookie_generate_callback(lambda connection: b"\0" * CookieJar.COOKIE_LENGTH)
         context.set_cookie_verify_callback(lambda connection, cookie: True)
         return context
+
+    def _session_id_context(self) -> bytes:
+        """Sessions resume only within one PSK store generation (see :mod:`._psk`)."""
+        return f"trio_dtls_server/{self._psk_generation or 0}".encode("ascii")
+
+    def _follow_psk_generation(self) -> None:
+        """If the store's keys changed since the last handshake, stop resuming older sessions."""
+        generation = store_generation(self._psk_store)
+        if generation != self._psk_generation:
+            self._psk_generation = generation
+            set_session_id_context(self._context, self._session_id_context())
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -451,13 +554,14 @@ class DTLSServer:
         session: DTLSSession | None = None
         try:
             with slot.cancel_scope:
+                self._follow_psk_generation()
                 session = DTLSSession.server(
                     self._context,
                     hello,
                     now=trio.current_time(),
                     mtu=self._mtu,
                     policy=self.config.retransmit,
-                    psk_lookup=self._psk_store.lookup,
+                    psk_lookup=self._sync_lookup,
                 )
                 slot.session = session
                 if await self._handshake(slot, session):
@@ -495,7 +599,12 @@ class DTLSServer:
                 if datagram is None:
                     events = session.handle_timer(now)
                 else:
+                    if self._async_store is not None:
+                        await self._prefetch_psk(session, datagram)
+                        now = trio.current_time()
                     events = session.receive_datagram(datagram, now)
+                    if any(isinstance(e, HandshakeComplete) and e.resumed for e in events):
+                        events = await self._check_resumed_identity(session, events)
                 self._report_handshake(slot, events)
         if session.state is SessionState.ESTABLISHED:
             return True
@@ -504,6 +613,72 @@ class DTLSServer:
             session.close()
             self._handshake_failed(slot, reason, "deadline")
         return False
+
+    async def _lookup_async(self, identity: bytes) -> tuple[bytes | None, str | None]:
+        """Await the async store, bounded by ``psk_lookup_timeout``: ``(key, why_not)``."""
+        assert self._async_store is not None
+        timeout = self.config.psk_lookup_timeout
+        try:
+            with trio.move_on_after(timeout):
+                return await self._async_store.lookup(identity), None
+        except Exception as error:  # noqa: BLE001 - any store failure fails this handshake only
+            return None, f"the store raised {type(error).__name__}: {error}"
+        return None, f"no answer within {timeout:g} s"
+
+    async def _prefetch_psk(self, session: DTLSSession, datagram: bytes) -> None:
+        """Look the client's identity up *before* OpenSSL's synchronous callback needs it.
+
+        In DTLS 1.2 the ClientKeyExchange travels in plaintext (epoch 0), usually in the same
+        datagram as ChangeCipherSpec and Finished.  We read the identity out of it, await the
+        store (other peers keep flowing: this is the peer's own task; datagrams arriving
+        meanwhile wait in its bounded inbox), and leave the answer on the session, where the
+        PSK callback finds it.  A failed or late lookup leaves "no key", so OpenSSL itself
+        sends the ``unknown_psk_identity`` alert.
+        """
+        if session.state is not SessionState.HANDSHAKING or datagram[:1] != b"\x16":
+            return
+        try:
+            records = parse_records(datagram)
+            identity: bytes | None = None
+            for record in records:
+                if record.content_type != CONTENT_HANDSHAKE or record.epoch != 0:
+                    continue
+                message = parse_handshake_fragment(record.fragment)
+                if message.msg_type == HANDSHAKE_CLIENT_KEY_EXCHANGE and message.is_complete:
+                    identity = parse_psk_identity_from_client_key_exchange(message.body)
+                    break
+        except MalformedDatagram:
+            return  # OpenSSL will judge it (and refuse it)
+        if identity is None or identity in session.prefetched_keys:
+            return
+        key, failure = await self._lookup_async(identity)
+        session.prefetched_keys[identity] = key
+        if failure is not None:
+            session.psk_lookup_failure = failure
+
+    async def _check_resumed_identity(
+        self, session: DTLSSession, events: list[SessionEvent]
+    ) -> list[SessionEvent]:
+        """A resumed PSK session skips the store: ask it again whether the identity is known.
+
+        A revoked identity must not live on through resumption.  The handshake already
+        finished, so the peer gets close_notify (OpenSSL cannot send a fatal alert on demand).
+        """
+        identity = session.psk_identity
+        if identity is None:
+            return events  # a certificate session
+        failure: str | None = None
+        if self._async_store is not None:
+            key, failure = await self._lookup_async(identity)
+        else:
+            key = self._sync_lookup(identity) if self._sync_lookup is not None else None
+        if key is not None:
+            return events
+        name = identity.decode("latin-1")
+        why = f"PSK lookup failed: {failure}" if failure else "the identity is no longer known"
+        session.close()
+        kept = [event for event in events if not isinstance(event, HandshakeComplete)]
+        return [*kept, HandshakeFailed(f"resumed session of PSK identity '{name}' refused: {why}")]
 
     def _report_handshake(self, slot: PeerSlot, events: list[SessionEvent]) -> None:
         for event in events:
@@ -525,7 +700,16 @@ class DTLSServer:
                         slot.address,
                     )
                 )
-                if not event.known:
+                failure = slot.session.psk_lookup_failure if slot.session is not None else None
+                if not event.known and failure is not None:
+                    self._hub.emit(
+                        ErrorEvent(
+                            "psk_lookup_failed",
+                            f"{slot.info}: PSK lookup for '{name}' failed: {failure}",
+                            slot.address,
+                        )
+                    )
+                elif not event.known:
                     self._hub.emit(
                         ErrorEvent(
                             "unknown_identity",
@@ -548,6 +732,8 @@ class DTLSServer:
                 slot.last_activity = trio.current_time()
                 self._handshaking -= 1
                 self._stats.handshakes_completed += 1
+                if event.resumed:
+                    self._stats.handshakes_resumed += 1
                 protocol = "DTLS 1.2." if event.protocol == "DTLSv1.2" else "Unknown protocol."
                 self._hub.emit(
                     InfoEvent(
@@ -557,8 +743,16 @@ class DTLSServer:
                         slot.address,
                     )
                 )
+                if event.resumed:
+                    self._hub.emit(
+                        InfoEvent(
+                            "session_resumed",
+                            f"{slot.info}: resumed an earlier session (abbreviated handshake)",
+                            slot.address,
+                        )
+                    )
             elif isinstance(event, HandshakeFailed):
-                self._handshake_failed(slot, event.reason, _failure_kind(event.reason))
+                self._handshake_failed(slot, _describe_failure(event), _failure_kind(event.reason))
 
     def _handshake_failed(self, slot: PeerSlot, reason: str, kind: str) -> None:
         self._stats.handshakes_failed[kind] += 1
@@ -577,19 +771,56 @@ class DTLSServer:
             max_auth_failures=self.config.max_auth_failures,
             auth_failure_window=self.config.auth_failure_window,
         )
+        idle = self.config.idle_timeout
+        if idle is not None:
+            slot.idle_watch.deadline = slot.last_activity + idle + IDLE_WATCH_GRACE
         # A handler may let the end of its connection propagate; that is a normal end.
-        with contextlib.suppress(ConnectionClosed):
+        with slot.idle_watch, contextlib.suppress(ConnectionClosed):
             await self._handler(connection)
+        if slot.idle_watch.cancelled_caught and not connection.closed:
+            # The handler stopped reading (stuck on something else) and the peer stayed quiet:
+            # the idle timeout holds anyway.  _run_peer sends the close_notify.
+            self._stats.idle_closed += 1
+            self._hub.emit(
+                InfoEvent(
+                    "idle_timeout",
+                    f"{slot.info}: no authentic datagram for {idle:g} s, closing the connection "
+                    "(the handler was not reading)",
+                    slot.address,
+                )
+            )
+
+
+def _describe_failure(event: HandshakeFailed) -> str:
+    """The failure reason, and which fatal alert went to the client or came from it."""
+    parts = [event.reason]
+    if event.alert_sent is not None:
+        parts.append(f"fatal alert sent: {event.alert_sent}")
+    if event.alert_received is not None:
+        parts.append(f"the client sent the fatal alert {event.alert_received}")
+    return "; ".join(parts)
 
 
 def _failure_kind(reason: str) -> str:
     """A short bucket for the statistics out of a handshake failure reason."""
     text = reason.lower()
-    if "unknown psk identity" in text or "psk identity not found" in text:
+    if "psk lookup" in text:
+        return "PSK lookup failed"
+    if (
+        "unknown psk identity" in text
+        or "psk identity not found" in text
+        or "no longer known" in text
+    ):
         return "unknown identity"
+    if "finished failed authentication" in text:
+        return "wrong key"
+    if "certificate" in text or "unknown ca" in text:
+        return "bad certificate"
     if "retransmissions" in text:
         return "no answer"
     if "decrypt" in text or "bad record mac" in text or "digest check failed" in text:
+        return "wrong key"
+    if "derived different keys" in text:  # the session's own check of the peer's Finished
         return "wrong key"
     if "no shared cipher" in text or "no suitable" in text:
         return "no shared cipher"
