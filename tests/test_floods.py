@@ -170,7 +170,10 @@ async def test_verified_hellos_that_go_silent_are_all_released_by_the_deadline(
         assert stats.handshakes_failed == {"deadline": attackers}
         assert stats.handshakes_refused == hellos_sent - attackers
         assert (stats.handshaking, stats.peers) == (0, 1)
-        assert len(served.log.with_code("handshake_failed")) == attackers
+        # Every failure is counted, but the error events are rate-limited (50 at once, then
+        # 10 a second) so that an attacker holding the handshake slots cannot flood the log.
+        reported = len(served.log.with_code("handshake_failed"))
+        assert 50 <= reported < attackers
         assert served.log.messages("handshake_failed")[0].endswith(
             "handshake failed: handshake not finished within 10 s"
         )

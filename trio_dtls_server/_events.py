@@ -132,6 +132,10 @@ class EventHub:
         self._subscribers.append(send)
         return receive
 
+    def wants(self, severity: str) -> bool:
+        """Would an event of ``severity`` go anywhere?  Lets hot paths skip building it."""
+        return bool(self._subscribers) or logger.isEnabledFor(_LOG_LEVELS[severity])
+
     def emit(self, event: ServerEvent, *, rate_limited: bool = False) -> None:
         """Log ``event`` and hand it to every subscriber; never blocks, never raises."""
         note = ""

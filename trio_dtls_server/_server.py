@@ -757,7 +757,11 @@ class DTLSServer:
     def _handshake_failed(self, slot: PeerSlot, reason: str, kind: str) -> None:
         self._stats.handshakes_failed[kind] += 1
         self._hub.emit(
-            ErrorEvent("handshake_failed", f"{slot.info}: handshake failed: {reason}", slot.address)
+            ErrorEvent(
+                "handshake_failed", f"{slot.info}: handshake failed: {reason}", slot.address
+            ),
+            # An attacker holding the handshake slots must not turn them into a log flood.
+            rate_limited=True,
         )
 
     async def _serve_connection(self, slot: PeerSlot, session: DTLSSession) -> None:

@@ -212,6 +212,21 @@ def _plaintext_fatal_alert(datagrams: list[bytes]) -> str | None:
     return None
 
 
+def _single_record_header(datagram: bytes) -> tuple[int, int, int] | None:
+    """(content type, epoch, sequence) if ``datagram`` is exactly one record, else None.
+
+    The hot path's shortcut around :func:`parse_records`: an application datagram is almost
+    always one record, and its header is all we need.
+    """
+    if len(datagram) < 13 or int.from_bytes(datagram[11:13], "big") != len(datagram) - 13:
+        return None
+    return (
+        datagram[0],
+        int.from_bytes(datagram[3:5], "big"),
+        int.from_bytes(datagram[5:11], "big"),
+    )
+
+
 class _ReplayMirror:
     """Remembers which application records OpenSSL accepted, to tell replays from forgeries.
 
@@ -580,12 +595,16 @@ class DTLSSession:
     def _read_application_data(self, datagram: bytes) -> list[SessionEvent]:
         events: list[SessionEvent] = []
         size = max(len(datagram), 1)
+        single_record = _single_record_header(datagram)
         while True:
             try:
                 plaintext = self._connection.read(size)
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
+                # RFC 5246 §7.2.1: answer close_notify with our own before closing.
+                with contextlib.suppress(SSL.Error):
+                    self._connection.shutdown()
                 self._flush()
                 self.state = SessionState.CLOSED
                 events.append(RemoteClosed())
@@ -595,10 +614,19 @@ class DTLSSession:
                 return events
             if plaintext:
                 events.append(ApplicationData(plaintext))
+                if single_record is not None:
+                    # The datagram was one record and it is consumed: asking OpenSSL again
+                    # would only raise WantReadError, and an exception per datagram is a
+                    # measurable share of a round trip.
+                    break
         # A retransmitted client flight makes OpenSSL re-emit our final flight: send it.
         reemitted = self._flush()
         if events:
-            self._mark_accepted(datagram)
+            if single_record is not None:
+                if single_record[0] == CONTENT_APPLICATION_DATA:
+                    self._replay.mark(single_record[1], single_record[2])
+            else:
+                self._mark_accepted(datagram)
             self._final_flight = []  # authentic data: the peer has finished its handshake
         else:
             reason = self._classify_drop(datagram)
