@@ -447,3 +447,22 @@ def test_retransmit_policy_rejects_nonsense(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         RetransmitPolicy(initial=initial, maximum=maximum, max_retransmissions=retransmissions)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x16\xfe\xfd" + bytes(5),  # a record header cut short
+        b"\x16\xfe\xfd\x00\x00" + bytes(6) + b"\x01\x00" + b"short",  # length past the end
+        b"\x99" * 40,  # not DTLS at all
+    ],
+    ids=["truncated-header", "length-past-end", "not-dtls"],
+)
+def test_unframed_garbage_mid_handshake_never_reaches_openssl(garbage: bytes) -> None:
+    """A spoofed datagram that is not even DTLS records must not abort a handshake."""
+    started = support.begin_handshake_in_memory()
+    events = started.client.receive_datagram(garbage, 0.0)
+    assert events == [RecordsDropped(DROP_MALFORMED)]
+    assert started.server.receive_datagram(garbage, 0.0) == [RecordsDropped(DROP_MALFORMED)]
+    result = support.exchange(started)
+    assert support.established(result.client, result.server)

@@ -212,6 +212,14 @@ def _plaintext_fatal_alert(datagrams: list[bytes]) -> str | None:
     return None
 
 
+def _well_framed(datagram: bytes) -> bool:
+    try:
+        parse_records(datagram)
+    except MalformedDatagram:
+        return False
+    return True
+
+
 def _single_record_header(datagram: bytes) -> tuple[int, int, int] | None:
     """(content type, epoch, sequence) if ``datagram`` is exactly one record, else None.
 
@@ -414,6 +422,12 @@ class DTLSSession:
         if not datagram:
             # A zero-length BIO write raises WantReadError out of pyOpenSSL; and there is
             # nothing in it for OpenSSL anyway.
+            return [RecordsDropped(DROP_MALFORMED)]
+        if self.state is SessionState.HANDSHAKING and not _well_framed(datagram):
+            # Epoch-0 records are unauthenticated: a spoofed datagram of garbage sent to a
+            # client's address mid-handshake would make OpenSSL abort that handshake.  What
+            # does not even split into DTLS records cannot be the peer's, so OpenSSL never
+            # sees it (well-framed forgeries still can; DTLS 1.2 offers no defence there).
             return [RecordsDropped(DROP_MALFORMED)]
         self._connection.bio_write(datagram)
         if self.state is SessionState.HANDSHAKING:
