@@ -170,6 +170,7 @@ class DTLSClient:
         retransmit: RetransmitPolicy | None = None,
         handshake_timeout: float = 30.0,
         on_event: EventCallback = _log_event,
+        display_name: str | None = None,
     ) -> DTLSClient:
         """Run the handshake over ``transport`` (which the client then owns and closes).
 
@@ -179,7 +180,9 @@ class DTLSClient:
         verifies the server's certificate; ``certificate`` and ``private_key`` (PEM; the key
         may be in the certificate file) are the client's own.  ``session`` asks to resume an
         earlier :attr:`session`.  ``on_event`` receives progress as the same event objects the
-        server uses (default: :mod:`logging` under ``trio_dtls_server.client``).
+        server uses (default: :mod:`logging` under ``trio_dtls_server.client``);
+        ``display_name`` names the client in them (default: the identity, or
+        ``certificate client`` without one).
         """
         if (identity is None) != (key is None):
             transport.close()
@@ -191,6 +194,8 @@ class DTLSClient:
             name, identity_bytes = identity, identity.encode("latin-1")
         else:
             name, identity_bytes = "certificate client", None
+        if display_name is not None:
+            name = display_name
         try:
             context = _client_context(
                 client_cipher_string(ciphers, psk=key is not None, verify_server=ca is not None),

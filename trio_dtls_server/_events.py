@@ -138,6 +138,9 @@ class EventHub:
 
     def emit(self, event: ServerEvent, *, rate_limited: bool = False) -> None:
         """Log ``event`` and hand it to every subscriber; never blocks, never raises."""
+        level = _LOG_LEVELS[event.severity]
+        if not self._subscribers and not logger.isEnabledFor(level):
+            return  # nobody would see it: skip the rate limiter's bookkeeping too
         note = ""
         if rate_limited:
             held_back = self._admit(event)
@@ -145,7 +148,6 @@ class EventHub:
                 return
             if held_back:
                 note = f" ({held_back} more like this were not logged)"
-        level = _LOG_LEVELS[event.severity]
         if logger.isEnabledFor(level):
             logger.log(level, "%s%s", event.message, note, extra={"dtls_event": event})
         for channel in list(self._subscribers):
