@@ -399,6 +399,108 @@ def test_unknown_identity_is_refused_with_a_reason_on_both_sides(tmp_path: Path)
             server.stdout.wait_for(rf"^PSK callback, received a client's identity: '{name}'$")
 
 
+def _acks_to(name: str) -> str:
+    """Qt's client line for one ACK received by association ``name``; group 1: its port."""
+    return (
+        rf"^{re.escape(name)} received a DTLS datagram: {HEX} "
+        r"As plain text: to \(127\.0\.0\.1:(\d+)\): ACK$"
+    )
+
+
+def test_sighup_reloads_the_psk_file_without_dropping_established_peers(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("sensor-0,1a2b3c4d5e6f\n")
+    server, port = start_serve("--psk-file", str(keys))
+    veteran_args = command(
+        "client", "127.0.0.1", str(port), "--identity", "sensor-0", "--psk-hex", "1a2b3c4d5e6f",
+        "--pings", "100000", "--interval", "0.2",
+    )  # fmt: skip
+    newcomer_args = command(
+        "client", "127.0.0.1", str(port), "--identity", "newcomer", "--psk-hex", "c0ffee",
+        "--pings", "1",
+    )  # fmt: skip
+    with server, Program(veteran_args) as veteran:
+        veteran_port = veteran.stdout.wait_for(_acks_to("sensor-0"), count=2).group(1)
+
+        # Not in the file yet: refused, with the reason on both sides.
+        with Program(newcomer_args) as newcomer:
+            assert newcomer.wait() == 1
+        failure = newcomer.stdout.wait_for(r"^error: newcomer: handshake error - (.*)$")
+        assert "unknown psk identity" in failure.group(1).lower()
+        server.stdout.wait_for(r"^error: \(127\.0\.0\.1:\d+\): unknown PSK identity 'newcomer'$")
+
+        keys.write_text("sensor-0,1a2b3c4d5e6f\nnewcomer,c0ffee\n")
+        server.send_signal(signal.SIGHUP)
+        reloaded = f"PSK file {str(keys)!r} reloaded: 2 identities, keys changed"
+        server.stdout.wait_for(f"^{re.escape(reloaded)}$")
+
+        with Program(newcomer_args) as newcomer:
+            assert newcomer.wait() == 0, newcomer.stdout.text + newcomer.stderr.text
+        newcomer.stdout.wait_for(_acks_to("newcomer"))
+        server.stdout.wait_for(r"^PSK callback, received a client's identity: 'newcomer'$")
+
+        # The veteran's association lives on: more of its pings are answered after the reload.
+        acked_so_far = len(re.findall(_acks_to("sensor-0"), veteran.stdout.text, re.MULTILINE))
+        veteran.stdout.wait_for(_acks_to("sensor-0"), count=acked_so_far + 2)
+        veteran.send_signal(signal.SIGINT)
+        assert veteran.wait() == 130
+        server.stdout.wait_for(
+            rf"^\(127\.0\.0\.1:{veteran_port}\): The DTLS connection has been shutdown$"
+        )
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+
+    # One handshake for the veteran, on both sides, and every reply came to the same port.
+    veteran_lines = veteran.stdout.text.splitlines()
+    assert veteran_lines.count("sensor-0: starting a handshake") == 1
+    assert veteran_lines.count("sensor-0: encrypted connection established!") == 1
+    assert not [line for line in veteran_lines if line.startswith(("error:", "warning:"))]
+    ports = set(re.findall(_acks_to("sensor-0"), veteran.stdout.text, re.MULTILINE))
+    assert ports == {veteran_port}
+    summary = re.fullmatch(
+        r"Summary: 1 association\(s\), 1 handshake\(s\), (\d+) ping\(s\) sent, "
+        r"(\d+) repl\(ies\) received, 0 failed",
+        veteran_lines[-1],
+    )
+    assert summary is not None, veteran_lines[-1]
+    assert int(summary.group(2)) >= acked_so_far + 2
+    server_text = server.stdout.text
+    assert server_text.count("PSK callback, received a client's identity: 'sensor-0'") == 1
+    assert server_text.count(f"Connection with (127.0.0.1:{veteran_port}) encrypted.") == 1
+    # ... and the server itself answered the veteran's pings after it reloaded the file.
+    after_reload = server_text[server_text.index(reloaded) :]
+    assert after_reload.count(f"A message from (127.0.0.1:{veteran_port}) ") >= 2
+    assert server.stderr.text == ""
+
+
+def test_sighup_with_a_broken_psk_file_keeps_the_old_keys(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("sensor-0,1a2b3c4d5e6f\n")
+    server, port = start_serve("--psk-file", str(keys))
+    with server:
+        keys.write_text("sensor-0,1a2b3c4d5e6f\nnewcomer c0ffee\n")
+        server.send_signal(signal.SIGHUP)
+        failure = server.stdout.wait_for(r"^error: PSK file not reloaded.*$")
+        assert failure.group(0) == (
+            f"error: PSK file not reloaded, the old keys stay: {keys}, line 2: "
+            "expected 'identity,hexkey', found no comma"
+        )
+        # Still serving, with the keys it had.
+        with Program(
+            command(
+                "client", "127.0.0.1", str(port), "--identity", "sensor-0", "--psk-hex",
+                "1a2b3c4d5e6f", "--pings", "1",
+            )
+        ) as sensor:  # fmt: skip
+            assert sensor.wait() == 0, sensor.stdout.text + sensor.stderr.text
+        sensor.stdout.wait_for(_acks_to("sensor-0"))
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    errors = [line for line in server.stdout.text.splitlines() if line.startswith("error:")]
+    assert errors == [failure.group(0)]
+    assert server.stderr.text == ""
+
+
 def test_client_without_a_server_retransmits_then_gives_up() -> None:
     port = free_udp_port()
     with Program(

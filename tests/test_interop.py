@@ -2,6 +2,8 @@
 
 * ``openssl s_client`` against our ``serve`` (IPv4 and IPv6): handshake, a line from its
   stdin, Qt's ACK back, close_notify when its stdin ends;
+* ``openssl s_client -CAfile`` against ``serve --certificate`` (no PSK): it verifies our
+  certificate (made by ``trustme`` at test time) and gets Qt's ACK;
 * our ``client`` against ``openssl s_server -nocert -psk``: s_server prints what it receives
   and sends what is written on its stdin, so the test answers the ping through s_server;
 * ``gnutls-cli --udp`` with plain PSK against our ``serve`` (gnutls-cli 3.7.9 crashes by itself
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import re
 import shutil
+from pathlib import Path
 
 import pytest
+from auth_support import make_credentials
 from test_cli import HEX, Program, command, free_udp_port, start_serve
 
 pytestmark = pytest.mark.interop
@@ -67,6 +71,35 @@ def test_openssl_s_client_against_serve(host: str) -> None:
         s_client.close_stdin()  # end of input: s_client sends close_notify and exits
         assert s_client.wait() == 0
         server.stdout.wait_for(rf"^{peer}: The DTLS connection has been shutdown$")
+
+
+def test_openssl_s_client_verifies_the_certificate_of_serve(tmp_path: Path) -> None:
+    openssl = _require("openssl", "openssl")
+    credentials = make_credentials(tmp_path)
+    server, port = start_serve("--certificate", str(credentials.server_pem))
+    with server, Program(
+        [openssl, "s_client", "-dtls1_2", "-CAfile", str(credentials.ca), "-verify_return_error",
+         "-connect", f"127.0.0.1:{port}"],
+        stdin=True,
+    ) as s_client:  # fmt: skip
+        cipher = s_client.stdout.wait_for(r"^New, TLSv1\.2, Cipher is (\S+)$").group(1)
+        assert cipher.startswith("ECDHE-ECDSA-"), cipher
+        s_client.stdout.wait_for(r"^\s*Verify return code: 0 \(ok\)$")
+        s_client.write("hello, certificate\n")
+        peer_port = s_client.stdout.wait_for(r"to \(127\.0\.0\.1:(\d+)\): ACK").group(1)
+        peer = rf"\(127\.0\.0\.1:{peer_port}\)"
+        server.stdout.wait_for(
+            rf"^Connection with {peer} encrypted\. Session cipher: {re.escape(cipher)}; "
+            r"session protocol: DTLS 1\.2\.$"
+        )
+        server.stdout.wait_for(
+            rf"^A message from {peer} DTLS datagram: 17 fe fd {HEX} "
+            r"As plain text: hello, certificate\\n$"
+        )
+        s_client.close_stdin()
+        assert s_client.wait() == 0
+        server.stdout.wait_for(rf"^{peer}: The DTLS connection has been shutdown$")
+    assert "PSK callback" not in server.stdout.text  # certificate only: no PSK was involved
 
 
 def test_our_client_against_openssl_s_server() -> None:

@@ -6,7 +6,15 @@ associations, each pinging the server and printing the replies.
 
 Both stop the Trio way: a signal receiver task cancels the nursery, and everything inside shuts
 down as cancellation unwinds -- the server sends close_notify to every peer, each client
-association sends close_notify to the server.
+association sends close_notify to the server.  ``serve --psk-file`` also listens for SIGHUP and
+re-reads the file (:meth:`DTLSServer.reload_psk_on_signal`): established peers keep their
+sessions, and a file that does not parse leaves the old keys in force.
+
+Credentials: ``serve`` uses PSKs (``--psk-hex``, ``--psk-file``; Qt's public demo key when
+neither is given) and/or a certificate (``--certificate`` ...).  With a certificate and no PSK
+option it serves certificate clients only, and says so.  ``client`` likewise uses Qt's demo key
+unless it is given ``--ca`` (verify the server's certificate) without ``--psk-hex``: then it
+offers certificate suites only.
 
 Exit codes (the same for both commands):
 
@@ -14,7 +22,8 @@ Exit codes (the same for both commands):
 * 1 -- a failure at run time: bind failure, a handshake that failed or timed out, a missing
   reply, a close_notify from the server;
 * 2 -- the command line is wrong: unknown option, malformed ``--psk-hex`` or ``--psk-file``,
-  a limit out of range;
+  a certificate, key or CA file that cannot be used, options that contradict each other, a
+  cipher choice that leaves no suite, a limit out of range;
 * 130 / 143 -- ``client`` interrupted by SIGINT / SIGTERM (128 + the signal number, as shells
   report it): the associations were closed with close_notify before their pings were done.
 """
@@ -33,9 +42,14 @@ from typing import Any, TextIO
 import trio
 from OpenSSL import SSL
 
+from ._certificates import (
+    CertificateConfig,
+    CertificateError,
+    ClientCertificateMode,
+    use_client_credentials,
+)
 from ._client import DTLSClient, HandshakeError
 from ._config import (
-    DEFAULT_CIPHERS,
     DEFAULT_PORT,
     QT_DEMO_IDENTITY_HINT,
     QT_DEMO_KEY,
@@ -44,7 +58,9 @@ from ._config import (
 from ._connection import ConnectionClosed
 from ._display import Display
 from ._events import ErrorEvent, InfoEvent, ServerEvent, WarningEvent
-from ._psk import PskFileError, PskSource, load_psk_file, parse_psk_hex
+from ._openssl import new_dtls_context, openssl_error_reason
+from ._profiles import CipherConfigError, CipherStringError, client_cipher_string
+from ._psk import PskFileError, PskFileStore, PskSource, parse_psk_hex
 from ._server import DTLSServer, ServerBindError
 from ._session import RetransmitPolicy
 
@@ -357,6 +373,49 @@ def _add_display_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_certificate_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "certificates",
+        "A certificate adds certificate suites; each client picks PSK or certificate by the "
+        "suites it offers.  Without --psk-hex or --psk-file the server then serves "
+        "certificate clients only.",
+    )
+    group.add_argument(
+        "--certificate",
+        metavar="PEM",
+        default=None,
+        help="the server's certificate; certificates after the first in the file are sent as "
+        "its chain, and the file may hold the private key too (default: none: PSK only)",
+    )
+    group.add_argument(
+        "--private-key",
+        metavar="PEM",
+        default=None,
+        help="the certificate's private key (default: read from the --certificate file)",
+    )
+    group.add_argument(
+        "--chain",
+        metavar="PEM",
+        default=None,
+        help="more intermediate certificates to send with it (default: none)",
+    )
+    group.add_argument(
+        "--client-certificates",
+        choices=["none", "optional", "required"],
+        default="none",
+        help="'none': never ask certificate clients for a certificate; 'optional': ask, and "
+        "verify one if sent; 'required': refuse a certificate client without a valid one.  "
+        "PSK clients are never asked (their key authenticates them) (default: none)",
+    )
+    group.add_argument(
+        "--client-ca",
+        metavar="PEM",
+        default=None,
+        help="CA bundle that client certificates must chain to; needed by 'optional' and "
+        "'required' (default: none)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``trio-dtls-server`` argument parser, with its ``serve`` and ``client`` commands."""
     parser = argparse.ArgumentParser(
@@ -364,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="A DTLS 1.2 PSK server and client on Trio: Qt's DTLS server and client "
         "examples, on the command line.",
         epilog="Exit codes: 0 success (serve: stopped by SIGINT/SIGTERM); 1 run-time failure "
-        "(bind, handshake, missing reply, close_notify from the server); 2 bad command line "
-        "or key; 130/143 client interrupted by SIGINT/SIGTERM.",
+        "(bind, handshake, missing reply, close_notify from the server); 2 bad command line, "
+        "key or certificate; 130/143 client interrupted by SIGINT/SIGTERM.",
         formatter_class=_Formatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -375,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the server in the foreground (Qt's DTLS server example)",
         description="Run the DTLS server in the foreground.  It prints Qt's line 'Server is "
         "listening on address H and port P' once bound, then one event per line.  SIGINT "
-        "(Ctrl-C) or SIGTERM sends close_notify to every peer and exits 0.",
+        "(Ctrl-C) or SIGTERM sends close_notify to every peer and exits 0.  With --psk-file, "
+        "SIGHUP re-reads the file: established peers stay connected, new handshakes use the "
+        "new keys, and a file that does not parse is reported and the old keys stay.",
         formatter_class=_Formatter,
     )
     serve.add_argument(
@@ -392,13 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--psk-hex",
         metavar="HEX",
         help="one pre-shared key, in hex, for every identity (default: Qt's public demo key "
-        f"{QT_DEMO_KEY.hex()}, with a warning)",
+        f"{QT_DEMO_KEY.hex()}, with a warning; no PSK at all when --certificate is given)",
     )
     keys.add_argument(
         "--psk-file",
         metavar="PATH",
         help="'identity,hexkey' lines (blank lines and # comments skipped); identities not "
-        "in the file are refused",
+        "in the file are refused.  SIGHUP re-reads the file without dropping established peers",
     )
     serve.add_argument(
         "--identity-hint",
@@ -414,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="print the server's statistics every SECONDS; 0 = never (default: 0)",
     )
+    _add_certificate_options(serve)
     _add_display_options(serve)
     limits = serve.add_argument_group("limits and timers (ServerConfig)")
     for option in CONFIG_OPTIONS:
@@ -464,8 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument(
         "--psk-hex",
         metavar="HEX",
-        default=QT_DEMO_KEY.hex(),
-        help=f"the pre-shared key in hex (default: Qt's demo key {QT_DEMO_KEY.hex()})",
+        default=None,
+        help=f"the pre-shared key in hex (default: Qt's demo key {QT_DEMO_KEY.hex()}; with "
+        "--ca and no --psk-hex the client uses no PSK and offers certificate suites only)",
     )
     client.add_argument(
         "--interval",
@@ -500,9 +563,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     client.add_argument(
         "--ciphers",
-        default=DEFAULT_CIPHERS,
+        default="default",
         metavar="LIST",
-        help="OpenSSL cipher list to offer (default: the AEAD PSK and ECDHE-PSK suites)",
+        help="a cipher profile ('default', 'iot', 'compat': its PSK suites when there is a "
+        "key, its certificate suites with --ca) or an OpenSSL cipher string to offer "
+        "(default: 'default', the AEAD suites)",
+    )
+    certificates = client.add_argument_group("certificates")
+    certificates.add_argument(
+        "--ca",
+        metavar="PEM",
+        default=None,
+        help="CA bundle the server's certificate must chain to; offers certificate suites "
+        "(default: none: PSK suites only, and a server certificate is never accepted)",
+    )
+    certificates.add_argument(
+        "--certificate",
+        metavar="PEM",
+        default=None,
+        help="the client's own certificate, for servers that ask for one; needs --ca "
+        "(default: none)",
+    )
+    certificates.add_argument(
+        "--private-key",
+        metavar="PEM",
+        default=None,
+        help="the client certificate's private key (default: read from the --certificate file)",
     )
     _add_display_options(client)
     return parser
@@ -511,17 +597,70 @@ def build_parser() -> argparse.ArgumentParser:
 # -- serve ---------------------------------------------------------------------------------------
 
 
-def _psk_source(arguments: argparse.Namespace) -> tuple[PskSource, str | None]:
-    """The key source, and a warning to show if it is Qt's public demo key."""
-    if arguments.psk_file is not None:
-        return load_psk_file(arguments.psk_file), None
-    if arguments.psk_hex is not None:
-        return parse_psk_hex(arguments.psk_hex), None
-    warning = (
-        f"using Qt's demo key {QT_DEMO_KEY.hex()}: it is public, anyone can connect; "
-        "give --psk-hex or --psk-file for anything but a demo"
+def _certificate_config(arguments: argparse.Namespace) -> CertificateConfig | None:
+    """The ``--certificate`` family as a :class:`CertificateConfig` (None without one).
+
+    Contradictions are refused here, in the words of the command line; the files themselves
+    are read and checked by :class:`DTLSServer` (a :class:`CertificateError` naming the file).
+    """
+    mode: ClientCertificateMode = arguments.client_certificates
+    if arguments.certificate is None:
+        for flag, value in (
+            ("--private-key", arguments.private_key),
+            ("--chain", arguments.chain),
+            ("--client-ca", arguments.client_ca),
+        ):
+            if value is not None:
+                raise UsageError(f"{flag} needs --certificate (the server's own certificate)")
+        if mode != "none":
+            raise UsageError(
+                f"--client-certificates {mode} needs --certificate: only certificate suites "
+                "ask clients for a certificate"
+            )
+        return None
+    if mode != "none" and arguments.client_ca is None:
+        raise UsageError(
+            f"--client-certificates {mode} needs --client-ca, the CA bundle client "
+            "certificates must chain to"
+        )
+    if mode == "none" and arguments.client_ca is not None:
+        raise UsageError("--client-ca needs --client-certificates optional or required")
+    return CertificateConfig.from_options(
+        certificate=arguments.certificate,
+        private_key=arguments.private_key,
+        chain=arguments.chain,
+        client_certificates=mode,
+        client_ca=arguments.client_ca,
     )
-    return QT_DEMO_KEY, warning
+
+
+def _server_credentials(
+    arguments: argparse.Namespace,
+) -> tuple[PskSource | None, CertificateConfig | None, list[ServerEvent]]:
+    """The PSK source, the certificate, and the notes to show after the listening line.
+
+    The default is Qt's public demo key (with a warning), unless a certificate is given: a
+    server that was handed a certificate and no key serves certificate clients only.
+    """
+    certificate = _certificate_config(arguments)
+    if arguments.psk_file is not None:
+        # A store that reloads: see reload_psk_on_signal in run_serve.
+        return PskFileStore(arguments.psk_file), certificate, []
+    if arguments.psk_hex is not None:
+        return parse_psk_hex(arguments.psk_hex), certificate, []
+    if certificate is not None:
+        note = InfoEvent(
+            "certificate_only",
+            "No --psk-hex or --psk-file: serving certificate clients only (PSK clients are "
+            f"refused); client certificates: {certificate.client_certificates}",
+        )
+        return None, certificate, [note]
+    warning = WarningEvent(
+        "demo_key",
+        f"using Qt's demo key {QT_DEMO_KEY.hex()}: it is public, anyone can connect; "
+        "give --psk-hex or --psk-file for anything but a demo",
+    )
+    return QT_DEMO_KEY, None, [warning]
 
 
 async def _print_events(
@@ -542,14 +681,17 @@ async def _print_statistics(server: DTLSServer, display: Display, interval: floa
 async def run_serve(arguments: argparse.Namespace, display: Display, errors: TextIO) -> int:
     """The ``serve`` command; returns the exit code."""
     try:
-        psk, demo_warning = _psk_source(arguments)
+        psk, certificate, startup_notes = _server_credentials(arguments)
         config = config_from_arguments(arguments)
-        server = DTLSServer(psk, config=config)
-    except (PskFileError, UsageError) as error:
+        server = DTLSServer(psk, config=config, certificate=certificate)
+    except (PskFileError, UsageError, CertificateError) as error:
         _one_line(errors, str(error))
         return EXIT_USAGE
-    except SSL.Error as error:  # a cipher string OpenSSL rejects
+    except CipherStringError as error:  # a cipher string OpenSSL does not understand
         _one_line(errors, f"--ciphers: OpenSSL refuses {config.ciphers!r}: {error}")
+        return EXIT_USAGE
+    except SSL.Error as error:  # OpenSSL refused a credential (rare: the files were checked)
+        _one_line(errors, f"cannot configure the server: {openssl_error_reason(error)}")
         return EXIT_USAGE
     except ValueError as error:  # a configuration the server refuses (e.g. no usable suite)
         _one_line(errors, f"cannot configure the server: {error}")
@@ -559,17 +701,22 @@ async def run_serve(arguments: argparse.Namespace, display: Display, errors: Tex
             async with trio.open_nursery() as nursery:
                 listening_shown = trio.Event()
                 nursery.start_soon(_print_events, stream, display, listening_shown)
+                if isinstance(psk, PskFileStore):
+                    # Installed before the listening line: a script that waits for that line
+                    # may send SIGHUP at once, and SIGHUP's default action ends the process.
+                    await nursery.start(server.reload_psk_on_signal)
                 try:
                     await nursery.start(server.serve, arguments.host, arguments.port)
                 except ServerBindError as error:
                     nursery.cancel_scope.cancel()
                     _one_line(errors, error.strerror or str(error))
                     return EXIT_FAILURE
-                if demo_warning is not None:
+                if startup_notes:
                     # After Qt's listening line, which scripts wait for; it is already queued.
                     with trio.move_on_after(1.0):
                         await listening_shown.wait()
-                    display.show(WarningEvent("demo_key", demo_warning))
+                    for note in startup_notes:
+                        display.show(note)
                 if arguments.stats_interval > 0:
                     nursery.start_soon(_print_statistics, server, display, arguments.stats_interval)
                 async for signal_number in signals:
@@ -622,13 +769,17 @@ class ClientRun:
 
     host: str
     port: int
-    key: bytes
+    #: The PSK; None for a certificate-only client (``--ca`` without ``--psk-hex``).
+    key: bytes | None
     interval: float
     pings: int | None
     handshake_timeout: float
     reply_timeout: float
     ciphers: str
     display: Display
+    ca: str | None = None
+    certificate: str | None = None
+    private_key: str | None = None
     results: list[AssociationResult] = field(default_factory=list)
 
 
@@ -643,11 +794,15 @@ async def _run_association(run: ClientRun, result: AssociationResult) -> None:
         client = await DTLSClient.connect(
             run.host,
             run.port,
-            identity=name,
+            identity=name if run.key is not None else None,
             key=run.key,
             ciphers=run.ciphers,
+            ca=run.ca,
+            certificate=run.certificate,
+            private_key=run.private_key,
             handshake_timeout=run.handshake_timeout,
             on_event=show,
+            display_name=name,
         )
     except HandshakeError as error:  # already shown through on_event
         result.failure = str(error)
@@ -703,9 +858,16 @@ async def _ping(
 async def run_client(arguments: argparse.Namespace, display: Display, errors: TextIO) -> int:
     """The ``client`` command; returns the exit code."""
     try:
-        key = parse_psk_hex(arguments.psk_hex)
-    except PskFileError as error:
+        key = _client_key(arguments)
+        _check_client_credentials(arguments, psk=key is not None)
+    except (PskFileError, UsageError, CertificateError) as error:
         _one_line(errors, str(error))
+        return EXIT_USAGE
+    except CipherConfigError as error:
+        _one_line(errors, f"--ciphers: {error}")
+        return EXIT_USAGE
+    except SSL.Error as error:  # OpenSSL refused a credential (rare: the files were checked)
+        _one_line(errors, f"cannot use the client's credentials: {openssl_error_reason(error)}")
         return EXIT_USAGE
     names = [_association_name(arguments.identity, n) for n in range(arguments.connections)]
     for name in names:
@@ -725,6 +887,9 @@ async def run_client(arguments: argparse.Namespace, display: Display, errors: Te
         ciphers=arguments.ciphers,
         display=display,
         results=[AssociationResult(name) for name in names],
+        ca=arguments.ca,
+        certificate=arguments.certificate,
+        private_key=arguments.private_key,
     )
     interrupted: int | None = None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -751,6 +916,40 @@ async def run_client(arguments: argparse.Namespace, display: Display, errors: Te
                     associations.start_soon(_run_association, run, result)
             nursery.cancel_scope.cancel()
     return _client_summary(run, interrupted)
+
+
+def _client_key(arguments: argparse.Namespace) -> bytes | None:
+    """``--psk-hex``; Qt's demo key by default, no key for a ``--ca`` client without one."""
+    if arguments.psk_hex is not None:
+        return parse_psk_hex(arguments.psk_hex)
+    return None if arguments.ca is not None else QT_DEMO_KEY
+
+
+def _check_client_credentials(arguments: argparse.Namespace, *, psk: bool) -> None:
+    """Read the certificate files and build the cipher list once, before any association
+    starts, so a bad file or option is one line and exit code 2 rather than K failures."""
+    if arguments.private_key is not None and arguments.certificate is None:
+        raise UsageError("--private-key needs --certificate (the client's own certificate)")
+    if arguments.certificate is not None and arguments.ca is None:
+        raise UsageError(
+            "--certificate needs --ca: a client certificate is only sent in certificate "
+            "suites, and those need a CA to verify the server with"
+        )
+    cipher_string = client_cipher_string(
+        arguments.ciphers, psk=psk, verify_server=arguments.ca is not None
+    )
+    try:
+        context = new_dtls_context(server=False, ciphers=cipher_string)
+    except SSL.Error as error:
+        raise UsageError(
+            f"--ciphers: OpenSSL refuses {arguments.ciphers!r}: {openssl_error_reason(error)}"
+        ) from None
+    use_client_credentials(
+        context,
+        ca=arguments.ca,
+        certificate=arguments.certificate,
+        private_key=arguments.private_key,
+    )
 
 
 def _client_summary(run: ClientRun, interrupted: int | None) -> int:
