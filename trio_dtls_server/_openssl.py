@@ -124,7 +124,12 @@ def new_dtls_context(*, server: bool, ciphers: str) -> SSL.Context:
     context = SSL.Context(SSL.DTLS_SERVER_METHOD if server else SSL.DTLS_CLIENT_METHOD)
     context.set_min_proto_version(DTLS_1_2)
     context.set_max_proto_version(DTLS_1_2)
-    context.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION)
+    options = SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION
+    if server:
+        # The profiles list suites strongest first; without this a client that offers CBC
+        # or CCM_8 before AES-GCM would get the weaker suite it happened to list first.
+        options |= SSL.OP_CIPHER_SERVER_PREFERENCE
+    context.set_options(options)
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     context.set_cipher_list(ciphers.encode("ascii"))
     return context
