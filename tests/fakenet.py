@@ -77,6 +77,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from trio_dtls_server._transport import ReplySource
+
 __all__ = [
     "PERFECT",
     "Address",
@@ -247,7 +249,13 @@ class FakeEndpoint:
             with trio.move_on_at(next_arrival):
                 await wakeup.wait()
 
-    def send_nowait(self, datagram: bytes, address: Address) -> bool:
+    def reply_source(self) -> ReplySource | None:
+        """One address per endpoint: replies always come from it, nothing to choose."""
+        return None
+
+    def send_nowait(
+        self, datagram: bytes, address: Address, source: ReplySource | None = None
+    ) -> bool:
         """Hand ``datagram`` to the network; False only while :meth:`block_sends` is in force."""
         if self._closed:
             self.send_errors += 1

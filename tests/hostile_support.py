@@ -50,7 +50,7 @@ from trio_dtls_server import (
 from trio_dtls_server._client import _client_context
 from trio_dtls_server._psk import PskSource
 from trio_dtls_server._session import DTLSSession, RetransmitPolicy
-from trio_dtls_server._transport import UDPTransport
+from trio_dtls_server._transport import ReplySource, UDPTransport
 from trio_dtls_server._wire import ClientHello, parse_hello_verify_request, parse_records
 
 Address = tuple[str, int]
@@ -216,8 +216,13 @@ class RecordingTransport:
     async def wait_readable(self) -> None:
         await self._inner.wait_readable()
 
-    def send_nowait(self, datagram: bytes, address: Address) -> bool:
-        sent = self._inner.send_nowait(datagram, address)
+    def reply_source(self) -> ReplySource | None:
+        return self._inner.reply_source()
+
+    def send_nowait(
+        self, datagram: bytes, address: Address, source: ReplySource | None = None
+    ) -> bool:
+        sent = self._inner.send_nowait(datagram, address, source)
         if sent:
             self.sent_count += 1
             if self.keep_copies:

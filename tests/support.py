@@ -58,7 +58,7 @@ from trio_dtls_server._openssl import (
     new_dtls_context,
 )
 from trio_dtls_server._session import DTLSSession, SessionEvent, SessionState
-from trio_dtls_server._transport import Address, DatagramTransport, bind_udp
+from trio_dtls_server._transport import Address, DatagramTransport, ReplySource, bind_udp
 from trio_dtls_server._wire import (
     CONTENT_APPLICATION_DATA,
     HANDSHAKE_HEADER_LENGTH,
@@ -340,8 +340,13 @@ class RecordingTransport:
     async def wait_readable(self) -> None:
         await self.inner.wait_readable()
 
-    def send_nowait(self, datagram: bytes, address: Address) -> bool:
-        accepted = self.inner.send_nowait(datagram, address)
+    def reply_source(self) -> ReplySource | None:
+        return self.inner.reply_source()
+
+    def send_nowait(
+        self, datagram: bytes, address: Address, source: ReplySource | None = None
+    ) -> bool:
+        accepted = self.inner.send_nowait(datagram, address, source)
         if accepted:
             self.sent.append((datagram, address))
         return accepted

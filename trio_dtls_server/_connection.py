@@ -30,6 +30,7 @@ from ._session import (
     SessionState,
 )
 from ._stats import ServerStatistics
+from ._transport import ReplySource
 
 __all__ = ["IDLE_WATCH_GRACE", "ConnectionClosed", "DTLSConnection", "PeerSlot"]
 
@@ -75,6 +76,9 @@ class PeerSlot:
     #: Around the handler: enforces the idle timeout on a handler that stops reading (see
     #: ``DTLSServer._serve_connection``); every authentic datagram moves its deadline on.
     idle_watch: trio.CancelScope = field(default_factory=trio.CancelScope)
+    #: Where this peer's replies leave from (the local address its verified hello was sent
+    #: to), for servers bound to a wildcard address; see :class:`~._transport.UDPTransport`.
+    reply_source: ReplySource | None = None
 
     @property
     def info(self) -> str:
@@ -98,7 +102,7 @@ class DTLSConnection:
         *,
         slot: PeerSlot,
         session: DTLSSession,
-        transmit: Callable[[list[bytes], Address], Awaitable[None]],
+        transmit: Callable[[list[bytes]], Awaitable[None]],
         hub: EventHub,
         stats: ServerStatistics,
         idle_timeout: float | None,
@@ -164,7 +168,7 @@ class DTLSConnection:
             raise ConnectionClosed(self._closed_reason)
         self._session.send(data)
         self._stats.messages_sent += 1
-        await self._transmit(self._session.take_datagrams(), self.peer)
+        await self._transmit(self._session.take_datagrams())
 
     async def aclose(self) -> None:
         """Send close_notify (once) and end the connection."""
@@ -172,7 +176,7 @@ class DTLSConnection:
             self._closed_reason = "closed by the server"
         if self._session.state is SessionState.ESTABLISHED:
             self._session.close()
-            await self._transmit(self._session.take_datagrams(), self.peer)
+            await self._transmit(self._session.take_datagrams())
 
     async def _receive_one(self) -> None:
         slot = self._slot
@@ -204,7 +208,7 @@ class DTLSConnection:
         events = self._session.receive_datagram(datagram, now)
         outgoing = self._session.take_datagrams()
         if outgoing:
-            await self._transmit(outgoing, self.peer)
+            await self._transmit(outgoing)
         for event in events:
             if isinstance(event, ApplicationData):
                 slot.last_activity = now

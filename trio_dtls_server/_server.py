@@ -17,6 +17,7 @@ Where things are:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -63,7 +64,7 @@ from ._session import (
     SessionState,
 )
 from ._stats import ServerStatistics, StatisticsSnapshot
-from ._transport import DatagramTransport, bind_udp
+from ._transport import DatagramTransport, ReplySource, bind_udp
 from ._wire import (
     CONTENT_HANDSHAKE,
     HANDSHAKE_CLIENT_HELLO,
@@ -349,19 +350,23 @@ class DTLSServer:
 
     # -- sending --------------------------------------------------------------------------------
 
-    def _send_nowait(self, datagram: bytes, address: Address) -> bool:
+    def _send_nowait(
+        self, datagram: bytes, address: Address, source: ReplySource | None = None
+    ) -> bool:
         """Try one non-blocking send; False if the transport's buffer is full (or it is gone)."""
         transport = self._transport
-        if transport is None or not transport.send_nowait(datagram, address):
+        if transport is None or not transport.send_nowait(datagram, address, source):
             return False
         self._stats.datagrams_out += 1
         self._stats.bytes_out += len(datagram)
         return True
 
-    async def _transmit(self, datagrams: list[bytes], address: Address) -> None:
+    async def _transmit(
+        self, datagrams: list[bytes], address: Address, source: ReplySource | None = None
+    ) -> None:
         """Send datagrams to ``address``; waits (under a lock) only if the socket is full."""
         for datagram in datagrams:
-            while not self._send_nowait(datagram, address):
+            while not self._send_nowait(datagram, address, source):
                 transport = self._transport
                 if transport is None:
                     return
@@ -380,7 +385,7 @@ class DTLSServer:
                 received = transport.receive_nowait(size)
                 if received is None:
                     break
-                self._on_datagram(received[0], received[1], size)
+                self._on_datagram(received[0], received[1], size, transport.reply_source())
 
     def _warn(self, code: str, message: str, peer: Address | None) -> None:
         self._hub.emit(WarningEvent(code, message, peer), rate_limited=True)
@@ -389,7 +394,13 @@ class DTLSServer:
         self._stats.drops[reason] += 1
         self._warn(code, message, peer)
 
-    def _on_datagram(self, datagram: bytes, address: Address, read_size: int) -> None:
+    def _on_datagram(
+        self,
+        datagram: bytes,
+        address: Address,
+        read_size: int,
+        source: ReplySource | None = None,
+    ) -> None:
         """Classify one datagram and route it; runs in the reader task, never waits."""
         stats = self._stats
         stats.datagrams_in += 1
@@ -409,7 +420,7 @@ class DTLSServer:
             return
         slot = self._peers.get(address)
         if _looks_like_client_hello(datagram):
-            self._on_client_hello(datagram, address, slot)
+            self._on_client_hello(datagram, address, slot, source)
             return
         if slot is None:
             self._drop(
@@ -439,7 +450,13 @@ class DTLSServer:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._stats.drops["peer closing"] += 1
 
-    def _on_client_hello(self, datagram: bytes, address: Address, slot: PeerSlot | None) -> None:
+    def _on_client_hello(
+        self,
+        datagram: bytes,
+        address: Address,
+        slot: PeerSlot | None,
+        source: ReplySource | None = None,
+    ) -> None:
         try:
             initial = parse_initial_client_hello(datagram)
         except FragmentedClientHello as error:
@@ -468,7 +485,7 @@ class DTLSServer:
             return
         if hello.cookie and self._cookies.is_valid(address, hello):
             self._stats.cookies_verified += 1
-            self._start_peer(datagram, address, hello.random, slot)
+            self._start_peer(datagram, address, hello.random, slot, source)
             return
         if hello.cookie:
             self._stats.cookies_rejected += 1
@@ -486,7 +503,7 @@ class DTLSServer:
             # Never answer with more bytes than came in: no amplification for spoofed sources.
             self._stats.drops["HelloVerifyRequest would amplify"] += 1
             return
-        if self._send_nowait(reply, address):
+        if self._send_nowait(reply, address, source):
             self._stats.cookies_sent += 1
             self._hub.emit(
                 InfoEvent("cookie_sent", f"{peer_info(address)}: not verified yet", address),
@@ -496,7 +513,12 @@ class DTLSServer:
     # -- peers ----------------------------------------------------------------------------------
 
     def _start_peer(
-        self, hello: bytes, address: Address, client_random: bytes, old: PeerSlot | None
+        self,
+        hello: bytes,
+        address: Address,
+        client_random: bytes,
+        old: PeerSlot | None,
+        source: ReplySource | None = None,
     ) -> None:
         if not self._accepting or self._nursery is None:
             return
@@ -513,7 +535,14 @@ class DTLSServer:
             old.ended_by_server = "replaced by a new handshake from the same address"
             old.cancel_scope.cancel()
         send, receive = trio.open_memory_channel[bytes](self.config.peer_queue_size)
-        slot = PeerSlot(address, client_random, send, receive, last_activity=trio.current_time())
+        slot = PeerSlot(
+            address,
+            client_random,
+            send,
+            receive,
+            last_activity=trio.current_time(),
+            reply_source=source,
+        )
         self._peers[address] = slot
         self._handshaking += 1
         self._stats.handshakes_started += 1
@@ -576,7 +605,7 @@ class DTLSServer:
             if session is not None and session.state is SessionState.ESTABLISHED and not replaced:
                 session.close()
                 for datagram in session.take_datagrams():
-                    self._send_nowait(datagram, slot.address)
+                    self._send_nowait(datagram, slot.address, slot.reply_source)
             slot.inbox_send.close()
             if self._peers.get(slot.address) is slot:
                 del self._peers[slot.address]
@@ -590,7 +619,7 @@ class DTLSServer:
         self._report_handshake(slot, session.startup_events)
         with trio.move_on_at(deadline):
             while True:
-                await self._transmit(session.take_datagrams(), slot.address)
+                await self._transmit(session.take_datagrams(), slot.address, slot.reply_source)
                 if session.state is not SessionState.HANDSHAKING:
                     break
                 datagram: bytes | None = None
@@ -772,7 +801,9 @@ class DTLSServer:
         connection = DTLSConnection(
             slot=slot,
             session=session,
-            transmit=self._transmit,
+            transmit=functools.partial(
+                self._transmit, address=slot.address, source=slot.reply_source
+            ),
             hub=self._hub,
             stats=self._stats,
             idle_timeout=self.config.idle_timeout,

@@ -17,13 +17,18 @@ import contextlib
 import errno
 import os
 import socket as stdlib_socket
+import sys
 from typing import Any, Protocol
 
 import trio
 
-__all__ = ["Address", "DatagramTransport", "UDPTransport", "bind_udp"]
+__all__ = ["Address", "DatagramTransport", "ReplySource", "UDPTransport", "bind_udp"]
 
 Address = tuple[str, int]
+
+#: Where a reply must come from: one ``sendmsg`` ancillary item ``(level, type, data)``, as
+#: :meth:`DatagramTransport.reply_source` returns it.  Opaque to everyone but the transport.
+ReplySource = tuple[int, int, bytes]
 
 
 class DatagramTransport(Protocol):
@@ -43,11 +48,18 @@ class DatagramTransport(Protocol):
         """
         ...
 
+    def reply_source(self) -> ReplySource | None:
+        """How to answer the datagram :meth:`receive_nowait` returned last from the address it
+        was sent to, as ``source`` for :meth:`send_nowait`; None when nothing is needed."""
+        ...
+
     async def wait_readable(self) -> None:
         """Return when :meth:`receive_nowait` may have something (always a checkpoint)."""
         ...
 
-    def send_nowait(self, datagram: bytes, address: Address) -> bool:
+    def send_nowait(
+        self, datagram: bytes, address: Address, source: ReplySource | None = None
+    ) -> bool:
         """Send now if possible; False means "buffer full, wait and retry"."""
         ...
 
@@ -63,13 +75,25 @@ def _normalise(address: Any) -> Address:
 
 
 class UDPTransport:
-    """A real, non-blocking UDP socket."""
+    """A real, non-blocking UDP socket.
+
+    Bound to a wildcard address (``0.0.0.0`` or ``::``) on a host with several addresses, the
+    kernel would pick each reply's source address by route, and a client that wrote to
+    another of the host's addresses would see the reply come from a stranger (a connected
+    client socket, like Qt's, drops it: the handshake never completes).  So on a wildcard
+    socket the transport asks for each datagram's destination address (``IP_PKTINFO`` /
+    ``IPV6_RECVPKTINFO``) and the server answers from it (:meth:`reply_source`).
+    """
 
     def __init__(self, sock: stdlib_socket.socket) -> None:
         sock.setblocking(False)
         self._socket = sock
         self._local_address = _normalise(sock.getsockname())
         self._is_ipv6 = sock.family == stdlib_socket.AF_INET6
+        self._last_source: ReplySource | None = None
+        self._packet_info = self._local_address[0] in ("0.0.0.0", "::") and _enable_packet_info(
+            sock
+        )
         #: Socket errors seen on reads (ICMP unreachable reports about earlier sends, ...).
         self.read_errors = 0
         #: Sends the kernel refused for a reason other than a full buffer.
@@ -86,7 +110,11 @@ class UDPTransport:
     def receive_nowait(self, max_size: int) -> tuple[bytes, Address] | None:
         while True:
             try:
-                datagram, address = self._socket.recvfrom(max_size)
+                if self._packet_info:
+                    datagram, ancillary, _, address = self._socket.recvmsg(max_size, 64)
+                    self._last_source = _reply_source(ancillary)
+                else:
+                    datagram, address = self._socket.recvfrom(max_size)
             except (BlockingIOError, InterruptedError):
                 return None
             except OSError:
@@ -96,12 +124,20 @@ class UDPTransport:
                 continue
             return datagram, _normalise(address)
 
+    def reply_source(self) -> ReplySource | None:
+        return self._last_source
+
     async def wait_readable(self) -> None:
         await trio.lowlevel.wait_readable(self._socket)
 
-    def send_nowait(self, datagram: bytes, address: Address) -> bool:
+    def send_nowait(
+        self, datagram: bytes, address: Address, source: ReplySource | None = None
+    ) -> bool:
         try:
-            self._socket.sendto(datagram, address)
+            if source is None:
+                self._socket.sendto(datagram, address)
+            else:
+                self._socket.sendmsg([datagram], [source], 0, address)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
@@ -115,6 +151,43 @@ class UDPTransport:
 
     def close(self) -> None:
         self._socket.close()
+
+
+# Python 3.11's socket module lacks the constant on Linux; 8 is Linux's value (<linux/in.h>).
+# Elsewhere, without the constant, IPv4 replies keep the kernel's choice of source.
+_IP_PKTINFO: int | None = getattr(
+    stdlib_socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux") else None
+)
+
+
+def _enable_packet_info(sock: stdlib_socket.socket) -> bool:
+    """Ask the kernel for each datagram's destination address; False where it cannot."""
+    try:
+        if sock.family == stdlib_socket.AF_INET6:
+            sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_RECVPKTINFO, 1)
+        elif _IP_PKTINFO is not None:
+            sock.setsockopt(stdlib_socket.IPPROTO_IP, _IP_PKTINFO, 1)
+        else:
+            return False
+    except (OSError, AttributeError):  # not Linux-like: replies keep the kernel's choice
+        return False
+    return True
+
+
+def _reply_source(ancillary: list[tuple[int, int, bytes]]) -> ReplySource | None:
+    """The ``sendmsg`` item that makes a reply leave from where the datagram arrived."""
+    for level, kind, data in ancillary:
+        if level == stdlib_socket.IPPROTO_IP and kind == _IP_PKTINFO and len(data) >= 12:
+            # struct in_pktinfo {ifindex; spec_dst; addr}: send from addr, any interface.
+            return (level, kind, bytes(4) + data[8:12] + bytes(4))
+        if (
+            level == stdlib_socket.IPPROTO_IPV6
+            and kind == stdlib_socket.IPV6_PKTINFO
+            and len(data) >= 20
+        ):
+            # struct in6_pktinfo {addr; ifindex}: keep the interface (link-local addresses).
+            return (level, kind, data[:20])
+    return None
 
 
 async def bind_udp(host: str, port: int, *, buffer_size: int = 4 << 20) -> UDPTransport:
