@@ -88,13 +88,16 @@ def make_credentials(directory: Path) -> Credentials:
         server_rsa_pem=_write(
             directory,
             "server-rsa.pem",
-            ca.issue_cert("server.test", key_type=trustme.KeyType.RSA),
+            ca.issue_cert("server.test", "127.0.0.1", key_type=trustme.KeyType.RSA),
         ),
         expired_server_pem=_write(
             directory,
             "expired-server.pem",
             ca.issue_cert(
-                "server.test", not_before=long_ago, not_after=long_ago + datetime.timedelta(1)
+                "server.test",
+                "127.0.0.1",
+                not_before=long_ago,
+                not_after=long_ago + datetime.timedelta(1),
             ),
         ),
         client_pem=_write(directory, "client.pem", client),

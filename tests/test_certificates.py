@@ -433,3 +433,27 @@ def test_the_verify_callback_keeps_the_key_size_floor_at_any_security_level(
     assert _strong_keys_only(connection, weak, 0, 0, 1) is False
     # OpenSSL's own verdict always stands.
     assert _strong_keys_only(connection, good, 10, 0, 0) is False
+
+
+# -- the server's name, checked by the client ----------------------------------------------------
+
+
+async def test_the_client_checks_the_name_it_connected_to(credentials: Credentials) -> None:
+    """connect() checks the host it was given (127.0.0.1, in the certificate as an IP SAN)."""
+    server = DTLSServer(certificate=CertificateConfig(credentials.server_pem))
+    async with support.serving(server) as running:
+        client, _ = await connect(running, ca=credentials.ca)
+        async with client:
+            assert client.peer_certificate is not None
+        named, _ = await connect(running, ca=credentials.ca, server_hostname="server.test")
+        async with named:
+            assert named.cipher.startswith("ECDHE-ECDSA-")
+
+
+async def test_a_certificate_for_another_name_is_refused(credentials: Credentials) -> None:
+    """A certificate the CA signed for someone else must not pass: the name check fails."""
+    server = DTLSServer(certificate=CertificateConfig(credentials.server_pem))
+    async with support.serving(server) as running:
+        error = await refused(running, ca=credentials.ca, server_hostname="intruder.test")
+        assert "certificate verify failed" in str(error)
+        assert server.statistics().handshakes_completed == 0

@@ -255,6 +255,7 @@ def test_serve_misconfiguration_is_one_line_and_exit_code_2(
     [
         ("--private-key {client_pem}", "--private-key needs --certificate"),
         ("--certificate {client_pem}", "--certificate needs --ca"),
+        ("--server-name server.test", "--server-name needs --ca"),
         ("--ca {directory}/missing.pem", "cannot read the CA file '{directory}/missing.pem'"),
         ("--ca {server_key}", "the CA file '{server_key}' holds no PEM certificate"),
         (
@@ -267,6 +268,7 @@ def test_serve_misconfiguration_is_one_line_and_exit_code_2(
     ids=[
         "key-without-certificate",
         "certificate-without-ca",
+        "server-name-without-ca",
         "unreadable-ca",
         "not-a-ca-file",
         "mismatched-key",
@@ -288,3 +290,17 @@ def test_client_misconfiguration_is_one_line_and_exit_code_2(
     assert (code, out) == (2, "")
     (line,) = err.splitlines()
     assert line.startswith(f"trio-dtls-server: error: {problem.format(**paths)}"), line
+
+
+def test_the_client_checks_the_server_name(credentials: Credentials) -> None:
+    """HOST (127.0.0.1, an IP SAN of the test certificate) is checked by default; --server-name
+    checks another name, and a certificate that does not carry it is refused."""
+    server, port = start_serve("--certificate", str(credentials.server_pem))
+    with server:
+        server.stdout.wait_for("^No --psk-hex")
+        base = ["client", "127.0.0.1", str(port), "--ca", str(credentials.ca), "--pings", "1"]
+        with Program(command(*base, "--server-name", "server.test")) as named:
+            assert named.wait() == 0, named.stdout.text + named.stderr.text
+        with Program(command(*base, "--server-name", "intruder.test")) as intruder:
+            assert intruder.wait() == 1
+        assert "certificate verify failed" in intruder.stdout.text

@@ -576,6 +576,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: none: PSK suites only, and a server certificate is never accepted)",
     )
     certificates.add_argument(
+        "--server-name",
+        metavar="NAME",
+        default=None,
+        help="with --ca: the name (or IP address) the server's certificate must carry "
+        "(default: HOST)",
+    )
+    certificates.add_argument(
         "--certificate",
         metavar="PEM",
         default=None,
@@ -776,6 +783,7 @@ class ClientRun:
     ciphers: str
     display: Display
     ca: str | None = None
+    server_name: str | None = None
     certificate: str | None = None
     private_key: str | None = None
     results: list[AssociationResult] = field(default_factory=list)
@@ -796,6 +804,7 @@ async def _run_association(run: ClientRun, result: AssociationResult) -> None:
             key=run.key,
             ciphers=run.ciphers,
             ca=run.ca,
+            server_hostname=run.server_name or run.host,
             certificate=run.certificate,
             private_key=run.private_key,
             handshake_timeout=run.handshake_timeout,
@@ -886,6 +895,7 @@ async def run_client(arguments: argparse.Namespace, display: Display, errors: Te
         display=display,
         results=[AssociationResult(name) for name in names],
         ca=arguments.ca,
+        server_name=arguments.server_name,
         certificate=arguments.certificate,
         private_key=arguments.private_key,
     )
@@ -933,6 +943,8 @@ def _check_client_credentials(arguments: argparse.Namespace, *, psk: bool) -> No
             "--certificate needs --ca: a client certificate is only sent in certificate "
             "suites, and those need a CA to verify the server with"
         )
+    if arguments.server_name is not None and arguments.ca is None:
+        raise UsageError("--server-name needs --ca: it is checked against the server's certificate")
     cipher_string = client_cipher_string(
         arguments.ciphers, psk=psk, verify_server=arguments.ca is not None
     )

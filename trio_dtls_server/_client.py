@@ -151,6 +151,10 @@ class DTLSClient:
         wildcard = "::" if family == stdlib_socket.AF_INET6 else "0.0.0.0"
         transport = await bind_udp(wildcard, local_port, buffer_size=1 << 20)
         server = (str(address[0]), int(address[1]))
+        if options.get("ca") is not None:
+            # Like ssl.create_default_context(): a CA without a name check would accept any
+            # certificate that CA ever signed.  Pass server_hostname to check another name.
+            options.setdefault("server_hostname", host)
         return await cls.connect_over(transport, server, identity=identity, key=key, **options)
 
     @classmethod
@@ -171,6 +175,7 @@ class DTLSClient:
         handshake_timeout: float = 30.0,
         on_event: EventCallback = _log_event,
         display_name: str | None = None,
+        server_hostname: str | None = None,
     ) -> DTLSClient:
         """Run the handshake over ``transport`` (which the client then owns and closes).
 
@@ -182,7 +187,9 @@ class DTLSClient:
         earlier :attr:`session`.  ``on_event`` receives progress as the same event objects the
         server uses (default: :mod:`logging` under ``trio_dtls_server.client``);
         ``display_name`` names the client in them (default: the identity, or
-        ``certificate client`` without one).
+        ``certificate client`` without one).  ``server_hostname`` (a DNS name or an IP
+        address) must match the server's certificate when there is a ``ca``; :meth:`connect`
+        passes the host it was given.
         """
         if (identity is None) != (key is None):
             transport.close()
@@ -211,6 +218,7 @@ class DTLSClient:
                 identity=identity_bytes,
                 key=key,
                 session=session,
+                server_hostname=server_hostname if ca is not None else None,
             )
             client = cls(transport, server, dtls_session, name, on_event)
             on_event(InfoEvent("handshake_start", f"{name}: starting a handshake"))

@@ -18,6 +18,7 @@ TLS alerts, so events can say ``unknown_psk_identity (115)`` instead of a number
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from typing import Any, Protocol
 
@@ -29,6 +30,7 @@ __all__ = [
     "DTLS_1_2",
     "PskResponder",
     "alert_name",
+    "expect_server_name",
     "configure_session_resumption",
     "drain_write_bio",
     "install_client_psk",
@@ -150,6 +152,25 @@ def install_client_psk(context: SSL.Context) -> None:
 # BIO_get_mem_data wants somewhere to put a pointer we do not use; one is enough (Trio runs
 # callbacks on one thread, and the pointer is never read).
 _mem_data_pointer = _ffi.new("char **")
+
+
+def expect_server_name(connection: SSL.Connection, name: str) -> None:
+    """Make certificate verification also require ``name`` (DNS name or IP address).
+
+    OpenSSL's chain check alone accepts any certificate the CA signed; RFC 6125 name checking
+    is a verify parameter that pyOpenSSL does not expose.  A DNS name also goes out as SNI.
+    """
+    param = _lib.SSL_get0_param(connection._ssl)
+    try:
+        packed = ipaddress.ip_address(name.split("%", 1)[0]).packed
+    except ValueError:
+        encoded = name.encode("idna")
+        if _lib.X509_VERIFY_PARAM_set1_host(param, encoded, len(encoded)) != 1:
+            raise ValueError(f"cannot check the server certificate against {name!r}") from None
+        connection.set_tlsext_host_name(encoded)
+        return
+    if _lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed)) != 1:
+        raise ValueError(f"cannot check the server certificate against {name!r}")
 
 
 def drain_write_bio(connection: SSL.Connection) -> bytes:

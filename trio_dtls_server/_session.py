@@ -36,6 +36,7 @@ from OpenSSL import SSL
 from ._openssl import (
     alert_name,
     drain_write_bio,
+    expect_server_name,
     openssl_error_reason,
     session_psk_identity,
     session_reused,
@@ -367,11 +368,14 @@ class DTLSSession:
         identity: bytes | None,
         key: bytes | None,
         session: SSL.Session | None = None,
+        server_hostname: str | None = None,
     ) -> DTLSSession:
         """A client session; its first ClientHello is ready in :meth:`take_datagrams`.
 
         ``identity`` and ``key`` may be None for a certificate-only client.  ``session`` (from an
         earlier connection's ``connection.get_session()``) asks the server to resume it.
+        ``server_hostname`` is the name (or IP address) the server's certificate must carry,
+        when the context verifies certificates; a DNS name is also sent as SNI.
         """
         credentials = (identity, key) if identity is not None and key is not None else None
         client = cls(
@@ -379,6 +383,8 @@ class DTLSSession:
         )
         if session is not None:
             client._connection.set_session(session)
+        if server_hostname is not None:
+            expect_server_name(client._connection, server_hostname)
         client._connection.set_connect_state()
         client.startup_events = client._step_handshake(now)
         return client
