@@ -79,6 +79,11 @@ class PeerSlot:
     #: Where this peer's replies leave from (the local address its verified hello was sent
     #: to), for servers bound to a wildcard address; see :class:`~._transport.UDPTransport`.
     reply_source: ReplySource | None = None
+    #: The established association this peer's handshake will replace once it completes
+    #: (RFC 6347 §4.2.8: a client that restarted on the same address and port).
+    replacing: PeerSlot | None = None
+    #: Set when the peer task has ended.
+    finished: bool = False
 
     @property
     def info(self) -> str:

@@ -528,11 +528,18 @@ class DTLSServer:
         if old is None and len(self._peers) >= self.config.max_peers and not self._evict_one():
             self._refuse(address, f"the peer table is full ({self.config.max_peers} peers)")
             return
-        if old is not None:
-            # RFC 6347 §4.2.8: a new, cookie-verified ClientHello from a known address means the
-            # client restarted; the cookie proved it owns the address, so the old association goes.
-            self._stats.replacements += 1
-            old.ended_by_server = "replaced by a new handshake from the same address"
+        # RFC 6347 §4.2.8: a new, cookie-verified ClientHello from a known address means the
+        # client restarted.  An established association is kept (out of the table, so the new
+        # handshake gets the address's datagrams) until the new handshake completes: a cookie'd
+        # hello replayed by an eavesdropper within the cookie's lifetime then costs the real
+        # client at most one handshake timeout, never its association.
+        protected: PeerSlot | None = None
+        if old is not None and old.established:
+            protected = old
+        elif old is not None:
+            # A handshake that a newer hello supersedes; what it was protecting stays protected.
+            old.ended_by_server = "superseded by a newer handshake from the same address"
+            protected, old.replacing = old.replacing, None
             old.cancel_scope.cancel()
         send, receive = trio.open_memory_channel[bytes](self.config.peer_queue_size)
         slot = PeerSlot(
@@ -542,6 +549,7 @@ class DTLSServer:
             receive,
             last_activity=trio.current_time(),
             reply_source=source,
+            replacing=protected,
         )
         self._peers[address] = slot
         self._handshaking += 1
@@ -597,6 +605,7 @@ class DTLSServer:
                 if await self._handshake(slot, session):
                     await self._serve_connection(slot, session)
         finally:
+            slot.finished = True
             if slot.established is False:
                 self._handshaking -= 1
             # Server shutdown, eviction or a handler that returned: say goodbye.  Not on
@@ -608,7 +617,21 @@ class DTLSServer:
                     self._send_nowait(datagram, slot.address, slot.reply_source)
             slot.inbox_send.close()
             if self._peers.get(slot.address) is slot:
-                del self._peers[slot.address]
+                kept = slot.replacing
+                if kept is not None and not kept.finished and self._accepting:
+                    # The handshake that would have replaced it failed: it goes on.
+                    self._peers[slot.address] = kept
+                    self._hub.emit(
+                        InfoEvent(
+                            "replacement_failed",
+                            f"{slot.info}: the new handshake from this address failed; "
+                            "the established association goes on",
+                            slot.address,
+                        )
+                    )
+                else:
+                    del self._peers[slot.address]
+            slot.replacing = None
             if slot.ended_by_server:
                 self._hub.emit(
                     InfoEvent("peer_ended", f"{slot.info}: {slot.ended_by_server}", slot.address)
@@ -761,6 +784,12 @@ class DTLSServer:
                     rate_limited=True,
                 )
             elif isinstance(event, HandshakeComplete):
+                previous, slot.replacing = slot.replacing, None
+                if previous is not None and not previous.finished:
+                    # The client proved itself with a Finished: now the old association goes.
+                    self._stats.replacements += 1
+                    previous.ended_by_server = "replaced by a new handshake from the same address"
+                    previous.cancel_scope.cancel()
                 slot.established = True
                 slot.last_activity = trio.current_time()
                 self._handshaking -= 1
