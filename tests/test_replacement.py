@@ -43,6 +43,8 @@ async def test_a_replayed_hello_that_never_completes_leaves_the_association_alon
 
         stats = served.server.statistics()
         assert (stats.handshakes_started, stats.handshaking, stats.replacements) == (2, 1, 0)
+        # Meanwhile the real client's application data still reaches its association.
+        await good.round_trip(b"during", ack_for(good.address))
         # The attacker never answers; at the deadline the new handshake fails and the
         # established association is back in the table, keys and all.
         await trio.sleep(10.5)

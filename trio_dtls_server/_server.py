@@ -66,6 +66,7 @@ from ._session import (
 from ._stats import ServerStatistics, StatisticsSnapshot
 from ._transport import DatagramTransport, ReplySource, bind_udp
 from ._wire import (
+    CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE,
     HANDSHAKE_CLIENT_HELLO,
     HANDSHAKE_CLIENT_KEY_EXCHANGE,
@@ -430,6 +431,15 @@ class DTLSServer:
                 address,
             )
             return
+        kept = slot.replacing
+        if (
+            kept is not None
+            and datagram[0] == CONTENT_APPLICATION_DATA
+            and datagram[3:5] != b"\0\0"
+        ):
+            # Protected application data cannot belong to a handshake still in progress: it is
+            # for the association kept aside while a new hello's handshake runs.
+            slot = kept
         self._deliver(slot, datagram)
 
     def _deliver(self, slot: PeerSlot, datagram: bytes) -> None:
