@@ -17,6 +17,7 @@ Where things are:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import signal
@@ -111,11 +112,14 @@ def _looks_like_client_hello(datagram: bytes) -> bool:
 
 
 class DTLSServer:
-    """A DTLS 1.2 PSK server for Trio.
+    """A DTLS 1.2 server for Trio: PSK devices, certificate clients, or both.
 
-    >>> server = DTLSServer(psk={"device-1": key1, "device-2": key2})   # doctest: +SKIP
-    >>> async with trio.open_nursery() as nursery:                      # doctest: +SKIP
-    ...     address = await nursery.start(server.serve, "127.0.0.1", 0)
+    Typical use, in a Trio program::
+
+        server = DTLSServer(psk={"device-1": key1, "device-2": key2})
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(server.serve, "0.0.0.0", 5684)
+            ...  # serves until the nursery is cancelled (or server.close())
 
     ``psk`` is a :class:`~trio_dtls_server.PskStore` or :class:`~trio_dtls_server.AsyncPskStore`,
     one ``bytes`` key for every identity, a mapping of identity to key, a PSK file path or an
@@ -140,9 +144,7 @@ class DTLSServer:
     ) -> None:
         self.config = config or ServerConfig()
         if identity_hint is not None:
-            from dataclasses import replace
-
-            self.config = replace(self.config, identity_hint=identity_hint)
+            self.config = dataclasses.replace(self.config, identity_hint=identity_hint)
         store = None if psk is None else as_psk_store(psk)
         self._psk_store = store
         # OpenSSL's callback can only use a synchronous store; an async one is awaited by the
