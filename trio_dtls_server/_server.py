@@ -178,6 +178,7 @@ class DTLSServer:
         self._local_address: Address | None = None
         self._mtu = DEFAULT_IPV4_MTU
         self._accepting = False
+        self._paused = False
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -188,7 +189,25 @@ class DTLSServer:
 
     def is_listening(self) -> bool:
         """True while :meth:`serve` is running and accepting new peers."""
-        return self._accepting
+        return self._accepting and not self._paused
+
+    def stop_accepting(self) -> None:
+        """Qt's *Stop listening*: new clients get no answer, known peers carry on.
+
+        Cookieless ClientHellos get no HelloVerifyRequest and verified ones start no handshake
+        (each counted in ``drops["not accepting new clients"]``); established and handshaking
+        peers are untouched, and a client that restarts on a known address is a new client
+        too.  :meth:`resume_accepting` undoes it; :meth:`close` stops everything.
+        """
+        if not self._paused:
+            self._paused = True
+            self._hub.emit(InfoEvent("not_accepting", "Server is not accepting new connections"))
+
+    def resume_accepting(self) -> None:
+        """Accept new clients again after :meth:`stop_accepting`."""
+        if self._paused:
+            self._paused = False
+            self._hub.emit(InfoEvent("accepting", "Server is accepting new connections again"))
 
     @property
     def peer_count(self) -> int:
@@ -506,7 +525,8 @@ class DTLSServer:
                 f"{peer_info(address)}: ClientHello with an invalid or expired cookie",
                 address,
             )
-        if not self._accepting:
+        if not self.is_listening():
+            self._stats.drops["not accepting new clients"] += 1
             return
         reply = build_hello_verify_request(
             initial.record, self._cookies.make_cookie(address, hello)
@@ -532,7 +552,8 @@ class DTLSServer:
         old: PeerSlot | None,
         source: ReplySource | None = None,
     ) -> None:
-        if not self._accepting or self._nursery is None:
+        if not self.is_listening() or self._nursery is None:
+            self._stats.drops["not accepting new clients"] += 1
             return
         if self._handshaking >= self.config.max_handshakes:
             self._refuse(address, f"{self._handshaking} handshakes already in flight")
@@ -630,7 +651,7 @@ class DTLSServer:
             slot.inbox_send.close()
             if self._peers.get(slot.address) is slot:
                 kept = slot.replacing
-                if kept is not None and not kept.finished and self._accepting:
+                if kept is not None and not kept.finished and not kept.cancel_scope.cancel_called:
                     # The handshake that would have replaced it failed: it goes on.
                     self._peers[slot.address] = kept
                     self._hub.emit(
