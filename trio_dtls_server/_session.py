@@ -47,6 +47,7 @@ from ._wire import (
     CONTENT_HANDSHAKE,
     DTLS_1_2,
     MalformedDatagram,
+    Record,
     pack_datagrams,
     parse_alert,
     parse_records,
@@ -213,12 +214,17 @@ def _plaintext_fatal_alert(datagrams: list[bytes]) -> str | None:
     return None
 
 
-def _well_framed(datagram: bytes) -> bool:
+def _records_or_none(datagram: bytes) -> list[Record] | None:
+    """The datagram's records, or None if it does not split into DTLS records."""
     try:
-        parse_records(datagram)
+        return parse_records(datagram)
     except MalformedDatagram:
-        return False
-    return True
+        return None
+
+
+def _has_protected_handshake(records: list[Record]) -> bool:
+    """A Finished (or a later handshake message) travels in a protected handshake record."""
+    return any(r.epoch > 0 and r.content_type == CONTENT_HANDSHAKE for r in records)
 
 
 def _single_record_header(datagram: bytes) -> tuple[int, int, int] | None:
@@ -429,20 +435,22 @@ class DTLSSession:
             # A zero-length BIO write raises WantReadError out of pyOpenSSL; and there is
             # nothing in it for OpenSSL anyway.
             return [RecordsDropped(DROP_MALFORMED)]
-        if self.state is SessionState.HANDSHAKING and not _well_framed(datagram):
+        if self.state is not SessionState.HANDSHAKING:
+            self._connection.bio_write(datagram)
+            return self._read_application_data(datagram)
+        records = _records_or_none(datagram)
+        if records is None:
             # Epoch-0 records are unauthenticated: a spoofed datagram of garbage sent to a
             # client's address mid-handshake would make OpenSSL abort that handshake.  What
             # does not even split into DTLS records cannot be the peer's, so OpenSSL never
             # sees it (well-framed forgeries still can; DTLS 1.2 offers no defence there).
             return [RecordsDropped(DROP_MALFORMED)]
         self._connection.bio_write(datagram)
-        if self.state is SessionState.HANDSHAKING:
-            self._last_received = datagram
-            events = self._step_handshake(now)
-            if self.state is SessionState.HANDSHAKING and self._peer_finished_rejected(datagram):
-                events.extend(self._reject_bad_finished(now))
-            return events
-        return self._read_application_data(datagram)
+        self._last_received = datagram
+        events = self._step_handshake(now)
+        if self.state is SessionState.HANDSHAKING and self._peer_finished_rejected(records):
+            events.extend(self._reject_bad_finished(now))
+        return events
 
     def handle_timer(self, now: float) -> list[SessionEvent]:
         """Retransmit the last flight if the timer is due; fail once retransmissions run out."""
@@ -575,7 +583,7 @@ class DTLSSession:
         self._last_received = b""
         return [HandshakeFailed(reason, self.alert_sent, self.alert_received)]
 
-    def _peer_finished_rejected(self, datagram: bytes) -> bool:
+    def _peer_finished_rejected(self, records: list[Record]) -> bool:
         """Did OpenSSL just drop the peer's Finished because it failed authentication?
 
         DTLS discards records that fail authentication without a word (RFC 6347 §4.1.2.7), so
@@ -585,11 +593,7 @@ class DTLSSession:
         """
         if b"read change cipher spec" not in self._connection.get_state_string():
             return False
-        try:
-            records = parse_records(datagram)
-        except MalformedDatagram:
-            return False
-        return any(r.epoch > 0 and r.content_type == CONTENT_HANDSHAKE for r in records)
+        return _has_protected_handshake(records)
 
     def _reject_bad_finished(self, now: float) -> list[SessionEvent]:
         """Fail the handshake and tell the peer with a fatal ``bad_record_mac`` alert.
@@ -646,16 +650,19 @@ class DTLSSession:
                 if single_record[0] == CONTENT_APPLICATION_DATA:
                     self._replay.mark(single_record[1], single_record[2])
             else:
-                self._mark_accepted(datagram)
+                for record in _records_or_none(datagram) or []:
+                    if record.content_type == CONTENT_APPLICATION_DATA:
+                        self._replay.mark(record.epoch, record.sequence_number)
             self._final_flight = []  # authentic data: the peer has finished its handshake
         else:
-            reason = self._classify_drop(datagram)
+            records = _records_or_none(datagram)
+            reason = DROP_MALFORMED if records is None else self._classify_drop(records)
             if reason == DROP_HANDSHAKE_RETRANSMISSION and not reemitted:
-                self._resend_final_flight(datagram)
+                self._resend_final_flight(records or [])
             events.append(RecordsDropped(reason))
         return events
 
-    def _resend_final_flight(self, datagram: bytes) -> None:
+    def _resend_final_flight(self, records: list[Record]) -> None:
         """Answer the peer's retransmitted final flight with our final flight, byte for byte.
 
         OpenSSL re-emits our final flight only if the peer's retransmitted Finished passes its
@@ -669,28 +676,12 @@ class DTLSSession:
         """
         if not self._final_flight or self._final_flight_resends >= self._policy.max_retransmissions:
             return
-        try:
-            records = parse_records(datagram)
-        except MalformedDatagram:
-            return
-        if any(r.epoch > 0 and r.content_type == CONTENT_HANDSHAKE for r in records):
+        if _has_protected_handshake(records):
             self._final_flight_resends += 1
             self._outgoing.extend(self._final_flight)
 
-    def _mark_accepted(self, datagram: bytes) -> None:
-        try:
-            records = parse_records(datagram)
-        except MalformedDatagram:
-            return
-        for record in records:
-            if record.content_type == CONTENT_APPLICATION_DATA:
-                self._replay.mark(record.epoch, record.sequence_number)
-
-    def _classify_drop(self, datagram: bytes) -> str:
-        try:
-            records = parse_records(datagram)
-        except MalformedDatagram:
-            return DROP_MALFORMED
+    def _classify_drop(self, records: list[Record]) -> str:
+        """Why a well-framed datagram gave no plaintext (OpenSSL drops silently)."""
         protected = [r for r in records if r.epoch > 0]
         if not protected:
             return DROP_HANDSHAKE_RETRANSMISSION
