@@ -43,7 +43,7 @@ from hostile_support import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import handshake_in_memory
+from support import IDENTITY, handshake_in_memory
 
 from trio_dtls_server import ServerConfig
 from trio_dtls_server._cookie import CookieJar
@@ -60,6 +60,7 @@ from trio_dtls_server._wire import (
     parse_hello_verify_request,
     parse_initial_client_hello,
     parse_psk_identity_from_client_key_exchange,
+    parse_psk_identity_from_flight,
     parse_records,
 )
 
@@ -199,6 +200,12 @@ def test_psk_identity_parser(identity: bytes, trailer: bytes, rng: random.Random
             assert isinstance(result, bytes) and data[2 : 2 + len(result)] == result
 
 
+def test_the_identity_is_found_in_the_real_client_key_exchange_flight() -> None:
+    found = [parse_psk_identity_from_flight(d) for d in _REFERENCE.client_datagrams]
+    assert [identity for identity in found if identity is not None] == [IDENTITY.encode()]
+    assert all(parse_psk_identity_from_flight(d) is None for d in _REFERENCE.server_datagrams)
+
+
 @SETTINGS
 @given(st.randoms(use_true_random=False))
 def test_mutated_real_captures_through_every_parser(rng: random.Random) -> None:
@@ -208,6 +215,8 @@ def test_mutated_real_captures_through_every_parser(rng: random.Random) -> None:
         for parse in (parse_records, parse_first_record, parse_initial_client_hello):
             check(parse, data)
         check(parse_hello_verify_request, data)
+        found = check(parse_psk_identity_from_flight, data)
+        assert found is None or isinstance(found, bytes)
         # What follows a record header, and what follows a handshake header.
         for part in (data[13:], data[25:]):
             check(parse_handshake_fragment, part)

@@ -70,14 +70,11 @@ from ._wire import (
     CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE,
     HANDSHAKE_CLIENT_HELLO,
-    HANDSHAKE_CLIENT_KEY_EXCHANGE,
     FragmentedClientHello,
     MalformedDatagram,
     build_hello_verify_request,
-    parse_handshake_fragment,
     parse_initial_client_hello,
-    parse_psk_identity_from_client_key_exchange,
-    parse_records,
+    parse_psk_identity_from_flight,
 )
 
 __all__ = ["DTLSServer", "Handler", "ServerBindError", "qt_ack_handler"]
@@ -727,15 +724,7 @@ class DTLSServer:
         if session.state is not SessionState.HANDSHAKING or datagram[:1] != b"\x16":
             return
         try:
-            records = parse_records(datagram)
-            identity: bytes | None = None
-            for record in records:
-                if record.content_type != CONTENT_HANDSHAKE or record.epoch != 0:
-                    continue
-                message = parse_handshake_fragment(record.fragment)
-                if message.msg_type == HANDSHAKE_CLIENT_KEY_EXCHANGE and message.is_complete:
-                    identity = parse_psk_identity_from_client_key_exchange(message.body)
-                    break
+            identity = parse_psk_identity_from_flight(datagram)
         except MalformedDatagram:
             return  # OpenSSL will judge it (and refuse it)
         if identity is None or identity in session.prefetched_keys:

@@ -58,6 +58,7 @@ __all__ = [
     "parse_hello_verify_request",
     "parse_initial_client_hello",
     "parse_psk_identity_from_client_key_exchange",
+    "parse_psk_identity_from_flight",
     "parse_records",
     "split_records",
 ]
@@ -576,3 +577,20 @@ def parse_psk_identity_from_client_key_exchange(body: bytes) -> bytes:
             f"PSK identity length {length} exceeds the {len(body) - 2} bytes left"
         )
     return body[2 : 2 + length]
+
+
+def parse_psk_identity_from_flight(datagram: bytes) -> bytes | None:
+    """The PSK identity in a datagram's plaintext ClientKeyExchange, or None if it has none.
+
+    In DTLS 1.2 the client's ClientKeyExchange travels in an epoch-0 handshake record, usually
+    in the same datagram as its ChangeCipherSpec and Finished.  A ClientKeyExchange split into
+    fragments is not looked into (None).  Raises :class:`MalformedDatagram` for bytes that do
+    not parse.
+    """
+    for record in parse_records(datagram):
+        if record.content_type != CONTENT_HANDSHAKE or record.epoch != 0:
+            continue
+        message = parse_handshake_fragment(record.fragment)
+        if message.msg_type == HANDSHAKE_CLIENT_KEY_EXCHANGE and message.is_complete:
+            return parse_psk_identity_from_client_key_exchange(message.body)
+    return None
