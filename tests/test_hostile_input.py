@@ -417,7 +417,8 @@ async def test_a_storm_of_garbage_leaves_the_server_serving_and_its_memory_where
             assert stats.drops["oversized datagram"] > 0
             assert stats.drops["record failed authentication"] > 0
             # Memory: no OpenSSL object left behind, Python heap back within 64 KiB.
-            assert ssl_after == ssl_before == ssl_at_start + 2  # the good client's two ends
+            # (The good client's two ends released theirs once established.)
+            assert ssl_after == ssl_before == ssl_at_start
             print(
                 f"storm: {storm.sent} datagrams, {storm.sent_from_good_port} from the good port, "
                 f"{storm.messages} messages answered; traced memory {memory_before} -> "

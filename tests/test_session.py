@@ -84,7 +84,8 @@ def test_the_negotiated_cipher_follows_the_cipher_list() -> None:
     result = support.handshake_in_memory(ciphers="PSK-AES128-GCM-SHA256")
     (done,) = complete(list(result.server_events))
     assert done == HandshakeComplete("PSK-AES128-GCM-SHA256", "DTLSv1.2")
-    assert result.server.connection.get_cipher_name() == "PSK-AES128-GCM-SHA256"
+    assert result.server.cipher == result.client.cipher == "PSK-AES128-GCM-SHA256"
+    assert result.server.protocol == "DTLSv1.2"
 
 
 @pytest.mark.parametrize("mtu", [256, 576, 1400])

@@ -278,6 +278,13 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
         "an older session is not resumed",
     ),
     ConfigOption(
+        "--release-openssl",
+        "release_openssl",
+        _on_off,
+        "on|off",
+        "after an AEAD handshake, free OpenSSL's connection and protect records ourselves",
+    ),
+    ConfigOption(
         "--event-buffer",
         "event_buffer",
         _positive_int,

@@ -31,7 +31,7 @@ import trio
 from cryptography import x509
 from OpenSSL import SSL
 
-from ._certificates import peer_certificate, use_client_credentials
+from ._certificates import use_client_credentials
 from ._config import DEFAULT_IPV4_MTU, DEFAULT_IPV6_MTU
 from ._connection import ConnectionClosed
 from ._events import DatagramReceived, ErrorEvent, InfoEvent, ServerEvent, WarningEvent
@@ -115,9 +115,9 @@ class DTLSClient:
         self._closed_reason: str | None = None
         self._send_lock = trio.Lock()
         #: The negotiated suite, e.g. ``PSK-AES128-GCM-SHA256``.
-        self.cipher: str = session.connection.get_cipher_name() or "unknown"
+        self.cipher: str = session.cipher
         #: ``DTLSv1.2``.
-        self.protocol: str = session.connection.get_protocol_version_name()
+        self.protocol: str = session.protocol
         #: The local ``(host, port)`` of the client's socket.
         self.local_address: Address = transport.local_address
         #: Datagrams that came from somewhere other than the server (dropped unread).
@@ -176,6 +176,7 @@ class DTLSClient:
         on_event: EventCallback = _log_event,
         display_name: str | None = None,
         server_hostname: str | None = None,
+        release_openssl: bool = True,
     ) -> DTLSClient:
         """Run the handshake over ``transport`` (which the client then owns and closes).
 
@@ -189,7 +190,8 @@ class DTLSClient:
         ``display_name`` names the client in them (default: the identity, or
         ``certificate client`` without one).  ``server_hostname`` (a DNS name or an IP
         address) must match the server's certificate when there is a ``ca``; :meth:`connect`
-        passes the host it was given.
+        passes the host it was given.  ``release_openssl`` is the server's option of that name
+        (:class:`ServerConfig`): after an AEAD handshake, records are protected without OpenSSL.
         """
         if (identity is None) != (key is None):
             transport.close()
@@ -219,6 +221,7 @@ class DTLSClient:
                 key=key,
                 session=session,
                 server_hostname=server_hostname if ca is not None else None,
+                release_openssl=release_openssl,
             )
             client = cls(transport, server, dtls_session, name, on_event)
             on_event(InfoEvent("handshake_start", f"{name}: starting a handshake"))
@@ -238,11 +241,12 @@ class DTLSClient:
         except BaseException:
             transport.close()
             raise
-        client.cipher = dtls_session.connection.get_cipher_name() or "unknown"
-        client.protocol = dtls_session.connection.get_protocol_version_name()
-        client.session = dtls_session.connection.get_session()
+        client.cipher = dtls_session.cipher
+        client.protocol = dtls_session.protocol
+        client.session = dtls_session.ssl_session
         client.resumed = dtls_session.resumed
-        client.peer_certificate = peer_certificate(dtls_session.connection)
+        client.peer_certificate = dtls_session.peer_certificate
+        client._ready.extend(dtls_session.take_early_data())
         on_event(InfoEvent("handshake_complete", f"{name}: encrypted connection established!"))
         return client
 

@@ -93,6 +93,11 @@ class ServerConfig:
     session_resumption: bool = True
     #: A session older than this is not resumed (a full handshake happens instead).
     session_lifetime: float = 3600.0
+    #: Once a handshake that negotiated an AEAD suite (GCM, CCM, CCM_8, ChaCha20-Poly1305) is
+    #: over, free its OpenSSL connection (about 64 KiB) and protect records with our own small
+    #: record layer (``_records.py``), after checking its keys against both Finished records.
+    #: ``False`` keeps OpenSSL for every record, as CBC suites always do.
+    release_openssl: bool = True
 
     def __post_init__(self) -> None:
         positive = {

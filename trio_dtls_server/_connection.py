@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import trio
 from cryptography import x509
 
-from ._certificates import describe_subject, peer_certificate
+from ._certificates import describe_subject
 from ._events import DatagramReceived, ErrorEvent, EventHub, InfoEvent, WarningEvent, peer_info
 from ._session import (
     DROP_AUTHENTICATION,
@@ -125,7 +125,6 @@ class DTLSConnection:
         # Plaintexts decrypted but not yet returned: nearly always zero or one, so a list.
         self._ready: list[bytes] = []
         self._closed_reason: str | None = None
-        ssl = session.connection
         #: The peer's ``(host, port)``.
         self.peer: Address = slot.address
         #: Qt's ``(host:port)`` text for the peer.
@@ -133,18 +132,22 @@ class DTLSConnection:
         #: The PSK identity the peer authenticated with, or None (certificate clients).
         self.psk_identity: bytes | None = session.psk_identity
         #: The negotiated cipher suite, OpenSSL's name (``PSK-AES128-GCM-SHA256``).
-        self.cipher: str = ssl.get_cipher_name() or "unknown"
+        self.cipher: str = session.cipher
         #: ``DTLSv1.2``.
-        self.protocol: str = ssl.get_protocol_version_name()
+        self.protocol: str = session.protocol
         #: The client certificate OpenSSL verified against the server's client CA bundle, or
         #: None (PSK peers, and certificate peers that sent none in ``"optional"`` mode).
-        self.peer_certificate: x509.Certificate | None = peer_certificate(ssl)
+        self.peer_certificate: x509.Certificate | None = session.peer_certificate
         #: That certificate's subject as an RFC 4514 string (``CN=device-7,O=Example``).
         self.peer_subject: str | None = (
             None if self.peer_certificate is None else describe_subject(self.peer_certificate)
         )
         #: True if the peer resumed an earlier session (an abbreviated handshake).
         self.resumed: bool = session.resumed
+        for early in session.take_early_data():
+            # Data that overtook the peer's Finished: delivered first, counted like any other.
+            self._stats.messages_received += 1
+            self._ready.append(early)
 
     @property
     def closed(self) -> bool:

@@ -630,6 +630,7 @@ class DTLSServer:
                     mtu=self._mtu,
                     policy=self.config.retransmit,
                     psk_lookup=self._sync_lookup,
+                    release_openssl=self.config.release_openssl,
                 )
                 slot.session = session
                 if await self._handshake(slot, session):

@@ -19,9 +19,16 @@ goes out.  But OpenSSL drops a byte-for-byte resent flight as a replay, so when 
 retransmitted Finished made OpenSSL send nothing we resend our saved final flight byte for byte
 (:meth:`~DTLSSession._resend_final_flight`).  We never re-pack or re-number records ourselves.
 
-The one record we write ourselves is an alert: OpenSSL silently drops a client Finished that
-fails authentication (a wrong PSK), so the client would only time out; we answer it with a
-plaintext fatal ``bad_record_mac`` alert (:meth:`~DTLSSession._reject_bad_finished`).
+During the handshake, the one record we write ourselves is an alert: OpenSSL silently drops a
+client Finished that fails authentication (a wrong PSK), so the client would only time out; we
+answer it with a plaintext fatal ``bad_record_mac`` alert
+(:meth:`~DTLSSession._reject_bad_finished`).
+
+After the handshake, a session that negotiated an AEAD suite lets go of its OpenSSL connection
+(about 64 KiB) and protects records itself with :class:`~trio_dtls_server._records.RecordProtection`
+(a few KiB, and a quarter of the CPU per record).  It does so only once the keys it derived have
+opened the Finished records both sides really sent; otherwise, and for CBC suites or with
+``release_openssl=False``, OpenSSL goes on doing the work.  See ``_records.py``.
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography import x509
 from OpenSSL import SSL
 
+from ._certificates import peer_certificate
 from ._openssl import (
     alert_name,
     drain_write_bio,
@@ -41,6 +50,7 @@ from ._openssl import (
     session_psk_identity,
     session_reused,
 )
+from ._records import RecordProtection, record_protection_for
 from ._wire import (
     CONTENT_ALERT,
     CONTENT_APPLICATION_DATA,
@@ -191,8 +201,15 @@ SessionEvent = (
 )
 
 
+_WARNING = 1
 _FATAL = 2
+_CLOSE_NOTIFY = 0
 _BAD_RECORD_MAC = 20
+_NO_RENEGOTIATION = 100
+_FINISHED = 20
+#: At most this many of the peer's protected records are kept during a handshake (its Finished,
+#: and application data that overtook it), for the switch to our own record protection.
+_MAX_EARLY_PROTECTED = 16
 
 
 def _plaintext_fatal_alert(datagrams: list[bytes]) -> str | None:
@@ -285,8 +302,17 @@ class DTLSSession:
         policy: RetransmitPolicy,
         psk_lookup: Callable[[bytes], bytes | None] | None = None,
         psk_credentials: tuple[bytes, bytes] | None = None,
+        is_server: bool,
+        release_openssl: bool = True,
     ) -> None:
-        self._connection = connection
+        self._openssl: SSL.Connection | None = connection
+        self._is_server = is_server
+        self._release_openssl = release_openssl
+        #: Our own record protection once OpenSSL's connection is released (see ``_records``).
+        self._records: RecordProtection | None = None
+        # The protected records each side sent during the handshake, for _release_to_records.
+        self._peer_protected: list[Record] = []
+        self._own_protected: list[Record] = []
         self._mtu = mtu
         self._policy = policy
         self._psk_lookup = psk_lookup
@@ -325,6 +351,16 @@ class DTLSSession:
         self.failure_reason: str | None = None
         #: What the first handshake step (inside :meth:`server` / :meth:`client`) caused.
         self.startup_events: list[SessionEvent] = []
+        #: Facts about the finished handshake, kept because the OpenSSL connection may be gone:
+        #: the suite (``PSK-AES128-GCM-SHA256``), the protocol (``DTLSv1.2``), the peer's verified
+        #: certificate, and (client side) the session to resume later.
+        self.cipher = "unknown"
+        self.protocol = "unknown"
+        self.peer_certificate: x509.Certificate | None = None
+        self.ssl_session: SSL.Session | None = None
+        #: Application data the peer sent before its Finished was processed (it overtook the
+        #: handshake); the owner takes it with :meth:`take_early_data` once established.
+        self._early_data: list[bytes] = []
         connection.set_app_data(self)
         connection.set_ciphertext_mtu(mtu)
 
@@ -340,6 +376,7 @@ class DTLSSession:
         mtu: int,
         policy: RetransmitPolicy,
         psk_lookup: Callable[[bytes], bytes | None] | None,
+        release_openssl: bool = True,
     ) -> DTLSSession:
         """A server session started from a ClientHello whose cookie the caller already verified.
 
@@ -351,7 +388,14 @@ class DTLSSession:
         ``DTLSv1_listen`` then sets up the handshake and record sequence numbers exactly as
         OpenSSL expects for a ClientHello that follows a HelloVerifyRequest.
         """
-        session = cls(SSL.Connection(context, None), mtu=mtu, policy=policy, psk_lookup=psk_lookup)
+        session = cls(
+            SSL.Connection(context, None),
+            mtu=mtu,
+            policy=policy,
+            psk_lookup=psk_lookup,
+            is_server=True,
+            release_openssl=release_openssl,
+        )
         session._connection.set_accept_state()
         session._connection.bio_write(verified_client_hello)
         try:
@@ -375,6 +419,7 @@ class DTLSSession:
         key: bytes | None,
         session: SSL.Session | None = None,
         server_hostname: str | None = None,
+        release_openssl: bool = True,
     ) -> DTLSSession:
         """A client session; its first ClientHello is ready in :meth:`take_datagrams`.
 
@@ -385,7 +430,12 @@ class DTLSSession:
         """
         credentials = (identity, key) if identity is not None and key is not None else None
         client = cls(
-            SSL.Connection(context, None), mtu=mtu, policy=policy, psk_credentials=credentials
+            SSL.Connection(context, None),
+            mtu=mtu,
+            policy=policy,
+            psk_credentials=credentials,
+            is_server=False,
+            release_openssl=release_openssl,
         )
         if session is not None:
             client._connection.set_session(session)
@@ -418,9 +468,25 @@ class DTLSSession:
     # -- what the owner calls -----------------------------------------------------------------
 
     @property
-    def connection(self) -> SSL.Connection:
-        """The pyOpenSSL connection (for cipher, version and certificate queries)."""
-        return self._connection
+    def _connection(self) -> SSL.Connection:
+        if self._openssl is None:
+            raise RuntimeError("this session released its OpenSSL connection after the handshake")
+        return self._openssl
+
+    @property
+    def connection(self) -> SSL.Connection | None:
+        """The pyOpenSSL connection, or None once released after the handshake."""
+        return self._openssl
+
+    @property
+    def openssl_released(self) -> bool:
+        """True once records are protected by :mod:`._records` rather than by OpenSSL."""
+        return self._records is not None
+
+    def take_early_data(self) -> list[bytes]:
+        """Plaintexts that arrived with or before the peer's Finished; the session forgets them."""
+        early, self._early_data = self._early_data, []
+        return early
 
     def take_datagrams(self) -> list[bytes]:
         """The datagrams to send now, in order; the session forgets them."""
@@ -436,6 +502,8 @@ class DTLSSession:
             # nothing in it for OpenSSL anyway.
             return [RecordsDropped(DROP_MALFORMED)]
         if self.state is not SessionState.HANDSHAKING:
+            if self._records is not None:
+                return self._open_datagram(self._records, datagram)
             self._connection.bio_write(datagram)
             return self._read_application_data(datagram)
         records = _records_or_none(datagram)
@@ -447,6 +515,9 @@ class DTLSSession:
             return [RecordsDropped(DROP_MALFORMED)]
         self._connection.bio_write(datagram)
         self._last_received = datagram
+        for record in records:
+            if record.epoch > 0 and len(self._peer_protected) < _MAX_EARLY_PROTECTED:
+                self._peer_protected.append(record)
         events = self._step_handshake(now)
         if self.state is SessionState.HANDSHAKING and self._peer_finished_rejected(records):
             events.extend(self._reject_bad_finished(now))
@@ -482,6 +553,13 @@ class DTLSSession:
             )
         if not data:
             raise ValueError("refusing to send an empty datagram (DTLS peers treat it as noise)")
+        if self._records is not None:
+            try:
+                self._outgoing.append(self._records.seal(CONTENT_APPLICATION_DATA, data))
+            except OverflowError as error:
+                self._fail(str(error), None)
+                raise
+            return
         try:
             self._connection.write(data)
         except SSL.Error as error:
@@ -492,15 +570,24 @@ class DTLSSession:
     def close(self) -> None:
         """Queue close_notify (if established) and end the session; idempotent."""
         if self.state is SessionState.ESTABLISHED:
-            # A broken connection cannot say goodbye; there is nothing to send then.
-            with contextlib.suppress(SSL.Error):
-                self._connection.shutdown()
-            self._flush()
+            self._say_goodbye()
         if self.state in (SessionState.HANDSHAKING, SessionState.ESTABLISHED):
             self.state = SessionState.CLOSED
         self.timer_deadline = None
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _say_goodbye(self) -> None:
+        """Queue our close_notify (a broken connection cannot say goodbye: then nothing)."""
+        if self._records is not None:
+            with contextlib.suppress(OverflowError):
+                self._outgoing.append(
+                    self._records.seal(CONTENT_ALERT, bytes((_WARNING, _CLOSE_NOTIFY)))
+                )
+            return
+        with contextlib.suppress(SSL.Error):
+            self._connection.shutdown()
+        self._flush()
 
     def _flush(self) -> list[bytes]:
         raw = drain_write_bio(self._connection)
@@ -524,6 +611,8 @@ class DTLSSession:
                 self._next_plaintext_sequence = max(self._next_plaintext_sequence, sequence + 1)
             else:
                 self._sent_protected = True
+                with contextlib.suppress(MalformedDatagram):
+                    self._own_protected.extend(parse_records(record))
 
     def _take_callback_events(self) -> list[SessionEvent]:
         events, self._callback_events = self._callback_events, []
@@ -551,14 +640,58 @@ class DTLSSession:
         self.timer_deadline = None
         self._last_flight = []
         self._last_received = b""
-        self.resumed = session_reused(self._connection)
+        connection = self._connection
+        self.resumed = session_reused(connection)
         if self.resumed and self.psk_identity is None:
             # A resumed handshake skips the PSK callback; the session remembers the identity.
-            self.psk_identity = session_psk_identity(self._connection)
-        cipher = self._connection.get_cipher_name() or "unknown"
-        protocol = self._connection.get_protocol_version_name()
-        events.append(HandshakeComplete(cipher, protocol, self.resumed))
+            self.psk_identity = session_psk_identity(connection)
+        self.cipher = connection.get_cipher_name() or "unknown"
+        self.protocol = connection.get_protocol_version_name()
+        self.peer_certificate = peer_certificate(connection)
+        self.ssl_session = connection.get_session()
+        events.append(HandshakeComplete(self.cipher, self.protocol, self.resumed))
+        if self._release_openssl:
+            self._release_to_records()
+        self._peer_protected = []
+        self._own_protected = []
         return events
+
+    def _release_to_records(self) -> None:
+        """Hand record protection to :mod:`._records` and let the OpenSSL connection go.
+
+        Only if the keys derived from the session open the Finished records both sides sent
+        (see :func:`~._records.record_protection_for`); otherwise OpenSSL carries on.  The
+        peer's application data that overtook its Finished sits in OpenSSL's buffers, which are
+        about to be freed, so we open it from our own copy and keep it for
+        :meth:`take_early_data`.
+        """
+        connection = self._connection
+        handshake_records = [r for r in self._peer_protected if r.content_type == CONTENT_HANDSHAKE]
+        protection = record_protection_for(
+            self.cipher,
+            is_server=self._is_server,
+            master_secret=connection.master_key() or b"",
+            client_random=connection.client_random() or b"",
+            server_random=connection.server_random() or b"",
+            peer_protected=handshake_records,
+            own_protected=[r for r in self._own_protected if r.content_type == CONTENT_HANDSHAKE],
+        )
+        if protection is None:
+            return
+        for record in self._peer_protected:
+            if record.content_type != CONTENT_APPLICATION_DATA or record.epoch != protection.epoch:
+                continue
+            plaintext = protection.open_record(
+                record.content_type, record.version, record.sequence_number, record.fragment
+            )
+            if plaintext:
+                self._early_data.append(plaintext)
+        self._records = protection
+        # OpenSSL forgets the session of a connection freed before a shutdown, as if it had
+        # failed; this one did not, so say it ended cleanly and keep it resumable.
+        connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
+        connection.set_app_data(None)
+        self._openssl = None
 
     def _handshake_failure_reason(self, error: SSL.Error) -> str:
         reason = openssl_error_reason(error)
@@ -571,7 +704,7 @@ class DTLSSession:
 
     def _fail(self, reason: str, now: float | None) -> list[SessionEvent]:
         # OpenSSL leaves the fatal alert in the write BIO: send it so the peer fails fast.
-        sent = self._flush()
+        sent = self._flush() if self._openssl is not None else []
         was_handshaking = self.state is SessionState.HANDSHAKING
         self.state = SessionState.FAILED
         self.failure_reason = reason
@@ -615,6 +748,100 @@ class DTLSSession:
             "(a wrong PSK?)",
             now,
         )
+
+    def _open_datagram(self, protection: RecordProtection, datagram: bytes) -> list[SessionEvent]:
+        """An established datagram, once OpenSSL is released: we open its records ourselves."""
+        header = _single_record_header(datagram)
+        if (
+            header is not None
+            and header[0] == CONTENT_APPLICATION_DATA
+            and header[1] == protection.epoch
+        ):
+            # The hot path: a datagram of one application record.
+            sequence = header[2]
+            if protection.replay.seen(sequence):
+                return [RecordsDropped(DROP_REPLAY)]
+            version = int.from_bytes(datagram[1:3], "big")
+            plaintext = protection.decrypt(
+                CONTENT_APPLICATION_DATA, version, sequence, datagram[13:]
+            )
+            if plaintext is None:
+                return [RecordsDropped(DROP_AUTHENTICATION)]
+            protection.replay.mark(sequence)
+            self._final_flight = []  # authentic data: the peer has finished its handshake
+            return [ApplicationData(plaintext)] if plaintext else []
+        records = _records_or_none(datagram)
+        if records is None:
+            return [RecordsDropped(DROP_MALFORMED)]
+        events: list[SessionEvent] = []
+        drop: str | None = None
+        for record in records:
+            content, sequence = record.content_type, record.sequence_number
+            if record.epoch != protection.epoch:
+                # Epoch 0: the rest of the peer's retransmitted flight.  Any other: not ours.
+                older = record.epoch < protection.epoch
+                drop = drop or (DROP_HANDSHAKE_RETRANSMISSION if older else DROP_AUTHENTICATION)
+                continue
+            if content != CONTENT_HANDSHAKE and protection.replay.seen(sequence):
+                drop = drop or DROP_REPLAY
+                continue
+            # A retransmitted Finished may be byte for byte the one already seen: no replay
+            # check for handshake records, which change nothing but trigger a bounded resend.
+            plaintext = protection.decrypt(content, record.version, sequence, record.fragment)
+            if plaintext is None:
+                drop = drop or DROP_AUTHENTICATION
+                continue
+            if content != CONTENT_HANDSHAKE:
+                protection.replay.mark(sequence)
+            if content == CONTENT_APPLICATION_DATA:
+                self._final_flight = []
+                if plaintext:
+                    events.append(ApplicationData(plaintext))
+            elif content == CONTENT_ALERT:
+                ending = self._on_protected_alert(protection, plaintext)
+                if ending is not None:
+                    events.append(ending)
+                    return events
+            elif content == CONTENT_HANDSHAKE:
+                self._on_protected_handshake(protection, plaintext)
+                drop = drop or DROP_HANDSHAKE_RETRANSMISSION
+        if not events and drop is not None:
+            events.append(RecordsDropped(drop))
+        return events
+
+    def _on_protected_alert(
+        self, protection: RecordProtection, plaintext: bytes
+    ) -> SessionEvent | None:
+        """The peer's authenticated alert: close_notify or fatal end the session."""
+        try:
+            level, description = parse_alert(plaintext)
+        except MalformedDatagram:
+            return self._fail("the peer sent a malformed alert", None)[0]
+        if description == _CLOSE_NOTIFY:
+            # RFC 5246 §7.2.1: answer close_notify with our own before closing.
+            self._say_goodbye()
+            self.state = SessionState.CLOSED
+            return RemoteClosed()
+        if level == _WARNING:
+            return None  # a warning changes nothing (RFC 5246 §7.2.2)
+        return self._fail(f"the peer sent the fatal alert {alert_name(description)}", None)[0]
+
+    def _on_protected_handshake(self, protection: RecordProtection, plaintext: bytes) -> None:
+        """A handshake message after the handshake: a retransmitted Finished, or renegotiation.
+
+        A Finished means our final flight was lost: resend it (at most ``max_retransmissions``
+        times).  Anything else asks for a renegotiation, which we do not do; RFC 5246 §7.2.2
+        has the warning alert ``no_renegotiation`` for that answer.
+        """
+        if plaintext[:1] == bytes((_FINISHED,)):
+            if self._final_flight and self._final_flight_resends < self._policy.max_retransmissions:
+                self._final_flight_resends += 1
+                self._outgoing.extend(self._final_flight)
+            return
+        with contextlib.suppress(OverflowError):
+            self._outgoing.append(
+                protection.seal(CONTENT_ALERT, bytes((_WARNING, _NO_RENEGOTIATION)))
+            )
 
     def _read_application_data(self, datagram: bytes) -> list[SessionEvent]:
         events: list[SessionEvent] = []

@@ -1,0 +1,321 @@
+"""Protecting DTLS 1.2 application records after the handshake, without an OpenSSL connection.
+
+OpenSSL (the one inside the ``cryptography`` wheel) keeps about 64 KiB per established DTLS
+connection, even with ``MODE_RELEASE_BUFFERS``, and every record costs four pyOpenSSL calls
+(``bio_write``, ``read``, ``write``, ``bio_read``).  Once the handshake is over, though, a
+connection that negotiated an AEAD suite needs very little: two keys, two implicit IVs, two
+sequence numbers and a replay window.  :class:`RecordProtection` holds exactly that and seals
+and opens records with the AEAD classes of ``cryptography`` (the same OpenSSL, minus the
+per-connection state), so the session can let go of its OpenSSL connection.
+
+The formats, all for DTLS 1.2 (RFC 6347 §4.1):
+
+* **Keys** come from the TLS 1.2 key block, ``PRF(master_secret, "key expansion",
+  server_random + client_random)`` (RFC 5246 §6.3), where the PRF is P_SHA256, or P_SHA384 for
+  ``*-SHA384`` suites.  AEAD suites have no MAC keys, so the block is client key, server key,
+  client IV, server IV.
+* **AES-GCM** (RFC 5288) and **AES-CCM** (RFC 6655): the nonce is the 4-byte implicit IV
+  followed by an 8-byte explicit nonce carried at the front of the record.  We send the
+  record's own epoch and sequence number there, which RFC 5288 §3 recommends and which can
+  never repeat under one key.
+* **ChaCha20-Poly1305** (RFC 7905): no explicit nonce; the nonce is the 12-byte IV XORed with
+  the 8-byte epoch-and-sequence number.
+* The additional data is epoch and sequence (8 bytes), content type, version and the
+  *plaintext* length (RFC 5246 §6.2.3.3).
+
+Whether the derived keys are right is not taken on trust: :func:`record_protection_for`
+decrypts the Finished records both sides really sent with them before anything relies on
+them, and answers None (keep OpenSSL) if either does not open.  Suites outside the table
+(CBC with HMAC, ARIA, Camellia) always keep OpenSSL.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
+
+from ._wire import Record
+
+__all__ = [
+    "AeadSuite",
+    "RecordProtection",
+    "ReplayWindow",
+    "aead_suite",
+    "derive_key_block",
+    "record_protection_for",
+]
+
+_Aead = AESGCM | AESCCM | ChaCha20Poly1305
+
+#: The largest sequence number of an epoch (48 bits); a record may never reuse one.
+MAX_SEQUENCE = 2**48 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class AeadSuite:
+    """How one AEAD cipher suite protects records."""
+
+    name: str
+    key_length: int
+    #: 4 (the salt of GCM and CCM) or 12 (ChaCha20-Poly1305's whole IV).
+    implicit_iv_length: int
+    #: 8 for GCM and CCM, 0 for ChaCha20-Poly1305.
+    explicit_nonce_length: int
+    tag_length: int
+    prf_hash: str
+    make_aead: Callable[[bytes], _Aead]
+
+    @property
+    def overhead(self) -> int:
+        """Bytes a record's fragment carries beyond its plaintext."""
+        return self.explicit_nonce_length + self.tag_length
+
+
+def aead_suite(openssl_name: str) -> AeadSuite | None:
+    """The :class:`AeadSuite` for an OpenSSL suite name, or None if we leave it to OpenSSL.
+
+    Covered: AES-128/256 in GCM, CCM and CCM_8 and ChaCha20-Poly1305, with PSK, DHE-PSK,
+    ECDHE-PSK, ECDHE-ECDSA, ECDHE-RSA, DHE-RSA or RSA key exchange.
+    """
+    words = openssl_name.upper().split("-")
+    prf_hash = "sha384" if words[-1] == "SHA384" else "sha256"
+    if words[-2:] == ["CHACHA20", "POLY1305"]:
+        return AeadSuite(openssl_name, 32, 12, 0, 16, prf_hash, ChaCha20Poly1305)
+    cipher, mode = (words[-3], words[-2]) if words[-1].startswith("SHA") else (words[-2], words[-1])
+    key_lengths = {"AES128": 16, "AES256": 32}
+    if cipher not in key_lengths:
+        return None
+    key_length = key_lengths[cipher]
+    if mode == "GCM":
+        return AeadSuite(openssl_name, key_length, 4, 8, 16, prf_hash, AESGCM)
+    if mode in ("CCM", "CCM8"):
+        tag_length = 8 if mode == "CCM8" else 16
+
+        def make_ccm(key: bytes) -> _Aead:
+            return AESCCM(key, tag_length=tag_length)
+
+        return AeadSuite(openssl_name, key_length, 4, 8, tag_length, prf_hash, make_ccm)
+    return None
+
+
+def derive_key_block(
+    suite: AeadSuite, master_secret: bytes, client_random: bytes, server_random: bytes
+) -> tuple[bytes, bytes, bytes, bytes]:
+    """``(client key, server key, client IV, server IV)`` from the TLS 1.2 PRF (RFC 5246 §5)."""
+    length = 2 * (suite.key_length + suite.implicit_iv_length)
+    seed = b"key expansion" + server_random + client_random
+    block = b""
+    a = seed
+    while len(block) < length:
+        a = hmac.digest(master_secret, a, suite.prf_hash)
+        block += hmac.digest(master_secret, a + seed, suite.prf_hash)
+    k, iv = suite.key_length, suite.implicit_iv_length
+    keys, ivs = block[: 2 * k], block[2 * k : 2 * k + 2 * iv]
+    return keys[:k], keys[k:], ivs[:iv], ivs[iv:]
+
+
+class ReplayWindow:
+    """RFC 6347 §4.1.2.6: a 64-record sliding window of the sequence numbers already accepted.
+
+    A record is checked with :meth:`seen` before it is decrypted and recorded with :meth:`mark`
+    only after it authenticated, so a forgery cannot move the window.
+    """
+
+    __slots__ = ("_highest", "_mask")
+
+    def __init__(self) -> None:
+        self._highest = -1
+        self._mask = 0
+
+    def seen(self, sequence: int) -> bool:
+        """True for a sequence number already accepted, or too old for the window to tell."""
+        if sequence > self._highest:
+            return False
+        offset = self._highest - sequence
+        return offset >= 64 or bool(self._mask >> offset & 1)
+
+    def mark(self, sequence: int) -> None:
+        if sequence > self._highest:
+            shift = sequence - self._highest
+            self._mask = (self._mask << shift | 1) & 0xFFFFFFFFFFFFFFFF if shift < 64 else 1
+            self._highest = sequence
+        elif self._highest - sequence < 64:
+            self._mask |= 1 << (self._highest - sequence)
+
+
+class RecordProtection:
+    """Seals our records and opens the peer's, for one epoch of one association.
+
+    ``open_record`` returns None for a record that fails authentication or was already
+    accepted; it never raises.  ``seal`` numbers records itself, from ``next_sequence``.
+    """
+
+    __slots__ = (
+        "_explicit",
+        "_read_aead",
+        "_read_iv",
+        "_tag_length",
+        "_write_aead",
+        "_write_iv",
+        "_xor_nonce",
+        "epoch",
+        "next_sequence",
+        "replay",
+        "suite",
+    )
+
+    def __init__(
+        self,
+        suite: AeadSuite,
+        *,
+        epoch: int,
+        read_key: bytes,
+        read_iv: bytes,
+        write_key: bytes,
+        write_iv: bytes,
+        next_sequence: int,
+    ) -> None:
+        self.suite = suite
+        self.epoch = epoch
+        self.next_sequence = next_sequence
+        self.replay = ReplayWindow()
+        self._read_aead = suite.make_aead(read_key)
+        self._write_aead = suite.make_aead(write_key)
+        self._read_iv = read_iv
+        self._write_iv = write_iv
+        self._explicit = suite.explicit_nonce_length
+        self._tag_length = suite.tag_length
+        self._xor_nonce = suite.explicit_nonce_length == 0
+
+    def _nonce(self, implicit_iv: bytes, epoch_and_sequence: bytes, explicit: bytes) -> bytes:
+        if self._xor_nonce:
+            mixed = int.from_bytes(implicit_iv, "big") ^ int.from_bytes(epoch_and_sequence, "big")
+            return mixed.to_bytes(12, "big")
+        return implicit_iv + explicit
+
+    def seal(self, content_type: int, plaintext: bytes) -> bytes:
+        """One protected record carrying ``plaintext`` (at most 2^14 bytes: the caller checks)."""
+        sequence = self.next_sequence
+        if sequence > MAX_SEQUENCE:
+            raise OverflowError("the epoch's 2^48 record sequence numbers are used up")
+        self.next_sequence = sequence + 1
+        epoch_and_sequence = (self.epoch << 48 | sequence).to_bytes(8, "big")
+        header_start = bytes((content_type, 0xFE, 0xFD))
+        additional = epoch_and_sequence + header_start + len(plaintext).to_bytes(2, "big")
+        explicit = epoch_and_sequence if self._explicit else b""
+        sealed = self._write_aead.encrypt(
+            self._nonce(self._write_iv, epoch_and_sequence, explicit), plaintext, additional
+        )
+        length = (len(explicit) + len(sealed)).to_bytes(2, "big")
+        return header_start + epoch_and_sequence + length + explicit + sealed
+
+    def open_record(
+        self, content_type: int, version: int, sequence: int, fragment: bytes
+    ) -> bytes | None:
+        """The plaintext of one of the peer's records in our epoch, or None (dropped).
+
+        Checks the replay window first and marks it only once the record authenticated.
+        """
+        if self.replay.seen(sequence):
+            return None
+        plaintext = self.decrypt(content_type, version, sequence, fragment)
+        if plaintext is not None:
+            self.replay.mark(sequence)
+        return plaintext
+
+    def decrypt(
+        self, content_type: int, version: int, sequence: int, fragment: bytes
+    ) -> bytes | None:
+        """Authenticate and decrypt without touching the replay window; None if it fails."""
+        explicit_length = self._explicit
+        plaintext_length = len(fragment) - explicit_length - self._tag_length
+        if plaintext_length < 0 or plaintext_length > 2**14:
+            return None
+        epoch_and_sequence = (self.epoch << 48 | sequence).to_bytes(8, "big")
+        additional = (
+            epoch_and_sequence
+            + bytes((content_type,))
+            + version.to_bytes(2, "big")
+            + plaintext_length.to_bytes(2, "big")
+        )
+        nonce = self._nonce(self._read_iv, epoch_and_sequence, fragment[:explicit_length])
+        try:
+            return self._read_aead.decrypt(nonce, fragment[explicit_length:], additional)
+        except InvalidTag:
+            return None
+
+
+def record_protection_for(
+    cipher_name: str,
+    *,
+    is_server: bool,
+    master_secret: bytes,
+    client_random: bytes,
+    server_random: bytes,
+    peer_protected: list[Record],
+    own_protected: list[Record],
+) -> RecordProtection | None:
+    """A :class:`RecordProtection` that carries on where OpenSSL's handshake left off, or None.
+
+    ``peer_protected`` and ``own_protected`` are the epoch-1 handshake records (the Finished
+    messages) each side sent.  The keys derived here must open both, or we answer None and
+    the caller keeps OpenSSL: a wrong guess about the key block can cost speed, never data.
+    Our next sequence number follows the highest one OpenSSL used; the replay window starts
+    with the peer's records already marked.
+    """
+    suite = aead_suite(cipher_name)
+    if suite is None or not peer_protected or not own_protected:
+        return None
+    if len(master_secret) != 48 or len(client_random) != 32 or len(server_random) != 32:
+        return None
+    epochs = {record.epoch for record in peer_protected + own_protected}
+    if len(epochs) != 1:
+        return None
+    (epoch,) = epochs
+    client_key, server_key, client_iv, server_iv = derive_key_block(
+        suite, master_secret, client_random, server_random
+    )
+    if is_server:
+        read_key, read_iv, write_key, write_iv = client_key, client_iv, server_key, server_iv
+    else:
+        read_key, read_iv, write_key, write_iv = server_key, server_iv, client_key, client_iv
+    protection = RecordProtection(
+        suite,
+        epoch=epoch,
+        read_key=read_key,
+        read_iv=read_iv,
+        write_key=write_key,
+        write_iv=write_iv,
+        next_sequence=max(record.sequence_number for record in own_protected) + 1,
+    )
+    for record in peer_protected:
+        if (
+            protection.open_record(
+                record.content_type, record.version, record.sequence_number, record.fragment
+            )
+            is None
+        ):
+            return None
+    # Our own records were sealed with the write key: open them with a mirror image.
+    mirror = RecordProtection(
+        suite,
+        epoch=epoch,
+        read_key=write_key,
+        read_iv=write_iv,
+        write_key=read_key,
+        write_iv=read_iv,
+        next_sequence=0,
+    )
+    for record in own_protected:
+        if (
+            mirror.decrypt(
+                record.content_type, record.version, record.sequence_number, record.fragment
+            )
+            is None
+        ):
+            return None
+    return protection
