@@ -270,6 +270,8 @@ async def test_qt_client_passes_our_cookie_and_gets_qt_acks(host: str) -> None:
         assert statistics.cookies_verified >= 1
         assert statistics.cookies_rejected == 0
         assert statistics.handshakes_completed == 1
+        # Qt's AEAD suite: after the handshake our own record layer talked to Qt's OpenSSL.
+        assert statistics.openssl_released == 1
         assert statistics.handshakes_failed == {}
         assert statistics.messages_received == 3
         assert statistics.messages_sent == 3
@@ -354,6 +356,8 @@ async def test_node_dtls_client(profile: str, offer: str, suite: str, suite_id: 
         [received] = running.events.of_type(DatagramReceived)
         assert received.plaintext == b"hello from node"
         await running.events.wait_for("remote_closed")  # its close_notify
+        # AES-GCM records went through our record layer, CBC ones through OpenSSL.
+        assert server.statistics().openssl_released == (0 if "CBC" in suite else 1)
 
 
 @needs_node
@@ -403,6 +407,7 @@ async def test_tinydtls_client(profile: str, suite: str) -> None:
         [received] = running.events.of_type(DatagramReceived)
         assert received.plaintext == b"hello from tinydtls"
         await running.events.wait_for("remote_closed")  # its close_notify
+        assert server.statistics().openssl_released == 1  # AES-CCM: our record layer
 
 
 @needs_tinydtls

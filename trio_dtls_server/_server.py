@@ -819,6 +819,8 @@ class DTLSServer:
                 self._stats.handshakes_completed += 1
                 if event.resumed:
                     self._stats.handshakes_resumed += 1
+                if slot.session is not None and slot.session.openssl_released:
+                    self._stats.openssl_released += 1
                 protocol = "DTLS 1.2." if event.protocol == "DTLSv1.2" else "Unknown protocol."
                 self._hub.emit(
                     InfoEvent(

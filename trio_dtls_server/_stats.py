@@ -22,6 +22,9 @@ class StatisticsSnapshot:
     handshakes_completed: int
     #: Of the completed handshakes, those that resumed an earlier session (abbreviated).
     handshakes_resumed: int
+    #: Of the completed handshakes, those whose OpenSSL connection was then freed (an AEAD
+    #: suite: our own record layer protects the records; see ``release_openssl``).
+    openssl_released: int
     handshakes_failed: dict[str, int]
     handshakes_refused: int
     cookies_sent: int
@@ -57,6 +60,7 @@ class ServerStatistics:
     handshakes_started: int = 0
     handshakes_completed: int = 0
     handshakes_resumed: int = 0
+    openssl_released: int = 0
     handshakes_failed: Counter[str] = field(default_factory=Counter)
     handshakes_refused: int = 0
     cookies_sent: int = 0
@@ -83,6 +87,7 @@ class ServerStatistics:
             handshakes_started=self.handshakes_started,
             handshakes_completed=self.handshakes_completed,
             handshakes_resumed=self.handshakes_resumed,
+            openssl_released=self.openssl_released,
             handshakes_failed=dict(self.handshakes_failed),
             handshakes_refused=self.handshakes_refused,
             cookies_sent=self.cookies_sent,
