@@ -262,17 +262,18 @@ def record_protection_for(
     """A :class:`RecordProtection` that carries on where OpenSSL's handshake left off, or None.
 
     ``peer_protected`` and ``own_protected`` are the epoch-1 handshake records (the Finished
-    messages) each side sent.  The keys derived here must open both, or we answer None and
-    the caller keeps OpenSSL: a wrong guess about the key block can cost speed, never data.
-    Our next sequence number follows the highest one OpenSSL used; the replay window starts
-    with the peer's records already marked.
+    messages) each side sent, ours including every retransmission.  The keys derived here must
+    open all of ours and at least one of the peer's, or we answer None and the caller keeps
+    OpenSSL: a wrong guess about the key block can cost speed, never data.  Our next sequence
+    number follows the highest one OpenSSL used, so no record number (and no nonce) repeats;
+    the replay window starts with the peer's records already marked.
     """
     suite = aead_suite(cipher_name)
     if suite is None or not peer_protected or not own_protected:
         return None
     if len(master_secret) != 48 or len(client_random) != 32 or len(server_random) != 32:
         return None
-    epochs = {record.epoch for record in peer_protected + own_protected}
+    epochs = {record.epoch for record in own_protected}
     if len(epochs) != 1:
         return None
     (epoch,) = epochs
@@ -292,14 +293,18 @@ def record_protection_for(
         write_iv=write_iv,
         next_sequence=max(record.sequence_number for record in own_protected) + 1,
     )
+    # At least one of the peer's records must open; others may be forgeries OpenSSL dropped.
+    opened = 0
     for record in peer_protected:
-        if (
+        if record.epoch == epoch and (
             protection.open_record(
                 record.content_type, record.version, record.sequence_number, record.fragment
             )
-            is None
+            is not None
         ):
-            return None
+            opened += 1
+    if not opened:
+        return None
     # Our own records were sealed with the write key: open them with a mirror image.
     mirror = RecordProtection(
         suite,

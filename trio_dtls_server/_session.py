@@ -516,7 +516,9 @@ class DTLSSession:
         self._connection.bio_write(datagram)
         self._last_received = datagram
         for record in records:
-            if record.epoch > 0 and len(self._peer_protected) < _MAX_EARLY_PROTECTED:
+            if record.epoch > 0:
+                if len(self._peer_protected) >= _MAX_EARLY_PROTECTED:
+                    del self._peer_protected[0]  # keep the latest: the Finished comes last
                 self._peer_protected.append(record)
         events = self._step_handshake(now)
         if self.state is SessionState.HANDSHAKING and self._peer_finished_rejected(records):
@@ -536,7 +538,11 @@ class DTLSSession:
             return self._fail(openssl_error_reason(error), now)
         fresh = drain_write_bio(self._connection)
         if fresh:
-            self._last_flight = pack_datagrams(split_records(fresh), self._mtu)
+            records = split_records(fresh)
+            # A retransmitted Finished takes new record numbers: our own record layer must
+            # start after them (a number used twice would repeat a ChaCha20 nonce).
+            self._note_sent(records)
+            self._last_flight = pack_datagrams(records, self._mtu)
         self._outgoing.extend(self._last_flight)
         self._retransmissions += 1
         self.timer_deadline = now + self._policy.interval(self._retransmissions)
@@ -604,7 +610,13 @@ class DTLSSession:
         return datagrams
 
     def _note_sent(self, records: list[bytes]) -> None:
-        """Track our epoch-0 record numbers (trusted bytes: OpenSSL's own records)."""
+        """Track the records OpenSSL wrote for us (trusted bytes).
+
+        Epoch 0: the next free number, for our own alert (:meth:`_reject_bad_finished`).
+        Protected records (our Finished, and its retransmissions): kept for
+        :meth:`_release_to_records`, which checks the keys on them and numbers our next
+        record after the highest.
+        """
         for record in records:
             if record[3:5] == b"\0\0":
                 sequence = int.from_bytes(record[5:11], "big")
@@ -674,7 +686,7 @@ class DTLSSession:
             client_random=connection.client_random() or b"",
             server_random=connection.server_random() or b"",
             peer_protected=handshake_records,
-            own_protected=[r for r in self._own_protected if r.content_type == CONTENT_HANDSHAKE],
+            own_protected=self._own_protected,
         )
         if protection is None:
             return
