@@ -155,12 +155,15 @@ class RecordProtection:
     """
 
     __slots__ = (
+        "_epoch_high",
         "_explicit",
         "_read_aead",
         "_read_iv",
+        "_read_iv_number",
         "_tag_length",
         "_write_aead",
         "_write_iv",
+        "_write_iv_number",
         "_xor_nonce",
         "epoch",
         "next_sequence",
@@ -187,15 +190,13 @@ class RecordProtection:
         self._write_aead = suite.make_aead(write_key)
         self._read_iv = read_iv
         self._write_iv = write_iv
+        # ChaCha20-Poly1305 XORs the IV with the epoch and sequence: keep it as a number.
+        self._read_iv_number = int.from_bytes(read_iv, "big")
+        self._write_iv_number = int.from_bytes(write_iv, "big")
+        self._epoch_high = epoch << 48
         self._explicit = suite.explicit_nonce_length
         self._tag_length = suite.tag_length
         self._xor_nonce = suite.explicit_nonce_length == 0
-
-    def _nonce(self, implicit_iv: bytes, epoch_and_sequence: bytes, explicit: bytes) -> bytes:
-        if self._xor_nonce:
-            mixed = int.from_bytes(implicit_iv, "big") ^ int.from_bytes(epoch_and_sequence, "big")
-            return mixed.to_bytes(12, "big")
-        return implicit_iv + explicit
 
     def seal(self, content_type: int, plaintext: bytes) -> bytes:
         """One protected record carrying ``plaintext`` (at most 2^14 bytes: the caller checks)."""
@@ -203,13 +204,17 @@ class RecordProtection:
         if sequence > MAX_SEQUENCE:
             raise OverflowError("the epoch's 2^48 record sequence numbers are used up")
         self.next_sequence = sequence + 1
-        epoch_and_sequence = (self.epoch << 48 | sequence).to_bytes(8, "big")
+        number = self._epoch_high | sequence
+        epoch_and_sequence = number.to_bytes(8, "big")
         header_start = bytes((content_type, 0xFE, 0xFD))
         additional = epoch_and_sequence + header_start + len(plaintext).to_bytes(2, "big")
-        explicit = epoch_and_sequence if self._explicit else b""
-        sealed = self._write_aead.encrypt(
-            self._nonce(self._write_iv, epoch_and_sequence, explicit), plaintext, additional
-        )
+        if self._xor_nonce:
+            explicit = b""
+            nonce = (self._write_iv_number ^ number).to_bytes(12, "big")
+        else:
+            explicit = epoch_and_sequence
+            nonce = self._write_iv + explicit
+        sealed = self._write_aead.encrypt(nonce, plaintext, additional)
         length = (len(explicit) + len(sealed)).to_bytes(2, "big")
         return header_start + epoch_and_sequence + length + explicit + sealed
 
@@ -235,16 +240,21 @@ class RecordProtection:
         plaintext_length = len(fragment) - explicit_length - self._tag_length
         if plaintext_length < 0 or plaintext_length > 2**14:
             return None
-        epoch_and_sequence = (self.epoch << 48 | sequence).to_bytes(8, "big")
+        number = self._epoch_high | sequence
         additional = (
-            epoch_and_sequence
+            number.to_bytes(8, "big")
             + bytes((content_type,))
             + version.to_bytes(2, "big")
             + plaintext_length.to_bytes(2, "big")
         )
-        nonce = self._nonce(self._read_iv, epoch_and_sequence, fragment[:explicit_length])
+        if self._xor_nonce:
+            nonce = (self._read_iv_number ^ number).to_bytes(12, "big")
+            sealed = fragment
+        else:
+            nonce = self._read_iv + fragment[:explicit_length]
+            sealed = fragment[explicit_length:]
         try:
-            return self._read_aead.decrypt(nonce, fragment[explicit_length:], additional)
+            return self._read_aead.decrypt(nonce, sealed, additional)
         except InvalidTag:
             return None
 
