@@ -11,9 +11,12 @@ import time
 
 import pytest
 import support
+from OpenSSL import SSL
+from OpenSSL._util import ffi, lib
 from support import IDENTITY, KEY
 
 from trio_dtls_server import DEFAULT_CIPHERS, RetransmitPolicy
+from trio_dtls_server._openssl import configure_session_resumption
 from trio_dtls_server._session import (
     DROP_AUTHENTICATION,
     DROP_HANDSHAKE_RETRANSMISSION,
@@ -467,3 +470,91 @@ def test_unframed_garbage_mid_handshake_never_reaches_openssl(garbage: bytes) ->
     assert started.server.receive_datagram(garbage, 0.0) == [RecordsDropped(DROP_MALFORMED)]
     result = support.exchange(started)
     assert support.established(result.client, result.server)
+
+
+# -- handing records over to our own record layer ----------------------------------------------
+
+
+def _resumable_pair(session: SSL.Session | None = None) -> tuple[DTLSSession, DTLSSession]:
+    """A client and a server session with session resumption on; the handshake just began."""
+    client = DTLSSession.client(
+        _RESUMPTION_CLIENT,
+        now=0.0,
+        mtu=1400,
+        policy=RetransmitPolicy(),
+        identity=IDENTITY_BYTES,
+        key=KEY,
+        session=session,
+    )
+    first = client.take_datagrams()
+    client.receive_datagram(support.hello_verify_request_for(first[0]), 0.0)
+    (hello,) = client.take_datagrams()
+    server = DTLSSession.server(
+        _RESUMPTION_SERVER,
+        hello,
+        now=0.0,
+        mtu=1400,
+        policy=RetransmitPolicy(),
+        psk_lookup={IDENTITY_BYTES: KEY}.get,
+    )
+    return client, server
+
+
+_RESUMPTION_SERVER = support.server_context()
+configure_session_resumption(
+    _RESUMPTION_SERVER, enabled=True, lifetime=3600.0, session_id_context=b"test_session"
+)
+_RESUMPTION_CLIENT = support.client_context()
+
+
+def _openssl_timer_left(session: DTLSSession) -> float:
+    """Seconds until OpenSSL's own (real-time) retransmission timer expires."""
+    seconds, microseconds = ffi.new("time_t *"), ffi.new("long *")
+    connection = session.connection
+    assert connection is not None
+    assert lib.Cryptography_DTLSv1_get_timeout(connection._ssl, seconds, microseconds) == 1
+    return float(seconds[0]) + float(microseconds[0]) / 1e6
+
+
+def test_our_records_are_numbered_after_every_finished_openssl_retransmitted() -> None:
+    """A number used twice would repeat a nonce, and the peer would drop it as a replay.
+
+    In a resumed handshake the server's Finished goes out first.  Lose it; when OpenSSL
+    retransmits it, the new copy takes record number 1.  Our record layer must start at 2.
+    """
+    client, server = _resumable_pair()
+    support.exchange(support.InMemoryHandshake(client, server))
+    assert support.established(client, server)
+    client, server = _resumable_pair(client.ssl_session)
+    lost = server.take_datagrams()
+    assert [(r.content_type, r.epoch, r.sequence_number) for r in parse_records(lost[-1])][-1] == (
+        CONTENT_HANDSHAKE,
+        1,
+        0,
+    )
+
+    # OpenSSL's retransmission timer runs on the real clock and the bindings cannot shorten
+    # it: wait it out (about 1 s) so that OpenSSL, not our byte-for-byte fallback, resends.
+    time.sleep(_openssl_timer_left(server) + 0.02)
+    assert server.timer_deadline is not None
+    assert server.handle_timer(server.timer_deadline) == [Retransmitted(1, 1)]
+    (again,) = server.take_datagrams()
+    assert [(r.content_type, r.epoch, r.sequence_number) for r in parse_records(again)][-1] == (
+        CONTENT_HANDSHAKE,
+        1,
+        1,
+    )
+    assert client.receive_datagram(again, 0.0) == [
+        HandshakeComplete(client.cipher, "DTLSv1.2", True)
+    ]
+    result = support.exchange(support.InMemoryHandshake(client, server), 0.0)
+    assert support.established(client, server)
+    assert server.resumed and client.resumed
+    assert server.openssl_released and client.openssl_released
+
+    server.send(b"numbered after the retransmission")
+    (datagram,) = server.take_datagrams()
+    assert parse_records(datagram)[0].sequence_number == 2
+    assert result.client.receive_datagram(datagram, 0.0) == [
+        ApplicationData(b"numbered after the retransmission")
+    ]
