@@ -32,6 +32,7 @@ them, and answers None (keep OpenSSL) if either does not open.  Suites outside t
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,31 +76,35 @@ class AeadSuite:
         return self.explicit_nonce_length + self.tag_length
 
 
+#: ``[KX-[AUTH-]]AES128|AES256-GCM|CCM|CCM8[-SHA256|-SHA384]``, as OpenSSL names its suites.
+_AES_NAME = re.compile(
+    r"(?:[A-Z0-9]+-)*(?P<cipher>AES128|AES256)-(?P<mode>GCM|CCM8|CCM)(?:-SHA(?:256|384))?"
+)
+_CHACHA_NAME = re.compile(r"(?:[A-Z0-9]+-)*CHACHA20-POLY1305")
+
+
 def aead_suite(openssl_name: str) -> AeadSuite | None:
     """The :class:`AeadSuite` for an OpenSSL suite name, or None if we leave it to OpenSSL.
 
     Covered: AES-128/256 in GCM, CCM and CCM_8 and ChaCha20-Poly1305, with PSK, DHE-PSK,
     ECDHE-PSK, ECDHE-ECDSA, ECDHE-RSA, DHE-RSA or RSA key exchange.
     """
-    words = openssl_name.upper().split("-")
-    prf_hash = "sha384" if words[-1] == "SHA384" else "sha256"
-    if words[-2:] == ["CHACHA20", "POLY1305"]:
+    name = openssl_name.upper()
+    prf_hash = "sha384" if name.endswith("-SHA384") else "sha256"
+    if _CHACHA_NAME.fullmatch(name):
         return AeadSuite(openssl_name, 32, 12, 0, 16, prf_hash, ChaCha20Poly1305)
-    cipher, mode = (words[-3], words[-2]) if words[-1].startswith("SHA") else (words[-2], words[-1])
-    key_lengths = {"AES128": 16, "AES256": 32}
-    if cipher not in key_lengths:
+    match = _AES_NAME.fullmatch(name)
+    if match is None:
         return None
-    key_length = key_lengths[cipher]
-    if mode == "GCM":
+    key_length = 16 if match["cipher"] == "AES128" else 32
+    if match["mode"] == "GCM":
         return AeadSuite(openssl_name, key_length, 4, 8, 16, prf_hash, AESGCM)
-    if mode in ("CCM", "CCM8"):
-        tag_length = 8 if mode == "CCM8" else 16
+    tag_length = 8 if match["mode"] == "CCM8" else 16
 
-        def make_ccm(key: bytes) -> _Aead:
-            return AESCCM(key, tag_length=tag_length)
+    def make_ccm(key: bytes) -> _Aead:
+        return AESCCM(key, tag_length=tag_length)
 
-        return AeadSuite(openssl_name, key_length, 4, 8, tag_length, prf_hash, make_ccm)
-    return None
+    return AeadSuite(openssl_name, key_length, 4, 8, tag_length, prf_hash, make_ccm)
 
 
 def derive_key_block(

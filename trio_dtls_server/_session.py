@@ -324,6 +324,7 @@ class DTLSSession:
         # it arrived; see _resend_final_flight.
         self._final_flight: list[bytes] = []
         self._final_flight_resends = 0
+        self._renegotiation_refusals = 0
         self._callback_events: list[SessionEvent] = []
         self._replay = _ReplayMirror()
         self.state = SessionState.HANDSHAKING
@@ -664,9 +665,27 @@ class DTLSSession:
         events.append(HandshakeComplete(self.cipher, self.protocol, self.resumed))
         if self._release_openssl:
             self._release_to_records()
+        if self._records is None:
+            self._read_buffered_early_data()
         self._peer_protected = []
         self._own_protected = []
         return events
+
+    def _read_buffered_early_data(self) -> None:
+        """Take the application data OpenSSL buffered while the handshake was finishing.
+
+        Records of the new epoch that overtake the Finished wait in OpenSSL.  The established
+        path reads one plaintext per one-record datagram, so without this they would come out
+        one datagram late, for the rest of the connection.
+        """
+        connection = self._connection
+        for _ in range(_MAX_EARLY_PROTECTED):
+            try:
+                plaintext = connection.read(MAX_PLAINTEXT)
+            except SSL.Error:  # WantReadError: nothing (more) buffered; anything else: later
+                return
+            if plaintext:
+                self._early_data.append(plaintext)
 
     def _release_to_records(self) -> None:
         """Hand record protection to :mod:`._records` and let the OpenSSL connection go.
@@ -850,6 +869,11 @@ class DTLSSession:
                 self._final_flight_resends += 1
                 self._outgoing.extend(self._final_flight)
             return
+        # Handshake records skip the replay check, so cap the answers: a replayed record
+        # must not make us talk without end.
+        if self._renegotiation_refusals >= self._policy.max_retransmissions:
+            return
+        self._renegotiation_refusals += 1
         with contextlib.suppress(OverflowError):
             self._outgoing.append(
                 protection.seal(CONTENT_ALERT, bytes((_WARNING, _NO_RENEGOTIATION)))
