@@ -31,6 +31,7 @@ them, and answers None (keep OpenSSL) if either does not open.  Suites outside t
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 from collections.abc import Callable
@@ -83,6 +84,7 @@ _AES_NAME = re.compile(
 _CHACHA_NAME = re.compile(r"(?:[A-Z0-9]+-)*CHACHA20-POLY1305")
 
 
+@functools.lru_cache(maxsize=64)  # a server meets a handful of names, once per handshake
 def aead_suite(openssl_name: str) -> AeadSuite | None:
     """The :class:`AeadSuite` for an OpenSSL suite name, or None if we leave it to OpenSSL.
 
@@ -241,6 +243,40 @@ class RecordProtection:
         self, content_type: int, version: int, sequence: int, fragment: bytes
     ) -> bytes | None:
         """Authenticate and decrypt without touching the replay window; None if it fails."""
+        return self._open(
+            self._read_aead,
+            self._read_iv,
+            self._read_iv_number,
+            content_type,
+            version,
+            sequence,
+            fragment,
+        )
+
+    def decrypt_own(
+        self, content_type: int, version: int, sequence: int, fragment: bytes
+    ) -> bytes | None:
+        """Open a record sealed with *our* key (OpenSSL's Finished, to check the keys)."""
+        return self._open(
+            self._write_aead,
+            self._write_iv,
+            self._write_iv_number,
+            content_type,
+            version,
+            sequence,
+            fragment,
+        )
+
+    def _open(
+        self,
+        aead: _Aead,
+        implicit_iv: bytes,
+        implicit_iv_number: int,
+        content_type: int,
+        version: int,
+        sequence: int,
+        fragment: bytes,
+    ) -> bytes | None:
         explicit_length = self._explicit
         plaintext_length = len(fragment) - explicit_length - self._tag_length
         if plaintext_length < 0 or plaintext_length > 2**14:
@@ -253,13 +289,13 @@ class RecordProtection:
             + plaintext_length.to_bytes(2, "big")
         )
         if self._xor_nonce:
-            nonce = (self._read_iv_number ^ number).to_bytes(12, "big")
+            nonce = (implicit_iv_number ^ number).to_bytes(12, "big")
             sealed = fragment
         else:
-            nonce = self._read_iv + fragment[:explicit_length]
+            nonce = implicit_iv + fragment[:explicit_length]
             sealed = fragment[explicit_length:]
         try:
-            return self._read_aead.decrypt(nonce, sealed, additional)
+            return aead.decrypt(nonce, sealed, additional)
         except InvalidTag:
             return None
 
@@ -320,19 +356,9 @@ def record_protection_for(
             opened += 1
     if not opened:
         return None
-    # Our own records were sealed with the write key: open them with a mirror image.
-    mirror = RecordProtection(
-        suite,
-        epoch=epoch,
-        read_key=write_key,
-        read_iv=write_iv,
-        write_key=read_key,
-        write_iv=read_iv,
-        next_sequence=0,
-    )
     for record in own_protected:
         if (
-            mirror.decrypt(
+            protection.decrypt_own(
                 record.content_type, record.version, record.sequence_number, record.fragment
             )
             is None
