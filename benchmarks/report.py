@@ -310,14 +310,37 @@ def _floor_lines(results: dict[str, Any]) -> list[str]:
     ]
     if ours and established and ours.get("rss_kib_per_peer") is not None:
         total = ours["rss_kib_per_peer"]
-        openssl = established[0]["rss_kib_per_connection"]
         python = ours.get("pymalloc_in_use_kib_per_peer") or 0.0
-        rest = total - openssl - python
-        lines.append(
-            f"  ours, per idle peer: {total:.1f} KiB = {openssl:.1f} OpenSSL connection + "
-            f"{python:.1f} Python objects + {rest:.1f} other (allocator slack, large buffers)"
-        )
+        released = _released_share(ours)
+        if released is not None and released >= 0.99:
+            # Our record layer took over: no OpenSSL connection per peer any more; the C heap
+            # holds the two AEAD contexts of each peer's record layer and the cached session.
+            c_heap = ours.get("malloc_in_use_kib_per_peer") or 0.0
+            rest = total - python - c_heap
+            lines.append(
+                f"  ours, per idle peer: {total:.1f} KiB = {python:.1f} Python objects + "
+                f"{c_heap:.1f} C heap (the record layer's AEAD contexts, OpenSSL's session "
+                f"cache) + {rest:.1f} other; "
+                f"OpenSSL connections released after the handshake: {released:.0%} of the peers"
+            )
+        else:
+            openssl = established[0]["rss_kib_per_connection"]
+            rest = total - openssl - python
+            lines.append(
+                f"  ours, per idle peer: {total:.1f} KiB = {openssl:.1f} OpenSSL connection + "
+                f"{python:.1f} Python objects + {rest:.1f} other (allocator slack, large buffers)"
+            )
     return lines
+
+
+def _released_share(ours: dict[str, Any]) -> float | None:
+    """Of the peers the memory workload added, the share whose OpenSSL connection was freed."""
+    after = _get(ours, "after", "server_stats", "openssl_released")
+    before = _get(ours, "before", "server_stats", "openssl_released")
+    peers = ours.get("server_peers_delta")
+    if not isinstance(after, int) or not isinstance(before, int) or not peers:
+        return None
+    return min(1.0, (after - before) / peers)
 
 
 def render(results: dict[str, Any]) -> str:

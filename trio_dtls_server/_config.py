@@ -65,7 +65,8 @@ class ServerConfig:
     #: An established peer that sends nothing authentic for this long gets close_notify and is
     #: released.  ``None`` keeps quiet peers forever (until evicted).
     idle_timeout: float | None = 1800.0
-    #: Peers held at once, handshaking or established (OpenSSL needs 60-140 KB each).
+    #: Peers held at once, handshaking or established.  A handshake holds an OpenSSL
+    #: connection (60-140 KB); an established AEAD peer about 20 KiB once it is released.
     max_peers: int = 20_000
     #: Handshakes in flight at once; a verified ClientHello beyond this is refused (the client
     #: retransmits and gets in once a slot frees).

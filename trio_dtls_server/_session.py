@@ -661,7 +661,9 @@ class DTLSSession:
         self.cipher = connection.get_cipher_name() or "unknown"
         self.protocol = connection.get_protocol_version_name()
         self.peer_certificate = peer_certificate(connection)
-        self.ssl_session = connection.get_session()
+        if not self._is_server:
+            # Only a client resumes; on a server it would pin the session past the cache.
+            self.ssl_session = connection.get_session()
         events.append(HandshakeComplete(self.cipher, self.protocol, self.resumed))
         if self._release_openssl:
             self._release_to_records()
