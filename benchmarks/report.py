@@ -338,9 +338,9 @@ def _released_share(ours: dict[str, Any]) -> float | None:
     after = _get(ours, "after", "server_stats", "openssl_released")
     before = _get(ours, "before", "server_stats", "openssl_released")
     peers = ours.get("server_peers_delta")
-    if not isinstance(after, int) or not isinstance(before, int) or not peers:
+    if not isinstance(after, int) or not isinstance(before, int) or not isinstance(peers, int):
         return None
-    return min(1.0, (after - before) / peers)
+    return min(1.0, (after - before) / peers) if peers > 0 else None
 
 
 def render(results: dict[str, Any]) -> str:
