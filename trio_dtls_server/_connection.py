@@ -55,8 +55,8 @@ class ConnectionClosed(Exception):
 class PeerSlot:
     """The server's record of one verified peer: its inbox, its task's cancel scope, its health.
 
-    The reader task only ever touches ``inbox_send``, ``throttled_until`` and the counters;
-    the peer task owns the rest.
+    The reader task only ever touches ``inbox_send``, ``queued``, ``throttled_until`` and the
+    counters; the peer task owns the rest.
     """
 
     address: Address
@@ -84,6 +84,10 @@ class PeerSlot:
     replacing: PeerSlot | None = None
     #: Set when the peer task has ended.
     finished: bool = False
+    #: Datagrams waiting in the inbox (the reader adds, the peer task takes): lets
+    #: :meth:`DTLSConnection.send` see without a failed ``receive_nowait`` whether the peer
+    #: said something a handler that only sends has not read yet.
+    queued: int = 0
 
     @property
     def info(self) -> str:
@@ -113,8 +117,10 @@ class DTLSConnection:
         idle_timeout: float | None,
         max_auth_failures: int,
         auth_failure_window: float,
+        ready_limit: int = 64,
     ) -> None:
         self._slot = slot
+        self._ready_limit = ready_limit
         self._session = session
         self._transmit = transmit
         self._hub = hub
@@ -171,7 +177,15 @@ class DTLSConnection:
         return self._ready.pop(0)
 
     async def send(self, data: bytes) -> None:
-        """Encrypt and send one datagram."""
+        """Encrypt and send one datagram.
+
+        Whatever the peer sent meanwhile is taken in first, so a handler that only sends
+        still learns of the peer's close_notify (this raises :class:`ConnectionClosed`), the
+        peer still counts as active, and its data waits for :meth:`receive` (at most
+        ``peer_queue_size`` datagrams of it; more are dropped and counted).
+        """
+        if self._slot.queued and self._closed_reason is None:
+            await self._take_queued()
         if self._closed_reason is not None:
             raise ConnectionClosed(self._closed_reason)
         self._session.send(data)
@@ -186,12 +200,25 @@ class DTLSConnection:
             self._session.close()
             await self._transmit(self._session.take_datagrams())
 
+    async def _take_queued(self) -> None:
+        """Handle every datagram already in the inbox, without waiting for more."""
+        slot = self._slot
+        while slot.queued and self._closed_reason is None:
+            try:
+                datagram = slot.inbox_receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                slot.queued = 0
+                return
+            slot.queued -= 1
+            await self._handle_datagram(datagram)
+
     async def _receive_one(self) -> None:
         slot = self._slot
         datagram: bytes | None
         try:
             # Fast path: a datagram is already waiting, so no deadline needs arming.
             datagram = slot.inbox_receive.receive_nowait()
+            slot.queued -= 1
         except trio.WouldBlock:
             deadline = math.inf
             if self._idle_timeout is not None:
@@ -199,6 +226,7 @@ class DTLSConnection:
             datagram = None
             with trio.move_on_at(deadline):
                 datagram = await slot.inbox_receive.receive()
+                slot.queued -= 1
         if datagram is None:
             self._stats.idle_closed += 1
             self._hub.emit(
@@ -212,6 +240,11 @@ class DTLSConnection:
             await self.aclose()
             self._closed_reason = "idle timeout"
             return
+        await self._handle_datagram(datagram)
+
+    async def _handle_datagram(self, datagram: bytes) -> None:
+        """Decrypt one datagram from the inbox, answer what needs answering, note the rest."""
+        slot = self._slot
         now = trio.current_time()
         events = self._session.receive_datagram(datagram, now)
         outgoing = self._session.take_datagrams()
@@ -226,6 +259,11 @@ class DTLSConnection:
                 if idle is not None and slot.idle_watch.deadline < now + idle + IDLE_WATCH_GRACE:
                     slot.idle_watch.deadline = now + idle + 2 * IDLE_WATCH_GRACE
                 self._stats.messages_received += 1
+                if len(self._ready) >= self._ready_limit:
+                    # A handler that sends but does not read: bounded like the inbox.
+                    self._stats.queue_overflows += 1
+                    self._stats.drops["peer queue full"] += 1
+                    continue
                 self._ready.append(event.data)
                 if self._hub.wants("message"):
                     self._hub.emit(

@@ -467,6 +467,7 @@ class DTLSServer:
             return
         try:
             slot.inbox_send.send_nowait(datagram)
+            slot.queued += 1
         except trio.WouldBlock:
             self._stats.queue_overflows += 1
             self._drop(
@@ -679,9 +680,11 @@ class DTLSServer:
                 datagram: bytes | None = None
                 try:
                     datagram = slot.inbox_receive.receive_nowait()
+                    slot.queued -= 1
                 except trio.WouldBlock:
                     with trio.move_on_at(session.timer_deadline or math.inf):
                         datagram = await slot.inbox_receive.receive()
+                        slot.queued -= 1
                 now = trio.current_time()
                 if datagram is None:
                     events = session.handle_timer(now)
@@ -863,6 +866,7 @@ class DTLSServer:
             idle_timeout=self.config.idle_timeout,
             max_auth_failures=self.config.max_auth_failures,
             auth_failure_window=self.config.auth_failure_window,
+            ready_limit=self.config.peer_queue_size,
         )
         idle = self.config.idle_timeout
         if idle is not None:
