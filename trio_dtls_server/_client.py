@@ -45,6 +45,7 @@ from ._session import (
     RemoteClosed,
     RetransmitPolicy,
     Retransmitted,
+    SessionEvent,
     SessionState,
 )
 from ._transport import Address, DatagramTransport, bind_udp
@@ -246,7 +247,9 @@ class DTLSClient:
         client.session = dtls_session.ssl_session
         client.resumed = dtls_session.resumed
         client.peer_certificate = dtls_session.peer_certificate
-        client._ready.extend(dtls_session.take_early_data())
+        # What the server sent ahead of its final flight (a greeting, even a goodbye).
+        client._note_events(dtls_session.take_early_events(), None)
+        await client._send_all(dtls_session.take_datagrams())
         on_event(InfoEvent("handshake_complete", f"{name}: encrypted connection established!"))
         return client
 
@@ -313,33 +316,37 @@ class DTLSClient:
             if self._closed_reason is not None:
                 raise ConnectionClosed(self._closed_reason)
             datagram = await self._receive_datagram()
-            for event in self._session.receive_datagram(datagram, trio.current_time()):
-                if isinstance(event, ApplicationData):
-                    self._ready.append(event.data)
-                    # Qt's client shows each reply with the DTLS datagram it came in.
-                    self._on_event(
-                        DatagramReceived(
-                            "datagram",
-                            f"{self._name} received a DTLS datagram",
-                            self._server,
-                            ciphertext=datagram,
-                            plaintext=event.data,
-                        )
-                    )
-                elif isinstance(event, RemoteClosed):
-                    self._closed_reason = "the server sent close_notify"
-                    self._on_event(
-                        ErrorEvent("remote_closed", f"{self._name}: shutdown alert received")
-                    )
-                elif isinstance(event, ConnectionFailed):
-                    self._closed_reason = event.reason
-                    self._on_event(ErrorEvent("connection_failed", f"{self._name}: {event.reason}"))
-                elif isinstance(event, RecordsDropped):
-                    self._on_event(
-                        WarningEvent("dropped", f"{self._name}: {event.reason}, dropped")
-                    )
+            self._note_events(
+                self._session.receive_datagram(datagram, trio.current_time()), datagram
+            )
             await self._send_all(self._session.take_datagrams())
         return self._ready.popleft()
+
+    def _note_events(self, events: list[SessionEvent], datagram: bytes | None) -> None:
+        """Act on the session's events (``datagram``: the one they came from, if known)."""
+        for event in events:
+            if isinstance(event, ApplicationData):
+                self._ready.append(event.data)
+                # Qt's client shows each reply with the DTLS datagram it came in.
+                self._on_event(
+                    DatagramReceived(
+                        "datagram",
+                        f"{self._name} received a DTLS datagram",
+                        self._server,
+                        ciphertext=event.record if datagram is None else datagram,
+                        plaintext=event.data,
+                    )
+                )
+            elif isinstance(event, RemoteClosed):
+                self._closed_reason = "the server sent close_notify"
+                self._on_event(
+                    ErrorEvent("remote_closed", f"{self._name}: shutdown alert received")
+                )
+            elif isinstance(event, ConnectionFailed):
+                self._closed_reason = event.reason
+                self._on_event(ErrorEvent("connection_failed", f"{self._name}: {event.reason}"))
+            elif isinstance(event, RecordsDropped):
+                self._on_event(WarningEvent("dropped", f"{self._name}: {event.reason}, dropped"))
 
     def __aiter__(self) -> DTLSClient:
         return self

@@ -27,6 +27,7 @@ from ._session import (
     DTLSSession,
     RecordsDropped,
     RemoteClosed,
+    SessionEvent,
     SessionState,
 )
 from ._stats import ServerStatistics
@@ -150,10 +151,9 @@ class DTLSConnection:
         )
         #: True if the peer resumed an earlier session (an abbreviated handshake).
         self.resumed: bool = session.resumed
-        for early in session.take_early_data():
-            # Data that overtook the peer's Finished: delivered first, counted like any other.
-            self._stats.messages_received += 1
-            self._ready.append(early)
+        #: The most plaintext one :meth:`send` may carry: 16,384 bytes, or less if the peer
+        #: negotiated a smaller max_fragment_length (RFC 6066), as constrained devices do.
+        self.max_plaintext: int = session.max_plaintext
 
     @property
     def closed(self) -> bool:
@@ -200,13 +200,27 @@ class DTLSConnection:
             self._session.close()
             await self._transmit(self._session.take_datagrams())
 
+    async def take_early_events(self) -> None:
+        """Take in what the peer sent ahead of its Finished (the server calls this first).
+
+        Its data is delivered before anything later, counted and reported like any other; a
+        close_notify that came with it ends the connection once that data has been read.
+        """
+        events = self._session.take_early_events()
+        if events:
+            await self._note_events(events, trio.current_time(), None)
+
     async def _take_queued(self) -> None:
         """Handle every datagram already in the inbox, without waiting for more."""
         slot = self._slot
         while slot.queued and self._closed_reason is None:
             try:
                 datagram = slot.inbox_receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
+            except trio.WouldBlock:
+                # The count is a datagram already handed to a receive() waiting in another
+                # task of this handler: that task takes it (and the count) when it wakes.
+                return
+            except trio.EndOfChannel:
                 slot.queued = 0
                 return
             slot.queued -= 1
@@ -244,9 +258,14 @@ class DTLSConnection:
 
     async def _handle_datagram(self, datagram: bytes) -> None:
         """Decrypt one datagram from the inbox, answer what needs answering, note the rest."""
-        slot = self._slot
         now = trio.current_time()
-        events = self._session.receive_datagram(datagram, now)
+        await self._note_events(self._session.receive_datagram(datagram, now), now, datagram)
+
+    async def _note_events(
+        self, events: list[SessionEvent], now: float, datagram: bytes | None
+    ) -> None:
+        """Send what the session queued, then act on its events (``datagram``: their source)."""
+        slot = self._slot
         outgoing = self._session.take_datagrams()
         if outgoing:
             await self._transmit(outgoing)
@@ -271,7 +290,7 @@ class DTLSConnection:
                             "datagram",
                             f"A message from {self.peer_info}",
                             self.peer,
-                            ciphertext=datagram,
+                            ciphertext=event.record if datagram is None else datagram,
                             plaintext=event.data,
                         )
                     )

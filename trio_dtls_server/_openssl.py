@@ -293,32 +293,55 @@ def _der_items(data: bytes) -> list[tuple[int, bytes]]:
     return items
 
 
+def _session_fields(connection: SSL.Connection) -> dict[int, bytes]:
+    """The tagged fields of the DER form of the connection's session (``SSL_SESSION_ASN1`` in
+    OpenSSL's ``ssl_asn1.c``), by tag byte; empty without a session."""
+    session = _lib.SSL_get_session(connection._ssl)
+    if session == _ffi.NULL:
+        return {}
+    length = _lib.i2d_SSL_SESSION(session, _ffi.NULL)
+    if length <= 0:
+        return {}
+    buffer = _ffi.new("unsigned char[]", length)
+    cursor = _ffi.new("unsigned char **", buffer)
+    if _lib.i2d_SSL_SESSION(session, cursor) != length:
+        return {}
+    outer = _der_items(bytes(_ffi.buffer(buffer, length)))
+    if not outer or outer[0][0] != 0x30:  # SEQUENCE
+        return {}
+    return dict(_der_items(outer[0][1]))
+
+
 def session_psk_identity(connection: SSL.Connection) -> bytes | None:
     """The PSK identity of the connection's session, or None (certificate session, no session).
 
     A resumed handshake never calls the PSK callback, so this is how the identity of a resumed
     peer is known.  The bindings lack ``SSL_get_psk_identity``; the identity is field ``[8]`` of
-    the DER form of the session (``SSL_SESSION_ASN1`` in OpenSSL's ``ssl_asn1.c``).
+    the DER form of the session.
     """
-    session = _lib.SSL_get_session(connection._ssl)
-    if session == _ffi.NULL:
+    content = _session_fields(connection).get(0xA8)  # [8] EXPLICIT OCTET STRING psk_identity
+    if content is None:
         return None
-    length = _lib.i2d_SSL_SESSION(session, _ffi.NULL)
-    if length <= 0:
-        return None
-    buffer = _ffi.new("unsigned char[]", length)
-    cursor = _ffi.new("unsigned char **", buffer)
-    if _lib.i2d_SSL_SESSION(session, cursor) != length:
-        return None
-    outer = _der_items(bytes(_ffi.buffer(buffer, length)))
-    if not outer or outer[0][0] != 0x30:  # SEQUENCE
-        return None
-    for tag, content in _der_items(outer[0][1]):
-        if tag == 0xA8:  # [8] EXPLICIT OCTET STRING psk_identity
-            inner = _der_items(content)
-            if inner and inner[0][0] == 0x04:
-                return inner[0][1]
+    inner = _der_items(content)
+    if inner and inner[0][0] == 0x04:
+        return inner[0][1]
     return None
+
+
+def session_max_fragment_length(connection: SSL.Connection) -> int | None:
+    """The record plaintext limit the peer negotiated (RFC 6066 max_fragment_length), or None.
+
+    Field ``[17]`` of the session's DER form holds the mode, 1 to 4 for 2^9 to 2^12 bytes (the
+    bindings lack ``SSL_SESSION_get_max_fragment_length``).
+    """
+    content = _session_fields(connection).get(0xB1)  # [17] EXPLICIT INTEGER max_fragment_len_mode
+    if content is None:
+        return None
+    inner = _der_items(content)
+    if not inner or inner[0][0] != 0x02:
+        return None
+    mode = int.from_bytes(inner[0][1], "big")
+    return 2 ** (8 + mode) if 1 <= mode <= 4 else None
 
 
 # -- what a lowered security level must not lower -----------------------------------------------

@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -47,6 +47,7 @@ from ._openssl import (
     drain_write_bio,
     expect_server_name,
     openssl_error_reason,
+    session_max_fragment_length,
     session_psk_identity,
     session_reused,
 )
@@ -162,6 +163,9 @@ class Retransmitted:
 @dataclass(frozen=True, slots=True)
 class ApplicationData:
     data: bytes
+    #: The record it came in, when the owner cannot know it (data that overtook the Finished,
+    #: see :meth:`DTLSSession.take_early_events`); not part of equality.
+    record: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,9 +363,13 @@ class DTLSSession:
         self.protocol = "unknown"
         self.peer_certificate: x509.Certificate | None = None
         self.ssl_session: SSL.Session | None = None
+        #: The most plaintext one of our records may carry: 2^14, or less if the peer asked
+        #: for a smaller max_fragment_length (RFC 6066 §4: constrained devices do).
+        self.max_plaintext = MAX_PLAINTEXT
         #: Application data the peer sent before its Finished was processed (it overtook the
-        #: handshake); the owner takes it with :meth:`take_early_data` once established.
-        self._early_data: list[bytes] = []
+        #: handshake), and a close_notify or fatal alert that came with it; the owner takes
+        #: them with :meth:`take_early_events` once established.
+        self._early_events: list[SessionEvent] = []
         connection.set_app_data(self)
         connection.set_ciphertext_mtu(mtu)
 
@@ -484,10 +492,29 @@ class DTLSSession:
         """True once records are protected by :mod:`._records` rather than by OpenSSL."""
         return self._records is not None
 
+    def take_early_events(self) -> list[SessionEvent]:
+        """What the peer's records that overtook its Finished said; the session forgets them.
+
+        :class:`ApplicationData` (with :attr:`~ApplicationData.record` set) in the order it
+        arrived, then possibly a :class:`RemoteClosed` or :class:`ConnectionFailed`: a peer
+        that sent a reading and said goodbye before its Finished got through.  Taking such an
+        ending applies it now: close_notify is answered (see :meth:`take_datagrams`) and the
+        session closes, or the session fails.
+        """
+        events, self._early_events = self._early_events, []
+        if self.state is SessionState.ESTABLISHED and events:
+            ending = events[-1]
+            if isinstance(ending, RemoteClosed):
+                self._say_goodbye()
+                self.state = SessionState.CLOSED
+            elif isinstance(ending, ConnectionFailed):
+                self.state = SessionState.FAILED
+                self.failure_reason = ending.reason
+        return events
+
     def take_early_data(self) -> list[bytes]:
-        """Plaintexts that arrived with or before the peer's Finished; the session forgets them."""
-        early, self._early_data = self._early_data, []
-        return early
+        """The plaintexts of :meth:`take_early_events` (which it takes, ending included)."""
+        return [e.data for e in self.take_early_events() if isinstance(e, ApplicationData)]
 
     def take_datagrams(self) -> list[bytes]:
         """The datagrams to send now, in order; the session forgets them."""
@@ -553,7 +580,12 @@ class DTLSSession:
         """Encrypt ``data`` as one record; the datagram is then ready in :meth:`take_datagrams`."""
         if self.state is not SessionState.ESTABLISHED:
             raise RuntimeError(f"cannot send on a {self.state.value} DTLS session")
-        if len(data) > MAX_PLAINTEXT:
+        if len(data) > self.max_plaintext:
+            if self.max_plaintext < MAX_PLAINTEXT:
+                raise ValueError(
+                    f"the peer asked for records of at most {self.max_plaintext} bytes of "
+                    f"plaintext (max_fragment_length, RFC 6066), not {len(data)}"
+                )
             raise ValueError(
                 f"a DTLS datagram carries at most {MAX_PLAINTEXT} bytes of plaintext, "
                 f"not {len(data)}"
@@ -661,6 +693,7 @@ class DTLSSession:
         self.cipher = connection.get_cipher_name() or "unknown"
         self.protocol = connection.get_protocol_version_name()
         self.peer_certificate = peer_certificate(connection)
+        self.max_plaintext = session_max_fragment_length(connection) or MAX_PLAINTEXT
         if not self._is_server:
             # Only a client resumes; on a server it would pin the session past the cache.
             self.ssl_session = connection.get_session()
@@ -684,19 +717,25 @@ class DTLSSession:
         for _ in range(_MAX_EARLY_PROTECTED):
             try:
                 plaintext = connection.read(MAX_PLAINTEXT)
-            except SSL.Error:  # WantReadError: nothing (more) buffered; anything else: later
+            except SSL.WantReadError:  # nothing (more) buffered
+                return
+            except SSL.ZeroReturnError:  # the peer's close_notify came with it
+                self._early_events.append(RemoteClosed())
+                return
+            except SSL.Error as error:
+                self._early_events.append(ConnectionFailed(openssl_error_reason(error)))
                 return
             if plaintext:
-                self._early_data.append(plaintext)
+                self._early_events.append(ApplicationData(plaintext))
 
     def _release_to_records(self) -> None:
         """Hand record protection to :mod:`._records` and let the OpenSSL connection go.
 
         Only if the keys derived from the session open the Finished records both sides sent
         (see :func:`~._records.record_protection_for`); otherwise OpenSSL carries on.  The
-        peer's application data that overtook its Finished sits in OpenSSL's buffers, which are
-        about to be freed, so we open it from our own copy and keep it for
-        :meth:`take_early_data`.
+        peer's application data (and alerts) that overtook its Finished sit in OpenSSL's
+        buffers, which are about to be freed, so we open them from our own copy and keep them
+        for :meth:`take_early_events`.
         """
         connection = self._connection
         handshake_records = [r for r in self._peer_protected if r.content_type == CONTENT_HANDSHAKE]
@@ -712,19 +751,44 @@ class DTLSSession:
         if protection is None:
             return
         for record in self._peer_protected:
-            if record.content_type != CONTENT_APPLICATION_DATA or record.epoch != protection.epoch:
+            content = record.content_type
+            if content not in (CONTENT_APPLICATION_DATA, CONTENT_ALERT):
+                continue
+            if record.epoch != protection.epoch:
                 continue
             plaintext = protection.open_record(
-                record.content_type, record.version, record.sequence_number, record.fragment
+                content, record.version, record.sequence_number, record.fragment
             )
-            if plaintext:
-                self._early_data.append(plaintext)
+            if plaintext is None:
+                continue  # a forgery, or a copy of a record already opened
+            if content == CONTENT_APPLICATION_DATA:
+                if plaintext:
+                    self._early_events.append(ApplicationData(plaintext, record.raw))
+                continue
+            ending = self._alert_ending(plaintext)
+            if ending is not None:
+                self._early_events.append(ending)
+                break  # nothing the peer sent after its goodbye counts
         self._records = protection
         # OpenSSL forgets the session of a connection freed before a shutdown, as if it had
         # failed; this one did not, so say it ended cleanly and keep it resumable.
         connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
         connection.set_app_data(None)
         self._openssl = None
+
+    @staticmethod
+    def _alert_ending(plaintext: bytes) -> RemoteClosed | ConnectionFailed | None:
+        """How an authenticated alert ends the session; None for a warning, which changes
+        nothing (RFC 5246 §7.2.2)."""
+        try:
+            level, description = parse_alert(plaintext)
+        except MalformedDatagram:
+            return ConnectionFailed("the peer sent a malformed alert")
+        if description == _CLOSE_NOTIFY:
+            return RemoteClosed()
+        if level == _WARNING:
+            return None
+        return ConnectionFailed(f"the peer sent the fatal alert {alert_name(description)}")
 
     def _handshake_failure_reason(self, error: SSL.Error) -> str:
         reason = openssl_error_reason(error)
@@ -846,18 +910,14 @@ class DTLSSession:
         self, protection: RecordProtection, plaintext: bytes
     ) -> SessionEvent | None:
         """The peer's authenticated alert: close_notify or fatal end the session."""
-        try:
-            level, description = parse_alert(plaintext)
-        except MalformedDatagram:
-            return self._fail("the peer sent a malformed alert", None)[0]
-        if description == _CLOSE_NOTIFY:
+        ending = self._alert_ending(plaintext)
+        if isinstance(ending, RemoteClosed):
             # RFC 5246 §7.2.1: answer close_notify with our own before closing.
             self._say_goodbye()
             self.state = SessionState.CLOSED
-            return RemoteClosed()
-        if level == _WARNING:
-            return None  # a warning changes nothing (RFC 5246 §7.2.2)
-        return self._fail(f"the peer sent the fatal alert {alert_name(description)}", None)[0]
+        elif isinstance(ending, ConnectionFailed):
+            self._fail(ending.reason, None)
+        return ending
 
     def _on_protected_handshake(self, protection: RecordProtection, plaintext: bytes) -> None:
         """A handshake message after the handshake: a retransmitted Finished, or renegotiation.
