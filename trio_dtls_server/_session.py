@@ -210,6 +210,8 @@ _FATAL = 2
 _CLOSE_NOTIFY = 0
 _BAD_RECORD_MAC = 20
 _NO_RENEGOTIATION = 100
+#: A max_fragment_length extension's type (1) and length (1), as they appear in a ClientHello.
+_MAX_FRAGMENT_LENGTH_EXTENSION = b"\x00\x01\x00\x01"
 _FINISHED = 20
 #: At most this many of the peer's protected records are kept during a handshake (its Finished,
 #: and application data that overtook it), for the switch to our own record protection.
@@ -366,6 +368,10 @@ class DTLSSession:
         #: The most plaintext one of our records may carry: 2^14, or less if the peer asked
         #: for a smaller max_fragment_length (RFC 6066 §4: constrained devices do).
         self.max_plaintext = MAX_PLAINTEXT
+        # Whether the peer's ClientHello may carry max_fragment_length (server side; our own
+        # client never asks for it).  Reading the session's DER costs 4 µs a handshake, so
+        # only then: the extension (type 1, length 1) cannot be there without these bytes.
+        self._peer_may_limit_fragments = False
         #: Application data the peer sent before its Finished was processed (it overtook the
         #: handshake), and a close_notify or fatal alert that came with it; the owner takes
         #: them with :meth:`take_early_events` once established.
@@ -405,6 +411,7 @@ class DTLSSession:
             is_server=True,
             release_openssl=release_openssl,
         )
+        session._peer_may_limit_fragments = _MAX_FRAGMENT_LENGTH_EXTENSION in verified_client_hello
         session._connection.set_accept_state()
         session._connection.bio_write(verified_client_hello)
         try:
@@ -693,7 +700,8 @@ class DTLSSession:
         self.cipher = connection.get_cipher_name() or "unknown"
         self.protocol = connection.get_protocol_version_name()
         self.peer_certificate = peer_certificate(connection)
-        self.max_plaintext = session_max_fragment_length(connection) or MAX_PLAINTEXT
+        if self._peer_may_limit_fragments:
+            self.max_plaintext = session_max_fragment_length(connection) or MAX_PLAINTEXT
         if not self._is_server:
             # Only a client resumes; on a server it would pin the session past the cache.
             self.ssl_session = connection.get_session()
