@@ -343,6 +343,43 @@ async def test_client_restart_from_the_same_port_replaces_the_old_association(ho
 
 
 @pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+async def test_a_client_that_restarts_and_resumes_on_the_same_port_is_answered_at_once(
+    host: str,
+) -> None:
+    """A device that reboots keeps its port and its session: its first datagram must count.
+
+    In a resumed handshake the client finishes first, so its first datagram follows its
+    Finished at once, while the server still holds the old association aside.
+    """
+    server = DTLSServer(psk=KEY)
+    async with serving(server, host) as running:
+        crashed_transport = await RecordingTransport.bind(host)
+        first = await DTLSClient.connect_over(
+            crashed_transport, running.address, identity=IDENTITY, key=KEY
+        )
+        port = first.local_address[1]
+        await assert_round_trip(first, host)
+        saved = first.session
+        crashed_transport.close()
+
+        async with await DTLSClient.connect(
+            running.address[0],
+            running.address[1],
+            identity=IDENTITY,
+            key=KEY,
+            local_port=port,
+            session=saved,
+        ) as second:
+            assert second.resumed
+            with trio.fail_after(5):
+                await assert_round_trip(second, host, 1)
+            await support.settle()
+            stats = server.statistics()
+            assert (stats.replacements, stats.handshakes_resumed, server.peer_count) == (1, 1, 1)
+            assert stats.messages_received == 2
+
+
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
 async def test_close_notify_from_the_client_removes_the_peer(host: str) -> None:
     server = DTLSServer(psk=KEY)
     async with serving(server, host) as running:

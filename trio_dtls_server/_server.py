@@ -455,9 +455,12 @@ class DTLSServer:
             and datagram[0] == CONTENT_APPLICATION_DATA
             and datagram[3:5] != b"\0\0"
         ):
-            # Protected application data cannot belong to a handshake still in progress: it is
-            # for the association kept aside while a new hello's handshake runs.
-            slot = kept
+            # Protected application data during a replacement is nearly always for the
+            # association kept aside while the new hello's handshake runs.  But in a resumed
+            # handshake the client finishes first and may send data before we have its
+            # Finished: that data is the new association's (it is delivered once that handshake
+            # completes).  Only the keys can tell, so both get it and the other drops it.
+            self._deliver(kept, datagram)
         self._deliver(slot, datagram)
 
     def _deliver(self, slot: PeerSlot, datagram: bytes) -> None:
