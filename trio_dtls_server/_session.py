@@ -215,7 +215,7 @@ _MAX_FRAGMENT_LENGTH_EXTENSION = b"\x00\x01\x00\x01"
 _FINISHED = 20
 #: At most this many of the peer's protected records are kept during a handshake (its Finished,
 #: and application data that overtook it), for the switch to our own record protection.
-_MAX_EARLY_PROTECTED = 16
+_MAX_EARLY_PROTECTED = 32
 
 
 def _plaintext_fatal_alert(datagrams: list[bytes]) -> str | None:
@@ -372,6 +372,8 @@ class DTLSSession:
         # client never asks for it).  Reading the session's DER costs 4 µs a handshake, so
         # only then: the extension (type 1, length 1) cannot be there without these bytes.
         self._peer_may_limit_fragments = False
+        # Added to OpenSSL's epoch-0 record numbers (server side; see _renumbered).
+        self._epoch0_offset = 0
         #: Application data the peer sent before its Finished was processed (it overtook the
         #: handshake), and a close_notify or fatal alert that came with it; the owner takes
         #: them with :meth:`take_early_events` once established.
@@ -412,6 +414,9 @@ class DTLSSession:
             release_openssl=release_openssl,
         )
         session._peer_may_limit_fragments = _MAX_FRAGMENT_LENGTH_EXTENSION in verified_client_hello
+        hello_number = int.from_bytes(verified_client_hello[5:11], "big")
+        if 1 < hello_number < 2**40:  # OpenSSL starts at 1; leave room below 2^48
+            session._epoch0_offset = hello_number - 1
         session._connection.set_accept_state()
         session._connection.bio_write(verified_client_hello)
         try:
@@ -552,6 +557,11 @@ class DTLSSession:
         self._last_received = datagram
         for record in records:
             if record.epoch > 0:
+                if any(
+                    kept.sequence_number == record.sequence_number and kept.epoch == record.epoch
+                    for kept in self._peer_protected
+                ):
+                    continue  # a network duplicate must not push a real record out
                 if len(self._peer_protected) >= _MAX_EARLY_PROTECTED:
                     del self._peer_protected[0]  # keep the latest: the Finished comes last
                 self._peer_protected.append(record)
@@ -573,7 +583,7 @@ class DTLSSession:
             return self._fail(openssl_error_reason(error), now)
         fresh = drain_write_bio(self._connection)
         if fresh:
-            records = split_records(fresh)
+            records = self._renumbered(split_records(fresh))
             # A retransmitted Finished takes new record numbers: our own record layer must
             # start after them (a number used twice would repeat a ChaCha20 nonce).
             self._note_sent(records)
@@ -640,7 +650,7 @@ class DTLSSession:
         if not raw:
             return []
         try:
-            records = split_records(raw)
+            records = self._renumbered(split_records(raw))
             datagrams = pack_datagrams(records, self._mtu)
         except MalformedDatagram:  # cannot happen with OpenSSL's own output; send it whole
             records, datagrams = [], [raw]
@@ -648,6 +658,29 @@ class DTLSSession:
             self._note_sent(records)
         self._outgoing.extend(datagrams)
         return datagrams
+
+    def _renumbered(self, records: list[bytes]) -> list[bytes]:
+        """Our epoch-0 records, numbered after the client's verified ClientHello (server side).
+
+        Our stateless HelloVerifyRequest carries the record number of the ClientHello it
+        answers (RFC 6347 §4.2.1), and a client whose first hellos were lost has sent a few:
+        say 4.  But OpenSSL 4 numbers a server's epoch-0 records from 1 whatever the verified
+        hello's number, so its fourth record (a ChangeCipherSpec) would be 4 too, and the
+        client would drop it as a replay of the HelloVerifyRequest.  Starting at the verified
+        hello's own number, as older OpenSSL did, keeps every number new to the client.  The
+        numbers of plaintext records are not authenticated and not in the handshake hash.
+        """
+        offset = self._epoch0_offset
+        if not offset:
+            return records
+        return [
+            record[:5]
+            + (int.from_bytes(record[5:11], "big") + offset).to_bytes(6, "big")
+            + record[11:]
+            if record[3:5] == b"\0\0"
+            else record
+            for record in records
+        ]
 
     def _note_sent(self, records: list[bytes]) -> None:
         """Track the records OpenSSL wrote for us (trusted bytes).
@@ -721,6 +754,12 @@ class DTLSSession:
         path reads one plaintext per one-record datagram, so without this they would come out
         one datagram late, for the rest of the connection.
         """
+        # Those records are OpenSSL's now: let the replay counters know them (see
+        # _ReplayMirror), so that a late copy counts as a replay, not as a forgery.  (A forgery
+        # among them would then be named a replay: the mirror only names drops.)
+        for record in self._peer_protected:
+            if record.content_type == CONTENT_APPLICATION_DATA:
+                self._replay.mark(record.epoch, record.sequence_number)
         connection = self._connection
         for _ in range(_MAX_EARLY_PROTECTED):
             try:
