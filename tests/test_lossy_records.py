@@ -7,11 +7,10 @@ lived exactly once, the server's replay count equals the duplicates the network 
 each (epoch, sequence number) carries one record only, every connection ends for the reason
 the wire shows, and the counters agree.  Each run takes a fraction of a second (autojump).
 
-The last tests pin down what the soak found, with the network driven by hand.  Three were bugs
-and are fixed (a HelloVerifyRequest numbered like our ChangeCipherSpec, duplicates pushing early
-data out, early data's late copies counted as forgeries when OpenSSL is kept); the fourth, a
-restarted client confused by late datagrams meant for its previous life, is still marked
-``xfail(strict=True)`` with what happens and where.
+The last tests pin down what the soak found, with the network driven by hand; each was a bug
+and is fixed: a HelloVerifyRequest numbered like our ChangeCipherSpec, duplicates pushing early
+data out, early data's late copies counted as forgeries when OpenSSL is kept, and a restarted
+client confused by a late final flight meant for its previous life.
 """
 
 from __future__ import annotations
@@ -216,19 +215,6 @@ async def test_duplicates_do_not_push_data_that_overtook_the_finished_out(
     assert server.statistics().messages_received == 14
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A client restarted on its port reads a late copy of the final flight the server "
-    "sent its previous life (NewSessionTicket, ChangeCipherSpec, Finished; record numbers 3, 4 "
-    "and epoch 1/0) before the answer to its new hello.  Its OpenSSL buffers that ticket as a "
-    "future handshake message and marks the record numbers seen; the new handshake's final "
-    "flight has the same numbers, so it is dropped as a replay, and the server's resends are "
-    "byte-identical (DTLSSession._on_protected_handshake / _resend_final_flight), so they are "
-    "too: the client retransmits until its budget runs out.  Same with release_openssl=False "
-    "under a mock clock.  Seen in the soak's restart-anytime scenario (seed 1, c01.1).  A fix "
-    "would belong in the client session (DTLSSession.client), e.g. not feeding OpenSSL server "
-    "datagrams that cannot open a handshake before a HelloVerifyRequest or ServerHello came.",
-)
 async def test_a_restarted_client_completes_despite_a_late_final_flight_of_its_previous_life(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

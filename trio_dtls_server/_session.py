@@ -210,6 +210,9 @@ _FATAL = 2
 _CLOSE_NOTIFY = 0
 _BAD_RECORD_MAC = 20
 _NO_RENEGOTIATION = 100
+#: Handshake message types (the first byte of a handshake fragment).
+_SERVER_HELLO = b"\x02"
+_HELLO_VERIFY_REQUEST = b"\x03"
 #: A max_fragment_length extension's type (1) and length (1), as they appear in a ClientHello.
 _MAX_FRAGMENT_LENGTH_EXTENSION = b"\x00\x01\x00\x01"
 _FINISHED = 20
@@ -374,6 +377,8 @@ class DTLSSession:
         self._peer_may_limit_fragments = False
         # Added to OpenSSL's epoch-0 record numbers (server side; see _renumbered).
         self._epoch0_offset = 0
+        # Client side: whether a ServerHello came (see receive_datagram).
+        self._heard_server_hello = False
         #: Application data the peer sent before its Finished was processed (it overtook the
         #: handshake), and a close_notify or fatal alert that came with it; the owner takes
         #: them with :meth:`take_early_events` once established.
@@ -553,6 +558,20 @@ class DTLSSession:
             # does not even split into DTLS records cannot be the peer's, so OpenSSL never
             # sees it (well-framed forgeries still can; DTLS 1.2 offers no defence there).
             return [RecordsDropped(DROP_MALFORMED)]
+        if not self._is_server and not self._heard_server_hello:
+            first = records[0]
+            if first.epoch == 0 and first.content_type == CONTENT_HANDSHAKE:
+                message_type = first.fragment[:1]
+                if message_type == _SERVER_HELLO:
+                    self._heard_server_hello = True
+                elif message_type != _HELLO_VERIFY_REQUEST:
+                    return [RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)]
+            elif not (first.epoch == 0 and first.content_type == CONTENT_ALERT):
+                # Until the server answers this hello, anything else is a late datagram meant
+                # for an earlier client on this port (a device that restarted): OpenSSL would
+                # buffer its messages and mark its record numbers seen, and then drop the real
+                # ones as replays.
+                return [RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)]
         self._connection.bio_write(datagram)
         self._last_received = datagram
         for record in records:
