@@ -17,7 +17,9 @@ them.  When the peer retransmits a flight after we finished (our final flight wa
 answers by re-emitting that final flight, and since we drain the write BIO after every step it
 goes out.  But OpenSSL drops a byte-for-byte resent flight as a replay, so when the peer's
 retransmitted Finished made OpenSSL send nothing we resend our saved final flight byte for byte
-(:meth:`~DTLSSession._resend_final_flight`).  We never re-pack or re-number records ourselves.
+(:meth:`~DTLSSession._resend_final_flight`).  We never re-pack records ourselves; the one
+renumbering is of a server's plaintext epoch-0 records, so that they follow the number our
+stateless HelloVerifyRequest used (:meth:`~DTLSSession._renumbered`).
 
 During the handshake, the one record we write ourselves is an alert: OpenSSL silently drops a
 client Finished that fails authentication (a wrong PSK), so the client would only time out; we
@@ -51,7 +53,7 @@ from ._openssl import (
     session_psk_identity,
     session_reused,
 )
-from ._records import RecordProtection, record_protection_for
+from ._records import RecordProtection, ReplayWindow, record_protection_for
 from ._wire import (
     CONTENT_ALERT,
     CONTENT_APPLICATION_DATA,
@@ -272,32 +274,24 @@ class _ReplayMirror:
     """Remembers which application records OpenSSL accepted, to tell replays from forgeries.
 
     OpenSSL silently discards both replayed records and records that fail authentication.  To
-    count them separately we keep a 64-record sliding window per epoch, like RFC 6347 §4.1.2.6,
-    updated only with records that did decrypt.  It never decides anything: OpenSSL does.
+    count them separately we keep the record layer's 64-record window
+    (:class:`~._records.ReplayWindow`, RFC 6347 §4.1.2.6) for the current epoch, updated only
+    with records that did decrypt.  It never decides anything: OpenSSL does.
     """
 
-    __slots__ = ("_epoch", "_highest", "_mask")
+    __slots__ = ("_epoch", "_window")
 
     def __init__(self) -> None:
         self._epoch = -1
-        self._highest = -1
-        self._mask = 0
+        self._window = ReplayWindow()
 
     def mark(self, epoch: int, sequence: int) -> None:
         if epoch != self._epoch:
-            self._epoch, self._highest, self._mask = epoch, sequence, 1
-        elif sequence > self._highest:
-            shift = sequence - self._highest
-            self._mask = ((self._mask << shift) | 1) & 0xFFFFFFFFFFFFFFFF
-            self._highest = sequence
-        elif self._highest - sequence < 64:
-            self._mask |= 1 << (self._highest - sequence)
+            self._epoch, self._window = epoch, ReplayWindow()
+        self._window.mark(sequence)
 
     def seen(self, epoch: int, sequence: int) -> bool:
-        if epoch != self._epoch or sequence > self._highest:
-            return False
-        offset = self._highest - sequence
-        return offset >= 64 or bool(self._mask & (1 << offset))
+        return epoch == self._epoch and self._window.seen(sequence)
 
 
 class DTLSSession:
@@ -961,7 +955,7 @@ class DTLSSession:
                 if plaintext:
                     events.append(ApplicationData(plaintext))
             elif content == CONTENT_ALERT:
-                ending = self._on_protected_alert(protection, plaintext)
+                ending = self._on_protected_alert(plaintext)
                 if ending is not None:
                     events.append(ending)
                     return events
@@ -972,9 +966,7 @@ class DTLSSession:
             events.append(RecordsDropped(drop))
         return events
 
-    def _on_protected_alert(
-        self, protection: RecordProtection, plaintext: bytes
-    ) -> SessionEvent | None:
+    def _on_protected_alert(self, plaintext: bytes) -> SessionEvent | None:
         """The peer's authenticated alert: close_notify or fatal end the session."""
         ending = self._alert_ending(plaintext)
         if isinstance(ending, RemoteClosed):
@@ -993,9 +985,7 @@ class DTLSSession:
         has the warning alert ``no_renegotiation`` for that answer.
         """
         if plaintext[:1] == bytes((_FINISHED,)):
-            if self._final_flight and self._final_flight_resends < self._policy.max_retransmissions:
-                self._final_flight_resends += 1
-                self._outgoing.extend(self._final_flight)
+            self._resend_saved_final_flight()
             return
         # Handshake records skip the replay check, so cap the answers: a replayed record
         # must not make us talk without end.
@@ -1065,9 +1055,12 @@ class DTLSSession:
         record (the peer's Finished) that made OpenSSL send nothing gets our saved final flight,
         at most ``max_retransmissions`` times.
         """
-        if not self._final_flight or self._final_flight_resends >= self._policy.max_retransmissions:
-            return
         if _has_protected_handshake(records):
+            self._resend_saved_final_flight()
+
+    def _resend_saved_final_flight(self) -> None:
+        """Queue our saved final flight again, at most ``max_retransmissions`` times."""
+        if self._final_flight and self._final_flight_resends < self._policy.max_retransmissions:
             self._final_flight_resends += 1
             self._outgoing.extend(self._final_flight)
 
