@@ -57,6 +57,7 @@ from trio_dtls_server._openssl import (
     install_server_psk,
     new_dtls_context,
 )
+from trio_dtls_server._records import RecordProtection
 from trio_dtls_server._session import DTLSSession, SessionEvent, SessionState
 from trio_dtls_server._transport import Address, DatagramTransport, ReplySource, bind_udp
 from trio_dtls_server._wire import (
@@ -672,6 +673,28 @@ def handshake_in_memory(
         now=now,
     )
     return exchange(started, now)
+
+
+def carry(datagrams: list[bytes], receiver: DTLSSession, now: float = 0.0) -> list[SessionEvent]:
+    """Deliver ``datagrams`` in order; everything they caused."""
+    events: list[SessionEvent] = []
+    for datagram in datagrams:
+        events += receiver.receive_datagram(datagram, now)
+    return events
+
+
+def seal_one(sender: DTLSSession, plaintext: bytes) -> bytes:
+    """``sender.send(plaintext)``; the one datagram it made."""
+    sender.send(plaintext)
+    (datagram,) = sender.take_datagrams()
+    return datagram
+
+
+def protection_of(session: DTLSSession) -> RecordProtection:
+    """The session's own record layer (it must have released OpenSSL)."""
+    records = session._records
+    assert records is not None, "this session kept OpenSSL"
+    return records
 
 
 def established(*sessions: DTLSSession) -> bool:

@@ -36,7 +36,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
-from support import IDENTITY, KEY, InMemoryHandshake
+from support import IDENTITY, KEY, InMemoryHandshake, carry, protection_of, seal_one
 
 from trio_dtls_server import RetransmitPolicy
 from trio_dtls_server._openssl import (
@@ -178,28 +178,6 @@ def handshake_pair(
         result.server_events,
     )
     return result
-
-
-def carry(datagrams: list[bytes], receiver: DTLSSession, now: float = NOW) -> list[SessionEvent]:
-    """Deliver ``datagrams`` in order; everything they caused."""
-    events: list[SessionEvent] = []
-    for datagram in datagrams:
-        events += receiver.receive_datagram(datagram, now)
-    return events
-
-
-def seal_one(sender: DTLSSession, plaintext: bytes) -> bytes:
-    """``sender.send(plaintext)``; the one datagram it made."""
-    sender.send(plaintext)
-    (datagram,) = sender.take_datagrams()
-    return datagram
-
-
-def protection_of(session: DTLSSession) -> RecordProtection:
-    """The session's own record layer (it must have released OpenSSL)."""
-    records = session._records
-    assert records is not None, "this session kept OpenSSL"
-    return records
 
 
 def only_record(datagram: bytes) -> Record:

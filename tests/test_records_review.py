@@ -33,7 +33,7 @@ import support
 import trio
 import trio.testing
 from OpenSSL import SSL
-from support import IDENTITY, KEY, InMemoryHandshake
+from support import IDENTITY, KEY, InMemoryHandshake, carry, protection_of, seal_one
 
 from trio_dtls_server import DatagramReceived, DTLSServer, RetransmitPolicy, ServerEvent
 from trio_dtls_server._connection import ConnectionClosed, DTLSConnection, PeerSlot
@@ -48,7 +48,6 @@ from trio_dtls_server._session import (
     HandshakeProgress,
     RecordsDropped,
     RemoteClosed,
-    SessionEvent,
     SessionState,
 )
 from trio_dtls_server._wire import (
@@ -111,25 +110,6 @@ def established_pair(ciphers: str = GCM, *, server_releases: bool = True) -> InM
     assert result.client.openssl_released
     assert result.server.openssl_released is server_releases
     return result
-
-
-def carry(datagrams: list[bytes], receiver: DTLSSession) -> list[SessionEvent]:
-    events: list[SessionEvent] = []
-    for datagram in datagrams:
-        events += receiver.receive_datagram(datagram, NOW)
-    return events
-
-
-def seal(sender: DTLSSession, plaintext: bytes) -> bytes:
-    sender.send(plaintext)
-    (datagram,) = sender.take_datagrams()
-    return datagram
-
-
-def protection_of(session: DTLSSession) -> RecordProtection:
-    protection = session._records
-    assert protection is not None, "this session kept OpenSSL"
-    return protection
 
 
 def resumed_client_finished_first() -> tuple[InMemoryHandshake, bytes]:
@@ -343,7 +323,7 @@ async def test_queued_counts_the_inbox_when_a_waiting_receive_was_handed_the_dat
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read_the_request)
         await trio.testing.wait_all_tasks_blocked()
-        harness.deliver(seal(pair.client, b"subscribe"))
+        harness.deliver(seal_one(pair.client, b"subscribe"))
         await harness.connection.send(b"tick 1")  # no checkpoint since the delivery
     assert requests == [b"subscribe"]
     assert carry(harness.transmitted, pair.client) == [ApplicationData(b"tick 1")]
@@ -362,7 +342,7 @@ async def test_queued_counts_the_inbox_when_a_waiting_receive_was_handed_the_dat
 def test_a_close_notify_that_overtook_the_clients_finished_is_not_lost() -> None:
     """A device resumes, sends one reading and says goodbye; its Finished arrives last."""
     result, client_flight = resumed_client_finished_first()
-    reading = seal(result.client, b"reading 42")
+    reading = seal_one(result.client, b"reading 42")
     result.client.close()
     (goodbye,) = result.client.take_datagrams()
     assert carry([reading, goodbye], result.server) == [HandshakeProgress(), HandshakeProgress()]
@@ -384,7 +364,7 @@ def test_a_close_notify_that_overtook_the_servers_finished_is_not_lost(
     carry(result.client.take_datagrams(), result.server)
     assert result.server.state is SessionState.ESTABLISHED
     final_flight = result.server.take_datagrams()
-    greeting = seal(result.server, b"hello, and goodbye")
+    greeting = seal_one(result.server, b"hello, and goodbye")
     result.server.close()
     (goodbye,) = result.server.take_datagrams()
     assert carry([greeting, goodbye], result.client) == [HandshakeProgress(), HandshakeProgress()]
@@ -401,7 +381,7 @@ def test_a_close_notify_that_overtook_the_servers_finished_is_not_lost(
 
 async def test_data_that_overtook_the_finished_is_reported_like_any_other_datagram() -> None:
     result, client_flight = resumed_client_finished_first()
-    early = seal(result.client, b"overtook the Finished")
+    early = seal_one(result.client, b"overtook the Finished")
     assert result.server.receive_datagram(early, NOW) == [HandshakeProgress()]
     assert result.server.receive_datagram(client_flight, NOW) == [
         HandshakeComplete(GCM, "DTLSv1.2", resumed=True)
@@ -410,7 +390,7 @@ async def test_data_that_overtook_the_finished_is_reported_like_any_other_datagr
     await harness.connection.take_early_events()  # what DTLSServer does before the handler
     with trio.fail_after(5):
         assert await harness.connection.receive() == b"overtook the Finished"
-    harness.deliver(seal(result.client, b"in its turn"))
+    harness.deliver(seal_one(result.client, b"in its turn"))
     assert await harness.connection.receive() == b"in its turn"
 
     assert harness.server.statistics().messages_received == 2
@@ -546,7 +526,7 @@ def test_no_nonce_repeats_across_openssls_finished_and_every_kind_of_our_records
     ]
     assert [record.content_type for record in server_records] == [CONTENT_HANDSHAKE]  # Finished
     for index in range(5):
-        server_records += parse_records(seal(server, b"data %d" % index))
+        server_records += parse_records(seal_one(server, b"data %d" % index))
     hello = bytes([1, 0, 0, 4, 0, 2, 0, 0, 0, 0, 0, 4]) + b"\x01\x02\x03\x04"
     server.receive_datagram(protection_of(client).seal(CONTENT_HANDSHAKE, hello), NOW)
     server_records += [r for d in server.take_datagrams() for r in parse_records(d)]
@@ -571,8 +551,8 @@ def test_no_nonce_repeats_across_openssls_finished_and_every_kind_of_our_records
 def test_data_around_the_finished_in_one_datagram_is_delivered_once_each() -> None:
     """The Finished shares its datagram with early data before and after it, and duplicates."""
     result, client_flight = resumed_client_finished_first()
-    before = seal(result.client, b"before the Finished")
-    after = seal(result.client, b"after the Finished")
+    before = seal_one(result.client, b"before the Finished")
+    after = seal_one(result.client, b"after the Finished")
     assert result.server.receive_datagram(before, NOW) == [HandshakeProgress()]
     assert result.server.receive_datagram(before, NOW) == [HandshakeProgress()]
     events = result.server.receive_datagram(before + client_flight + after + after, NOW)
@@ -583,7 +563,7 @@ def test_data_around_the_finished_in_one_datagram_is_delivered_once_each() -> No
         RecordsDropped("replayed record"),
         RecordsDropped("replayed record"),
     ]
-    assert result.server.receive_datagram(seal(result.client, b"next"), NOW) == [
+    assert result.server.receive_datagram(seal_one(result.client, b"next"), NOW) == [
         ApplicationData(b"next")
     ]
 
@@ -591,7 +571,7 @@ def test_data_around_the_finished_in_one_datagram_is_delivered_once_each() -> No
 async def test_a_handler_gets_the_data_that_overtook_the_finished_then_the_goodbye() -> None:
     """What DTLSServer does with such a peer: the reading first, then the connection ends."""
     result, client_flight = resumed_client_finished_first()
-    reading = seal(result.client, b"reading 42")
+    reading = seal_one(result.client, b"reading 42")
     result.client.close()
     (goodbye,) = result.client.take_datagrams()
     carry([reading, goodbye], result.server)
