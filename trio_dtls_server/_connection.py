@@ -94,6 +94,25 @@ class PeerSlot:
     def info(self) -> str:
         return peer_info(self.address)
 
+    # The inbox goes through these three, which keep ``queued`` right.
+
+    def deliver_nowait(self, datagram: bytes) -> None:
+        """The reader's side: queue a datagram (raises ``trio.WouldBlock`` when full)."""
+        self.inbox_send.send_nowait(datagram)
+        self.queued += 1
+
+    def take_nowait(self) -> bytes:
+        """A datagram already waiting (raises ``trio.WouldBlock`` if none)."""
+        datagram = self.inbox_receive.receive_nowait()
+        self.queued -= 1
+        return datagram
+
+    async def take(self) -> bytes:
+        """The next datagram, waiting for it."""
+        datagram = await self.inbox_receive.receive()
+        self.queued -= 1
+        return datagram
+
 
 class DTLSConnection:
     """An encrypted association with one peer.
@@ -215,7 +234,7 @@ class DTLSConnection:
         slot = self._slot
         while slot.queued and self._closed_reason is None:
             try:
-                datagram = slot.inbox_receive.receive_nowait()
+                datagram = slot.take_nowait()
             except trio.WouldBlock:
                 # The count is a datagram already handed to a receive() waiting in another
                 # task of this handler: that task takes it (and the count) when it wakes.
@@ -223,7 +242,6 @@ class DTLSConnection:
             except trio.EndOfChannel:
                 slot.queued = 0
                 return
-            slot.queued -= 1
             await self._handle_datagram(datagram)
 
     async def _receive_one(self) -> None:
@@ -231,16 +249,14 @@ class DTLSConnection:
         datagram: bytes | None
         try:
             # Fast path: a datagram is already waiting, so no deadline needs arming.
-            datagram = slot.inbox_receive.receive_nowait()
-            slot.queued -= 1
+            datagram = slot.take_nowait()
         except trio.WouldBlock:
             deadline = math.inf
             if self._idle_timeout is not None:
                 deadline = slot.last_activity + self._idle_timeout
             datagram = None
             with trio.move_on_at(deadline):
-                datagram = await slot.inbox_receive.receive()
-                slot.queued -= 1
+                datagram = await slot.take()
         if datagram is None:
             self._stats.idle_closed += 1
             self._hub.emit(

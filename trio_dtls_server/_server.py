@@ -469,8 +469,7 @@ class DTLSServer:
             self._stats.drops["peer throttled"] += 1
             return
         try:
-            slot.inbox_send.send_nowait(datagram)
-            slot.queued += 1
+            slot.deliver_nowait(datagram)
         except trio.WouldBlock:
             self._stats.queue_overflows += 1
             self._drop(
@@ -682,12 +681,10 @@ class DTLSServer:
                     break
                 datagram: bytes | None = None
                 try:
-                    datagram = slot.inbox_receive.receive_nowait()
-                    slot.queued -= 1
+                    datagram = slot.take_nowait()
                 except trio.WouldBlock:
                     with trio.move_on_at(session.timer_deadline or math.inf):
-                        datagram = await slot.inbox_receive.receive()
-                        slot.queued -= 1
+                        datagram = await slot.take()
                 now = trio.current_time()
                 if datagram is None:
                     events = session.handle_timer(now)
