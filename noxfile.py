@@ -1,4 +1,5 @@
-"""Nox sessions: ``tests`` (lint, types, the suite), ``demo`` (the example runner), ``bench``."""
+"""Nox sessions: ``tests`` (lint, types, the suite), ``docs``, ``demo`` (the example runner),
+``bench``."""
 
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ def tests(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "--strict")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The Sphinx site under docs/ (API reference from the docstrings); warnings are errors."""
+    session.install("-e", ".", "sphinx>=7", "myst-parser>=3")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 
 @nox.session
