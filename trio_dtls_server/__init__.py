@@ -23,6 +23,7 @@ from ._config import (
 )
 from ._connection import ConnectionClosed, DTLSConnection
 from ._events import DatagramReceived, ErrorEvent, InfoEvent, ServerEvent, WarningEvent, peer_info
+from ._probe import ProbeFailure, ProbeResult, probe
 from ._profiles import PROFILES, CipherConfigError, CipherProfile, CipherSelection
 from ._psk import (
     AsyncFunctionStore,
@@ -71,6 +72,8 @@ __all__ = [
     "MappingStore",
     "PskFileError",
     "PskStore",
+    "ProbeFailure",
+    "ProbeResult",
     "RetransmitPolicy",
     "ServerBindError",
     "ServerConfig",
@@ -82,5 +85,6 @@ __all__ = [
     "parse_psk_file",
     "parse_psk_hex",
     "peer_info",
+    "probe",
     "qt_ack_handler",
 ]

@@ -59,6 +59,7 @@ from ._connection import ConnectionClosed
 from ._display import Display
 from ._events import ErrorEvent, InfoEvent, ServerEvent, WarningEvent
 from ._openssl import new_dtls_context, openssl_error_reason
+from ._probe import probe
 from ._profiles import CipherConfigError, CipherStringError, client_cipher_string
 from ._psk import PskFileError, PskFileStore, PskSource, parse_psk_hex
 from ._server import DTLSServer, ServerBindError
@@ -104,6 +105,13 @@ def _non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
     return value
 
 
@@ -603,6 +611,90 @@ def build_parser() -> argparse.ArgumentParser:
         help="the client certificate's private key (default: read from the --certificate file)",
     )
     _add_display_options(client)
+
+    probe = commands.add_parser(
+        "probe",
+        help="health check: one handshake and one message; exit 0 if served",
+        description="Check that a server serves: handshake with the given credentials, send "
+        "one message, wait for one reply, close with close_notify, all within --timeout.  "
+        "Prints one line, 'healthy: ...' (exit 0) or 'unhealthy (KIND): ...' naming the cause "
+        "(exit 1): refused (nothing listens there), no_answer, handshake_failed (the alert is "
+        "named), no_reply, closed, unexpected_reply.  For load balancers and Kubernetes.",
+        formatter_class=_Formatter,
+    )
+    probe.add_argument("host", metavar="HOST", help="the server's address or name")
+    probe.add_argument(
+        "port",
+        metavar="PORT",
+        type=_port,
+        nargs="?",
+        default=DEFAULT_PORT,
+        help=f"the server's port (default: {DEFAULT_PORT})",
+    )
+    probe.add_argument(
+        "--identity",
+        default="probe",
+        metavar="ID",
+        help="PSK identity (default: 'probe'; give one the server's store knows)",
+    )
+    probe.add_argument(
+        "--psk-hex",
+        metavar="HEX",
+        default=None,
+        help=f"the pre-shared key in hex (default: Qt's demo key {QT_DEMO_KEY.hex()}; with "
+        "--ca and no --psk-hex the probe offers certificate suites only)",
+    )
+    probe.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="the whole probe's budget: handshake, message and reply (default: 5)",
+    )
+    probe.add_argument(
+        "--message",
+        default="probe",
+        metavar="TEXT",
+        help="the message to send (default: 'probe')",
+    )
+    probe.add_argument(
+        "--expect",
+        default=None,
+        metavar="TEXT",
+        help="text the reply must contain, e.g. ACK for Qt's handler (default: any reply)",
+    )
+    probe.add_argument(
+        "--ciphers",
+        default="default",
+        metavar="LIST",
+        help="a cipher profile or an OpenSSL cipher string to offer (default: 'default')",
+    )
+    probe_certificates = probe.add_argument_group("certificates")
+    probe_certificates.add_argument(
+        "--ca",
+        metavar="PEM",
+        default=None,
+        help="CA bundle the server's certificate must chain to; offers certificate suites "
+        "(default: none: PSK suites only)",
+    )
+    probe_certificates.add_argument(
+        "--server-name",
+        metavar="NAME",
+        default=None,
+        help="with --ca: the name the server's certificate must carry (default: HOST)",
+    )
+    probe_certificates.add_argument(
+        "--certificate",
+        metavar="PEM",
+        default=None,
+        help="the probe's own certificate, for servers that ask for one (default: none)",
+    )
+    probe_certificates.add_argument(
+        "--private-key",
+        metavar="PEM",
+        default=None,
+        help="that certificate's private key (default: read from the --certificate file)",
+    )
     return parser
 
 
@@ -987,6 +1079,47 @@ def _client_summary(run: ClientRun, interrupted: int | None) -> int:
     return EXIT_OK
 
 
+# -- probe ----------------------------------------------------------------------------------------
+
+
+async def run_probe(arguments: argparse.Namespace, out: TextIO, errors: TextIO) -> int:
+    """The ``probe`` command: one line, exit 0 when served, 1 when not, 2 for a bad command."""
+    try:
+        key = _client_key(arguments)
+        _check_client_credentials(arguments, psk=key is not None)
+    except (PskFileError, UsageError, CertificateError) as error:
+        _one_line(errors, str(error))
+        return EXIT_USAGE
+    except CipherConfigError as error:
+        _one_line(errors, f"--ciphers: {error}")
+        return EXIT_USAGE
+    try:
+        result = await probe(
+            arguments.host,
+            arguments.port,
+            identity=arguments.identity if key is not None else None,
+            key=key,
+            message=arguments.message.encode("utf-8"),
+            expect=None if arguments.expect is None else arguments.expect.encode("utf-8"),
+            timeout=arguments.timeout,
+            ciphers=arguments.ciphers,
+            ca=arguments.ca,
+            server_hostname=arguments.server_name,
+            certificate=arguments.certificate,
+            private_key=arguments.private_key,
+        )
+    except OSError as error:  # the name does not resolve, or no route to it
+        errors.write(
+            f"unhealthy (unreachable): {arguments.host}:{arguments.port} "
+            f"{' '.join((error.strerror or str(error)).split())}\n"
+        )
+        return EXIT_FAILURE
+    stream = out if result.healthy else errors
+    stream.write(result.line + "\n")
+    stream.flush()
+    return EXIT_OK if result.healthy else EXIT_FAILURE
+
+
 # -- entry point --------------------------------------------------------------------------------
 
 
@@ -1000,6 +1133,8 @@ def main(
     out = sys.stdout if stdout is None else stdout
     errors = sys.stderr if stderr is None else stderr
     arguments = build_parser().parse_args(argv)
+    if arguments.command == "probe":
+        return trio.run(run_probe, arguments, out, errors)
     # Events reach the terminal through the Display; keep the library's logging records from
     # also landing on stderr through logging's last-resort handler.
     library_logger = logging.getLogger("trio_dtls_server")
