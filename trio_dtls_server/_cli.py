@@ -244,6 +244,13 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
         "larger datagrams are dropped unread",
     ),
     ConfigOption(
+        "--receive-buffer",
+        "receive_buffer",
+        _positive_int,
+        "BYTES",
+        "the socket's receive buffer, room for bursts (Linux caps it at net.core.rmem_max)",
+    ),
+    ConfigOption(
         "--cookie-rotation",
         "cookie_rotation",
         _non_negative_float,

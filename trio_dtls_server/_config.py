@@ -78,6 +78,12 @@ class ServerConfig:
     peer_queue_size: int = 64
     #: Larger datagrams are dropped unread (a DTLS record holds at most 16 KiB + overhead).
     max_datagram_size: int = 16_384 + 2_048 + 13
+    #: The UDP socket's receive buffer, in bytes: room for a burst, such as a fleet of devices
+    #: that wake on one schedule and all send at once (at about 1 KiB of kernel memory per
+    #: small datagram, 8 MiB holds some 8,000).  Linux caps it at ``net.core.rmem_max`` (often
+    #: 208 KiB); a clipped request is reported once (warning ``receive_buffer_clipped``), and
+    #: ``statistics().kernel_drops`` counts the datagrams the kernel then threw away.
+    receive_buffer: int = 8 << 20
     #: How often the cookie secret changes (the previous one stays valid for one more period).
     cookie_rotation: float = 300.0
     #: Records failing authentication tolerated per peer in ``auth_failure_window`` seconds
@@ -122,5 +128,9 @@ class ServerConfig:
             raise ValueError("evict_idle_after must be >= 0 or None")
         if self.mtu is not None and not 256 <= self.mtu <= 65_507:
             raise ValueError(f"mtu must be between 256 and 65507, not {self.mtu}")
+        if not 4_096 <= self.receive_buffer <= 2**31 - 1:
+            raise ValueError(
+                f"receive_buffer must be between 4096 and {2**31 - 1}, not {self.receive_buffer}"
+            )
         if not 512 <= self.max_datagram_size <= 65_535:
             raise ValueError("max_datagram_size must be between 512 and 65535")

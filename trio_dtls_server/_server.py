@@ -65,7 +65,13 @@ from ._session import (
     SessionState,
 )
 from ._stats import ServerStatistics, StatisticsSnapshot
-from ._transport import DatagramTransport, ReplySource, bind_udp
+from ._transport import (
+    DatagramTransport,
+    ReplySource,
+    UDPTransport,
+    bind_udp,
+    receive_buffer_cap,
+)
 from ._wire import (
     CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE,
@@ -243,8 +249,12 @@ class DTLSServer:
 
     def statistics(self) -> StatisticsSnapshot:
         """A snapshot of every counter (the health report)."""
+        transport = self._transport
         return self._stats.snapshot(
-            peers=len(self._peers), handshaking=self._handshaking, events_dropped=self._hub.dropped
+            peers=len(self._peers),
+            handshaking=self._handshaking,
+            events_dropped=self._hub.dropped,
+            kernel_drops=transport.kernel_drops() if isinstance(transport, UDPTransport) else None,
         )
 
     @asynccontextmanager
@@ -289,7 +299,7 @@ class DTLSServer:
         if not self._stopped.is_set():
             raise RuntimeError("this server is already serving")
         try:
-            transport = await bind_udp(host, port)
+            transport = await bind_udp(host, port, receive_buffer=self.config.receive_buffer)
         except OSError as error:
             raise ServerBindError(error.errno or 0, error.strerror or str(error)) from None
         await self.serve_on(transport, task_status=task_status)
@@ -320,6 +330,7 @@ class DTLSServer:
                 self._hub.emit(
                     InfoEvent("listening", f"Server is listening on address {host} and port {port}")
                 )
+                self._check_receive_buffer(transport)
                 task_status.started(self._local_address)
         finally:
             # Peer tasks sent their close_notify while being cancelled; now the socket can go.
@@ -330,6 +341,28 @@ class DTLSServer:
             self._local_address = None
             self._hub.emit(InfoEvent("stopped", "Server is not accepting new connections"))
             self._stopped.set()
+
+    def _check_receive_buffer(self, transport: DatagramTransport) -> None:
+        """Say so once if the kernel granted less receive buffer than the config asks for."""
+        if not isinstance(transport, UDPTransport):
+            return
+        wanted = self.config.receive_buffer
+        # Linux reports twice what it grants (the other half is its bookkeeping allowance).
+        granted = transport.receive_buffer // 2
+        if granted >= wanted:
+            return
+        cap = receive_buffer_cap()
+        why = f"net.core.rmem_max is {cap}; " if cap is not None else ""
+        # Information, not a warning: with the defaults most machines clip it, and most
+        # deployments never see a burst that needs more.
+        self._hub.emit(
+            InfoEvent(
+                "receive_buffer_clipped",
+                f"the socket's receive buffer is {granted} bytes, not the {wanted} asked for: "
+                f"{why}raise it (sysctl -w net.core.rmem_max={wanted}) or a burst of "
+                "datagrams may be lost in the kernel (statistics: kernel_drops)",
+            )
+        )
 
     # -- setup ----------------------------------------------------------------------------------
 

@@ -43,6 +43,10 @@ class StatisticsSnapshot:
     messages_received: int
     messages_sent: int
     events_dropped: int
+    #: Datagrams the kernel dropped for our socket before we could read them (a full receive
+    #: buffer: see ``ServerConfig.receive_buffer``), counted since the socket was opened; None
+    #: where the platform does not tell (it is read from Linux's ``/proc/net/udp``).
+    kernel_drops: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -77,7 +81,14 @@ class ServerStatistics:
     messages_received: int = 0
     messages_sent: int = 0
 
-    def snapshot(self, *, peers: int, handshaking: int, events_dropped: int) -> StatisticsSnapshot:
+    def snapshot(
+        self,
+        *,
+        peers: int,
+        handshaking: int,
+        events_dropped: int,
+        kernel_drops: int | None = None,
+    ) -> StatisticsSnapshot:
         return StatisticsSnapshot(
             datagrams_in=self.datagrams_in,
             datagrams_out=self.datagrams_out,
@@ -106,4 +117,5 @@ class ServerStatistics:
             messages_received=self.messages_received,
             messages_sent=self.messages_sent,
             events_dropped=events_dropped,
+            kernel_drops=kernel_drops,
         )

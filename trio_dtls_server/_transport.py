@@ -18,11 +18,19 @@ import errno
 import os
 import socket as stdlib_socket
 import sys
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
-__all__ = ["Address", "DatagramTransport", "ReplySource", "UDPTransport", "bind_udp"]
+__all__ = [
+    "Address",
+    "DatagramTransport",
+    "ReplySource",
+    "UDPTransport",
+    "bind_udp",
+    "receive_buffer_cap",
+]
 
 Address = tuple[str, int]
 
@@ -102,6 +110,19 @@ class UDPTransport:
     @property
     def local_address(self) -> Address:
         return self._local_address
+
+    @property
+    def receive_buffer(self) -> int:
+        """The receive buffer the kernel granted, as it reports it (Linux reports twice the
+        size asked for, the other half being its own bookkeeping allowance)."""
+        return self._socket.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF)
+
+    def kernel_drops(self) -> int | None:
+        """Datagrams the kernel dropped for this socket (a full receive buffer), or None where
+        the platform does not tell (see :func:`_kernel_drops`)."""
+        if self._socket.fileno() < 0:
+            return None
+        return _kernel_drops(os.fstat(self._socket.fileno()).st_ino, self._is_ipv6)
 
     @property
     def is_ipv6(self) -> bool:
@@ -190,10 +211,15 @@ def _reply_source(ancillary: list[tuple[int, int, bytes]]) -> ReplySource | None
     return None
 
 
-async def bind_udp(host: str, port: int, *, buffer_size: int = 4 << 20) -> UDPTransport:
+async def bind_udp(
+    host: str, port: int, *, buffer_size: int = 4 << 20, receive_buffer: int | None = None
+) -> UDPTransport:
     """Bind a UDP socket on ``host``:``port`` (IPv4 or IPv6; port 0 picks a free one).
 
-    Raises :class:`OSError` whose message names the address and the OS reason.
+    ``buffer_size`` is asked for both socket buffers, ``receive_buffer`` (when given) for the
+    receive side instead; the kernel caps both (``net.core.rmem_max``/``wmem_max`` on Linux),
+    and :attr:`UDPTransport.receive_buffer` says what it granted.  Raises :class:`OSError`
+    whose message names the address and the OS reason.
     """
     try:
         infos = await trio.socket.getaddrinfo(
@@ -205,11 +231,15 @@ async def bind_udp(host: str, port: int, *, buffer_size: int = 4 << 20) -> UDPTr
         ) from None
     family, type_, proto, _, sockaddr = infos[0]
     sock = stdlib_socket.socket(family, type_, proto)
+    sizes = {
+        stdlib_socket.SO_RCVBUF: buffer_size if receive_buffer is None else receive_buffer,
+        stdlib_socket.SO_SNDBUF: buffer_size,
+    }
     try:
-        for option in (stdlib_socket.SO_RCVBUF, stdlib_socket.SO_SNDBUF):
+        for option, size in sizes.items():
             # The kernel caps these; a smaller buffer only means earlier drops.
             with contextlib.suppress(OSError):
-                sock.setsockopt(stdlib_socket.SOL_SOCKET, option, buffer_size)
+                sock.setsockopt(stdlib_socket.SOL_SOCKET, option, size)
         sock.bind(sockaddr)
     except OSError as error:
         sock.close()
@@ -218,3 +248,34 @@ async def bind_udp(host: str, port: int, *, buffer_size: int = 4 << 20) -> UDPTr
             error.errno or errno.EINVAL, f"cannot bind UDP {host}:{port}: {reason}"
         ) from None
     return UDPTransport(sock)
+
+
+def receive_buffer_cap() -> int | None:
+    """Linux's ``net.core.rmem_max``: the most a process without CAP_NET_ADMIN may ask for."""
+    try:
+        return int(Path("/proc/sys/net/core/rmem_max").read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return None
+
+
+def _kernel_drops(inode: int, ipv6: bool) -> int | None:
+    """The ``drops`` column of our socket's line in ``/proc/net/udp`` (or ``udp6``).
+
+    The kernel counts there every datagram it threw away for this socket — above all those
+    that found the receive buffer full — before any code of ours could see them.  None where
+    the file does not exist (not Linux) or the socket is not listed.
+    """
+    try:
+        table = Path("/proc/net/udp6" if ipv6 else "/proc/net/udp").read_text(encoding="ascii")
+    except OSError:
+        return None
+    wanted = str(inode)
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+        if len(fields) >= 13 and fields[9] == wanted:
+            try:
+                return int(fields[12])
+            except ValueError:
+                return None
+    return None
