@@ -23,6 +23,7 @@ from ._config import (
 )
 from ._connection import ConnectionClosed, DTLSConnection
 from ._events import DatagramReceived, ErrorEvent, InfoEvent, ServerEvent, WarningEvent, peer_info
+from ._metrics import METRICS, StatisticsCollector, metrics_registry, serve_metrics
 from ._probe import ProbeFailure, ProbeResult, probe
 from ._profiles import PROFILES, CipherConfigError, CipherProfile, CipherSelection
 from ._psk import (
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_CIPHERS",
+    "METRICS",
     "PROFILES",
     "AsyncFunctionStore",
     "AsyncPskStore",
@@ -57,6 +59,7 @@ __all__ = [
     "ClientCertificateMode",
     "PskFileStore",
     "reload_on_signal",
+    "serve_metrics",
     "DEFAULT_PORT",
     "QT_DEMO_IDENTITY_HINT",
     "QT_DEMO_KEY",
@@ -79,9 +82,11 @@ __all__ = [
     "ServerConfig",
     "ServerEvent",
     "SingleKeyStore",
+    "StatisticsCollector",
     "StatisticsSnapshot",
     "WarningEvent",
     "load_psk_file",
+    "metrics_registry",
     "parse_psk_file",
     "parse_psk_hex",
     "peer_info",

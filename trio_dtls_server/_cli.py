@@ -58,6 +58,7 @@ from ._config import (
 from ._connection import ConnectionClosed
 from ._display import Display
 from ._events import ErrorEvent, InfoEvent, ServerEvent, WarningEvent
+from ._metrics import metrics_registry, serve_metrics
 from ._openssl import new_dtls_context, openssl_error_reason
 from ._probe import probe
 from ._profiles import CipherConfigError, CipherStringError, client_cipher_string
@@ -106,6 +107,16 @@ def _non_negative_float(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
     return value
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (all interfaces)."""
+    host, separator, port_text = text.rpartition(":")
+    if not separator:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", _port(port_text)
 
 
 def _positive_float(text: str) -> float:
@@ -489,6 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {QT_DEMO_IDENTITY_HINT!r}, Qt's)",
     )
     serve.add_argument(
+        "--metrics",
+        type=_host_port,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: none)",
+    )
+    serve.add_argument(
         "--stats-interval",
         type=_non_negative_float,
         default=0.0,
@@ -828,6 +846,28 @@ async def run_serve(arguments: argparse.Namespace, display: Display, errors: Tex
                         await listening_shown.wait()
                     for note in startup_notes:
                         display.show(note)
+                if arguments.metrics is not None:
+                    registry = metrics_registry(lambda: [server.statistics()])
+                    metrics_host, metrics_port = arguments.metrics
+                    try:
+                        metrics_at = await nursery.start(
+                            serve_metrics, registry, metrics_host, metrics_port
+                        )
+                    except OSError as error:
+                        nursery.cancel_scope.cancel()
+                        _one_line(
+                            errors,
+                            f"--metrics: cannot listen on {metrics_host}:{metrics_port}: "
+                            f"{error.strerror or error}",
+                        )
+                        return EXIT_FAILURE
+                    display.show(
+                        InfoEvent(
+                            "metrics",
+                            f"Prometheus metrics on http://{_url_host(metrics_at[0])}:"
+                            f"{metrics_at[1]}/metrics",
+                        )
+                    )
                 if arguments.stats_interval > 0:
                     nursery.start_soon(_print_statistics, server, display, arguments.stats_interval)
                 async for signal_number in signals:
@@ -851,6 +891,10 @@ async def run_serve(arguments: argparse.Namespace, display: Display, errors: Tex
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
     return EXIT_OK
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _one_line(errors: TextIO, message: str) -> None:

@@ -833,6 +833,7 @@ class DTLSServer:
                         )
                     )
             elif isinstance(event, Retransmitted):
+                self._stats.retransmissions += 1
                 self._hub.emit(
                     InfoEvent(
                         "retransmit",
@@ -850,7 +851,10 @@ class DTLSServer:
                     previous.ended_by_server = "replaced by a new handshake from the same address"
                     previous.cancel_scope.cancel()
                 slot.established = True
-                slot.last_activity = trio.current_time()
+                now = trio.current_time()
+                # last_activity still holds the admission time: nothing moves it before this.
+                self._stats.record_handshake_duration(now - slot.last_activity)
+                slot.last_activity = now
                 self._handshaking -= 1
                 self._stats.handshakes_completed += 1
                 if event.resumed:

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ServerStatistics", "StatisticsSnapshot"]
+__all__ = ["HANDSHAKE_SECONDS_BUCKETS", "ServerStatistics", "StatisticsSnapshot"]
+
+#: Upper bounds, in seconds, of the handshake-duration histogram's buckets (one more bucket,
+#: above the last bound, counts the rest).  A loopback handshake takes about 2 ms; a device
+#: behind a cellular link 100 ms to seconds; retransmissions add 1 s, 2 s, 4 s, ...
+HANDSHAKE_SECONDS_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +66,13 @@ class StatisticsSnapshot:
     #: buffer: see ``ServerConfig.receive_buffer``), counted since the socket was opened; None
     #: where the platform does not tell (it is read from Linux's ``/proc/net/udp``).
     kernel_drops: int | None = None
+    #: Handshake flights the server resent because the peer's answer did not come in time.
+    retransmissions: int = 0
+    #: Completed handshakes by duration (verified ClientHello to Finished): one count per
+    #: bucket of :data:`HANDSHAKE_SECONDS_BUCKETS`, then one for longer ones (not cumulative).
+    handshake_seconds_buckets: tuple[int, ...] = (0,) * (len(HANDSHAKE_SECONDS_BUCKETS) + 1)
+    #: The sum of those durations, in seconds.
+    handshake_seconds_sum: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -80,6 +106,16 @@ class ServerStatistics:
     queue_overflows: int = 0
     messages_received: int = 0
     messages_sent: int = 0
+    retransmissions: int = 0
+    handshake_seconds_buckets: list[int] = field(
+        default_factory=lambda: [0] * (len(HANDSHAKE_SECONDS_BUCKETS) + 1)
+    )
+    handshake_seconds_sum: float = 0.0
+
+    def record_handshake_duration(self, seconds: float) -> None:
+        """Count one completed handshake in the duration histogram."""
+        self.handshake_seconds_buckets[bisect.bisect_left(HANDSHAKE_SECONDS_BUCKETS, seconds)] += 1
+        self.handshake_seconds_sum += seconds
 
     def snapshot(
         self,
@@ -118,4 +154,7 @@ class ServerStatistics:
             messages_sent=self.messages_sent,
             events_dropped=events_dropped,
             kernel_drops=kernel_drops,
+            retransmissions=self.retransmissions,
+            handshake_seconds_buckets=tuple(self.handshake_seconds_buckets),
+            handshake_seconds_sum=self.handshake_seconds_sum,
         )
