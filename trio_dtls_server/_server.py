@@ -34,7 +34,13 @@ from ._certificates import (
     use_server_certificate,
 )
 from ._config import DEFAULT_IPV4_MTU, DEFAULT_IPV6_MTU, DEFAULT_PORT, ServerConfig
-from ._connection import IDLE_WATCH_GRACE, ConnectionClosed, DTLSConnection, PeerSlot
+from ._connection import (
+    IDLE_WATCH_GRACE,
+    ConnectionClosed,
+    DTLSConnection,
+    PeerSlot,
+    drop_warning,
+)
 from ._cookie import CookieJar
 from ._events import ErrorEvent, EventHub, InfoEvent, ServerEvent, WarningEvent, peer_info
 from ._openssl import (
@@ -464,10 +470,22 @@ class DTLSServer:
         self._deliver(slot, datagram)
 
     def _deliver(self, slot: PeerSlot, datagram: bytes) -> None:
-        # Reading the clock only for peers that were ever throttled keeps this path lean.
-        if slot.throttled_until != -math.inf and slot.throttled_until > trio.current_time():
-            self._stats.drops["peer throttled"] += 1
-            return
+        """Queue a datagram for its peer's task, unless its headers show it cannot be authentic.
+
+        Whatever else came from this address, a datagram that may be authentic is queued: an
+        off-path attacker can send anything "from" a peer's address, so nothing it sends may
+        make us ignore that address.  What the session can judge from the headers alone
+        (another epoch, an impossible length, a replay) is dropped here, so it takes no place
+        in the peer's bounded inbox and costs no decryption; only well-formed records of the
+        current epoch reach the cipher.
+        """
+        session = slot.session
+        if session is not None:
+            reason = session.screen(datagram)
+            if reason is not None:
+                self._stats.drops[reason] += 1
+                self._hub.emit(drop_warning(reason, slot.address), rate_limited=True)
+                return
         try:
             slot.deliver_nowait(datagram)
         except trio.WouldBlock:

@@ -35,6 +35,9 @@ class StatisticsSnapshot:
     handshaking: int
     peak_peers: int
     evictions: int
+    #: Always 0: kept so that readers of older snapshots (and ``as_dict`` consumers) do not
+    #: break.  Peers are no longer throttled: forged records from a peer's address cost the
+    #: real peer nothing (see ``forgery_alarms``).
     throttles: int
     replacements: int
     idle_closed: int
@@ -43,6 +46,10 @@ class StatisticsSnapshot:
     messages_received: int
     messages_sent: int
     events_dropped: int
+    #: Times a peer's address sent ``max_auth_failures`` records failing authentication within
+    #: ``auth_failure_window`` (each time a ``forged_records`` warning).  The peer is still
+    #: served; the drops themselves are in ``drops`` by reason.
+    forgery_alarms: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -70,6 +77,7 @@ class ServerStatistics:
     peak_peers: int = 0
     evictions: int = 0
     throttles: int = 0
+    forgery_alarms: int = 0
     replacements: int = 0
     idle_closed: int = 0
     remote_closed: int = 0
@@ -106,4 +114,5 @@ class ServerStatistics:
             messages_received=self.messages_received,
             messages_sent=self.messages_sent,
             events_dropped=events_dropped,
+            forgery_alarms=self.forgery_alarms,
         )
