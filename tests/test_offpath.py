@@ -223,6 +223,42 @@ async def test_spoofed_junk_on_the_fake_network_costs_the_peer_nothing(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_burst_bigger_than_the_inbox_does_not_push_the_ping_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Forgeries that only the cipher can judge, 300 at one instant, then the real ping.
+
+    The peer's inbox holds 64 and the reader reads 64 at a time; Trio may run the reader twice
+    before the peer's task once.  The reader then waits for the peer task to catch up instead
+    of dropping datagrams that may be the real peer's.
+    """
+    network = FakeNetwork(seed=4)
+    server = DTLSServer(psk=KEY, config=ServerConfig(peer_queue_size=64))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve_on, network.endpoint(SERVER))
+        endpoint = network.endpoint()
+        victim = await DTLSClient.connect_over(endpoint, SERVER, identity="victim", key=KEY)
+        ack = ack_for(endpoint.local_address)
+        await victim.send(b"ping 0")
+        assert await victim.receive() == ack
+        from_victim = network.sent(source=endpoint.local_address, destination=SERVER)
+        [authentic] = [d.data for d in from_victim if d.data[0] == 23]
+        forger = Forger(authentic, victim.cipher, seed=5)
+        for index in range(1, 14):
+            await trio.sleep(1.0)
+            for n in range(300):
+                network.inject(
+                    endpoint.local_address, SERVER, forger.make("bad tag", 300 * index + n)
+                )
+            await victim.send(f"ping {index}".encode())
+            with trio.fail_after(0.1):
+                assert await victim.receive() == ack
+        stats = server.statistics()
+        assert stats.drops == {DROP_AUTHENTICATION: 13 * 300}
+        assert (stats.queue_overflows, stats.messages_received) == (0, 14)
+        nursery.cancel_scope.cancel()
+
+
 async def settle_fake() -> None:
     """Let every task of the run block (the fake network delivers at once)."""
     await trio.testing.wait_all_tasks_blocked()

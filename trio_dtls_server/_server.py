@@ -182,6 +182,10 @@ class DTLSServer:
         self._mtu = DEFAULT_IPV4_MTU
         self._accepting = False
         self._paused = False
+        # A datagram whose peer's inbox was full, held by the reader while that peer's task
+        # catches up (see _reader); at most one per batch, and only inside the reader loop.
+        self._held: tuple[PeerSlot, bytes] | None = None
+        self._may_hold = False
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -406,11 +410,49 @@ class DTLSServer:
         size = self.config.max_datagram_size + 1
         while True:
             await transport.wait_readable()
+            self._may_hold = True
             for _ in range(_READ_BATCH):
                 received = transport.receive_nowait(size)
                 if received is None:
                     break
                 self._on_datagram(received[0], received[1], size, transport.reply_source())
+                if self._held is not None:
+                    await self._let_peer_catch_up()
+            self._may_hold = False
+
+    async def _let_peer_catch_up(self) -> None:
+        """Retry the held datagram once its peer's task has had a chance to empty its inbox.
+
+        Trio runs ready tasks in either order, so in a burst the reader may fill a peer's
+        inbox twice before that peer's task runs once, and then drop datagrams the task would
+        have taken at once -- perhaps the real peer's, among an off-path attacker's forgeries
+        (which only the peer task can tell apart: it takes the cipher).  So the first time in
+        a batch that an inbox is full the reader yields twice, which lets a peer task that is
+        waiting for its inbox run whichever order Trio picks, and then retries.  A peer task
+        busy elsewhere (a handler that stopped reading) does not run: the datagram is then
+        dropped as before.  The cost is bounded: two checkpoints per batch of datagrams.
+        """
+        assert self._held is not None
+        slot, datagram = self._held
+        self._held = None
+        self._may_hold = False
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+        try:
+            slot.deliver_nowait(datagram)
+        except trio.WouldBlock:
+            self._overflow(slot)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._stats.drops["peer closing"] += 1
+
+    def _overflow(self, slot: PeerSlot) -> None:
+        self._stats.queue_overflows += 1
+        self._drop(
+            "peer queue full",
+            "queue_overflow",
+            f"{slot.info}: inbound queue full ({self.config.peer_queue_size}), dropped",
+            slot.address,
+        )
 
     def _warn(self, code: str, message: str, peer: Address | None) -> None:
         self._hub.emit(WarningEvent(code, message, peer), rate_limited=True)
@@ -489,13 +531,10 @@ class DTLSServer:
         try:
             slot.deliver_nowait(datagram)
         except trio.WouldBlock:
-            self._stats.queue_overflows += 1
-            self._drop(
-                "peer queue full",
-                "queue_overflow",
-                f"{slot.info}: inbound queue full ({self.config.peer_queue_size}), dropped",
-                slot.address,
-            )
+            if self._may_hold and self._held is None:
+                self._held = (slot, datagram)  # the reader retries it (_let_peer_catch_up)
+                return
+            self._overflow(slot)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._stats.drops["peer closing"] += 1
 
