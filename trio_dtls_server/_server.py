@@ -6,9 +6,12 @@ Where things are:
 * :meth:`DTLSServer._reader` is **the reader task**: it reads datagrams in a tight loop and
   classifies each one synchronously (:meth:`DTLSServer._on_datagram`).  It never waits for a
   peer: a datagram for a known peer goes into that peer's bounded inbox with ``send_nowait``
-  (overflow → dropped and counted); a ClientHello from anyone is answered statelessly with a
-  HelloVerifyRequest unless its cookie (:mod:`._cookie`) is valid; anything else is dropped and
-  counted.  No OpenSSL object, task or table entry exists for a peer before its cookie checks.
+  unless its record headers show it cannot be authentic (:meth:`DTLSSession.screen`); when
+  the inbox is full the reader yields twice, at most once per batch, for the peer's task to
+  catch up, then drops and counts (:meth:`DTLSServer._let_peer_catch_up`); a ClientHello
+  from anyone is answered statelessly with a HelloVerifyRequest unless its cookie
+  (:mod:`._cookie`) is valid; anything else is dropped and counted.  No OpenSSL object, task
+  or table entry exists for a peer before its cookie checks.
 * :meth:`DTLSServer._run_peer` is **the peer task**: it runs the handshake (with the handshake
   deadline as a cancel scope), then the application's handler with a :class:`DTLSConnection`.
   Its cancel scope is how the server replaces (client restart), evicts or shuts down a peer.
