@@ -441,6 +441,14 @@ class FakeNetwork:
 
         return remove
 
+    def inject(self, source: Address, destination: Address, data: bytes) -> None:
+        """Send ``data`` to ``destination`` claiming to come from ``source``, bound or not.
+
+        An off-path attacker spoofing another host's address: the datagram crosses the
+        ``source`` to ``destination`` link like any other (its impairments, the log).
+        """
+        self._transmit(source, destination, bytes(data))
+
     def impairments_for(self, source: Address, destination: Address) -> Impairments:
         for key in ((source, destination), (source, None), (None, destination)):
             rule = self._rules.get(key)

@@ -56,9 +56,11 @@ from trio_dtls_server._records import (
 )
 from trio_dtls_server._session import (
     DROP_AUTHENTICATION,
+    DROP_BAD_LENGTH,
     DROP_HANDSHAKE_RETRANSMISSION,
     DROP_MALFORMED,
     DROP_REPLAY,
+    DROP_WRONG_EPOCH,
     ApplicationData,
     ConnectionFailed,
     DTLSSession,
@@ -644,11 +646,15 @@ def _expected_tamper_outcome(position: int) -> str:
         # Epoch 1 -> 0: a plaintext-epoch record after the handshake is taken for the tail of
         # a retransmitted flight (the same classification OpenSSL-backed sessions give it).
         return DROP_HANDSHAKE_RETRANSMISSION
+    if position == 3:
+        # Epoch 1 -> 257: an epoch this association never reached, dropped without crypto
+        # (until the off-path hardening it was counted as an authentication failure).
+        return DROP_WRONG_EPOCH
     if position in (11, 12):
         # The length field no longer matches the datagram: the records do not tile it.
         return DROP_MALFORMED
-    # Content type 23 -> 22 (authenticated in the additional data), version, epoch 1 -> 257
-    # (not ours), sequence 3 -> 2 or far ahead (both unseen), explicit nonce, ciphertext, tag.
+    # Content type 23 -> 22 (authenticated in the additional data), version, sequence 3 -> 2
+    # or far ahead (both unseen), explicit nonce, ciphertext, tag.
     return DROP_AUTHENTICATION
 
 
@@ -693,7 +699,9 @@ def test_records_of_another_epoch_are_dropped() -> None:
     result = handshake_pair()
     genuine = seal_one(result.client, b"epoch one")
     epoch_two = genuine[:3] + b"\x00\x02" + genuine[5:]
-    assert result.server.receive_datagram(epoch_two, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
+    # Not a forgery of ours: no key of this association can open it, so no crypto is tried.
+    assert result.server.screen(epoch_two) == DROP_WRONG_EPOCH
+    assert result.server.receive_datagram(epoch_two, NOW) == [RecordsDropped(DROP_WRONG_EPOCH)]
     assert result.server.receive_datagram(support.garbage_record(epoch=1, sequence=40), NOW) == [
         RecordsDropped(DROP_AUTHENTICATION)
     ]
@@ -826,11 +834,23 @@ def test_a_released_server_survives_hostile_datagrams(recipes: list[Recipe]) -> 
     server_flight = result.server_datagrams[-1]  # CCS, Finished
     sent = {message(1000 + index, size): index for index, size in enumerate([1, 17, 300, 1400])}
     pool = [seal_one(client, plaintext) for plaintext in sent] + [client_flight]
-    drops = {DROP_AUTHENTICATION, DROP_HANDSHAKE_RETRANSMISSION, DROP_MALFORMED, DROP_REPLAY}
+    drops = {
+        DROP_AUTHENTICATION,
+        DROP_BAD_LENGTH,
+        DROP_HANDSHAKE_RETRANSMISSION,
+        DROP_MALFORMED,
+        DROP_REPLAY,
+        DROP_WRONG_EPOCH,
+    }
     delivered: Counter[bytes] = Counter()
     for recipe in recipes:
-        events = server.receive_datagram(_build(recipe, pool), NOW)
+        datagram = _build(recipe, pool)
+        # What the server's reader drops unread (screen) must be what gives no plaintext.
+        screened = server.screen(datagram)
+        events = server.receive_datagram(datagram, NOW)
         assert events, recipe
+        if screened is not None:
+            assert all(isinstance(event, RecordsDropped) for event in events), (recipe, events)
         if isinstance(events[0], RecordsDropped):
             assert len(events) == 1 and events[0].reason in drops, (recipe, events)
         else:

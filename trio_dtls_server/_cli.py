@@ -273,14 +273,16 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
         "max_auth_failures",
         _positive_int,
         "N",
-        "records failing authentication tolerated per peer per window",
+        "records failing authentication from one peer's address per window before the "
+        "server warns of forgeries (then counts without logging each; the peer is still "
+        "served)",
     ),
     ConfigOption(
         "--auth-failure-window",
         "auth_failure_window",
         _non_negative_float,
         "SECONDS",
-        "the window of --max-auth-failures; a peer over the limit is ignored this long",
+        "the window of --max-auth-failures (and how long its warning quiets the log)",
     ),
     ConfigOption(
         "--psk-lookup-timeout",

@@ -86,8 +86,11 @@ class ServerConfig:
     receive_buffer: int = 8 << 20
     #: How often the cookie secret changes (the previous one stays valid for one more period).
     cookie_rotation: float = 300.0
-    #: Records failing authentication tolerated per peer in ``auth_failure_window`` seconds
-    #: before the peer's datagrams are dropped unread for the rest of that window.
+    #: How many records failing authentication one peer's address may send within
+    #: ``auth_failure_window`` seconds before the server warns (``forged_records``) that
+    #: someone may be forging it; the rest of that window its failures are counted, not
+    #: logged one by one.  They bound the log only: a peer is never ignored, since anyone can
+    #: send records "from" its address (RFC 6347 §4.1.2.7: drop them, keep the association).
     max_auth_failures: int = 32
     auth_failure_window: float = 10.0
     #: Events buffered per subscriber of :meth:`DTLSServer.events`.

@@ -20,8 +20,11 @@ from ._certificates import describe_subject
 from ._events import DatagramReceived, ErrorEvent, EventHub, InfoEvent, WarningEvent, peer_info
 from ._session import (
     DROP_AUTHENTICATION,
+    DROP_BAD_LENGTH,
     DROP_HANDSHAKE_RETRANSMISSION,
+    DROP_MALFORMED,
     DROP_REPLAY,
+    DROP_WRONG_EPOCH,
     ApplicationData,
     ConnectionFailed,
     DTLSSession,
@@ -33,7 +36,14 @@ from ._session import (
 from ._stats import ServerStatistics
 from ._transport import ReplySource
 
-__all__ = ["IDLE_WATCH_GRACE", "ConnectionClosed", "DTLSConnection", "PeerSlot"]
+__all__ = [
+    "DROP_WARNING_CODES",
+    "IDLE_WATCH_GRACE",
+    "ConnectionClosed",
+    "DTLSConnection",
+    "PeerSlot",
+    "drop_warning",
+]
 
 Address = tuple[str, int]
 
@@ -42,6 +52,30 @@ Address = tuple[str, int]
 #: timeout itself (and says why to the handler), so this backstop must come later: it fires
 #: between one and two grace periods after the idle timeout (it is moved on lazily).
 IDLE_WATCH_GRACE = 1.0
+
+#: The warning code for each reason a record of an established peer is dropped.
+DROP_WARNING_CODES = {
+    DROP_AUTHENTICATION: "authentication_failed",
+    DROP_REPLAY: "replayed_record",
+    DROP_HANDSHAKE_RETRANSMISSION: "handshake_retransmission",
+    DROP_WRONG_EPOCH: "wrong_epoch",
+    DROP_BAD_LENGTH: "bad_record_length",
+    DROP_MALFORMED: "malformed_record",
+}
+
+
+def drop_warning(reason: str, peer: Address) -> WarningEvent:
+    """The (rate-limited) warning for one dropped datagram of an established peer.
+
+    Said the same way whether the reader task dropped it unread (:meth:`DTLSSession.screen`)
+    or the peer task after trying it; the counter ``drops[reason]`` counts both.
+    """
+    info = peer_info(peer)
+    if reason == DROP_HANDSHAKE_RETRANSMISSION:
+        message = f"{info}: 0 byte dgram, could be a re-connect attempt?"  # Qt's words
+    else:
+        message = f"{info}: {reason}, dropped"
+    return WarningEvent(DROP_WARNING_CODES.get(reason, "record_dropped"), message, peer)
 
 
 class ConnectionClosed(Exception):
@@ -56,8 +90,10 @@ class ConnectionClosed(Exception):
 class PeerSlot:
     """The server's record of one verified peer: its inbox, its task's cancel scope, its health.
 
-    The reader task only ever touches ``inbox_send``, ``queued``, ``throttled_until`` and the
-    counters; the peer task owns the rest.
+    The reader task only ever touches ``inbox_send``, ``queued`` and the counters, and reads
+    ``session`` (to screen datagrams); the peer task owns the rest.  Nothing here ever makes
+    the reader drop a datagram because of what else came from the same address: an off-path
+    attacker can send anything "from" it, and the real peer must still be heard.
     """
 
     address: Address
@@ -68,10 +104,12 @@ class PeerSlot:
     session: DTLSSession | None = None
     established: bool = False
     last_activity: float = 0.0
-    throttled_until: float = -math.inf
-    #: Times of recent records that failed authentication; created on the first one (most
-    #: peers never have any, and an empty deque costs 760 bytes per peer).
+    #: Times of the latest (at most ``max_auth_failures``) records that failed authentication;
+    #: created on the first one (most peers never have any, and a deque costs 760 bytes).
     auth_failures: deque[float] | None = None
+    #: Until then the ``forged_records`` warning has been given for this peer, and its further
+    #: authentication failures are counted but not logged one by one.
+    forgery_quiet_until: float = -math.inf
     #: Why the server ended this peer (replaced, evicted, shutdown), for the peer task's report.
     ended_by_server: str | None = None
     #: Around the handler: enforces the idle timeout on a handler that stops reading (see
@@ -329,34 +367,47 @@ class DTLSConnection:
                 self._record_drop(event.reason, now)
 
     def _record_drop(self, reason: str, now: float) -> None:
+        """Count a dropped datagram and say so (rate-limited).  Never more than that.
+
+        RFC 6347 §4.1.2.7: invalid records are silently discarded and the association goes
+        on.  Whoever knows the peer's address and port can send records "from" it, so a
+        forgery must never cost the real peer anything: its next authentic record is accepted
+        whatever came before.  ``max_auth_failures`` per ``auth_failure_window`` only bounds
+        the log: past it the peer gets one ``forged_records`` warning, and its further
+        failures in that window are counted without a warning each.
+        """
         self._stats.drops[reason] += 1
-        if reason == DROP_HANDSHAKE_RETRANSMISSION:
-            message = f"{self.peer_info}: 0 byte dgram, could be a re-connect attempt?"
-            self._hub.emit(
-                WarningEvent("handshake_retransmission", message, self.peer), rate_limited=True
-            )
+        if reason == DROP_AUTHENTICATION and self._forgeries_reported(now):
             return
-        code = "replayed_record" if reason == DROP_REPLAY else "authentication_failed"
-        self._hub.emit(
-            WarningEvent(code, f"{self.peer_info}: {reason}, dropped", self.peer), rate_limited=True
-        )
-        if reason != DROP_AUTHENTICATION:
-            return
-        failures = self._slot.auth_failures
+        self._hub.emit(drop_warning(reason, self.peer), rate_limited=True)
+
+    def _forgeries_reported(self, now: float) -> bool:
+        """Note one authentication failure; True if it needs no warning of its own."""
+        slot = self._slot
+        if now < slot.forgery_quiet_until:
+            return True
+        failures = slot.auth_failures
         if failures is None:
-            failures = self._slot.auth_failures = deque()
+            failures = slot.auth_failures = deque(maxlen=self._max_auth_failures)
         failures.append(now)
-        while failures and failures[0] <= now - self._auth_failure_window:
-            failures.popleft()
-        if len(failures) >= self._max_auth_failures:
-            failures.clear()
-            self._slot.throttled_until = now + self._auth_failure_window
-            self._stats.throttles += 1
-            self._hub.emit(
-                WarningEvent(
-                    "peer_throttled",
-                    f"{self.peer_info}: {self._max_auth_failures} records failed authentication; "
-                    f"ignoring this peer for {self._auth_failure_window:g} s",
-                    self.peer,
-                )
-            )
+        if (
+            len(failures) < self._max_auth_failures
+            or failures[0] <= now - self._auth_failure_window
+        ):
+            return False
+        failures.clear()
+        slot.forgery_quiet_until = now + self._auth_failure_window
+        self._stats.forgery_alarms += 1
+        self._hub.emit(
+            WarningEvent(
+                "forged_records",
+                f"{self.peer_info}: {self._max_auth_failures} records failed authentication "
+                f"within {self._auth_failure_window:g} s: someone may be sending forged records "
+                "from this address.  The association is kept and every authentic record "
+                f"accepted; further failures are counted, not logged, for "
+                f"{self._auth_failure_window:g} s",
+                self.peer,
+            ),
+            rate_limited=True,
+        )
+        return True

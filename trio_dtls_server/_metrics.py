@@ -64,6 +64,11 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("dtls_application_records_sent", "messages_sent", "Application records sent."),
     ("dtls_openssl_released", "openssl_released", "Associations moved to our record layer."),
     ("dtls_events_dropped", "events_dropped", "Events a slow subscriber missed."),
+    (
+        "dtls_forgery_alarms",
+        "forgery_alarms",
+        "Times one address sent max_auth_failures forged records within the window.",
+    ),
 )
 
 #: Every metric name this module exposes (counters with their ``_total``), for the docs and

@@ -6,9 +6,12 @@ Where things are:
 * :meth:`DTLSServer._reader` is **the reader task**: it reads datagrams in a tight loop and
   classifies each one synchronously (:meth:`DTLSServer._on_datagram`).  It never waits for a
   peer: a datagram for a known peer goes into that peer's bounded inbox with ``send_nowait``
-  (overflow → dropped and counted); a ClientHello from anyone is answered statelessly with a
-  HelloVerifyRequest unless its cookie (:mod:`._cookie`) is valid; anything else is dropped and
-  counted.  No OpenSSL object, task or table entry exists for a peer before its cookie checks.
+  unless its record headers show it cannot be authentic (:meth:`DTLSSession.screen`); when
+  the inbox is full the reader yields twice, at most once per batch, for the peer's task to
+  catch up, then drops and counts (:meth:`DTLSServer._let_peer_catch_up`); a ClientHello
+  from anyone is answered statelessly with a HelloVerifyRequest unless its cookie
+  (:mod:`._cookie`) is valid; anything else is dropped and counted.  No OpenSSL object, task
+  or table entry exists for a peer before its cookie checks.
 * :meth:`DTLSServer._run_peer` is **the peer task**: it runs the handshake (with the handshake
   deadline as a cancel scope), then the application's handler with a :class:`DTLSConnection`.
   Its cancel scope is how the server replaces (client restart), evicts or shuts down a peer.
@@ -34,7 +37,13 @@ from ._certificates import (
     use_server_certificate,
 )
 from ._config import DEFAULT_IPV4_MTU, DEFAULT_IPV6_MTU, DEFAULT_PORT, ServerConfig
-from ._connection import IDLE_WATCH_GRACE, ConnectionClosed, DTLSConnection, PeerSlot
+from ._connection import (
+    IDLE_WATCH_GRACE,
+    ConnectionClosed,
+    DTLSConnection,
+    PeerSlot,
+    drop_warning,
+)
 from ._cookie import CookieJar
 from ._events import ErrorEvent, EventHub, InfoEvent, ServerEvent, WarningEvent, peer_info
 from ._openssl import (
@@ -182,6 +191,10 @@ class DTLSServer:
         self._mtu = DEFAULT_IPV4_MTU
         self._accepting = False
         self._paused = False
+        # A datagram whose peer's inbox was full, held by the reader while that peer's task
+        # catches up (see _reader); at most one per batch, and only inside the reader loop.
+        self._held: tuple[PeerSlot, bytes] | None = None
+        self._may_hold = False
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -433,11 +446,49 @@ class DTLSServer:
         size = self.config.max_datagram_size + 1
         while True:
             await transport.wait_readable()
+            self._may_hold = True
             for _ in range(_READ_BATCH):
                 received = transport.receive_nowait(size)
                 if received is None:
                     break
                 self._on_datagram(received[0], received[1], size, transport.reply_source())
+                if self._held is not None:
+                    await self._let_peer_catch_up()
+            self._may_hold = False
+
+    async def _let_peer_catch_up(self) -> None:
+        """Retry the held datagram once its peer's task has had a chance to empty its inbox.
+
+        Trio runs ready tasks in either order, so in a burst the reader may fill a peer's
+        inbox twice before that peer's task runs once, and then drop datagrams the task would
+        have taken at once -- perhaps the real peer's, among an off-path attacker's forgeries
+        (which only the peer task can tell apart: it takes the cipher).  So the first time in
+        a batch that an inbox is full the reader yields twice, which lets a peer task that is
+        waiting for its inbox run whichever order Trio picks, and then retries.  A peer task
+        busy elsewhere (a handler that stopped reading) does not run: the datagram is then
+        dropped as before.  The cost is bounded: two checkpoints per batch of datagrams.
+        """
+        assert self._held is not None
+        slot, datagram = self._held
+        self._held = None
+        self._may_hold = False
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+        try:
+            slot.deliver_nowait(datagram)
+        except trio.WouldBlock:
+            self._overflow(slot)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._stats.drops["peer closing"] += 1
+
+    def _overflow(self, slot: PeerSlot) -> None:
+        self._stats.queue_overflows += 1
+        self._drop(
+            "peer queue full",
+            "queue_overflow",
+            f"{slot.info}: inbound queue full ({self.config.peer_queue_size}), dropped",
+            slot.address,
+        )
 
     def _warn(self, code: str, message: str, peer: Address | None) -> None:
         self._hub.emit(WarningEvent(code, message, peer), rate_limited=True)
@@ -497,20 +548,29 @@ class DTLSServer:
         self._deliver(slot, datagram)
 
     def _deliver(self, slot: PeerSlot, datagram: bytes) -> None:
-        # Reading the clock only for peers that were ever throttled keeps this path lean.
-        if slot.throttled_until != -math.inf and slot.throttled_until > trio.current_time():
-            self._stats.drops["peer throttled"] += 1
-            return
+        """Queue a datagram for its peer's task, unless its headers show it cannot be authentic.
+
+        Whatever else came from this address, a datagram that may be authentic is queued: an
+        off-path attacker can send anything "from" a peer's address, so nothing it sends may
+        make us ignore that address.  What the session can judge from the headers alone
+        (another epoch, an impossible length, a replay) is dropped here, so it takes no place
+        in the peer's bounded inbox and costs no decryption; only well-formed records of the
+        current epoch reach the cipher.
+        """
+        session = slot.session
+        if session is not None:
+            reason = session.screen(datagram)
+            if reason is not None:
+                self._stats.drops[reason] += 1
+                self._hub.emit(drop_warning(reason, slot.address), rate_limited=True)
+                return
         try:
             slot.deliver_nowait(datagram)
         except trio.WouldBlock:
-            self._stats.queue_overflows += 1
-            self._drop(
-                "peer queue full",
-                "queue_overflow",
-                f"{slot.info}: inbound queue full ({self.config.peer_queue_size}), dropped",
-                slot.address,
-            )
+            if self._may_hold and self._held is None:
+                self._held = (slot, datagram)  # the reader retries it (_let_peer_catch_up)
+                return
+            self._overflow(slot)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._stats.drops["peer closing"] += 1
 

@@ -53,7 +53,7 @@ from ._openssl import (
     session_psk_identity,
     session_reused,
 )
-from ._records import RecordProtection, ReplayWindow, record_protection_for
+from ._records import RecordProtection, ReplayWindow, aead_suite, record_protection_for
 from ._wire import (
     CONTENT_ALERT,
     CONTENT_APPLICATION_DATA,
@@ -63,11 +63,18 @@ from ._wire import (
     Record,
     pack_datagrams,
     parse_alert,
+    parse_record_headers,
     parse_records,
     split_records,
 )
 
 __all__ = [
+    "DROP_AUTHENTICATION",
+    "DROP_BAD_LENGTH",
+    "DROP_HANDSHAKE_RETRANSMISSION",
+    "DROP_MALFORMED",
+    "DROP_REPLAY",
+    "DROP_WRONG_EPOCH",
     "MAX_PLAINTEXT",
     "ApplicationData",
     "ConnectionFailed",
@@ -189,10 +196,26 @@ class RecordsDropped:
     reason: str
 
 
+# Why a datagram gave no plaintext.  Only DROP_AUTHENTICATION means a record was run through
+# the cipher and failed; every other reason is decided from the record headers alone, without
+# any cryptography (see DTLSSession.screen), so that junk costs as little as possible.
+
+#: A record of the current epoch, of a possible length and not yet seen, that failed the AEAD
+#: tag (or OpenSSL's MAC check): a forgery or corruption.
 DROP_AUTHENTICATION = "record failed authentication"
+#: A record number the replay window already accepted, or one too old for it to tell.
 DROP_REPLAY = "replayed record"
+#: Only records of an older epoch (0, after the handshake): the rest of the peer's
+#: retransmitted flight, or a client that restarted on the same port.
 DROP_HANDSHAKE_RETRANSMISSION = "late handshake retransmission"
+#: Not a sequence of well-framed DTLS records.
 DROP_MALFORMED = "malformed datagram"
+#: A record of an epoch this association has not reached (there is no renegotiation): it
+#: cannot be authentic, whatever its bytes (RFC 6347 §4.1.2.7: discard it).
+DROP_WRONG_EPOCH = "record of another epoch"
+#: A fragment shorter than the cipher's explicit nonce and tag, or longer than 2^14 bytes of
+#: plaintext plus them: no key opens it.
+DROP_BAD_LENGTH = "record length impossible for the cipher"
 
 SessionEvent = (
     HandshakeProgress
@@ -373,6 +396,11 @@ class DTLSSession:
         self._epoch0_offset = 0
         # Client side: whether a ServerHello came (see receive_datagram).
         self._heard_server_hello = False
+        # Once established: the epoch the peer's records must carry, and the fragment lengths
+        # an AEAD suite can produce (None: a CBC suite, whose padding makes lengths vary).
+        # Used by screen() to judge records without cryptography.
+        self._read_epoch: int | None = None
+        self._fragment_lengths: tuple[int, int] | None = None
         #: Application data the peer sent before its Finished was processed (it overtook the
         #: handshake), and a close_notify or fatal alert that came with it; the owner takes
         #: them with :meth:`take_early_events` once established.
@@ -531,6 +559,60 @@ class DTLSSession:
         """The datagrams to send now, in order; the session forgets them."""
         out, self._outgoing = self._outgoing, []
         return out
+
+    def screen(self, datagram: bytes) -> str | None:
+        """Why nothing in ``datagram`` can be authentic, judged from its record headers alone.
+
+        Returns a ``DROP_*`` reason, or None when some record may be authentic (or the session
+        is not established: then everything goes to the handshake).  It reads the session and
+        changes nothing, so the server's reader task calls it before queueing a datagram for
+        an established peer: junk an off-path attacker sends from the peer's address (records
+        of another epoch, impossible lengths, replays) then never takes a place in the peer's
+        bounded inbox nor costs a decryption.  :meth:`receive_datagram` applies the same rules
+        record by record.
+        """
+        if self.state is not SessionState.ESTABLISHED or self._read_epoch is None:
+            return None
+        try:
+            headers = parse_record_headers(datagram)
+        except MalformedDatagram:
+            return DROP_MALFORMED
+        reason: str | None = None
+        for header in headers:
+            why = self._unverifiable(
+                header.content_type, header.epoch, header.sequence_number, header.length
+            )
+            if why is None:
+                return None
+            reason = reason or why
+        return reason
+
+    def _unverifiable(self, content: int, epoch: int, sequence: int, length: int) -> str | None:
+        """Why one record of an established session cannot be authentic, without crypto; or None.
+
+        The replay window is consulted only where our own record layer keeps it (it marks a
+        number only after the record authenticated).  With OpenSSL doing the work, our mirror
+        of its window (_ReplayMirror) may hold numbers of records that never authenticated,
+        so it names drops but must never decide them.
+        """
+        read_epoch = self._read_epoch
+        if epoch != read_epoch:
+            if read_epoch is not None and epoch < read_epoch:
+                return DROP_HANDSHAKE_RETRANSMISSION
+            return DROP_WRONG_EPOCH
+        lengths = self._fragment_lengths
+        if lengths is not None and not lengths[0] <= length <= lengths[1]:
+            return DROP_BAD_LENGTH
+        # Handshake records skip the replay check: a retransmitted Finished may be byte for
+        # byte the one already seen, and it must still trigger the bounded resend.
+        protection = self._records
+        if (
+            protection is not None
+            and content != CONTENT_HANDSHAKE
+            and protection.replay.seen(sequence)
+        ):
+            return DROP_REPLAY
+        return None
 
     def receive_datagram(self, datagram: bytes, now: float) -> list[SessionEvent]:
         """Feed one datagram from the peer; return what it caused."""
@@ -752,6 +834,12 @@ class DTLSSession:
             # Only a client resumes; on a server it would pin the session past the cache.
             self.ssl_session = connection.get_session()
         events.append(HandshakeComplete(self.cipher, self.protocol, self.resumed))
+        # Our own protected records (OpenSSL wrote them: trusted) carry the new epoch; DTLS 1.2
+        # moves both directions to it in the same handshake.
+        self._read_epoch = self._own_protected[0].epoch if self._own_protected else 1
+        suite = aead_suite(self.cipher)
+        if suite is not None:
+            self._fragment_lengths = (suite.overhead, MAX_PLAINTEXT + suite.overhead)
         if self._release_openssl:
             self._release_to_records()
         if self._records is None:
@@ -916,6 +1004,9 @@ class DTLSSession:
         ):
             # The hot path: a datagram of one application record.
             sequence = header[2]
+            lengths = self._fragment_lengths
+            if lengths is not None and not lengths[0] <= len(datagram) - 13 <= lengths[1]:
+                return [RecordsDropped(DROP_BAD_LENGTH)]
             if protection.replay.seen(sequence):
                 return [RecordsDropped(DROP_REPLAY)]
             version = int.from_bytes(datagram[1:3], "big")
@@ -934,16 +1025,13 @@ class DTLSSession:
         drop: str | None = None
         for record in records:
             content, sequence = record.content_type, record.sequence_number
-            if record.epoch != protection.epoch:
-                # Epoch 0: the rest of the peer's retransmitted flight.  Any other: not ours.
-                older = record.epoch < protection.epoch
-                drop = drop or (DROP_HANDSHAKE_RETRANSMISSION if older else DROP_AUTHENTICATION)
+            # Epoch 0: the rest of the peer's retransmitted flight; a later one: not ours; an
+            # impossible length or a replay: nothing to decrypt.  (Handshake records skip the
+            # replay check: they change nothing but trigger a bounded resend.)
+            why = self._unverifiable(content, record.epoch, sequence, len(record.fragment))
+            if why is not None:
+                drop = drop or why
                 continue
-            if content != CONTENT_HANDSHAKE and protection.replay.seen(sequence):
-                drop = drop or DROP_REPLAY
-                continue
-            # A retransmitted Finished may be byte for byte the one already seen: no replay
-            # check for handshake records, which change nothing but trigger a bounded resend.
             plaintext = protection.decrypt(content, record.version, sequence, record.fragment)
             if plaintext is None:
                 drop = drop or DROP_AUTHENTICATION
@@ -1069,6 +1157,13 @@ class DTLSSession:
         protected = [r for r in records if r.epoch > 0]
         if not protected:
             return DROP_HANDSHAKE_RETRANSMISSION
+        reasons = [
+            self._unverifiable(r.content_type, r.epoch, r.sequence_number, len(r.fragment))
+            for r in protected
+        ]
+        if all(reasons):
+            # Judged without OpenSSL's help: another epoch, or a length no key opens.
+            return next(reason for reason in reasons if reason is not None)
         application = [r for r in protected if r.content_type == CONTENT_APPLICATION_DATA]
         if application and all(self._replay.seen(r.epoch, r.sequence_number) for r in application):
             return DROP_REPLAY

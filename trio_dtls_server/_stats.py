@@ -54,6 +54,9 @@ class StatisticsSnapshot:
     handshaking: int
     peak_peers: int
     evictions: int
+    #: Always 0: kept so that readers of older snapshots (and ``as_dict`` consumers) do not
+    #: break.  Peers are no longer throttled: forged records from a peer's address cost the
+    #: real peer nothing (see ``forgery_alarms``).
     throttles: int
     replacements: int
     idle_closed: int
@@ -73,6 +76,10 @@ class StatisticsSnapshot:
     handshake_seconds_buckets: tuple[int, ...] = (0,) * (len(HANDSHAKE_SECONDS_BUCKETS) + 1)
     #: The sum of those durations, in seconds.
     handshake_seconds_sum: float = 0.0
+    #: Times a peer's address sent ``max_auth_failures`` records failing authentication within
+    #: ``auth_failure_window`` (each time a ``forged_records`` warning).  The peer is still
+    #: served; the drops themselves are in ``drops`` by reason.
+    forgery_alarms: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -100,6 +107,7 @@ class ServerStatistics:
     peak_peers: int = 0
     evictions: int = 0
     throttles: int = 0
+    forgery_alarms: int = 0
     replacements: int = 0
     idle_closed: int = 0
     remote_closed: int = 0
@@ -157,4 +165,5 @@ class ServerStatistics:
             retransmissions=self.retransmissions,
             handshake_seconds_buckets=tuple(self.handshake_seconds_buckets),
             handshake_seconds_sum=self.handshake_seconds_sum,
+            forgery_alarms=self.forgery_alarms,
         )
