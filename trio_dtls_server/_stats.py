@@ -82,7 +82,10 @@ class StatisticsSnapshot:
     forgery_alarms: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        """Every field, JSON-ready (the histogram's buckets as a list)."""
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        fields["handshake_seconds_buckets"] = list(self.handshake_seconds_buckets)
+        return fields
 
 
 @dataclass(slots=True)
