@@ -74,7 +74,6 @@ from ._wire import (
     MalformedDatagram,
     build_hello_verify_request,
     parse_initial_client_hello,
-    parse_psk_identity_from_flight,
 )
 
 __all__ = ["DTLSServer", "Handler", "ServerBindError", "qt_ack_handler"]
@@ -690,7 +689,7 @@ class DTLSServer:
                     events = session.handle_timer(now)
                 else:
                     if self._async_store is not None:
-                        await self._prefetch_psk(session, datagram)
+                        await self._prefetch_psk(slot, session, datagram)
                         now = trio.current_time()
                     events = session.receive_datagram(datagram, now)
                     if any(isinstance(e, HandshakeComplete) and e.resumed for e in events):
@@ -715,7 +714,7 @@ class DTLSServer:
             return None, f"the store raised {type(error).__name__}: {error}"
         return None, f"no answer within {timeout:g} s"
 
-    async def _prefetch_psk(self, session: DTLSSession, datagram: bytes) -> None:
+    async def _prefetch_psk(self, slot: PeerSlot, session: DTLSSession, datagram: bytes) -> None:
         """Look the client's identity up *before* OpenSSL's synchronous callback needs it.
 
         In DTLS 1.2 the ClientKeyExchange travels in plaintext (epoch 0), usually in the same
@@ -724,17 +723,28 @@ class DTLSServer:
         meanwhile wait in its bounded inbox), and leave the answer on the session, where the
         PSK callback finds it.  A failed or late lookup leaves "no key", so OpenSSL itself
         sends the ``unknown_psk_identity`` alert.
+
+        Bounded: one lookup per handshake, for the ClientKeyExchange OpenSSL will process
+        (:meth:`DTLSSession.psk_identity_to_prefetch`), and one answer kept; later ones, with
+        whatever identity, start none.  A malformed one (an identity longer than OpenSSL's 256
+        bytes, say) is counted and not looked up; OpenSSL then refuses it with a fatal alert.
         """
-        if session.state is not SessionState.HANDSHAKING or datagram[:1] != b"\x16":
+        if datagram[:1] != b"\x16":
             return
         try:
-            identity = parse_psk_identity_from_flight(datagram)
-        except MalformedDatagram:
-            return  # OpenSSL will judge it (and refuse it)
-        if identity is None or identity in session.prefetched_keys:
+            identity = session.psk_identity_to_prefetch(datagram)
+        except MalformedDatagram as error:
+            self._drop(
+                "malformed ClientKeyExchange",
+                "malformed_client_key_exchange",
+                f"{slot.info}: malformed ClientKeyExchange: {error}; no PSK lookup",
+                slot.address,
+            )
+            return
+        if identity is None:
             return
         key, failure = await self._lookup_async(identity)
-        session.prefetched_keys[identity] = key
+        session.prefetched_psk = (identity, key)
         if failure is not None:
             session.psk_lookup_failure = failure
 

@@ -46,6 +46,7 @@ from OpenSSL import SSL
 from ._certificates import peer_certificate
 from ._openssl import (
     alert_name,
+    cipher_name_for_suite,
     drain_write_bio,
     expect_server_name,
     openssl_error_reason,
@@ -63,6 +64,7 @@ from ._wire import (
     Record,
     pack_datagrams,
     parse_alert,
+    parse_psk_identity_from_flight,
     parse_records,
     split_records,
 )
@@ -336,11 +338,16 @@ class DTLSSession:
         #: The PSK identity the client used (server side, once the PSK callback ran, or from
         #: the session once a resumed handshake finished).
         self.psk_identity: bytes | None = None
-        #: Keys an asynchronous PSK store answered before OpenSSL asked (server side): the owner
-        #: fills it, the PSK callback reads it.  A ``None`` value means "no key".
-        self.prefetched_keys: dict[bytes, bytes | None] = {}
-        #: Why the prefetched key is missing (lookup timed out or raised), for the reason text.
+        #: The one lookup an asynchronous PSK store answered before OpenSSL asked (server
+        #: side): ``(identity, key or None)``.  The owner fills it (see
+        #: :meth:`psk_identity_to_prefetch`), the PSK callback reads it.  One entry, never more:
+        #: a handshake makes at most one lookup, whatever the client sends.
+        self.prefetched_psk: tuple[bytes, bytes | None] | None = None
+        #: Why the key is missing (lookup timed out or raised), for the reason text.
         self.psk_lookup_failure: str | None = None
+        # Server side, a PSK suite: the handshake message number of the client's
+        # ClientKeyExchange, the one after its verified ClientHello (see server()).
+        self._psk_key_exchange_seq: int | None = None
         #: True once a handshake finished by resuming an earlier session.
         self.resumed = False
         #: The fatal alert we sent / received when the handshake failed (``name (number)``).
@@ -413,6 +420,7 @@ class DTLSSession:
             release_openssl=release_openssl,
         )
         session._peer_may_limit_fragments = _MAX_FRAGMENT_LENGTH_EXTENSION in verified_client_hello
+        hello_message_seq = int.from_bytes(verified_client_hello[17:19], "big")
         hello_number = int.from_bytes(verified_client_hello[5:11], "big")
         if 1 < hello_number < 2**40:  # OpenSSL starts at 1; leave room below 2^48
             session._epoch0_offset = hello_number - 1
@@ -425,6 +433,9 @@ class DTLSSession:
             session.startup_events = session._fail(reason, now)
             return session
         session.startup_events = session._step_handshake(now)
+        if session.state is SessionState.HANDSHAKING and session._chose_psk_suite():
+            # A PSK client sends no Certificate: its ClientKeyExchange comes next.
+            session._psk_key_exchange_seq = hello_message_seq + 1
         return session
 
     @classmethod
@@ -468,8 +479,13 @@ class DTLSSession:
     # -- PSK callbacks (called by OpenSSL from inside do_handshake) -----------------------------
 
     def psk_for_identity(self, identity: bytes) -> bytes | None:
-        if identity in self.prefetched_keys:
-            key = self.prefetched_keys[identity]
+        if self.prefetched_psk is not None:
+            looked_up, key = self.prefetched_psk
+            if looked_up != identity:
+                # OpenSSL processed another ClientKeyExchange than the one looked up (a forged
+                # one got there first): no second lookup, the handshake fails.
+                key = None
+                self.psk_lookup_failure = "another identity was looked up for this handshake"
         elif self._psk_lookup is not None:
             key = self._psk_lookup(identity)
         else:
@@ -484,6 +500,44 @@ class DTLSSession:
 
     def psk_identity_and_key(self, hint: bytes | None) -> tuple[bytes, bytes] | None:
         return self._psk_credentials
+
+    def psk_identity_to_prefetch(self, datagram: bytes) -> bytes | None:
+        """The identity an asynchronous store should look up for ``datagram``, or None.
+
+        That is the identity in its ClientKeyExchange if OpenSSL will process it: server side,
+        a PSK suite was chosen, the message number follows the client's verified hello, and
+        no lookup was made yet for this handshake (:attr:`prefetched_psk` is empty).  So one
+        handshake costs the store one lookup, however many ClientKeyExchanges the client
+        sends.  Raises :class:`~._wire.MalformedDatagram` for a datagram that does not parse
+        or names an identity longer than OpenSSL accepts.
+        """
+        expected = self._psk_key_exchange_seq
+        if (
+            expected is None
+            or self.prefetched_psk is not None
+            or self.state is not SessionState.HANDSHAKING
+        ):
+            return None
+        return parse_psk_identity_from_flight(datagram, message_seq=expected)
+
+    def _chose_psk_suite(self) -> bool:
+        """Whether the ServerHello we just sent chose a PSK suite (read from our own bytes:
+        OpenSSL names the suite only once the handshake is over)."""
+        for datagram in self._outgoing:
+            for record in _records_or_none(datagram) or []:
+                fragment = record.fragment
+                plaintext_handshake = record.epoch == 0 and record.content_type == CONTENT_HANDSHAKE
+                if not plaintext_handshake or fragment[:1] != _SERVER_HELLO:
+                    continue
+                # handshake header(12), then version(2) random(32) session_id<0..32> suite(2)
+                at = 12 + 2 + 32
+                if len(fragment) < at + 1:
+                    return False
+                at += 1 + fragment[at]
+                suite = int.from_bytes(fragment[at : at + 2], "big")
+                name = cipher_name_for_suite(self._connection, suite) or ""
+                return "PSK" in name.split("-")
+        return False
 
     # -- what the owner calls -----------------------------------------------------------------
 
