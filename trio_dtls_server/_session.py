@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from OpenSSL import SSL
 
-from ._certificates import peer_certificate
+from ._certificates import UnreadablePeerCertificate, peer_certificate
+from ._events import describe_exception
 from ._openssl import (
     alert_name,
     cipher_name_for_suite,
@@ -213,6 +214,8 @@ _WARNING = 1
 _FATAL = 2
 _CLOSE_NOTIFY = 0
 _BAD_RECORD_MAC = 20
+_BAD_CERTIFICATE = 42
+_INTERNAL_ERROR = 80
 _NO_RENEGOTIATION = 100
 #: Handshake message types (the first byte of a handshake fragment).
 _SERVER_HELLO = b"\x02"
@@ -487,7 +490,11 @@ class DTLSSession:
                 key = None
                 self.psk_lookup_failure = "another identity was looked up for this handshake"
         elif self._psk_lookup is not None:
-            key = self._psk_lookup(identity)
+            try:
+                key = self._psk_lookup(identity)
+            except Exception as error:  # noqa: BLE001 - a broken store fails this handshake only
+                key = None
+                self.psk_lookup_failure = f"the store raised {describe_exception(error)}"
         else:
             key = None
             if self.psk_lookup_failure is None:
@@ -698,7 +705,41 @@ class DTLSSession:
             self.state = SessionState.CLOSED
         self.timer_deadline = None
 
+    def abort(self, reason: str) -> None:
+        """End the session for a fault on our side (an exception where none was expected).
+
+        During the handshake the peer gets a plaintext fatal ``internal_error`` alert, which
+        it can read until we have sent our ChangeCipherSpec (after that OpenSSL cannot seal
+        an alert on demand, and the peer times out); :attr:`alert_sent` then names it.  An
+        established session says close_notify, as :meth:`close` does: the peer did nothing
+        wrong and may come back.  Either way the session ends; ``reason`` becomes its
+        :attr:`failure_reason`.  Idempotent.
+        """
+        if self.state is SessionState.HANDSHAKING:
+            self._queue_plaintext_alert(_INTERNAL_ERROR)
+            self.state = SessionState.FAILED
+            self.failure_reason = reason
+        elif self.state is SessionState.ESTABLISHED:
+            self.close()
+            self.failure_reason = reason
+        self.timer_deadline = None
+
     # -- internals ------------------------------------------------------------------------------
+
+    def _queue_plaintext_alert(self, description: int) -> None:
+        """Queue a fatal alert of our own, in plaintext (epoch 0), during the handshake.
+
+        The peer reads it until we have sent our ChangeCipherSpec; after that nothing is
+        queued (OpenSSL cannot seal an alert on demand).  Numbered after OpenSSL's epoch-0
+        records, as :meth:`_reject_bad_finished` does.
+        """
+        if self._sent_protected:
+            return
+        header = bytes([CONTENT_ALERT]) + DTLS_1_2.to_bytes(2, "big") + b"\0\0"
+        sequence = self._next_plaintext_sequence.to_bytes(6, "big")
+        self._outgoing.append(header + sequence + b"\0\x02" + bytes([_FATAL, description]))
+        self._next_plaintext_sequence += 1
+        self.alert_sent = alert_name(description)
 
     def _say_goodbye(self) -> None:
         """Queue our close_notify (a broken connection cannot say goodbye: then nothing)."""
@@ -786,6 +827,13 @@ class DTLSSession:
         except SSL.Error as error:
             events = self._take_callback_events()
             return events + self._fail(self._handshake_failure_reason(error), now)
+        except UnreadablePeerCertificate as error:
+            # pyOpenSSL raises what our verify callback raised.  OpenSSL's queued alert says
+            # internal_error (it cannot know why the callback refused); ours says what is wrong.
+            events = self._take_callback_events()
+            drain_write_bio(self._connection)
+            self._queue_plaintext_alert(_BAD_CERTIFICATE)
+            return events + self._fail(str(error), now)
         events = self._take_callback_events()
         self._final_flight = self._flush()
         self.state = SessionState.ESTABLISHED
