@@ -11,6 +11,8 @@ naming the peer and the exception, and a counter — while a second client is se
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +21,9 @@ import support
 import trio
 import trustme
 from auth_support import IDENTITY, KEY, ConnectionLog, quiet
+from cryptography import x509
 from lenient_certificates import issue_lenient_certificate
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from trio_dtls_server import (
     CertificateConfig,
@@ -37,6 +40,7 @@ from trio_dtls_server._profiles import client_cipher_string
 from trio_dtls_server._session import DTLSSession, RetransmitPolicy, SessionState
 from trio_dtls_server._wire import parse_psk_identity_from_flight
 
+OPENSSL = shutil.which("openssl")
 FAULTY = "faulty-device"
 OTHER_KEY = bytes.fromhex("ffeeddccbbaa99887766554433221100")
 INTERNAL_ERROR_ALERT = "internal_error (80)"
@@ -295,6 +299,23 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
             ca, "old-server", directory / "old-server.pem", ip_address="127.0.0.1"
         ),
     )
+
+
+def test_the_lenient_certificates_are_what_they_claim(pki: Pki) -> None:
+    """OpenSSL verifies them against the CA; cryptography refuses to parse them."""
+    store = crypto.X509Store()
+    store.add_cert(crypto.load_certificate(crypto.FILETYPE_PEM, pki.ca.read_bytes()))
+    for path in (pki.lenient_client_pem, pki.lenient_server_pem):
+        pem = path.read_bytes()
+        certificate = crypto.load_certificate(crypto.FILETYPE_PEM, pem)
+        crypto.X509StoreContext(store, certificate).verify_certificate()  # raises if refused
+        with pytest.raises(ValueError, match="EncodedDefault"):
+            x509.load_pem_x509_certificate(pem)
+        if OPENSSL is not None:
+            command = [OPENSSL, "verify", "-CAfile", str(pki.ca), str(path)]
+            verdict = subprocess.run(command, capture_output=True, text=True, timeout=20)
+            assert verdict.returncode == 0, verdict.stderr
+            assert verdict.stdout.strip() == f"{path}: OK"
 
 
 def certificate_ciphers() -> str:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import support
 import trio
-from auth_support import ConnectionLog
+from auth_support import ConnectionLog, make_credentials, quiet
 
-from trio_dtls_server import DTLSServer
+from trio_dtls_server import CertificateConfig, DTLSClient, DTLSServer
 from trio_dtls_server._wire import (
     CONTENT_ALERT,
     HANDSHAKE_CLIENT_KEY_EXCHANGE,
@@ -126,3 +127,25 @@ async def test_identities_longer_than_openssl_takes_are_never_looked_up(length: 
                 "malformed ClientKeyExchange: PSK identity of 257 bytes exceeds OpenSSL's limit "
                 "of 256; no PSK lookup"
             )
+
+
+async def test_a_certificate_handshake_never_asks_the_psk_store(tmp_path: Path) -> None:
+    """On a server with both, a certificate client's ClientKeyExchange is not read as PSK."""
+    credentials = make_credentials(tmp_path)
+    store = CountingStore()
+    server = DTLSServer(
+        store, certificate=CertificateConfig(credentials.server_pem), handler=ConnectionLog()
+    )
+    async with support.serving(server) as running:
+        async with await DTLSClient.connect(
+            running.host, running.port, ca=credentials.ca, on_event=quiet
+        ) as client:
+            assert client.cipher.startswith("ECDHE-ECDSA-")
+            await client.send(b"ping")
+            assert await client.receive() == b"echo: ping"
+        async with await DTLSClient.connect(
+            running.host, running.port, identity=support.IDENTITY, key=support.KEY, on_event=quiet
+        ) as device:
+            assert "PSK" in device.cipher
+        assert store.asked == [support.IDENTITY.encode()]  # the PSK device's, only
+        assert server.statistics().drops == {}
