@@ -99,7 +99,11 @@ async def test_counters_move_with_real_traffic() -> None:
         assert before[("dtls_handshakes_succeeded_total", ())] == 0
         names = {name for name, _ in before}
         # Every documented name is exposed (labelled counters show up once they have a child).
-        labelled = {"dtls_handshakes_failed_total", "dtls_dropped_datagrams_total"}
+        labelled = {
+            "dtls_handshakes_failed_total",
+            "dtls_dropped_datagrams_total",
+            "dtls_peer_failures_total",
+        }
         for name in set(METRICS) - labelled:
             assert name in names or f"{name}_count" in names, name
         client = await DTLSClient.connect(*running.address, identity=IDENTITY, key=KEY)

@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from trio_dtls_server._wire import (
     CONTENT_HANDSHAKE,
     HANDSHAKE_CLIENT_HELLO,
+    HANDSHAKE_CLIENT_KEY_EXCHANGE,
+    MAX_PSK_IDENTITY_LENGTH,
     MAX_RECORD_FRAGMENT,
     ClientHello,
     HandshakeFragment,
@@ -31,6 +34,7 @@ from trio_dtls_server._wire import (
     parse_hello_verify_request,
     parse_initial_client_hello,
     parse_psk_identity_from_client_key_exchange,
+    parse_psk_identity_from_flight,
     parse_records,
     split_records,
 )
@@ -282,6 +286,43 @@ def test_hello_verify_request_round_trip(datagram: bytes, cookie: bytes) -> None
     assert parse_hello_verify_request(hvr) == cookie
     [record] = parse_records(hvr)
     assert record.sequence_number == initial.record.sequence_number
+
+
+@SETTINGS
+@given(
+    st.binary(max_size=MAX_PSK_IDENTITY_LENGTH + 100),
+    st.binary(max_size=80),
+    st.integers(0, 4),
+    st.one_of(st.none(), st.integers(0, 4)),
+)
+@example(bytes(MAX_PSK_IDENTITY_LENGTH), b"", 2, 2)
+@example(bytes(MAX_PSK_IDENTITY_LENGTH + 1), b"", 2, None)
+def test_psk_identities_are_bounded_and_taken_from_the_wanted_message(
+    identity: bytes, tail: bytes, message_seq: int, wanted: int | None
+) -> None:
+    """Identities up to OpenSSL's 256 bytes come back whole, longer ones are refused; in a
+    flight, only the ClientKeyExchange with the wanted message number (if one is asked) counts.
+    """
+    body = len(identity).to_bytes(2, "big") + identity + tail  # tail: an ECDHE public value
+    key_exchange = encode_handshake(HANDSHAKE_CLIENT_KEY_EXCHANGE, body, message_seq)
+    flight = encode_record(CONTENT_HANDSHAKE, 0xFEFD, 0, 2, key_exchange) + encode_record(
+        20, 0xFEFD, 0, 3, b"\x01"
+    )
+    if wanted is not None and wanted != message_seq:
+        assert parse_psk_identity_from_flight(flight, message_seq=wanted) is None
+        return
+    if len(identity) <= MAX_PSK_IDENTITY_LENGTH:
+        assert parse_psk_identity_from_client_key_exchange(body) == identity
+        assert parse_psk_identity_from_flight(flight, message_seq=wanted) == identity
+        return
+    refusal = (
+        f"^PSK identity of {len(identity)} bytes exceeds OpenSSL's limit of "
+        f"{MAX_PSK_IDENTITY_LENGTH}$"
+    )
+    with pytest.raises(MalformedDatagram, match=refusal):
+        parse_psk_identity_from_client_key_exchange(body)
+    with pytest.raises(MalformedDatagram, match=refusal):
+        parse_psk_identity_from_flight(flight, message_seq=wanted)
 
 
 # ---------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ __all__ = [
     "ClientCertificateMode",
     "KeyType",
     "ServerCertificate",
+    "UnreadablePeerCertificate",
     "describe_subject",
     "load_certificate_config",
     "peer_certificate",
@@ -68,6 +69,19 @@ SigningKey: TypeAlias = (
 
 class CertificateError(ValueError):
     """A certificate, key or CA file that cannot be used; the message names the file."""
+
+
+class UnreadablePeerCertificate(Exception):
+    """A peer's certificate that OpenSSL verified but ``cryptography`` cannot read.
+
+    OpenSSL parses certificates leniently and checks the CA's signature over the bytes as sent,
+    so it accepts BER where X.509 demands DER (older device CAs write an extension's
+    ``critical FALSE``, a DEFAULT value DER leaves out).  ``cryptography`` refuses them, and
+    without it there is no :attr:`~trio_dtls_server.DTLSConnection.peer_certificate` to give
+    the application, so the handshake is refused.  Raised in the verify callback: pyOpenSSL
+    then fails the handshake (OpenSSL sends its fatal alert) and raises this again out of
+    ``do_handshake``, where the session turns it into a failed handshake with this message.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,12 +250,20 @@ def _strong_keys_only(
     """Verify callback: OpenSSL's verdict, plus our minimum key sizes for every certificate.
 
     With ``@SECLEVEL=0`` (the ``iot`` profile) OpenSSL itself would accept 512-bit RSA keys;
-    this keeps the floor where the default security level puts it.
+    this keeps the floor where the default security level puts it.  A certificate that
+    ``cryptography`` cannot read raises :class:`UnreadablePeerCertificate`.
     """
     if not ok:
         return False
     try:
-        _check_public_key(certificate.to_cryptography().public_key())
+        parsed = certificate.to_cryptography()
+    except ValueError as error:
+        raise UnreadablePeerCertificate(
+            f"the peer's certificate (chain depth {depth}) verified, but it is not DER-encoded "
+            f"and cryptography cannot read it: {error}"
+        ) from None
+    try:
+        _check_public_key(parsed.public_key())
     except CertificateError:
         return False
     return True

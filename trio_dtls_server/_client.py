@@ -34,7 +34,14 @@ from OpenSSL import SSL
 from ._certificates import use_client_credentials
 from ._config import DEFAULT_IPV4_MTU, DEFAULT_IPV6_MTU
 from ._connection import ConnectionClosed
-from ._events import DatagramReceived, ErrorEvent, InfoEvent, ServerEvent, WarningEvent
+from ._events import (
+    DatagramReceived,
+    ErrorEvent,
+    InfoEvent,
+    ServerEvent,
+    WarningEvent,
+    describe_exception,
+)
 from ._openssl import install_client_psk, new_dtls_context, restrict_groups_and_signatures
 from ._profiles import client_cipher_string, lowers_security_level
 from ._session import (
@@ -93,7 +100,8 @@ def _path_text(path: str | PurePath | None) -> str | None:
 
 def _log_event(event: ServerEvent) -> None:
     level = {"error": logging.ERROR, "warning": logging.WARNING}.get(event.severity, logging.INFO)
-    logger.log(level, "%s", event.message)
+    exception = event.exception if isinstance(event, ErrorEvent) else None
+    logger.log(level, "%s", event.message, exc_info=exception)
 
 
 class DTLSClient:
@@ -226,8 +234,11 @@ class DTLSClient:
             )
             client = cls(transport, server, dtls_session, name, on_event)
             on_event(InfoEvent("handshake_start", f"{name}: starting a handshake"))
-            with trio.move_on_after(handshake_timeout):
-                await client._handshake()
+            try:
+                with trio.move_on_after(handshake_timeout):
+                    await client._handshake()
+            except Exception as error:  # any fault is this handshake's failure
+                raise client._internal_error(error) from error
             if dtls_session.state is SessionState.HANDSHAKING:
                 dtls_session.close()
                 message = f"{name}: handshake not finished within {handshake_timeout:g} s"
@@ -278,6 +289,20 @@ class DTLSClient:
                 self._on_event(
                     InfoEvent("handshake_progress", f"{name}: continuing with handshake ...")
                 )
+
+    def _internal_error(self, error: Exception) -> HandshakeError:
+        """An exception nobody expected during the handshake, as the :class:`HandshakeError`
+        :meth:`connect` promises; the server gets a fatal ``internal_error`` alert if it can
+        still read one (best effort, never blocking)."""
+        message = f"{self._name}: handshake error - internal error: {describe_exception(error)}"
+        try:
+            self._session.abort(message)
+            for datagram in self._session.take_datagrams():
+                self._transport.send_nowait(datagram, self._server)
+        except Exception:  # noqa: BLE001 - the session may be what broke
+            pass
+        self._on_event(ErrorEvent("handshake_failed", message, exception=error))
+        return HandshakeError(message)
 
     async def _receive_datagram(self) -> bytes:
         """The next datagram from the server; anything from elsewhere is dropped."""

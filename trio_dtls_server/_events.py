@@ -33,6 +33,7 @@ __all__ = [
     "InfoEvent",
     "ServerEvent",
     "WarningEvent",
+    "describe_exception",
     "peer_info",
 ]
 
@@ -44,6 +45,12 @@ Address = tuple[str, int]
 def peer_info(peer: Address) -> str:
     """Qt's ``(address:port)`` text: ``(127.0.0.1:5555)``; IPv6 has no brackets: ``(::1:5555)``."""
     return f"({peer[0]}:{peer[1]})"
+
+
+def describe_exception(error: BaseException) -> str:
+    """``RuntimeError: the handler broke``; just the type's name when there is no message."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +68,13 @@ class ServerEvent:
 
 @dataclass(frozen=True, slots=True)
 class ErrorEvent(ServerEvent):
-    """Qt's ``errorMessage``: something failed (a handshake, a bind, a connection)."""
+    """Qt's ``errorMessage``: something failed (a handshake, a bind, a connection).
+
+    ``exception`` is the exception behind it when one was raised where none was expected (an
+    application handler, a bug): the log line then carries its traceback.
+    """
+
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
 
     @property
     def severity(self) -> str:
@@ -149,7 +162,10 @@ class EventHub:
             if held_back:
                 note = f" ({held_back} more like this were not logged)"
         if logger.isEnabledFor(level):
-            logger.log(level, "%s%s", event.message, note, extra={"dtls_event": event})
+            exception = event.exception if isinstance(event, ErrorEvent) else None
+            logger.log(
+                level, "%s%s", event.message, note, exc_info=exception, extra={"dtls_event": event}
+            )
         for channel in list(self._subscribers):
             try:
                 channel.send_nowait(event)

@@ -77,6 +77,7 @@ METRICS: tuple[str, ...] = (
     *(f"{name}_total" for name, _, _ in _COUNTERS),
     "dtls_handshakes_failed_total",
     "dtls_dropped_datagrams_total",
+    "dtls_peer_failures_total",
     "dtls_mac_failures_total",
     "dtls_kernel_dropped_datagrams_total",
     "dtls_worker_restarts_total",
@@ -109,14 +110,22 @@ class StatisticsCollector(Collector):
             )
         failed: Counter[str] = Counter()
         drops: Counter[str] = Counter()
+        faults: Counter[str] = Counter()
         for snapshot in snapshots:
             failed.update(snapshot.handshakes_failed)
             drops.update(snapshot.drops)
+            faults.update(snapshot.peer_failures)
         yield _labelled_counter(
             "dtls_handshakes_failed", "Handshakes that failed, by reason.", failed
         )
         yield _labelled_counter(
             "dtls_dropped_datagrams", "Datagrams dropped without an answer, by reason.", drops
+        )
+        yield _labelled_counter(
+            "dtls_peer_failures",
+            "Peers ended by an unexpected exception (a bug), by where it was raised.",
+            faults,
+            label="where",
         )
         yield CounterMetricFamily(
             "dtls_mac_failures",
@@ -146,10 +155,12 @@ class StatisticsCollector(Collector):
         yield _duration_histogram(snapshots)
 
 
-def _labelled_counter(name: str, documentation: str, counts: Counter[str]) -> Metric:
-    family = CounterMetricFamily(name, documentation, labels=["reason"])
-    for reason in sorted(counts):
-        family.add_metric([reason], counts[reason])
+def _labelled_counter(
+    name: str, documentation: str, counts: Counter[str], *, label: str = "reason"
+) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value in sorted(counts):
+        family.add_metric([value], counts[value])
     return family
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "DTLS_1_2",
     "PskResponder",
     "alert_name",
+    "cipher_name_for_suite",
     "expect_server_name",
     "configure_session_resumption",
     "drain_write_bio",
@@ -270,6 +271,19 @@ def configure_session_resumption(
         return
     context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
     context.set_timeout(max(1, math.ceil(lifetime)))
+
+
+def cipher_name_for_suite(connection: SSL.Connection, suite: int) -> str | None:
+    """OpenSSL's name for the suite numbered ``suite``: ``ECDHE-PSK-CHACHA20-POLY1305`` for 0xCCAC.
+
+    None for a number OpenSSL does not know.  Unlike ``get_cipher_name()``, this works in the
+    middle of a handshake (OpenSSL records the chosen suite on the session only at its end).
+    """
+    cipher = _lib.SSL_CIPHER_find(connection._ssl, suite.to_bytes(2, "big"))
+    if cipher == _ffi.NULL:
+        return None
+    name: bytes = _ffi.string(_lib.SSL_CIPHER_get_name(cipher))
+    return name.decode("ascii")
 
 
 def session_reused(connection: SSL.Connection) -> bool:

@@ -66,7 +66,12 @@ MAX_PSK_LENGTH = 512
 
 @runtime_checkable
 class PskStore(Protocol):
-    """Anything with ``lookup(identity) -> key or None``; it must be quick and must not block."""
+    """Anything with ``lookup(identity) -> key or None``; it must be quick and must not block.
+
+    Raising fails that one handshake as a failed lookup (``handshakes_failed["PSK lookup
+    failed"]``, the reason names the exception; ``unknown_psk_identity`` alert on a full
+    handshake, close_notify on a resumed one); it never stops the server.
+    """
 
     def lookup(self, identity: bytes) -> bytes | None: ...
 

@@ -15,6 +15,8 @@ Where things are:
 * :meth:`DTLSServer._run_peer` is **the peer task**: it runs the handshake (with the handshake
   deadline as a cancel scope), then the application's handler with a :class:`DTLSConnection`.
   Its cancel scope is how the server replaces (client restart), evicts or shuts down a peer.
+  An exception it did not expect (the handler's, a PSK store's, a bug's) ends that peer alone
+  (:meth:`DTLSServer._peer_failed`); the reader and every other peer carry on.
 """
 
 from __future__ import annotations
@@ -45,7 +47,15 @@ from ._connection import (
     drop_warning,
 )
 from ._cookie import CookieJar
-from ._events import ErrorEvent, EventHub, InfoEvent, ServerEvent, WarningEvent, peer_info
+from ._events import (
+    ErrorEvent,
+    EventHub,
+    InfoEvent,
+    ServerEvent,
+    WarningEvent,
+    describe_exception,
+    peer_info,
+)
 from ._openssl import (
     configure_session_resumption,
     install_server_psk,
@@ -89,7 +99,6 @@ from ._wire import (
     MalformedDatagram,
     build_hello_verify_request,
     parse_initial_client_hello,
-    parse_psk_identity_from_flight,
 )
 
 __all__ = ["DTLSServer", "Handler", "ServerBindError", "qt_ack_handler"]
@@ -451,7 +460,10 @@ class DTLSServer:
                 received = transport.receive_nowait(size)
                 if received is None:
                     break
-                self._on_datagram(received[0], received[1], size, transport.reply_source())
+                try:
+                    self._on_datagram(received[0], received[1], size, transport.reply_source())
+                except Exception as error:  # noqa: BLE001 - one datagram must not stop the reader
+                    self._datagram_failed(received[1], error)
                 if self._held is not None:
                     await self._let_peer_catch_up()
             self._may_hold = False
@@ -488,6 +500,22 @@ class DTLSServer:
             "queue_overflow",
             f"{slot.info}: inbound queue full ({self.config.peer_queue_size}), dropped",
             slot.address,
+        )
+
+    def _datagram_failed(self, address: Address, error: Exception) -> None:
+        """An exception nobody expected while the reader classified one datagram: that
+        datagram is dropped (``drops["internal error"]``, error event with the exception); the
+        reader reads on."""
+        self._stats.drops["internal error"] += 1
+        self._hub.emit(
+            ErrorEvent(
+                "datagram_failed",
+                f"{peer_info(address)}: internal error, datagram dropped: "
+                f"{describe_exception(error)}",
+                address,
+                exception=error,
+            ),
+            rate_limited=True,
         )
 
     def _warn(self, code: str, message: str, peer: Address | None) -> None:
@@ -714,7 +742,12 @@ class DTLSServer:
         return True
 
     async def _run_peer(self, slot: PeerSlot, hello: bytes) -> None:
-        """The peer task: handshake, then the handler; its cancel scope ends it from outside."""
+        """The peer task: handshake, then the handler; its cancel scope ends it from outside.
+
+        Any :class:`Exception` raised in here ends this peer only (:meth:`_peer_failed`); Trio's
+        cancellation (a :class:`BaseException`) passes untouched.  The ``finally`` releases the
+        table entry and the handshake count whatever happened.
+        """
         session: DTLSSession | None = None
         try:
             with slot.cancel_scope:
@@ -731,6 +764,8 @@ class DTLSServer:
                 slot.session = session
                 if await self._handshake(slot, session):
                     await self._serve_connection(slot, session)
+        except Exception as error:  # noqa: BLE001 - a fault in one peer must not stop the server
+            self._peer_failed(slot, session, error)
         finally:
             slot.finished = True
             if slot.established is False:
@@ -739,8 +774,13 @@ class DTLSServer:
             # replacement: the restarted client has no keys for the old epoch.
             replaced = (slot.ended_by_server or "").startswith("replaced")
             if session is not None and session.state is SessionState.ESTABLISHED and not replaced:
-                session.close()
-                for datagram in session.take_datagrams():
+                try:
+                    session.close()
+                    goodbye = session.take_datagrams()
+                except Exception as error:  # noqa: BLE001 - the entry below must still go
+                    self._peer_failed(slot, None, error)
+                    goodbye = []
+                for datagram in goodbye:
                     self._send_nowait(datagram, slot.address, slot.reply_source)
             slot.inbox_send.close()
             if self._peers.get(slot.address) is slot:
@@ -783,7 +823,7 @@ class DTLSServer:
                     events = session.handle_timer(now)
                 else:
                     if self._async_store is not None:
-                        await self._prefetch_psk(session, datagram)
+                        await self._prefetch_psk(slot, session, datagram)
                         now = trio.current_time()
                     events = session.receive_datagram(datagram, now)
                     if any(isinstance(e, HandshakeComplete) and e.resumed for e in events):
@@ -805,10 +845,10 @@ class DTLSServer:
             with trio.move_on_after(timeout):
                 return await self._async_store.lookup(identity), None
         except Exception as error:  # noqa: BLE001 - any store failure fails this handshake only
-            return None, f"the store raised {type(error).__name__}: {error}"
+            return None, f"the store raised {describe_exception(error)}"
         return None, f"no answer within {timeout:g} s"
 
-    async def _prefetch_psk(self, session: DTLSSession, datagram: bytes) -> None:
+    async def _prefetch_psk(self, slot: PeerSlot, session: DTLSSession, datagram: bytes) -> None:
         """Look the client's identity up *before* OpenSSL's synchronous callback needs it.
 
         In DTLS 1.2 the ClientKeyExchange travels in plaintext (epoch 0), usually in the same
@@ -817,17 +857,28 @@ class DTLSServer:
         meanwhile wait in its bounded inbox), and leave the answer on the session, where the
         PSK callback finds it.  A failed or late lookup leaves "no key", so OpenSSL itself
         sends the ``unknown_psk_identity`` alert.
+
+        Bounded: one lookup per handshake, for the ClientKeyExchange OpenSSL will process
+        (:meth:`DTLSSession.psk_identity_to_prefetch`), and one answer kept; later ones, with
+        whatever identity, start none.  A malformed one (an identity longer than OpenSSL's 256
+        bytes, say) is counted and not looked up; OpenSSL then refuses it with a fatal alert.
         """
-        if session.state is not SessionState.HANDSHAKING or datagram[:1] != b"\x16":
+        if datagram[:1] != b"\x16":
             return
         try:
-            identity = parse_psk_identity_from_flight(datagram)
-        except MalformedDatagram:
-            return  # OpenSSL will judge it (and refuse it)
-        if identity is None or identity in session.prefetched_keys:
+            identity = session.psk_identity_to_prefetch(datagram)
+        except MalformedDatagram as error:
+            self._drop(
+                "malformed ClientKeyExchange",
+                "malformed_client_key_exchange",
+                f"{slot.info}: malformed ClientKeyExchange: {error}; no PSK lookup",
+                slot.address,
+            )
+            return
+        if identity is None:
             return
         key, failure = await self._lookup_async(identity)
-        session.prefetched_keys[identity] = key
+        session.prefetched_psk = (identity, key)
         if failure is not None:
             session.psk_lookup_failure = failure
 
@@ -843,10 +894,14 @@ class DTLSServer:
         if identity is None:
             return events  # a certificate session
         failure: str | None = None
+        key: bytes | None = None
         if self._async_store is not None:
             key, failure = await self._lookup_async(identity)
-        else:
-            key = self._sync_lookup(identity) if self._sync_lookup is not None else None
+        elif self._sync_lookup is not None:
+            try:
+                key = self._sync_lookup(identity)
+            except Exception as error:  # noqa: BLE001 - a broken store fails this handshake only
+                failure = f"the store raised {describe_exception(error)}"
         if key is not None:
             return events
         name = identity.decode("latin-1")
@@ -941,13 +996,73 @@ class DTLSServer:
             elif isinstance(event, HandshakeFailed):
                 self._handshake_failed(slot, _describe_failure(event), _failure_kind(event.reason))
 
-    def _handshake_failed(self, slot: PeerSlot, reason: str, kind: str) -> None:
+    def _handshake_failed(
+        self, slot: PeerSlot, reason: str, kind: str, exception: Exception | None = None
+    ) -> None:
         self._stats.handshakes_failed[kind] += 1
         self._hub.emit(
             ErrorEvent(
-                "handshake_failed", f"{slot.info}: handshake failed: {reason}", slot.address
+                "handshake_failed",
+                f"{slot.info}: handshake failed: {reason}",
+                slot.address,
+                exception=exception,
             ),
             # An attacker holding the handshake slots must not turn them into a log flood.
+            rate_limited=True,
+        )
+
+    def _peer_failed(self, slot: PeerSlot, session: DTLSSession | None, error: Exception) -> None:
+        """An exception nobody expected ended ``slot``'s task: contain it to this peer.
+
+        The peer is told (:meth:`DTLSSession.abort`: a fatal ``internal_error`` alert during
+        the handshake, close_notify after it), ``peer_failures`` counts it (and, during the
+        handshake, ``handshakes_failed["internal error"]``), and an error event names the peer
+        and carries the exception, so the log shows its traceback.  The caller's ``finally``
+        releases the peer's table entry.
+        """
+        during_handshake = not slot.established
+        self._stats.peer_failures["handshake" if during_handshake else "connection"] += 1
+        described = describe_exception(error)
+        told = ""
+        if session is not None:
+            before = session.state
+            try:
+                session.abort(f"internal error: {described}")
+                datagrams = session.take_datagrams()
+            except Exception:  # noqa: BLE001 - the session may be what broke: say nothing then
+                datagrams = []
+            for datagram in datagrams:
+                self._send_nowait(datagram, slot.address, slot.reply_source)
+            if datagrams and before is SessionState.HANDSHAKING and session.alert_sent:
+                told = f"; fatal alert sent: {session.alert_sent}"
+            elif datagrams and before is SessionState.ESTABLISHED:
+                told = "; close_notify sent"
+        if during_handshake:
+            reason = f"internal error: {described}{told}"
+            self._handshake_failed(slot, reason, "internal error", exception=error)
+            return
+        self._hub.emit(
+            ErrorEvent(
+                "peer_failed",
+                f"{slot.info}: internal error, the connection ends: {described}{told}",
+                slot.address,
+                exception=error,
+            ),
+            rate_limited=True,
+        )
+
+    def _handler_failed(self, slot: PeerSlot, error: Exception) -> None:
+        """The application's handler raised: count it and report it with its traceback."""
+        self._stats.peer_failures["handler"] += 1
+        self._hub.emit(
+            ErrorEvent(
+                "handler_failed",
+                f"{slot.info}: the handler raised {describe_exception(error)}; "
+                "the connection ends (close_notify)",
+                slot.address,
+                exception=error,
+            ),
+            # A handler bug that every datagram triggers must not become a log flood.
             rate_limited=True,
         )
 
@@ -969,9 +1084,15 @@ class DTLSServer:
         idle = self.config.idle_timeout
         if idle is not None:
             slot.idle_watch.deadline = slot.last_activity + idle + IDLE_WATCH_GRACE
-        # A handler may let the end of its connection propagate; that is a normal end.
-        with slot.idle_watch, contextlib.suppress(ConnectionClosed):
-            await self._handler(connection)
+        # A handler may let the end of its connection propagate; that is a normal end.  Any
+        # other exception ends this connection only; _run_peer then sends close_notify.
+        try:
+            with slot.idle_watch, contextlib.suppress(ConnectionClosed):
+                await self._handler(connection)
+        except Exception as error:  # noqa: BLE001 - the application's bug ends its peer only
+            if not _only_connection_closed(error):
+                self._handler_failed(slot, error)
+                return
         if slot.idle_watch.cancelled_caught and not connection.closed:
             # The handler stopped reading (stuck on something else) and the peer stayed quiet:
             # the idle timeout holds anyway.  _run_peer sends the close_notify.
@@ -984,6 +1105,11 @@ class DTLSServer:
                     slot.address,
                 )
             )
+
+
+def _only_connection_closed(error: Exception) -> bool:
+    """A group of nothing but ConnectionClosed: a handler's nursery saw its connection end."""
+    return isinstance(error, ExceptionGroup) and error.split(ConnectionClosed)[1] is None
 
 
 def _describe_failure(event: HandshakeFailed) -> str:

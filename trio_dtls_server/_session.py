@@ -43,9 +43,11 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from OpenSSL import SSL
 
-from ._certificates import peer_certificate
+from ._certificates import UnreadablePeerCertificate, peer_certificate
+from ._events import describe_exception
 from ._openssl import (
     alert_name,
+    cipher_name_for_suite,
     drain_write_bio,
     expect_server_name,
     openssl_error_reason,
@@ -63,6 +65,7 @@ from ._wire import (
     Record,
     pack_datagrams,
     parse_alert,
+    parse_psk_identity_from_flight,
     parse_record_headers,
     parse_records,
     split_records,
@@ -234,6 +237,8 @@ _WARNING = 1
 _FATAL = 2
 _CLOSE_NOTIFY = 0
 _BAD_RECORD_MAC = 20
+_BAD_CERTIFICATE = 42
+_INTERNAL_ERROR = 80
 _NO_RENEGOTIATION = 100
 #: Handshake message types (the first byte of a handshake fragment).
 _SERVER_HELLO = b"\x02"
@@ -359,11 +364,16 @@ class DTLSSession:
         #: The PSK identity the client used (server side, once the PSK callback ran, or from
         #: the session once a resumed handshake finished).
         self.psk_identity: bytes | None = None
-        #: Keys an asynchronous PSK store answered before OpenSSL asked (server side): the owner
-        #: fills it, the PSK callback reads it.  A ``None`` value means "no key".
-        self.prefetched_keys: dict[bytes, bytes | None] = {}
-        #: Why the prefetched key is missing (lookup timed out or raised), for the reason text.
+        #: The one lookup an asynchronous PSK store answered before OpenSSL asked (server
+        #: side): ``(identity, key or None)``.  The owner fills it (see
+        #: :meth:`psk_identity_to_prefetch`), the PSK callback reads it.  One entry, never more:
+        #: a handshake makes at most one lookup, whatever the client sends.
+        self.prefetched_psk: tuple[bytes, bytes | None] | None = None
+        #: Why the key is missing (lookup timed out or raised), for the reason text.
         self.psk_lookup_failure: str | None = None
+        # Server side, a PSK suite: the handshake message number of the client's
+        # ClientKeyExchange, the one after its verified ClientHello (see server()).
+        self._psk_key_exchange_seq: int | None = None
         #: True once a handshake finished by resuming an earlier session.
         self.resumed = False
         #: The fatal alert we sent / received when the handshake failed (``name (number)``).
@@ -441,6 +451,7 @@ class DTLSSession:
             release_openssl=release_openssl,
         )
         session._peer_may_limit_fragments = _MAX_FRAGMENT_LENGTH_EXTENSION in verified_client_hello
+        hello_message_seq = int.from_bytes(verified_client_hello[17:19], "big")
         hello_number = int.from_bytes(verified_client_hello[5:11], "big")
         if 1 < hello_number < 2**40:  # OpenSSL starts at 1; leave room below 2^48
             session._epoch0_offset = hello_number - 1
@@ -453,6 +464,9 @@ class DTLSSession:
             session.startup_events = session._fail(reason, now)
             return session
         session.startup_events = session._step_handshake(now)
+        if session.state is SessionState.HANDSHAKING and session._chose_psk_suite():
+            # A PSK client sends no Certificate: its ClientKeyExchange comes next.
+            session._psk_key_exchange_seq = hello_message_seq + 1
         return session
 
     @classmethod
@@ -496,10 +510,19 @@ class DTLSSession:
     # -- PSK callbacks (called by OpenSSL from inside do_handshake) -----------------------------
 
     def psk_for_identity(self, identity: bytes) -> bytes | None:
-        if identity in self.prefetched_keys:
-            key = self.prefetched_keys[identity]
+        if self.prefetched_psk is not None:
+            looked_up, key = self.prefetched_psk
+            if looked_up != identity:
+                # OpenSSL processed another ClientKeyExchange than the one looked up (a forged
+                # one got there first): no second lookup, the handshake fails.
+                key = None
+                self.psk_lookup_failure = "another identity was looked up for this handshake"
         elif self._psk_lookup is not None:
-            key = self._psk_lookup(identity)
+            try:
+                key = self._psk_lookup(identity)
+            except Exception as error:  # noqa: BLE001 - a broken store fails this handshake only
+                key = None
+                self.psk_lookup_failure = f"the store raised {describe_exception(error)}"
         else:
             key = None
             if self.psk_lookup_failure is None:
@@ -512,6 +535,44 @@ class DTLSSession:
 
     def psk_identity_and_key(self, hint: bytes | None) -> tuple[bytes, bytes] | None:
         return self._psk_credentials
+
+    def psk_identity_to_prefetch(self, datagram: bytes) -> bytes | None:
+        """The identity an asynchronous store should look up for ``datagram``, or None.
+
+        That is the identity in its ClientKeyExchange if OpenSSL will process it: server side,
+        a PSK suite was chosen, the message number follows the client's verified hello, and
+        no lookup was made yet for this handshake (:attr:`prefetched_psk` is empty).  So one
+        handshake costs the store one lookup, however many ClientKeyExchanges the client
+        sends.  Raises :class:`~._wire.MalformedDatagram` for a datagram that does not parse
+        or names an identity longer than OpenSSL accepts.
+        """
+        expected = self._psk_key_exchange_seq
+        if (
+            expected is None
+            or self.prefetched_psk is not None
+            or self.state is not SessionState.HANDSHAKING
+        ):
+            return None
+        return parse_psk_identity_from_flight(datagram, message_seq=expected)
+
+    def _chose_psk_suite(self) -> bool:
+        """Whether the ServerHello we just sent chose a PSK suite (read from our own bytes:
+        OpenSSL names the suite only once the handshake is over)."""
+        for datagram in self._outgoing:
+            for record in _records_or_none(datagram) or []:
+                fragment = record.fragment
+                plaintext_handshake = record.epoch == 0 and record.content_type == CONTENT_HANDSHAKE
+                if not plaintext_handshake or fragment[:1] != _SERVER_HELLO:
+                    continue
+                # handshake header(12), then version(2) random(32) session_id<0..32> suite(2)
+                at = 12 + 2 + 32
+                if len(fragment) < at + 1:
+                    return False
+                at += 1 + fragment[at]
+                suite = int.from_bytes(fragment[at : at + 2], "big")
+                name = cipher_name_for_suite(self._connection, suite) or ""
+                return "PSK" in name.split("-")
+        return False
 
     # -- what the owner calls -----------------------------------------------------------------
 
@@ -726,7 +787,41 @@ class DTLSSession:
             self.state = SessionState.CLOSED
         self.timer_deadline = None
 
+    def abort(self, reason: str) -> None:
+        """End the session for a fault on our side (an exception where none was expected).
+
+        During the handshake the peer gets a plaintext fatal ``internal_error`` alert, which
+        it can read until we have sent our ChangeCipherSpec (after that OpenSSL cannot seal
+        an alert on demand, and the peer times out); :attr:`alert_sent` then names it.  An
+        established session says close_notify, as :meth:`close` does: the peer did nothing
+        wrong and may come back.  Either way the session ends; ``reason`` becomes its
+        :attr:`failure_reason`.  Idempotent.
+        """
+        if self.state is SessionState.HANDSHAKING:
+            self._queue_plaintext_alert(_INTERNAL_ERROR)
+            self.state = SessionState.FAILED
+            self.failure_reason = reason
+        elif self.state is SessionState.ESTABLISHED:
+            self.close()
+            self.failure_reason = reason
+        self.timer_deadline = None
+
     # -- internals ------------------------------------------------------------------------------
+
+    def _queue_plaintext_alert(self, description: int) -> None:
+        """Queue a fatal alert of our own, in plaintext (epoch 0), during the handshake.
+
+        The peer reads it until we have sent our ChangeCipherSpec; after that nothing is
+        queued (OpenSSL cannot seal an alert on demand).  Numbered after OpenSSL's epoch-0
+        records, as :meth:`_reject_bad_finished` does.
+        """
+        if self._sent_protected:
+            return
+        header = bytes([CONTENT_ALERT]) + DTLS_1_2.to_bytes(2, "big") + b"\0\0"
+        sequence = self._next_plaintext_sequence.to_bytes(6, "big")
+        self._outgoing.append(header + sequence + b"\0\x02" + bytes([_FATAL, description]))
+        self._next_plaintext_sequence += 1
+        self.alert_sent = alert_name(description)
 
     def _say_goodbye(self) -> None:
         """Queue our close_notify (a broken connection cannot say goodbye: then nothing)."""
@@ -814,6 +909,13 @@ class DTLSSession:
         except SSL.Error as error:
             events = self._take_callback_events()
             return events + self._fail(self._handshake_failure_reason(error), now)
+        except UnreadablePeerCertificate as error:
+            # pyOpenSSL raises what our verify callback raised.  OpenSSL's queued alert says
+            # internal_error (it cannot know why the callback refused); ours says what is wrong.
+            events = self._take_callback_events()
+            drain_write_bio(self._connection)
+            self._queue_plaintext_alert(_BAD_CERTIFICATE)
+            return events + self._fail(str(error), now)
         events = self._take_callback_events()
         self._final_flight = self._flush()
         self.state = SessionState.ESTABLISHED

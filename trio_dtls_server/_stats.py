@@ -46,6 +46,11 @@ class StatisticsSnapshot:
     openssl_released: int
     handshakes_failed: dict[str, int]
     handshakes_refused: int
+    #: Peers ended by an exception where none was expected, by where it was raised:
+    #: ``"handshake"`` (also counted in ``handshakes_failed["internal error"]``), ``"handler"``
+    #: (the application's handler), ``"connection"`` (after the handshake, outside the
+    #: handler).  Each also gave an error event with the exception; the server went on.
+    peer_failures: dict[str, int]
     cookies_sent: int
     cookies_verified: int
     cookies_rejected: int
@@ -103,6 +108,7 @@ class ServerStatistics:
     openssl_released: int = 0
     handshakes_failed: Counter[str] = field(default_factory=Counter)
     handshakes_refused: int = 0
+    peer_failures: Counter[str] = field(default_factory=Counter)
     cookies_sent: int = 0
     cookies_verified: int = 0
     cookies_rejected: int = 0
@@ -148,6 +154,7 @@ class ServerStatistics:
             openssl_released=self.openssl_released,
             handshakes_failed=dict(self.handshakes_failed),
             handshakes_refused=self.handshakes_refused,
+            peer_failures=dict(self.peer_failures),
             cookies_sent=self.cookies_sent,
             cookies_verified=self.cookies_verified,
             cookies_rejected=self.cookies_rejected,

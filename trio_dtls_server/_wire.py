@@ -42,6 +42,7 @@ __all__ = [
     "HANDSHAKE_CLIENT_KEY_EXCHANGE",
     "HANDSHAKE_HEADER_LENGTH",
     "HANDSHAKE_HELLO_VERIFY_REQUEST",
+    "MAX_PSK_IDENTITY_LENGTH",
     "MAX_RECORD_FRAGMENT",
     "RECORD_HEADER_LENGTH",
     "ClientHello",
@@ -89,6 +90,12 @@ HANDSHAKE_HEADER_LENGTH = 12
 # RFC 6347 section 4.1 caps DTLSCiphertext.length at 2^14 + 2048; anything longer cannot
 # come from a conforming peer.
 MAX_RECORD_FRAGMENT = 2**14 + 2048
+
+# OpenSSL's PSK_MAX_IDENTITY_LEN: a server ClientKeyExchange naming a longer identity is refused
+# (fatal decode_error) before the PSK callback runs.  OpenSSL 1.0 had 128 (RFC 4279 §5.3's
+# minimum every implementation must support); 1.1.0 and later, 256 (checked on OpenSSL 4.0:
+# 256 bytes reach the callback, 257 do not).  We never look up what OpenSSL would not use.
+MAX_PSK_IDENTITY_LENGTH = 256
 
 _DTLS_MAJOR = 0xFE
 _MIN_CONTENT_TYPE = CONTENT_CHANGE_CIPHER_SPEC
@@ -607,7 +614,9 @@ def parse_psk_identity_from_client_key_exchange(body: bytes) -> bytes:
 
     For plain PSK (RFC 4279) the body is ``psk_identity<0..2^16-1>``; for ECDHE-PSK
     (RFC 5489) the same vector is followed by the client's ECDH public value. Both start
-    the same way, so we return just the identity and do not look at what follows.
+    the same way, so we return just the identity and do not look at what follows.  An
+    identity longer than :data:`MAX_PSK_IDENTITY_LENGTH` is refused: OpenSSL would refuse it
+    too, so nobody should spend a key lookup (or memory) on it.
     """
     if len(body) < 2:
         raise MalformedDatagram(f"ClientKeyExchange truncated: {len(body)} bytes")
@@ -616,21 +625,28 @@ def parse_psk_identity_from_client_key_exchange(body: bytes) -> bytes:
         raise MalformedDatagram(
             f"PSK identity length {length} exceeds the {len(body) - 2} bytes left"
         )
+    if length > MAX_PSK_IDENTITY_LENGTH:
+        raise MalformedDatagram(
+            f"PSK identity of {length} bytes exceeds OpenSSL's limit of {MAX_PSK_IDENTITY_LENGTH}"
+        )
     return body[2 : 2 + length]
 
 
-def parse_psk_identity_from_flight(datagram: bytes) -> bytes | None:
+def parse_psk_identity_from_flight(datagram: bytes, message_seq: int | None = None) -> bytes | None:
     """The PSK identity in a datagram's plaintext ClientKeyExchange, or None if it has none.
 
     In DTLS 1.2 the client's ClientKeyExchange travels in an epoch-0 handshake record, usually
     in the same datagram as its ChangeCipherSpec and Finished.  A ClientKeyExchange split into
-    fragments is not looked into (None).  Raises :class:`MalformedDatagram` for bytes that do
-    not parse.
+    fragments is not looked into (None), nor, when ``message_seq`` is given, one with another
+    handshake message number (OpenSSL would not process it as the next message).  Raises
+    :class:`MalformedDatagram` for bytes that do not parse.
     """
     for record in parse_records(datagram):
         if record.content_type != CONTENT_HANDSHAKE or record.epoch != 0:
             continue
         message = parse_handshake_fragment(record.fragment)
-        if message.msg_type == HANDSHAKE_CLIENT_KEY_EXCHANGE and message.is_complete:
+        if message.msg_type != HANDSHAKE_CLIENT_KEY_EXCHANGE or not message.is_complete:
+            continue
+        if message_seq is None or message.message_seq == message_seq:
             return parse_psk_identity_from_client_key_exchange(message.body)
     return None
