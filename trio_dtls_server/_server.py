@@ -67,6 +67,7 @@ from ._session import (
 from ._stats import ServerStatistics, StatisticsSnapshot
 from ._transport import DatagramTransport, ReplySource, bind_udp
 from ._wire import (
+    CONTENT_ALERT,
     CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE,
     HANDSHAKE_CLIENT_HELLO,
@@ -84,6 +85,8 @@ Handler = Callable[[DTLSConnection], Awaitable[None]]
 
 # How many datagrams the reader handles before it lets other tasks run.
 _READ_BATCH = 64
+# Protected records that also go to an association kept aside during a replacement.
+_KEPT_ASIDE_CONTENT = (CONTENT_APPLICATION_DATA, CONTENT_ALERT)
 
 
 class ServerBindError(OSError):
@@ -450,16 +453,14 @@ class DTLSServer:
             )
             return
         kept = slot.replacing
-        if (
-            kept is not None
-            and datagram[0] == CONTENT_APPLICATION_DATA
-            and datagram[3:5] != b"\0\0"
-        ):
-            # Protected application data during a replacement is nearly always for the
-            # association kept aside while the new hello's handshake runs.  But in a resumed
-            # handshake the client finishes first and may send data before we have its
-            # Finished: that data is the new association's (it is delivered once that handshake
-            # completes).  Only the keys can tell, so both get it and the other drops it.
+        if kept is not None and datagram[0] in _KEPT_ASIDE_CONTENT and datagram[3:5] != b"\0\0":
+            # Protected application data or alerts during a replacement are nearly always for
+            # the association kept aside while the new hello's handshake runs: its client's
+            # data, and its close_notify, which must end it now rather than leave it to the
+            # idle timeout.  But in a resumed handshake the client finishes first and may send
+            # data (or a goodbye) before we have its Finished: that is the new association's
+            # (delivered once that handshake completes).  Only the keys can tell, so both get
+            # it and the other drops it.
             self._deliver(kept, datagram)
         self._deliver(slot, datagram)
 
