@@ -16,15 +16,24 @@ The :class:`EventHub` fans every event out to
 Floods (10,000 garbage datagrams a second) must not turn into 10,000 log lines a second, so
 warnings about unauthenticated traffic go through a per-code rate limit; what it holds back
 is counted and summarised in the next line of that code that gets through.
+
+Nothing from the network reaches a log line raw: messages quote peer-supplied text (PSK
+identities, ...) with :func:`~._text.quote_peer_text` where they are built, and the hub passes
+every message through :func:`~._text.printable` before logging or handing it out, so no
+message can hold a newline, an ESC or any other unprintable character (a forged log line, a
+rewritten terminal).  Raw bytes stay in structured fields (``plaintext``, ``ciphertext``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
+
+from ._text import printable
 
 __all__ = [
     "DatagramReceived",
@@ -141,6 +150,9 @@ class EventHub:
         level = _LOG_LEVELS[event.severity]
         if not self._subscribers and not logger.isEnabledFor(level):
             return  # nobody would see it: skip the rate limiter's bookkeeping too
+        if not event.message.isprintable():
+            # The last line of defence: a message someone built with raw peer text.
+            event = dataclasses.replace(event, message=printable(event.message))
         note = ""
         if rate_limited:
             held_back = self._admit(event)

@@ -65,6 +65,7 @@ from ._session import (
     SessionState,
 )
 from ._stats import ServerStatistics, StatisticsSnapshot
+from ._text import quote_peer_text
 from ._transport import DatagramTransport, ReplySource, bind_udp
 from ._wire import (
     CONTENT_ALERT,
@@ -757,11 +758,11 @@ class DTLSServer:
             key = self._sync_lookup(identity) if self._sync_lookup is not None else None
         if key is not None:
             return events
-        name = identity.decode("latin-1")
+        name = quote_peer_text(identity)
         why = f"PSK lookup failed: {failure}" if failure else "the identity is no longer known"
         session.close()
         kept = [event for event in events if not isinstance(event, HandshakeComplete)]
-        return [*kept, HandshakeFailed(f"resumed session of PSK identity '{name}' refused: {why}")]
+        return [*kept, HandshakeFailed(f"resumed session of PSK identity {name} refused: {why}")]
 
     def _report_handshake(self, slot: PeerSlot, events: list[SessionEvent]) -> None:
         for event in events:
@@ -775,11 +776,11 @@ class DTLSServer:
                     rate_limited=True,
                 )
             elif isinstance(event, PskIdentity):
-                name = event.identity.decode("latin-1")
+                name = quote_peer_text(event.identity)  # the peer's bytes: never raw in a log
                 self._hub.emit(
                     InfoEvent(
                         "psk_identity",
-                        f"PSK callback, received a client's identity: '{name}'",
+                        f"PSK callback, received a client's identity: {name}",
                         slot.address,
                     )
                 )
@@ -788,7 +789,7 @@ class DTLSServer:
                     self._hub.emit(
                         ErrorEvent(
                             "psk_lookup_failed",
-                            f"{slot.info}: PSK lookup for '{name}' failed: {failure}",
+                            f"{slot.info}: PSK lookup for {name} failed: {failure}",
                             slot.address,
                         )
                     )
@@ -796,7 +797,7 @@ class DTLSServer:
                     self._hub.emit(
                         ErrorEvent(
                             "unknown_identity",
-                            f"{slot.info}: unknown PSK identity '{name}'",
+                            f"{slot.info}: unknown PSK identity {name}",
                             slot.address,
                         )
                     )

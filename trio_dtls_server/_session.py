@@ -55,6 +55,7 @@ from ._openssl import (
     watch_alerts_read,
 )
 from ._records import RecordProtection, ReplayWindow, record_protection_for
+from ._text import quote_peer_text
 from ._wire import (
     ALERT_LEVEL_WARNING,
     CONTENT_ALERT,
@@ -895,10 +896,10 @@ class DTLSSession:
     def _handshake_failure_reason(self, error: SSL.Error) -> str:
         reason = openssl_error_reason(error)
         if self.psk_identity is not None and "psk identity not found" in reason.lower():
-            name = self.psk_identity.decode("latin-1")
+            name = quote_peer_text(self.psk_identity)
             if self.psk_lookup_failure is not None:
-                return f"PSK lookup for '{name}' failed: {self.psk_lookup_failure} ({reason})"
-            return f"unknown PSK identity '{name}' ({reason})"
+                return f"PSK lookup for {name} failed: {self.psk_lookup_failure} ({reason})"
+            return f"unknown PSK identity {name} ({reason})"
         return reason
 
     def _fail(self, reason: str, now: float | None) -> list[SessionEvent]:
