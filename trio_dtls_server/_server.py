@@ -131,7 +131,12 @@ class DTLSServer:
     ``handler`` is called with a :class:`DTLSConnection` for each
     peer whose handshake completed, in that peer's own task; the default answers each
     datagram like Qt's example.  Events (Qt's error / warning / info / datagram signals) go to
-    :mod:`logging` and to :meth:`events` subscribers; counters to :meth:`statistics`.
+    :mod:`logging`, to :meth:`events` subscribers and to ``on_event``; counters to
+    :meth:`statistics`.  ``on_event(event)`` is called at once, inside the server's tasks, like
+    a Qt signal's direct connection: before the reply to a datagram or the next handshake
+    flight is sent, so what it prints reads in causal order with what the peers print.  It must
+    be quick and must not block; what it raises is logged and the server goes on.  A
+    subscriber (:meth:`events`) runs in its own task instead and may see events later.
     """
 
     def __init__(
@@ -142,6 +147,7 @@ class DTLSServer:
         config: ServerConfig | None = None,
         identity_hint: str | None = None,
         certificate: CertificateConfig | None = None,
+        on_event: Callable[[ServerEvent], object] | None = None,
     ) -> None:
         self.config = config or ServerConfig()
         if identity_hint is not None:
@@ -168,6 +174,8 @@ class DTLSServer:
         self._context = self._make_context()
         self._stats = ServerStatistics()
         self._hub = EventHub()
+        if on_event is not None:
+            self._hub.observe(on_event)
         self._cookies = CookieJar(rotation_interval=self.config.cookie_rotation)
         self._peers: dict[Address, PeerSlot] = {}
         self._handshaking = 0
