@@ -38,6 +38,7 @@ from trio_dtls_server._session import (
     ApplicationData,
     ConnectionFailed,
     DTLSSession,
+    HandshakeProgress,
     RemoteClosed,
     RetransmitPolicy,
     SessionEvent,
@@ -87,8 +88,8 @@ WARNINGS_THAT_STAY_WARNINGS = [
 ]
 
 
-def session_pair(*, client_releases: bool, server_releases: bool) -> InMemoryHandshake:
-    """A client and a server session, established in memory, each keeping OpenSSL or not."""
+def begin_pair(*, client_releases: bool, server_releases: bool) -> InMemoryHandshake:
+    """A client and a server session, the server's first flight waiting to be carried."""
     policy = RetransmitPolicy()
     client = DTLSSession.client(
         client_context(),
@@ -111,7 +112,12 @@ def session_pair(*, client_releases: bool, server_releases: bool) -> InMemoryHan
         psk_lookup={IDENTITY: KEY}.get,
         release_openssl=server_releases,
     )
-    result = exchange(InMemoryHandshake(client, server))
+    return InMemoryHandshake(client, server)
+
+
+def session_pair(*, client_releases: bool, server_releases: bool) -> InMemoryHandshake:
+    """A client and a server session, established in memory, each keeping OpenSSL or not."""
+    result = exchange(begin_pair(client_releases=client_releases, server_releases=server_releases))
     assert result.client.state is result.server.state is SessionState.ESTABLISHED
     assert result.client.openssl_released is client_releases
     assert result.server.openssl_released is server_releases
@@ -206,6 +212,33 @@ def test_nothing_after_a_fatal_only_warning_in_the_same_datagram_counts(
     assert [type(event) for event in events] == [ApplicationData, ConnectionFailed]
     assert events[0] == ApplicationData(b"before")
     assert receiver.state is SessionState.FAILED
+
+
+@pytest.mark.parametrize("client_releases", [True, False], ids=["our-records", "openssl"])
+def test_a_fatal_only_warning_that_overtakes_the_finished_ends_the_association(
+    client_releases: bool,
+) -> None:
+    """The server's data and alert reach the client before the server's final flight."""
+    pair = begin_pair(client_releases=client_releases, server_releases=True)
+    client, server = pair.client, pair.server
+    for datagram in server.take_datagrams():
+        client.receive_datagram(datagram, 0.0)
+    for datagram in client.take_datagrams():
+        server.receive_datagram(datagram, 0.0)
+    assert server.state is SessionState.ESTABLISHED
+    final_flight = server.take_datagrams()
+    early = seal_one(server, b"hello") + alert(
+        server, ALERT_LEVEL_WARNING, AlertDescription.bad_record_mac
+    )
+    assert client.receive_datagram(early, 0.0) == [HandshakeProgress()]
+    for datagram in final_flight:
+        client.receive_datagram(datagram, 0.0)
+    assert client.openssl_released is client_releases
+    events = client.take_early_events()
+    assert [type(event) for event in events] == [ApplicationData, ConnectionFailed]
+    assert events[0] == ApplicationData(b"hello")
+    assert "bad_record_mac (20) at warning level" in str(events[1])
+    assert client.state is SessionState.FAILED
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
