@@ -1044,7 +1044,8 @@ class DTLSSession:
         events: list[SessionEvent] = []
         size = max(len(datagram), 1)
         single_record = _single_record_header(datagram)
-        self._alerts_read = []
+        if self._alerts_read:  # (no new list per datagram: alerts are rare)
+            self._alerts_read = []
         while True:
             try:
                 plaintext = self._connection.read(size)
