@@ -25,10 +25,12 @@ from cryptography.x509.oid import NameOID
 from hostile_support import KEY, serving
 from hypothesis import given
 
-from trio_dtls_server import DTLSClient, HandshakeError, InfoEvent, ServerEvent
+from trio_dtls_server import DTLSClient, DTLSServer, HandshakeError, InfoEvent, ServerEvent
 from trio_dtls_server._certificates import describe_subject
+from trio_dtls_server._connection import PeerSlot
 from trio_dtls_server._display import ColourMode, Display
 from trio_dtls_server._events import EventHub
+from trio_dtls_server._session import PskIdentity
 from trio_dtls_server._text import PEER_TEXT_LIMIT, printable, quote_peer_text
 
 LOGGER = "trio_dtls_server"
@@ -227,3 +229,27 @@ def test_the_display_does_not_escape_a_quoted_identity_twice() -> None:
     display = Display(side="server", colour=ColourMode.NONE)
     message = f"PSK callback, received a client's identity: {HOSTILE_QUOTED}"
     assert display.text_line(InfoEvent("psk_identity", message)) == message
+
+
+@given(identity=st.binary(min_size=1, max_size=300), known=st.booleans())
+def test_the_servers_identity_messages_hold_no_control_character(
+    identity: bytes, known: bool
+) -> None:
+    """The server's own code path for the PSK callback's report, for any identity bytes."""
+    server = DTLSServer(KEY)
+    stream = server._hub.subscribe(8)
+    send, receive = trio.open_memory_channel[bytes](1)
+    slot = PeerSlot(("127.0.0.1", 5555), b"\0" * 32, send, receive)
+    server._report_handshake(slot, [PskIdentity(identity, known)])
+    seen = []
+    while True:
+        try:
+            seen.append(stream.receive_nowait())
+        except trio.WouldBlock:
+            break
+    assert [event.code for event in seen] == (
+        ["psk_identity"] if known else ["psk_identity", "unknown_identity"]
+    )
+    for event in seen:
+        assert_one_safe_line(event.message)
+        assert quote_peer_text(identity) in event.message
