@@ -796,10 +796,11 @@ class DTLSSession:
         self._alerts_read = []
         for _ in range(_MAX_EARLY_PROTECTED):
             ending: SessionEvent | None = None
+            plaintext: bytes | None = None
             try:
                 plaintext = connection.read(MAX_PLAINTEXT)
             except SSL.WantReadError:  # nothing (more) buffered
-                plaintext = b""
+                pass
             except SSL.ZeroReturnError:  # the peer's close_notify came with it
                 ending = RemoteClosed()
             except SSL.Error as error:
@@ -809,9 +810,10 @@ class DTLSSession:
             if ending is not None:
                 self._early_events.append(ending)
                 return
-            if not plaintext:
+            if plaintext is None:
                 return
-            self._early_events.append(ApplicationData(plaintext))
+            if plaintext:
+                self._early_events.append(ApplicationData(plaintext))
 
     def _release_to_records(self) -> None:
         """Hand record protection to :mod:`._records` and let the OpenSSL connection go.
