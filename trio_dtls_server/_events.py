@@ -164,7 +164,10 @@ class EventHub:
         )
 
     def emit(self, event: ServerEvent, *, rate_limited: bool = False) -> None:
-        """Log ``event`` and hand it to every subscriber; never blocks, never raises."""
+        """Log ``event``, call every observer, hand it to every subscriber; never raises.
+
+        It never blocks either, as long as the observers do not.
+        """
         level = _LOG_LEVELS[event.severity]
         if not (self._subscribers or self._observers) and not logger.isEnabledFor(level):
             return  # nobody would see it: skip the rate limiter's bookkeeping too
