@@ -5,7 +5,11 @@
 
 It starts the server of ``secure_udp_server.py`` on a free loopback port, then K associations
 of ``secure_udp_client.py``; every line is prefixed with the side that printed it
-(``server |`` or ``client |``).  Once every client has its replies, the clients close (each
+(``server |`` or ``client |``).  Both sides print from ``on_event`` callbacks, which run at
+the moment things happen (before the server sends the reply to a ping, before it sends its
+last handshake flight), so the lines read in causal order: a ping's ``A message from`` line
+comes before the client's ACK line, the server's PSK-identity line before the client's
+``encrypted`` line.  Once every client has its replies, the clients close (each
 sends close_notify), the server stops, and a summary counts handshakes, messages, ACKs and
 errors.  The exit status is 0 only if every ping was answered with the exact
 ``to (addr:port): ACK`` and no error was reported.
@@ -21,7 +25,6 @@ import trio
 from secure_udp_client import describe as describe_client_event
 from secure_udp_client import run_association
 from secure_udp_server import describe as describe_server_event
-from secure_udp_server import report_events
 
 from trio_dtls_server import (
     QT_DEMO_IDENTITY_HINT,
@@ -62,7 +65,6 @@ def say(side: str, line: str) -> None:
 async def run(host: str, clients: int, pings: int, interval: float) -> Tally:
     """Server and clients in one nursery; returns the counts (the summary is printed)."""
     tally = Tally(pings_expected=clients * pings)
-    server = DTLSServer(QT_DEMO_KEY, identity_hint=QT_DEMO_IDENTITY_HINT)
 
     def on_server_event(event: ServerEvent) -> None:
         say("server", describe_server_event(event, hex_bytes=HEX_BYTES))
@@ -71,6 +73,10 @@ async def run(host: str, clients: int, pings: int, interval: float) -> Tally:
         if event.code == "remote_closed":  # a client's close_notify
             tally.closes_seen += 1
             tally.note_close()
+
+    # on_event, not a task reading server.events(): a task would print a ping's line only
+    # when it next runs, by which time the client may have printed the ACK.
+    server = DTLSServer(QT_DEMO_KEY, identity_hint=QT_DEMO_IDENTITY_HINT, on_event=on_server_event)
 
     def on_client_event(event: ServerEvent) -> None:
         say("client", describe_client_event(event, hex_bytes=HEX_BYTES))
@@ -95,7 +101,6 @@ async def run(host: str, clients: int, pings: int, interval: float) -> Tally:
             tally.problems.append(f"{name}: only {len(replies)} of {pings} replies")
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(report_events, server, on_server_event)
         _, port = await nursery.start(server.serve, host, 0)
         async with trio.open_nursery() as client_nursery:
             for number in range(clients):

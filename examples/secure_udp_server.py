@@ -10,6 +10,10 @@ the identity hint "Qt DTLS example server", answers every datagram with ``to (ad
 and shows what happens -- the four kinds of event Qt's window shows.  Ctrl-C (or SIGTERM)
 stops it: every connected client gets a close_notify first.
 
+Events are printed by ``on_event``, which the server calls at once, like Qt's signals: a
+message's line is out before its ACK is sent.  (``server.events()`` is the other way to get
+them: a bounded stream read in a task of your own, for consumers that may be slow.)
+
 The demo key is public.  A real server passes its own keys: ``DTLSServer({"sensor-17": key})``.
 """
 
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-from collections.abc import Callable
 
 import trio
 
@@ -51,31 +54,6 @@ def print_event(event: ServerEvent) -> None:
     print(describe(event), flush=True)
 
 
-async def report_events(
-    server: DTLSServer,
-    on_event: Callable[[ServerEvent], None],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Pass each of the server's events to ``on_event`` until cancelled.
-
-    Start it with ``nursery.start`` *before* the server, so that nothing is missed.  Stop the
-    server first (``await server.aclose()``) and cancel this task afterwards: what the shutdown
-    itself reported is still handed over.
-    """
-    async with server.events() as stream:
-        task_status.started()
-        try:
-            async for event in stream:
-                on_event(event)
-        finally:
-            while True:  # cancelled: the events already queued still count
-                try:
-                    on_event(stream.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description="Qt's DTLS server example, on Trio.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
@@ -83,10 +61,9 @@ async def main() -> None:
     arguments = parser.parse_args()
 
     # One key for every identity, and Qt's identity hint: exactly what Qt's example does.
-    server = DTLSServer(QT_DEMO_KEY, identity_hint=QT_DEMO_IDENTITY_HINT)
+    server = DTLSServer(QT_DEMO_KEY, identity_hint=QT_DEMO_IDENTITY_HINT, on_event=print_event)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(report_events, server, print_event)
             # Returns once the socket is bound; the server then runs until cancelled.
             await nursery.start(server.serve, arguments.host, arguments.port)
             async for _ in signals:

@@ -62,6 +62,47 @@ def _check_runner_output(text: str, host: str, clients: int, pings: int) -> None
         assert sorted(int(n) for n in pings_seen) == list(range(pings))
         assert f" server | ({host}:{acks[0]}): The DTLS connection has been shutdown" in lines
     assert " server | Server is not accepting new connections" in lines
+    _check_causal_order(lines, host, clients)
+
+
+def _check_causal_order(lines: list[str], host: str, clients: int) -> None:
+    """Every line comes after the lines of what caused it.
+
+    A client's k-th ACK line needs at least k of the server's "A message from" lines for that
+    client before it (each ACK answers one ping the server has shown); the server's
+    PSK-identity line for a client comes before its "Connection with ... encrypted" line and
+    before the client's own "encrypted connection established!" (the server reads the
+    identity before it sends its last flight).
+    """
+    for number in range(clients):
+        name = f"Alice (clone number {number})"
+        ack_lines = [
+            index
+            for index, line in enumerate(lines)
+            if line.startswith(f" client | {name} received a DTLS datagram: ")
+        ]
+        port = re.search(rf"'to \({re.escape(host)}:(\d+)\): ACK'$", lines[ack_lines[0]])
+        assert port is not None
+        peer = f"({host}:{port.group(1)})"
+        shown = 0
+        acked = 0
+        for index, line in enumerate(lines):
+            if line.startswith(f" server | A message from {peer} "):
+                shown += 1
+            elif index in ack_lines:
+                acked += 1
+                assert shown >= acked, (
+                    f"{name}'s ACK number {acked} (line {index + 1}) came before the server "
+                    f"showed that many of its pings ({shown}):\n" + "\n".join(lines)
+                )
+        identity = lines.index(f" server | PSK callback, received a client's identity: '{name}'")
+        encrypted = lines.index(f" client | {name}: encrypted connection established!")
+        [server_encrypted] = [
+            index
+            for index, line in enumerate(lines)
+            if line.startswith(f" server | Connection with {peer} encrypted.")
+        ]
+        assert identity < server_encrypted < encrypted, "\n".join(lines)
 
 
 def test_run_example_with_its_defaults() -> None:
@@ -70,6 +111,14 @@ def test_run_example_with_its_defaults() -> None:
         assert runner.wait() == 0, runner.stdout.text + runner.stderr.text
     _check_runner_output(runner.stdout.text, "127.0.0.1", clients=3, pings=3)
     assert runner.stderr.text == ""
+
+
+def test_run_example_reads_in_causal_order_without_pauses() -> None:
+    """No pause between pings: server and clients busy at once, where a printer task lags."""
+    args = ("--clients", "3", "--pings", "6", "--interval", "0")
+    with Program(example("run_example.py", *args)) as runner:
+        assert runner.wait() == 0, runner.stdout.text + runner.stderr.text
+    _check_runner_output(runner.stdout.text, "127.0.0.1", clients=3, pings=6)
 
 
 @pytest.mark.skipif(not _ipv6_loopback_works(), reason="no IPv6 loopback (::1) here")

@@ -342,5 +342,21 @@ def peer_certificate(connection: SSL.Connection) -> x509.Certificate | None:
 
 
 def describe_subject(certificate: x509.Certificate) -> str:
-    """The subject as an RFC 4514 string, e.g. ``CN=device-7,O=Example``."""
-    return certificate.subject.rfc4514_string()
+    """The subject as an RFC 4514 string, e.g. ``CN=device-7,O=Example``, safe to log.
+
+    The peer chose every character of it, and RFC 4514 escapes only its own specials, so a
+    CN with a newline would start a log line of its own.  Every character outside printable
+    ASCII is written as RFC 4514 hex pairs of its UTF-8 bytes (``CN=J\\C3\\BCrgen``,
+    ``CN=a\\0Ab``): still a valid RFC 4514 string, naming the same subject.
+    """
+    text = certificate.subject.rfc4514_string()
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(
+        [
+            character
+            if " " <= character <= "~"
+            else "".join(f"\\{byte:02X}" for byte in character.encode("utf-8", "surrogatepass"))
+            for character in text
+        ]
+    )

@@ -55,6 +55,7 @@ from ._session import (
     SessionEvent,
     SessionState,
 )
+from ._text import printable
 from ._transport import Address, DatagramTransport, bind_udp
 
 __all__ = ["DTLSClient", "HandshakeError"]
@@ -100,8 +101,10 @@ def _path_text(path: str | PurePath | None) -> str | None:
 
 def _log_event(event: ServerEvent) -> None:
     level = {"error": logging.ERROR, "warning": logging.WARNING}.get(event.severity, logging.INFO)
+    # Like the server's hub: no log line holds a raw control character (the name may be any
+    # bytes the application chose as its identity).
     exception = event.exception if isinstance(event, ErrorEvent) else None
-    logger.log(level, "%s", event.message, exc_info=exception)
+    logger.log(level, "%s", printable(event.message), exc_info=exception)
 
 
 class DTLSClient:

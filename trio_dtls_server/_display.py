@@ -11,7 +11,8 @@ received message shows the peer, the DTLS datagram in hex (``toHex(' ')``) and t
   start with ``warning:`` / ``error:`` so the severity is not lost;
 * **peer-supplied text is escaped**: plaintexts and PSK identities come from the network, and a
   peer must not be able to move the cursor or recolour the terminal, so control characters are
-  shown as ``\\n``, ``\\x1b`` and so on.
+  shown as ``\\n``, ``\\x1b`` and so on (see ``_text.py``, which owns that escaping: messages
+  come with their peer-supplied parts quoted already; plaintexts are escaped here).
 
 ``--log-format json`` swaps the line for one JSON object per event (see :meth:`Display.json_line`).
 """
@@ -29,6 +30,7 @@ from typing import Any, Literal, TextIO
 
 from ._events import DatagramReceived, ServerEvent
 from ._stats import StatisticsSnapshot
+from ._text import escape_control_characters, printable
 
 __all__ = [
     "QT_COLOURS",
@@ -87,22 +89,6 @@ def colour_mode_for(stream: TextIO, environ: Mapping[str, str] | None = None) ->
     return ColourMode.PALETTE_256
 
 
-def _control_character_table() -> dict[int, str]:
-    table = {code: f"\\x{code:02x}" for code in range(0x20)}
-    table.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("\\"): "\\\\"})
-    # DEL and the C1 controls (0x9b is a one-byte CSI on some terminals).
-    table.update({code: f"\\x{code:02x}" for code in range(0x7F, 0xA0)})
-    return table
-
-
-_CONTROL_CHARACTERS = _control_character_table()
-
-
-def escape_control_characters(text: str) -> str:
-    """``text`` with every control character (and the backslash) written as an escape."""
-    return text.translate(_CONTROL_CHARACTERS)
-
-
 def hex_dump(data: bytes, limit: int = 0) -> str:
     """Bytes as Qt's ``toHex(' ')`` writes them (``17 fe fd``); ``limit`` > 0 shortens it."""
     if limit <= 0 or len(data) <= limit:
@@ -147,7 +133,9 @@ class Display:
 
     def text_line(self, event: ServerEvent) -> str:
         """The event as one line of text, without colour or prefix."""
-        message = escape_control_characters(event.message)
+        # Messages quote their peer-supplied parts already (backslashes stay single); this only
+        # catches what an application's own event might carry.
+        message = printable(event.message)
         if not isinstance(event, DatagramReceived):
             return message
         ciphertext = hex_dump(event.ciphertext, self.hex_limit)

@@ -11,20 +11,35 @@ The :class:`EventHub` fans every event out to
 * the standard :mod:`logging` logger ``trio_dtls_server`` (error → ERROR, warning → WARNING,
   info and datagrams → INFO/DEBUG), and
 * every subscriber's bounded Trio memory channel.  A subscriber that does not keep up loses
-  events, never the server's time: delivery is ``send_nowait`` and each loss is counted.
+  events, never the server's time: delivery is ``send_nowait`` and each loss is counted;
+* every observer (``DTLSServer(on_event=...)``): a plain callback called at once, inside
+  :meth:`EventHub.emit`, like a Qt signal with a direct connection.  It sees each event
+  *before* the server does what comes next (sends the reply, the next flight), so output that
+  mixes the server's events with its peers' (the example runner) reads in causal order; a
+  subscriber's task runs later, after replies may already have arrived.  An observer must be
+  quick and must not block: it runs in the server's own tasks.
 
 Floods (10,000 garbage datagrams a second) must not turn into 10,000 log lines a second, so
 warnings about unauthenticated traffic go through a per-code rate limit; what it holds back
 is counted and summarised in the next line of that code that gets through.
+
+Nothing from the network reaches a log line raw: messages quote peer-supplied text (PSK
+identities, ...) with :func:`~._text.quote_peer_text` where they are built, and the hub passes
+every message through :func:`~._text.printable` before logging or handing it out, so no
+message can hold a newline, an ESC or any other unprintable character (a forged log line, a
+rewritten terminal).  Raw bytes stay in structured fields (``plaintext``, ``ciphertext``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
+
+from ._text import printable
 
 __all__ = [
     "DatagramReceived",
@@ -137,7 +152,10 @@ class EventHub:
     dropped: int = 0
     #: Warnings held back by the rate limit (they were counted in the statistics regardless).
     suppressed: int = 0
+    #: Exceptions raised by observers (the first one is logged with its traceback).
+    observer_errors: int = 0
     _subscribers: list[trio.MemorySendChannel[ServerEvent]] = field(default_factory=list)
+    _observers: list[Callable[[ServerEvent], object]] = field(default_factory=list)
     _limits: dict[str, _RateLimit] = field(default_factory=dict)
 
     def subscribe(self, max_buffer: int) -> trio.MemoryReceiveChannel[ServerEvent]:
@@ -145,15 +163,30 @@ class EventHub:
         self._subscribers.append(send)
         return receive
 
+    def observe(self, callback: Callable[[ServerEvent], object]) -> None:
+        """Call ``callback(event)`` for every event, synchronously, before :meth:`emit` returns.
+
+        What it raises is logged and counted (:attr:`observer_errors`), never propagated.
+        """
+        self._observers.append(callback)
+
     def wants(self, severity: str) -> bool:
         """Would an event of ``severity`` go anywhere?  Lets hot paths skip building it."""
-        return bool(self._subscribers) or logger.isEnabledFor(_LOG_LEVELS[severity])
+        return bool(self._subscribers or self._observers) or logger.isEnabledFor(
+            _LOG_LEVELS[severity]
+        )
 
     def emit(self, event: ServerEvent, *, rate_limited: bool = False) -> None:
-        """Log ``event`` and hand it to every subscriber; never blocks, never raises."""
+        """Log ``event``, call every observer, hand it to every subscriber; never raises.
+
+        It never blocks either, as long as the observers do not.
+        """
         level = _LOG_LEVELS[event.severity]
-        if not self._subscribers and not logger.isEnabledFor(level):
+        if not (self._subscribers or self._observers) and not logger.isEnabledFor(level):
             return  # nobody would see it: skip the rate limiter's bookkeeping too
+        if not event.message.isprintable():
+            # The last line of defence: a message someone built with raw peer text.
+            event = dataclasses.replace(event, message=printable(event.message))
         note = ""
         if rate_limited:
             held_back = self._admit(event)
@@ -166,6 +199,18 @@ class EventHub:
             logger.log(
                 level, "%s%s", event.message, note, exc_info=exception, extra={"dtls_event": event}
             )
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception as error:  # a broken callback must not stop a peer
+                self.observer_errors += 1
+                logger.error(
+                    "an on_event callback raised %s on %r (%d so far)",
+                    type(error).__name__,
+                    event.code,
+                    self.observer_errors,
+                    exc_info=self.observer_errors == 1,
+                )
         for channel in list(self._subscribers):
             try:
                 channel.send_nowait(event)

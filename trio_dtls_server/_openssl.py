@@ -11,6 +11,11 @@ connection and knows how to answer: anything implementing :class:`PskResponder`.
 cannot propagate out of a C callback, so every callback catches everything and answers
 "unknown identity" (a failed handshake) instead.
 
+OpenSSL reads the peer's *warning* alerts without a word.  :func:`watch_alerts_read` installs
+an info callback (``SSL_set_info_callback``) on one connection that tells its app data
+(an :class:`AlertReader`) about every alert OpenSSL authenticated and read, so that the session
+can end a connection whose peer sent a fatal-only description at warning level.
+
 It also holds what the bindings offer for session resumption (the session ID context, whether
 a handshake resumed, the PSK identity a resumed session was made with) and the names of the
 TLS alerts, so events can say ``unknown_psk_identity (115)`` instead of a number.
@@ -25,9 +30,12 @@ from typing import Any, Protocol
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
 
+from ._wire import AlertDescription
+
 __all__ = [
     "ALERT_NAMES",
     "DTLS_1_2",
+    "AlertReader",
     "PskResponder",
     "alert_name",
     "cipher_name_for_suite",
@@ -42,6 +50,7 @@ __all__ = [
     "session_psk_identity",
     "session_reused",
     "set_session_id_context",
+    "watch_alerts_read",
 ]
 
 _binding = Binding()
@@ -199,35 +208,41 @@ def openssl_error_reason(error: SSL.Error) -> str:
 
 # -- alerts -------------------------------------------------------------------------------------
 
-#: TLS alert descriptions (RFC 5246 §7.2, RFC 4279 §2 for ``unknown_psk_identity``), by number.
-ALERT_NAMES: dict[int, str] = {
-    0: "close_notify",
-    10: "unexpected_message",
-    20: "bad_record_mac",
-    22: "record_overflow",
-    30: "decompression_failure",
-    40: "handshake_failure",
-    42: "bad_certificate",
-    43: "unsupported_certificate",
-    44: "certificate_revoked",
-    45: "certificate_expired",
-    46: "certificate_unknown",
-    47: "illegal_parameter",
-    48: "unknown_ca",
-    49: "access_denied",
-    50: "decode_error",
-    51: "decrypt_error",
-    70: "protocol_version",
-    71: "insufficient_security",
-    80: "internal_error",
-    86: "inappropriate_fallback",
-    90: "user_canceled",
-    100: "no_renegotiation",
-    109: "missing_extension",
-    110: "unsupported_extension",
-    112: "unrecognized_name",
-    115: "unknown_psk_identity",
-}
+#: TLS alert names by number (RFC 5246 §7.2 and later registrations; see ``AlertDescription``).
+ALERT_NAMES: dict[int, str] = {alert.value: alert.name for alert in AlertDescription}
+
+
+class AlertReader(Protocol):
+    """What a connection's app data must offer for :func:`watch_alerts_read`."""
+
+    def alert_read(self, level: int, description: int) -> None: ...
+
+
+@_ffi.callback("void(SSL *, int, int)")  # type: ignore[untyped-decorator]
+def _info_callback(ssl: Any, where: int, value: int) -> None:
+    if where & _READ_ALERT != _READ_ALERT:
+        return  # handshake states, alerts we write: not our business
+    try:
+        connection = SSL.Connection._reverse_mapping.get(ssl)
+        reader = None if connection is None else connection.get_app_data()
+        if reader is not None:
+            # OpenSSL passes (level << 8) | description.
+            reader.alert_read((value >> 8) & 0xFF, value & 0xFF)
+    except BaseException:  # noqa: BLE001 - nothing may unwind through OpenSSL's C frames
+        return
+
+
+_READ_ALERT: int = _lib.SSL_CB_READ_ALERT
+
+
+def watch_alerts_read(connection: SSL.Connection) -> None:
+    """Tell ``connection``'s app data (an :class:`AlertReader`) of each alert OpenSSL reads.
+
+    Alerts reach the callback only once their record was authenticated, and in the order of
+    the records; the callback runs inside ``read()``, before it returns.  Installed on an
+    established connection only: during a handshake OpenSSL calls it at every state change.
+    """
+    _lib.SSL_set_info_callback(connection._ssl, _info_callback)
 
 
 def alert_name(description: int) -> str:

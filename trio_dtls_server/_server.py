@@ -84,6 +84,7 @@ from ._session import (
     SessionState,
 )
 from ._stats import ServerStatistics, StatisticsSnapshot
+from ._text import quote_peer_text
 from ._transport import (
     DatagramTransport,
     ReplySource,
@@ -92,6 +93,7 @@ from ._transport import (
     receive_buffer_cap,
 )
 from ._wire import (
+    CONTENT_ALERT,
     CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE,
     HANDSHAKE_CLIENT_HELLO,
@@ -108,6 +110,8 @@ Handler = Callable[[DTLSConnection], Awaitable[None]]
 
 # How many datagrams the reader handles before it lets other tasks run.
 _READ_BATCH = 64
+# Protected records that also go to an association kept aside during a replacement.
+_KEPT_ASIDE_CONTENT = (CONTENT_APPLICATION_DATA, CONTENT_ALERT)
 
 
 class ServerBindError(OSError):
@@ -151,7 +155,12 @@ class DTLSServer:
     ``handler`` is called with a :class:`DTLSConnection` for each
     peer whose handshake completed, in that peer's own task; the default answers each
     datagram like Qt's example.  Events (Qt's error / warning / info / datagram signals) go to
-    :mod:`logging` and to :meth:`events` subscribers; counters to :meth:`statistics`.
+    :mod:`logging`, to :meth:`events` subscribers and to ``on_event``; counters to
+    :meth:`statistics`.  ``on_event(event)`` is called at once, inside the server's tasks, like
+    a Qt signal's direct connection: before the reply to a datagram or the next handshake
+    flight is sent, so what it prints reads in causal order with what the peers print.  It must
+    be quick and must not block; what it raises is logged and the server goes on.  A
+    subscriber (:meth:`events`) runs in its own task instead and may see events later.
     """
 
     def __init__(
@@ -162,6 +171,7 @@ class DTLSServer:
         config: ServerConfig | None = None,
         identity_hint: str | None = None,
         certificate: CertificateConfig | None = None,
+        on_event: Callable[[ServerEvent], object] | None = None,
     ) -> None:
         self.config = config or ServerConfig()
         if identity_hint is not None:
@@ -188,6 +198,8 @@ class DTLSServer:
         self._context = self._make_context()
         self._stats = ServerStatistics()
         self._hub = EventHub()
+        if on_event is not None:
+            self._hub.observe(on_event)
         self._cookies = CookieJar(rotation_interval=self.config.cookie_rotation)
         self._peers: dict[Address, PeerSlot] = {}
         self._handshaking = 0
@@ -562,16 +574,14 @@ class DTLSServer:
             )
             return
         kept = slot.replacing
-        if (
-            kept is not None
-            and datagram[0] == CONTENT_APPLICATION_DATA
-            and datagram[3:5] != b"\0\0"
-        ):
-            # Protected application data during a replacement is nearly always for the
-            # association kept aside while the new hello's handshake runs.  But in a resumed
-            # handshake the client finishes first and may send data before we have its
-            # Finished: that data is the new association's (it is delivered once that handshake
-            # completes).  Only the keys can tell, so both get it and the other drops it.
+        if kept is not None and datagram[0] in _KEPT_ASIDE_CONTENT and datagram[3:5] != b"\0\0":
+            # Protected application data or alerts during a replacement are nearly always for
+            # the association kept aside while the new hello's handshake runs: its client's
+            # data, and its close_notify, which must end it now rather than leave it to the
+            # idle timeout.  But in a resumed handshake the client finishes first and may send
+            # data (or a goodbye) before we have its Finished: that is the new association's
+            # (delivered once that handshake completes).  Only the keys can tell, so both get
+            # it and the other drops it.
             self._deliver(kept, datagram)
         self._deliver(slot, datagram)
 
@@ -904,11 +914,11 @@ class DTLSServer:
                 failure = f"the store raised {describe_exception(error)}"
         if key is not None:
             return events
-        name = identity.decode("latin-1")
+        name = quote_peer_text(identity)
         why = f"PSK lookup failed: {failure}" if failure else "the identity is no longer known"
         session.close()
         kept = [event for event in events if not isinstance(event, HandshakeComplete)]
-        return [*kept, HandshakeFailed(f"resumed session of PSK identity '{name}' refused: {why}")]
+        return [*kept, HandshakeFailed(f"resumed session of PSK identity {name} refused: {why}")]
 
     def _report_handshake(self, slot: PeerSlot, events: list[SessionEvent]) -> None:
         for event in events:
@@ -922,11 +932,11 @@ class DTLSServer:
                     rate_limited=True,
                 )
             elif isinstance(event, PskIdentity):
-                name = event.identity.decode("latin-1")
+                name = quote_peer_text(event.identity)  # the peer's bytes: never raw in a log
                 self._hub.emit(
                     InfoEvent(
                         "psk_identity",
-                        f"PSK callback, received a client's identity: '{name}'",
+                        f"PSK callback, received a client's identity: {name}",
                         slot.address,
                     )
                 )
@@ -935,7 +945,7 @@ class DTLSServer:
                     self._hub.emit(
                         ErrorEvent(
                             "psk_lookup_failed",
-                            f"{slot.info}: PSK lookup for '{name}' failed: {failure}",
+                            f"{slot.info}: PSK lookup for {name} failed: {failure}",
                             slot.address,
                         )
                     )
@@ -943,7 +953,7 @@ class DTLSServer:
                     self._hub.emit(
                         ErrorEvent(
                             "unknown_identity",
-                            f"{slot.info}: unknown PSK identity '{name}'",
+                            f"{slot.info}: unknown PSK identity {name}",
                             slot.address,
                         )
                     )

@@ -54,13 +54,17 @@ from ._openssl import (
     session_max_fragment_length,
     session_psk_identity,
     session_reused,
+    watch_alerts_read,
 )
 from ._records import RecordProtection, ReplayWindow, aead_suite, record_protection_for
+from ._text import quote_peer_text
 from ._wire import (
+    ALERT_LEVEL_WARNING,
     CONTENT_ALERT,
     CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE,
     DTLS_1_2,
+    FATAL_ONLY_ALERTS,
     MalformedDatagram,
     Record,
     pack_datagrams,
@@ -357,6 +361,8 @@ class DTLSSession:
         self._final_flight_resends = 0
         self._renegotiation_refusals = 0
         self._callback_events: list[SessionEvent] = []
+        # The alerts OpenSSL authenticated and read during the current read (see alert_read).
+        self._alerts_read: list[tuple[int, int]] = []
         self._replay = _ReplayMirror()
         self.state = SessionState.HANDSHAKING
         #: When :meth:`handle_timer` wants to be called next (same clock as ``now``), or None.
@@ -573,6 +579,17 @@ class DTLSSession:
                 name = cipher_name_for_suite(self._connection, suite) or ""
                 return "PSK" in name.split("-")
         return False
+
+    # -- alert callback (called by OpenSSL from inside read, once OpenSSL is kept) -------------
+
+    def alert_read(self, level: int, description: int) -> None:
+        """OpenSSL authenticated and read one of the peer's alerts (see ``watch_alerts_read``).
+
+        OpenSSL acts on fatal alerts and close_notify itself but reads every other warning
+        without a word, fatal-only descriptions included; :meth:`_warning_that_is_fatal`
+        looks at what was noted here.
+        """
+        self._alerts_read.append((level, description))
 
     # -- what the owner calls -----------------------------------------------------------------
 
@@ -964,16 +981,26 @@ class DTLSSession:
             if record.content_type == CONTENT_APPLICATION_DATA:
                 self._replay.mark(record.epoch, record.sequence_number)
         connection = self._connection
+        # OpenSSL stays for the rest of the connection: from now on, hear its alerts.
+        watch_alerts_read(connection)
+        self._alerts_read = []
         for _ in range(_MAX_EARLY_PROTECTED):
+            ending: SessionEvent | None = None
+            plaintext: bytes | None = None
             try:
                 plaintext = connection.read(MAX_PLAINTEXT)
             except SSL.WantReadError:  # nothing (more) buffered
-                return
+                pass
             except SSL.ZeroReturnError:  # the peer's close_notify came with it
-                self._early_events.append(RemoteClosed())
-                return
+                ending = RemoteClosed()
             except SSL.Error as error:
-                self._early_events.append(ConnectionFailed(openssl_error_reason(error)))
+                ending = ConnectionFailed(openssl_error_reason(error))
+            # A fatal-only warning read on the way comes first: nothing after it counts.
+            ending = self._warning_that_is_fatal() or ending
+            if ending is not None:
+                self._early_events.append(ending)
+                return
+            if plaintext is None:
                 return
             if plaintext:
                 self._early_events.append(ApplicationData(plaintext))
@@ -1029,24 +1056,42 @@ class DTLSSession:
     @staticmethod
     def _alert_ending(plaintext: bytes) -> RemoteClosed | ConnectionFailed | None:
         """How an authenticated alert ends the session; None for a warning, which changes
-        nothing (RFC 5246 §7.2.2)."""
+        nothing (RFC 5246 §7.2.2) -- unless its description is one that RFC 5246 makes
+        always fatal (``FATAL_ONLY_ALERTS``): that ends the session like a fatal alert."""
         try:
             level, description = parse_alert(plaintext)
         except MalformedDatagram:
             return ConnectionFailed("the peer sent a malformed alert")
         if description == _CLOSE_NOTIFY:
             return RemoteClosed()
-        if level == _WARNING:
-            return None
+        if level == ALERT_LEVEL_WARNING:
+            if description not in FATAL_ONLY_ALERTS:
+                return None
+            return ConnectionFailed(
+                f"the peer sent the alert {alert_name(description)} at warning level; "
+                "it is always fatal (RFC 5246 §7.2.2)"
+            )
         return ConnectionFailed(f"the peer sent the fatal alert {alert_name(description)}")
+
+    def _warning_that_is_fatal(self) -> ConnectionFailed | None:
+        """The ending for a fatal-only warning OpenSSL read (:meth:`alert_read`), if any.
+
+        Fatal alerts and close_notify are not looked at here: OpenSSL acts on them itself.
+        """
+        for level, description in self._alerts_read:
+            if level == ALERT_LEVEL_WARNING and description in FATAL_ONLY_ALERTS:
+                ending = self._alert_ending(bytes((level, description)))
+                assert isinstance(ending, ConnectionFailed)
+                return ending
+        return None
 
     def _handshake_failure_reason(self, error: SSL.Error) -> str:
         reason = openssl_error_reason(error)
         if self.psk_identity is not None and "psk identity not found" in reason.lower():
-            name = self.psk_identity.decode("latin-1")
+            name = quote_peer_text(self.psk_identity)
             if self.psk_lookup_failure is not None:
-                return f"PSK lookup for '{name}' failed: {self.psk_lookup_failure} ({reason})"
-            return f"unknown PSK identity '{name}' ({reason})"
+                return f"PSK lookup for {name} failed: {self.psk_lookup_failure} ({reason})"
+            return f"unknown PSK identity {name} ({reason})"
         return reason
 
     def _fail(self, reason: str, now: float | None) -> list[SessionEvent]:
@@ -1191,12 +1236,16 @@ class DTLSSession:
         events: list[SessionEvent] = []
         size = max(len(datagram), 1)
         single_record = _single_record_header(datagram)
+        if self._alerts_read:  # (no new list per datagram: alerts are rare)
+            self._alerts_read = []
         while True:
             try:
                 plaintext = self._connection.read(size)
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
+                if self._alerts_read and self._warning_that_is_fatal() is not None:
+                    break  # the fatal-only warning came before the close_notify
                 # RFC 5246 §7.2.1: answer close_notify with our own before closing.
                 with contextlib.suppress(SSL.Error):
                     self._connection.shutdown()
@@ -1205,8 +1254,12 @@ class DTLSSession:
                 events.append(RemoteClosed())
                 return events
             except SSL.Error as error:
+                if self._alerts_read and self._warning_that_is_fatal() is not None:
+                    break
                 events.extend(self._fail(openssl_error_reason(error), None))
                 return events
+            if self._alerts_read and self._warning_that_is_fatal() is not None:
+                break  # this plaintext came after the alert: nothing after it counts
             if plaintext:
                 events.append(ApplicationData(plaintext))
                 if single_record is not None:
@@ -1214,6 +1267,13 @@ class DTLSSession:
                     # would only raise WantReadError, and an exception per datagram is a
                     # measurable share of a round trip.
                     break
+        if self._alerts_read:
+            failure = self._warning_that_is_fatal()
+            if failure is not None:
+                events.extend(self._fail(failure.reason, None))
+                return events
+            if not events:
+                return events  # an authenticated warning (user_canceled, ...): nothing dropped
         # A retransmitted client flight makes OpenSSL re-emit our final flight: send it.
         reemitted = self._flush()
         if events:

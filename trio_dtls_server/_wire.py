@@ -27,11 +27,14 @@ with ``parse_``.
 
 from __future__ import annotations
 
+import enum
 import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
+    "ALERT_LEVEL_FATAL",
+    "ALERT_LEVEL_WARNING",
     "CONTENT_ALERT",
     "CONTENT_APPLICATION_DATA",
     "CONTENT_CHANGE_CIPHER_SPEC",
@@ -41,10 +44,12 @@ __all__ = [
     "HANDSHAKE_CLIENT_HELLO",
     "HANDSHAKE_CLIENT_KEY_EXCHANGE",
     "HANDSHAKE_HEADER_LENGTH",
+    "FATAL_ONLY_ALERTS",
     "HANDSHAKE_HELLO_VERIFY_REQUEST",
     "MAX_PSK_IDENTITY_LENGTH",
     "MAX_RECORD_FRAGMENT",
     "RECORD_HEADER_LENGTH",
+    "AlertDescription",
     "ClientHello",
     "FragmentedClientHello",
     "HandshakeFragment",
@@ -83,6 +88,76 @@ HANDSHAKE_CLIENT_KEY_EXCHANGE = 16
 # count *down*: DTLS 1.0 is {254, 255}, DTLS 1.2 is {254, 253}.
 DTLS_1_0 = 0xFEFF
 DTLS_1_2 = 0xFEFD
+
+# Alert levels (RFC 5246 section 7.2).
+ALERT_LEVEL_WARNING = 1
+ALERT_LEVEL_FATAL = 2
+
+
+class AlertDescription(enum.IntEnum):
+    """TLS alert descriptions by number: RFC 5246 section 7.2, and the later registrations
+    this package can meet (RFC 7507, RFC 6066, RFC 8446, RFC 4279's unknown_psk_identity)."""
+
+    close_notify = 0
+    unexpected_message = 10
+    bad_record_mac = 20
+    decryption_failed = 21  # RFC 5246: decryption_failed_RESERVED, never to be sent
+    record_overflow = 22
+    decompression_failure = 30
+    handshake_failure = 40
+    no_certificate = 41  # SSL 3.0 only: no_certificate_RESERVED
+    bad_certificate = 42
+    unsupported_certificate = 43
+    certificate_revoked = 44
+    certificate_expired = 45
+    certificate_unknown = 46
+    illegal_parameter = 47
+    unknown_ca = 48
+    access_denied = 49
+    decode_error = 50
+    decrypt_error = 51
+    export_restriction = 60  # TLS 1.0 only: export_restriction_RESERVED
+    protocol_version = 70
+    insufficient_security = 71
+    internal_error = 80
+    inappropriate_fallback = 86
+    user_canceled = 90
+    no_renegotiation = 100
+    missing_extension = 109
+    unsupported_extension = 110
+    certificate_unobtainable = 111
+    unrecognized_name = 112
+    bad_certificate_status_response = 113
+    bad_certificate_hash_value = 114
+    unknown_psk_identity = 115
+
+
+#: The descriptions RFC 5246 section 7.2.2 calls "always fatal" (handshake_failure: "a fatal
+#: error"), and decryption_failed, which RFC 2246 made always fatal and RFC 5246 forbids
+#: sending at all.  An alert with one of these descriptions ends the connection whatever level
+#: the peer wrote next to it: a peer that says "bad_record_mac, but only a warning" is broken
+#: or probing, and carrying on would trust a state the peer itself calls corrupt.
+#: close_notify, user_canceled and no_renegotiation are warnings; the certificate alerts
+#: (bad_certificate ... certificate_unknown) and the later registrations may be either.
+FATAL_ONLY_ALERTS: frozenset[int] = frozenset(
+    {
+        AlertDescription.unexpected_message,
+        AlertDescription.bad_record_mac,
+        AlertDescription.decryption_failed,
+        AlertDescription.record_overflow,
+        AlertDescription.decompression_failure,
+        AlertDescription.handshake_failure,
+        AlertDescription.illegal_parameter,
+        AlertDescription.unknown_ca,
+        AlertDescription.access_denied,
+        AlertDescription.decode_error,
+        AlertDescription.decrypt_error,
+        AlertDescription.protocol_version,
+        AlertDescription.insufficient_security,
+        AlertDescription.internal_error,
+        AlertDescription.unsupported_extension,
+    }
+)
 
 RECORD_HEADER_LENGTH = 13
 HANDSHAKE_HEADER_LENGTH = 12
