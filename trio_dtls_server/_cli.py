@@ -64,6 +64,9 @@ from ._profiles import CipherConfigError, CipherStringError, client_cipher_strin
 from ._psk import PskFileError, PskFileStore, PskSource, parse_psk_hex
 from ._server import DTLSServer, ServerBindError
 from ._session import RetransmitPolicy
+from ._supervisor import Supervisor, WorkerStartError, available_cpus, unsupported_message
+from ._transport import reuseport_balances
+from ._worker import DisplaySettings
 
 __all__ = ["build_parser", "main"]
 
@@ -148,6 +151,11 @@ def _float_or_none(text: str) -> float | None:
 
 def _int_or_auto(text: str) -> int | None:
     return None if text.lower() == "auto" else _positive_int(text)
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a count, or ``auto`` for the CPUs this process may use."""
+    return available_cpus() if text.lower() == "auto" else _positive_int(text)
 
 
 # -- the ServerConfig options ------------------------------------------------------------------
@@ -489,6 +497,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {QT_DEMO_IDENTITY_HINT!r}, Qt's)",
     )
     serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="worker processes on the one address and port (Linux SO_REUSEPORT: the kernel "
+        "keeps each client on one worker); a supervisor process owns the sockets, restarts a "
+        "worker that dies on the same socket, and passes SIGTERM/SIGINT/SIGHUP to every worker. "
+        "'auto' = the CPUs this process may use.  The limits below apply per worker, and each "
+        "worker's lines start with [worker K] (default: 1: no supervisor)",
+    )
+    serve.add_argument(
         "--stats-interval",
         type=_non_negative_float,
         default=0.0,
@@ -497,7 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_certificate_options(serve)
     _add_display_options(serve)
-    limits = serve.add_argument_group("limits and timers (ServerConfig)")
+    limits = serve.add_argument_group(
+        "limits and timers (ServerConfig)",
+        "With --workers N every worker has these limits of its own: --max-peers 20000 with 4 "
+        "workers holds up to 80000 peers in all.",
+    )
     for option in CONFIG_OPTIONS:
         default = _describe_default(_default_of(option.target), option)
         limits.add_argument(
@@ -807,6 +830,13 @@ async def run_serve(arguments: argparse.Namespace, display: Display, errors: Tex
     except ValueError as error:  # a configuration the server refuses (e.g. no usable suite)
         _one_line(errors, f"cannot configure the server: {error}")
         return EXIT_USAGE
+    if arguments.workers > 1:
+        if not reuseport_balances():
+            _one_line(errors, unsupported_message(arguments.workers))
+            return EXIT_USAGE
+        return await _run_supervisor(
+            arguments, display, errors, psk, certificate, config, startup_notes
+        )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with server.events() as stream:
             async with trio.open_nursery() as nursery:
@@ -845,6 +875,86 @@ async def run_serve(arguments: argparse.Namespace, display: Display, errors: Tex
                 await server.aclose()
                 nursery.cancel_scope.cancel()
             # The printer was cancelled; what the shutdown itself reported is still queued.
+            while True:
+                try:
+                    display.show(stream.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+    return EXIT_OK
+
+
+async def _run_supervisor(
+    arguments: argparse.Namespace,
+    display: Display,
+    errors: TextIO,
+    psk: PskSource | None,
+    certificate: CertificateConfig | None,
+    config: ServerConfig,
+    startup_notes: list[ServerEvent],
+) -> int:
+    """``serve --workers N`` (N > 1): this process supervises, N children serve.
+
+    The supervisor prints the listening line once every worker serves, its own events
+    (workers started and restarted) and the shutdown; each worker prints its events itself,
+    on the same standard output, labelled ``[worker K]``.
+    """
+    supervisor = Supervisor(
+        psk,
+        workers=arguments.workers,
+        config=config,
+        certificate=certificate,
+        display=DisplaySettings(
+            log_format=arguments.log_format,
+            quiet=arguments.quiet,
+            hex_limit=arguments.hex_limit,
+            stats_interval=arguments.stats_interval,
+        ),
+    )
+    display.in_group = True
+    signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    with trio.open_signal_receiver(*signals_wanted) as signals:
+        async with supervisor.events() as stream:
+            async with trio.open_nursery() as nursery:
+                listening_shown = trio.Event()
+                nursery.start_soon(_print_events, stream, display, listening_shown)
+                try:
+                    await nursery.start(supervisor.serve, arguments.host, arguments.port)
+                except (ServerBindError, WorkerStartError) as error:
+                    nursery.cancel_scope.cancel()
+                    text = error.strerror if isinstance(error, OSError) else None
+                    _one_line(errors, text or str(error))
+                    return EXIT_FAILURE
+                with trio.move_on_after(1.0):
+                    await listening_shown.wait()
+                display.show(
+                    InfoEvent(
+                        "workers",
+                        f"{arguments.workers} workers on one SO_REUSEPORT port; limits are per "
+                        "worker",
+                    )
+                )
+                for note in startup_notes:
+                    display.show(note)
+                async for signal_number in signals:
+                    name = signal.Signals(signal_number).name
+                    if signal_number == signal.SIGHUP:
+                        if supervisor.reloads_psk:
+                            count = supervisor.reload_psk()
+                            message = f"{name} received: {count} worker(s) re-read the PSK file"
+                        else:
+                            message = f"{name} received: no --psk-file to re-read"
+                        display.show(InfoEvent("reload", message))
+                        continue
+                    display.show(
+                        InfoEvent(
+                            "shutdown",
+                            f"{name} received: shutting down {arguments.workers} workers, "
+                            "each sends close_notify to its peers",
+                        )
+                    )
+                    break
+                await supervisor.aclose()
+                nursery.cancel_scope.cancel()
             while True:
                 try:
                     display.show(stream.receive_nowait())

@@ -132,8 +132,12 @@ class DTLSServer:
     raises :class:`~trio_dtls_server.CipherConfigError` here, not at the first handshake.
     ``handler`` is called with a :class:`DTLSConnection` for each
     peer whose handshake completed, in that peer's own task; the default answers each
-    datagram like Qt's example.  Events (Qt's error / warning / info / datagram signals) go to
-    :mod:`logging` and to :meth:`events` subscribers; counters to :meth:`statistics`.
+    datagram like Qt's example.  ``cookie_secret`` (at least 16 random bytes) is for several
+    servers on one address and host, such as the workers of
+    :func:`~trio_dtls_server.serve_workers`: servers given the same one accept each other's
+    HelloVerifyRequest cookies (see :class:`~trio_dtls_server._cookie.CookieJar`); without it
+    each server draws secrets of its own.  Events (Qt's error / warning / info / datagram
+    signals) go to :mod:`logging` and to :meth:`events` subscribers; counters to :meth:`statistics`.
     """
 
     def __init__(
@@ -144,6 +148,7 @@ class DTLSServer:
         config: ServerConfig | None = None,
         identity_hint: str | None = None,
         certificate: CertificateConfig | None = None,
+        cookie_secret: bytes | None = None,
     ) -> None:
         self.config = config or ServerConfig()
         if identity_hint is not None:
@@ -170,7 +175,11 @@ class DTLSServer:
         self._context = self._make_context()
         self._stats = ServerStatistics()
         self._hub = EventHub()
-        self._cookies = CookieJar(rotation_interval=self.config.cookie_rotation)
+        # A cookie_secret shared by several servers (the workers of one address) makes every one
+        # of them accept the others' cookies; without one, this server draws its own secrets.
+        self._cookies = CookieJar(
+            rotation_interval=self.config.cookie_rotation, master_key=cookie_secret
+        )
         self._peers: dict[Address, PeerSlot] = {}
         self._handshaking = 0
         self._transport: DatagramTransport | None = None
