@@ -45,8 +45,8 @@ from ._stats import StatisticsSnapshot
 from ._supervisor import (
     Supervisor,
     WorkerExited,
-    WorkersUnsupportedError,
     WorkerStartError,
+    WorkersUnsupportedError,
     serve_workers,
 )
 
