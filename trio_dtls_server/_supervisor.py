@@ -21,7 +21,7 @@ on one socket.  Here:
   each sends close_notify to its peers.  SIGHUP (:meth:`Supervisor.reload_psk`) is forwarded,
   and every worker re-reads its PSK file.
 
-Why child processes started with ``python -m trio_dtls_server._worker`` (``pass_fds`` for the
+Why child processes started with ``python -m trio_dtls_server._worker_main`` (``pass_fds`` for the
 socket and the status pipe, the settings pickled on stdin) rather than :mod:`multiprocessing`:
 the supervisor's loop is Trio's (``trio.lowlevel.open_process``, waits in the nursery that owns
 the workers), a worker is a fresh interpreter with nothing inherited but the two descriptors,
@@ -432,7 +432,7 @@ class Supervisor:
         environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
         try:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "trio_dtls_server._worker"],
+                [sys.executable, "-m", "trio_dtls_server._worker_main"],
                 stdin=subprocess.PIPE,
                 pass_fds=(worker.sock.fileno(), write_end),
                 env=environment,

@@ -1,7 +1,7 @@
 """One worker of a group (``serve --workers N``): a full server on a socket it was handed.
 
 The supervisor (:mod:`._supervisor`) starts each worker as ``python -m
-trio_dtls_server._worker`` with
+trio_dtls_server._worker_main`` with
 
 * its UDP socket (one of the group bound with ``SO_REUSEPORT``) open at the descriptor number
   named in its :class:`WorkerSpec`, and the write end of a *status pipe* likewise;
@@ -269,7 +269,7 @@ async def _first_stop_reason(signals: Any, orphaned: trio.Event) -> str:
 
 
 def main() -> int:
-    """``python -m trio_dtls_server._worker``: read the spec from stdin, serve, exit 0."""
+    """``python -m trio_dtls_server._worker_main``: read the spec from stdin, serve, exit 0."""
     # Until Trio installs its handlers: a SIGHUP forwarded to a worker that is still starting
     # must not end it (it reads the PSK file as it starts anyway).  SIGINT is the supervisor's
     # business: the worker has a process group of its own, and a stray one before Trio runs
@@ -284,11 +284,3 @@ def main() -> int:
         library_logger.propagate = False
     signal.signal(signal.SIGINT, signal.default_int_handler)
     return trio.run(serve_worker, spec)
-
-
-if __name__ == "__main__":
-    # Run the package's copy of this module, not __main__'s: the pickled spec names
-    # trio_dtls_server._worker.WorkerSpec, and a class of __main__ would be another class.
-    from trio_dtls_server._worker import main as _package_main
-
-    sys.exit(_package_main())

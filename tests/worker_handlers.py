@@ -1,0 +1,13 @@
+"""Handlers for the worker-process tests: importable by name in a worker (``module:function``)."""
+
+from __future__ import annotations
+
+import os
+
+from trio_dtls_server import DTLSConnection
+
+
+async def pid_echo(connection: DTLSConnection) -> None:
+    """Answer each datagram with ``<the worker's pid> <the datagram>``: which worker served it."""
+    async for datagram in connection:
+        await connection.send(f"{os.getpid()} ".encode() + datagram)
