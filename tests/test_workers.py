@@ -346,6 +346,39 @@ async def test_a_killed_worker_is_restarted_on_its_socket_and_only_its_peers_han
         assert server.wait() == 0
 
 
+def test_a_supervisor_killed_with_sigkill_leaves_no_worker_behind() -> None:
+    # Each worker watches its stdin, which only the supervisor holds open: when the kernel
+    # closes it (however the supervisor ended), the worker stops as on SIGTERM.
+    server, port = start_serve("--workers", "2", "--psk-hex", KEY_HEX)
+    with server, Program(
+        command(
+            "client", "127.0.0.1", str(port), "--connections", "8", "--pings", "100000",
+            "--interval", "0.2",
+        )
+    ) as client:  # fmt: skip
+        for number in range(8):
+            client.stdout.wait_for(
+                rf"^Alice \(clone number {number}\) received a DTLS datagram: .* ACK$"
+            )
+        server.process.kill()
+        assert server.process.wait(TIMEOUT) == -signal.SIGKILL
+        # The workers wrote to the same stdout: it reaches its end once both have exited.
+        server.stdout.join(TIMEOUT)
+        assert server.stdout.finished, "a worker outlived its supervisor"
+        assert client.wait() == 1
+    text = server.stdout.text
+    closed = re.findall(
+        r"^\[worker \d\] the supervisor has gone: shutting down, close_notify to (\d+) "
+        r"peer\(s\)$",
+        text,
+        re.MULTILINE,
+    )
+    assert len(closed) == 2 and sum(map(int, closed)) == 8, text
+    lines = client.stdout.text.splitlines()
+    for number in range(8):
+        assert f"error: Alice (clone number {number}): shutdown alert received" in lines
+
+
 def test_more_than_one_worker_without_reuseport_is_one_line_and_exit_2(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -455,6 +488,32 @@ async def _next_event(stream: trio.MemoryReceiveChannel[ServerEvent], code: str)
         if event.code == code:
             return event
     raise AssertionError(f"no {code} event")
+
+
+async def test_a_worker_that_keeps_crashing_is_restarted_with_a_growing_delay() -> None:
+    supervisor = Supervisor(
+        KEY, workers=1, handler="worker_handlers:exit_3", restart_delay=(0.2, 0.3)
+    )
+    async with trio.open_nursery() as nursery, supervisor.events() as stream:
+        _, port = await nursery.start(supervisor.serve, "127.0.0.1", 0)
+        delays = []
+        for restart in (1, 2, 3):
+            client = await DTLSClient.connect(
+                "127.0.0.1", port, identity=IDENTITY, key=KEY, handshake_timeout=TIMEOUT
+            )
+            async with client:
+                await client.send(b"crash")  # the handler ends its worker with exit code 3
+                with trio.fail_after(TIMEOUT):
+                    event = await _next_event(stream, "worker_restarted")
+                    await _next_event(stream, "worker_started")
+            assert isinstance(event, WorkerExited)
+            assert (event.worker, event.exit_status, event.restarts) == (1, 3, restart)
+            assert event.message.startswith(f"worker 1 (pid {event.pid}) exited with code 3: ")
+            delays.append(event.delay)
+        # Doubling from the first delay while the worker dies young, never past the maximum.
+        assert delays == [0.2, 0.3, 0.3]
+        assert supervisor.restarts == 3
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_resumption_that_lands_on_another_worker_becomes_a_full_handshake() -> None:

@@ -11,3 +11,9 @@ async def pid_echo(connection: DTLSConnection) -> None:
     """Answer each datagram with ``<the worker's pid> <the datagram>``: which worker served it."""
     async for datagram in connection:
         await connection.send(f"{os.getpid()} ".encode() + datagram)
+
+
+async def exit_3(connection: DTLSConnection) -> None:
+    """End the worker's process with exit code 3 at the first datagram: a crashing worker."""
+    async for _ in connection:
+        os._exit(3)
