@@ -376,8 +376,8 @@ class Supervisor:
         """Run worker ``number``; restart it on its socket whenever it ends, until stopping."""
         while True:
             status, pid, was_ready = await self._run_once(worker)
-            if self._stopping:
-                return
+            if self._stopping or self._stop_requested.is_set():
+                return  # (the supervisor may be told to stop after a worker heard it first)
             if not was_ready and not self._workers_all_ready():
                 # At start: a worker that cannot start will not start next time either.
                 failed.append(

@@ -307,9 +307,11 @@ async def bind_reuseport_group(
         for _ in range(count):
             sock = stdlib_socket.socket(family, type_, proto)
             sockets.append(sock)
-            # Before bind: the kernel admits a socket to the group only if every member,
-            # this one included, had the option when it was bound.
-            sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEPORT, 1)
+            if count > 1:
+                # Before bind: the kernel admits a socket to the group only if every member,
+                # this one included, had the option when it was bound.  One socket needs no
+                # group (and works where the option does not exist).
+                sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEPORT, 1)
             for option, size in sizes.items():
                 with contextlib.suppress(OSError):  # capped by the kernel: earlier drops only
                     sock.setsockopt(stdlib_socket.SOL_SOCKET, option, size)
