@@ -38,6 +38,8 @@ from test_cli import TIMEOUT, Program, _subcommands, command, start_serve
 
 from trio_dtls_server import (
     DTLSClient,
+    DTLSConnection,
+    Handler,
     InfoEvent,
     PskFileStore,
     ServerEvent,
@@ -514,6 +516,33 @@ async def test_a_worker_that_keeps_crashing_is_restarted_with_a_growing_delay() 
         assert delays == [0.2, 0.3, 0.3]
         assert supervisor.restarts == 3
         nursery.cancel_scope.cancel()
+
+
+async def test_a_handler_factory_is_called_once_in_each_worker() -> None:
+    supervisor = Supervisor(KEY, workers=1, handler_factory="worker_handlers:make_counting_handler")
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(supervisor.serve, "127.0.0.1", 0)
+        replies = []
+        for _ in range(2):
+            client = await DTLSClient.connect("127.0.0.1", port, identity=IDENTITY, key=KEY)
+            async with client:
+                replies.append(await ping(client))
+        pid = supervisor.worker_pids()[0]
+        # One factory call: the second connection saw the state the first one left.
+        assert replies == [f"{pid} connection 1".encode(), f"{pid} connection 2".encode()]
+        nursery.cancel_scope.cancel()
+    with pytest.raises(ModuleNotFoundError):  # resolved in the supervisor, before any worker
+        Supervisor(KEY, workers=1, handler_factory="no_such_module:factory")
+    with pytest.raises(TypeError, match="__main__"):
+        Supervisor(KEY, workers=1, handler=_defined_in_main())
+
+
+def _defined_in_main() -> Handler:
+    async def handler(connection: DTLSConnection) -> None:
+        pass
+
+    handler.__module__ = "__main__"  # as a function of the script that was run
+    return handler
 
 
 async def test_a_resumption_that_lands_on_another_worker_becomes_a_full_handshake() -> None:

@@ -44,7 +44,7 @@ import signal
 import socket as stdlib_socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +58,13 @@ from ._psk import PskFileStore, PskSource
 from ._server import DTLSServer, Handler, ServerBindError, qt_ack_handler
 from ._stats import ServerStatistics, StatisticsSnapshot
 from ._transport import bind_reuseport_group, reuseport_balances
-from ._worker import SPEC_LENGTH_BYTES, DisplaySettings, WorkerSpec, resolve_handler
+from ._worker import (
+    SPEC_LENGTH_BYTES,
+    DisplaySettings,
+    WorkerSpec,
+    resolve_callable,
+    resolve_handler,
+)
 
 __all__ = [
     "Supervisor",
@@ -163,8 +169,11 @@ class Supervisor:
     itself, and re-reads on :meth:`reload_psk` --, a store class defined in a module).
     ``handler`` is a ``"package.module:function"`` name or a function defined at the top of
     an importable module (pickle sends it by name); the workers import it, with the
-    supervisor's ``sys.path``.  Everything is checked here, in this process, so a mistake is
-    one exception now and not N crashing workers.
+    supervisor's ``sys.path``.  ``handler_factory`` (likewise a name or an importable
+    function) is the alternative for handlers with per-worker state: each worker calls it
+    once, with no arguments, and serves with the handler it returns.  Everything is checked
+    here, in this process (the factory is imported, not called), so a mistake is one
+    exception now and not N crashing workers.
 
     ``display`` makes each worker print its events on this process's standard output, each
     line labelled ``[worker K]`` (what ``serve --workers N`` does); None leaves the workers'
@@ -183,6 +192,7 @@ class Supervisor:
         *,
         workers: int,
         handler: Handler | str = qt_ack_handler,
+        handler_factory: Callable[[], Handler] | str | None = None,
         config: ServerConfig | None = None,
         identity_hint: str | None = None,
         certificate: CertificateConfig | None = None,
@@ -206,6 +216,10 @@ class Supervisor:
         # Build one server here: every error in the credentials or the configuration (a bad
         # file, no usable cipher) is raised now, as DTLSServer raises it.
         DTLSServer(psk, handler=resolve_handler(handler), config=config, certificate=certificate)
+        if handler_factory is not None:
+            # Resolved (imported) here, but called only in the workers: what it makes, such as
+            # a connection pool, belongs to the worker's process.
+            resolve_callable(handler_factory, "handler_factory")
         psk_file = str(psk.path) if isinstance(psk, PskFileStore) else None
         self._psk_file = psk_file
         self._cookie_secret = os.urandom(COOKIE_MASTER_KEY_LENGTH)
@@ -219,6 +233,7 @@ class Supervisor:
             certificate=certificate,
             config=config,
             handler=handler,
+            handler_factory=handler_factory,
             display=display,
             statistics_interval=statistics_interval,
         )
@@ -519,12 +534,12 @@ class Supervisor:
 
 def _check_picklable(spec: WorkerSpec) -> None:
     """Refuse, here and now, settings a worker could not receive."""
-    handler = spec.handler
-    if not isinstance(handler, str) and getattr(handler, "__module__", None) == "__main__":
-        raise TypeError(
-            f"handler {handler!r} is defined in __main__, which a worker cannot import: "
-            "put it in a module, or give its 'package.module:function' name"
-        )
+    for what, target in (("handler", spec.handler), ("handler_factory", spec.handler_factory)):
+        if not isinstance(target, str) and getattr(target, "__module__", None) == "__main__":
+            raise TypeError(
+                f"{what} {target!r} is defined in __main__, which a worker cannot import: "
+                "put it in a module, or give its 'package.module:function' name"
+            )
     try:
         pickle.dumps(spec)
     except (pickle.PicklingError, TypeError, AttributeError) as error:
@@ -540,6 +555,7 @@ async def serve_workers(
     *,
     workers: int | None = None,
     handler: Handler | str = qt_ack_handler,
+    handler_factory: Callable[[], Handler] | str | None = None,
     psk: PskSource | None = None,
     config: ServerConfig | None = None,
     certificate: CertificateConfig | None = None,
@@ -550,17 +566,27 @@ async def serve_workers(
     """Serve ``host``:``port`` with ``workers`` processes (None: one per CPU this process may
     use) until cancelled; the library form of ``serve --workers N``.
 
-    ``supervisor = await nursery.start(serve_workers, "0.0.0.0", 5684, workers=4,
-    handler="myapp.handlers:on_connection", psk=PskFileStore("keys.txt"))`` returns once every
-    worker serves, with the :class:`Supervisor` (its ``local_address``,
+    ::
+
+        supervisor = await nursery.start(
+            functools.partial(
+                serve_workers, "0.0.0.0", 5684, workers=4,
+                handler="myapp.handlers:on_connection", psk=PskFileStore("keys.txt"),
+            )
+        )
+
+    returns once every worker serves, with the :class:`Supervisor` (its ``local_address``,
     ``worker_statistics()``, ``reload_psk()``, ``events()``).  Cancelling the nursery stops
-    every worker gracefully (close_notify to each peer).  Limits in ``config`` are per worker.
-    Linux only for ``workers`` > 1 (:class:`WorkersUnsupportedError` elsewhere).
+    every worker gracefully (close_notify to each peer).  ``handler`` and ``handler_factory``
+    are as for :class:`Supervisor`: a ``"package.module:function"`` name or a function of an
+    importable module.  Limits in ``config`` are per worker.  Linux only for ``workers`` > 1
+    (:class:`WorkersUnsupportedError` elsewhere).
     """
     supervisor = Supervisor(
         psk,
         workers=available_cpus() if workers is None else workers,
         handler=handler,
+        handler_factory=handler_factory,
         config=config,
         certificate=certificate,
         identity_hint=identity_hint,

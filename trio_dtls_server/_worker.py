@@ -33,6 +33,7 @@ import pickle
 import signal
 import socket as stdlib_socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,7 +47,15 @@ from ._psk import PskFileStore
 from ._server import DTLSServer, Handler
 from ._transport import UDPTransport
 
-__all__ = ["DisplaySettings", "WorkerSpec", "read_spec", "resolve_handler", "serve_worker"]
+__all__ = [
+    "DisplaySettings",
+    "WorkerSpec",
+    "make_handler",
+    "read_spec",
+    "resolve_callable",
+    "resolve_handler",
+    "serve_worker",
+]
 
 #: Bytes of the big-endian length that precedes the pickled spec on standard input.
 SPEC_LENGTH_BYTES = 8
@@ -81,6 +90,9 @@ class WorkerSpec:
     config: ServerConfig
     #: An importable ``"module:function"`` name, or a callable pickle can send by reference.
     handler: Handler | str
+    #: Likewise; called once in the worker, with no arguments, to make the handler (per-worker
+    #: state: a database pool, a cache).  Overrides ``handler`` when given.
+    handler_factory: Callable[[], Handler] | str | None
     #: None: events go to :mod:`logging` only (in the worker's process).
     display: DisplaySettings | None
     statistics_interval: float
@@ -92,19 +104,36 @@ def resolve_handler(handler: Handler | str) -> Handler:
     Raises ValueError for a name without ``:``, ImportError / AttributeError for one that does
     not resolve, TypeError when what it names is not callable.
     """
-    if not isinstance(handler, str):
-        if not callable(handler):
-            raise TypeError(f"handler {handler!r} is not callable")
-        return handler
-    module_name, colon, attribute = handler.partition(":")
+    result: Handler = resolve_callable(handler, "handler")
+    return result
+
+
+def resolve_callable(target: Any, what: str) -> Any:
+    """The callable ``target`` is, or the one its ``"package.module:attribute"`` name names."""
+    if not isinstance(target, str):
+        if not callable(target):
+            raise TypeError(f"{what} {target!r} is not callable")
+        return target
+    module_name, colon, attribute = target.partition(":")
     if not colon or not module_name or not attribute:
-        raise ValueError(f"handler {handler!r} is not a 'package.module:function' name")
-    target: Any = importlib.import_module(module_name)
+        raise ValueError(f"{what} {target!r} is not a 'package.module:function' name")
+    found: Any = importlib.import_module(module_name)
     for part in attribute.split("."):
-        target = getattr(target, part)
-    if not callable(target):
-        raise TypeError(f"handler {handler!r} names {target!r}, which is not callable")
-    result: Handler = target
+        found = getattr(found, part)
+    if not callable(found):
+        raise TypeError(f"{what} {target!r} names {found!r}, which is not callable")
+    return found
+
+
+def make_handler(spec: WorkerSpec) -> Handler:
+    """The worker's handler: the factory's product when there is one, else ``handler``."""
+    if spec.handler_factory is None:
+        return resolve_handler(spec.handler)
+    factory = resolve_callable(spec.handler_factory, "handler_factory")
+    handler = factory()
+    if not callable(handler):
+        raise TypeError(f"handler_factory {spec.handler_factory!r} returned {handler!r}")
+    result: Handler = handler
     return result
 
 
@@ -188,7 +217,7 @@ async def serve_worker(spec: WorkerSpec) -> int:
     psk = PskFileStore(spec.psk_file) if spec.psk_file is not None else spec.psk
     server = DTLSServer(
         psk,
-        handler=resolve_handler(spec.handler),
+        handler=make_handler(spec),
         config=spec.config,
         certificate=spec.certificate,
         cookie_secret=spec.cookie_secret,
