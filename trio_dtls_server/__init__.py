@@ -6,6 +6,7 @@ Start here:
 * :class:`DTLSConnection` — what your handler gets for each verified, handshaken peer;
 * :class:`DTLSClient` — ``await DTLSClient.connect(host, port, identity=..., key=...)``;
 * :class:`ServerConfig` — limits, timers and the cipher profile (:data:`PROFILES`);
+* :func:`serve_workers` / :class:`Supervisor` — several worker processes on one port (Linux);
 * PSK stores (:class:`MappingStore`, :class:`PskFileStore`, :class:`AsyncFunctionStore`, ...)
   and :class:`CertificateConfig` — the credentials;
 * the events (:class:`InfoEvent`, :class:`WarningEvent`, :class:`ErrorEvent`,
@@ -42,6 +43,13 @@ from ._psk import (
 from ._server import DTLSServer, Handler, ServerBindError, qt_ack_handler
 from ._session import RetransmitPolicy
 from ._stats import StatisticsSnapshot
+from ._supervisor import (
+    Supervisor,
+    WorkerExited,
+    WorkerStartError,
+    WorkersUnsupportedError,
+    serve_workers,
+)
 
 __version__ = "0.1.0"
 
@@ -84,7 +92,11 @@ __all__ = [
     "SingleKeyStore",
     "StatisticsCollector",
     "StatisticsSnapshot",
+    "Supervisor",
     "WarningEvent",
+    "WorkerExited",
+    "WorkerStartError",
+    "WorkersUnsupportedError",
     "load_psk_file",
     "metrics_registry",
     "parse_psk_file",
@@ -92,4 +104,5 @@ __all__ = [
     "peer_info",
     "probe",
     "qt_ack_handler",
+    "serve_workers",
 ]

@@ -41,6 +41,7 @@ from typing import Any, TextIO
 
 import trio
 from OpenSSL import SSL
+from prometheus_client import CollectorRegistry
 
 from ._certificates import (
     CertificateConfig,
@@ -65,6 +66,9 @@ from ._profiles import CipherConfigError, CipherStringError, client_cipher_strin
 from ._psk import PskFileError, PskFileStore, PskSource, parse_psk_hex
 from ._server import DTLSServer, ServerBindError
 from ._session import RetransmitPolicy
+from ._supervisor import Supervisor, WorkerStartError, available_cpus, unsupported_message
+from ._transport import reuseport_balances
+from ._worker import DisplaySettings
 
 __all__ = ["build_parser", "main"]
 
@@ -159,6 +163,11 @@ def _float_or_none(text: str) -> float | None:
 
 def _int_or_auto(text: str) -> int | None:
     return None if text.lower() == "auto" else _positive_int(text)
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a count, or ``auto`` for the CPUs this process may use."""
+    return available_cpus() if text.lower() == "auto" else _positive_int(text)
 
 
 # -- the ServerConfig options ------------------------------------------------------------------
@@ -509,6 +518,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: none)",
     )
     serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="worker processes on the one address and port (Linux SO_REUSEPORT: the kernel "
+        "keeps each client on one worker); a supervisor process owns the sockets, restarts a "
+        "worker that dies on the same socket, and passes SIGTERM/SIGINT/SIGHUP to every worker. "
+        "'auto' = the CPUs this process may use.  The limits below apply per worker, and each "
+        "worker's lines start with [worker K] (default: 1: no supervisor)",
+    )
+    serve.add_argument(
         "--stats-interval",
         type=_non_negative_float,
         default=0.0,
@@ -517,7 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_certificate_options(serve)
     _add_display_options(serve)
-    limits = serve.add_argument_group("limits and timers (ServerConfig)")
+    limits = serve.add_argument_group(
+        "limits and timers (ServerConfig)",
+        "With --workers N every worker has these limits of its own: --max-peers 20000 with 4 "
+        "workers holds up to 80000 peers in all.",
+    )
     for option in CONFIG_OPTIONS:
         default = _describe_default(_default_of(option.target), option)
         limits.add_argument(
@@ -795,11 +819,18 @@ def _server_credentials(
 
 
 async def _print_events(
-    stream: trio.MemoryReceiveChannel[ServerEvent], display: Display, listening_shown: trio.Event
+    stream: trio.MemoryReceiveChannel[ServerEvent],
+    display: Display,
+    listening_shown: trio.Event,
+    after_listening: Sequence[ServerEvent] = (),
 ) -> None:
+    """Print the event stream; ``after_listening`` right after Qt's listening line (which
+    scripts wait for), before whatever the server said next, so the order never varies."""
     async for event in stream:
         display.show(event)
         if event.code == "listening":
+            for note in after_listening:
+                display.show(note)
             listening_shown.set()
 
 
@@ -827,11 +858,18 @@ async def run_serve(arguments: argparse.Namespace, display: Display, errors: Tex
     except ValueError as error:  # a configuration the server refuses (e.g. no usable suite)
         _one_line(errors, f"cannot configure the server: {error}")
         return EXIT_USAGE
+    if arguments.workers > 1:
+        if not reuseport_balances():
+            _one_line(errors, unsupported_message(arguments.workers))
+            return EXIT_USAGE
+        return await _run_supervisor(
+            arguments, display, errors, psk, certificate, config, startup_notes
+        )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with server.events() as stream:
             async with trio.open_nursery() as nursery:
                 listening_shown = trio.Event()
-                nursery.start_soon(_print_events, stream, display, listening_shown)
+                nursery.start_soon(_print_events, stream, display, listening_shown, startup_notes)
                 if isinstance(psk, PskFileStore):
                     # Installed before the listening line: a script that waits for that line
                     # may send SIGHUP at once, and SIGHUP's default action ends the process.
@@ -842,34 +880,10 @@ async def run_serve(arguments: argparse.Namespace, display: Display, errors: Tex
                     nursery.cancel_scope.cancel()
                     _one_line(errors, error.strerror or str(error))
                     return EXIT_FAILURE
-                if startup_notes:
-                    # After Qt's listening line, which scripts wait for; it is already queued.
-                    with trio.move_on_after(1.0):
-                        await listening_shown.wait()
-                    for note in startup_notes:
-                        display.show(note)
                 if arguments.metrics is not None:
                     registry = metrics_registry(lambda: [server.statistics()])
-                    metrics_host, metrics_port = arguments.metrics
-                    try:
-                        metrics_at = await nursery.start(
-                            serve_metrics, registry, metrics_host, metrics_port
-                        )
-                    except OSError as error:
-                        nursery.cancel_scope.cancel()
-                        _one_line(
-                            errors,
-                            f"--metrics: cannot listen on {metrics_host}:{metrics_port}: "
-                            f"{error.strerror or error}",
-                        )
+                    if not await _start_metrics(nursery, registry, arguments, display, errors):
                         return EXIT_FAILURE
-                    display.show(
-                        InfoEvent(
-                            "metrics",
-                            f"Prometheus metrics on http://{_url_host(metrics_at[0])}:"
-                            f"{metrics_at[1]}/metrics",
-                        )
-                    )
                 if arguments.stats_interval > 0:
                     nursery.start_soon(_print_statistics, server, display, arguments.stats_interval)
                 async for signal_number in signals:
@@ -895,8 +909,118 @@ async def run_serve(arguments: argparse.Namespace, display: Display, errors: Tex
     return EXIT_OK
 
 
+async def _start_metrics(
+    nursery: trio.Nursery,
+    registry: CollectorRegistry,
+    arguments: argparse.Namespace,
+    display: Display,
+    errors: TextIO,
+) -> bool:
+    """``--metrics``: serve ``registry`` in ``nursery``; False (and one error line) if it
+    cannot listen, after cancelling ``nursery``."""
+    host, port = arguments.metrics
+    try:
+        bound = await nursery.start(serve_metrics, registry, host, port)
+    except OSError as error:
+        nursery.cancel_scope.cancel()
+        _one_line(errors, f"--metrics: cannot listen on {host}:{port}: {error.strerror or error}")
+        return False
+    display.show(
+        InfoEvent(
+            "metrics",
+            f"Prometheus metrics on http://{_url_host(bound[0])}:{bound[1]}/metrics",
+        )
+    )
+    return True
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+async def _run_supervisor(
+    arguments: argparse.Namespace,
+    display: Display,
+    errors: TextIO,
+    psk: PskSource | None,
+    certificate: CertificateConfig | None,
+    config: ServerConfig,
+    startup_notes: list[ServerEvent],
+) -> int:
+    """``serve --workers N`` (N > 1): this process supervises, N children serve.
+
+    The supervisor prints the listening line once every worker serves, its own events
+    (workers started and restarted) and the shutdown; each worker prints its events itself,
+    on the same standard output, labelled ``[worker K]``.
+    """
+    supervisor = Supervisor(
+        psk,
+        workers=arguments.workers,
+        config=config,
+        certificate=certificate,
+        display=DisplaySettings(
+            log_format=arguments.log_format,
+            quiet=arguments.quiet,
+            hex_limit=arguments.hex_limit,
+            stats_interval=arguments.stats_interval,
+        ),
+    )
+    display.in_group = True
+    signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    with trio.open_signal_receiver(*signals_wanted) as signals:
+        async with supervisor.events() as stream:
+            async with trio.open_nursery() as nursery:
+                listening_shown = trio.Event()
+                group_note = InfoEvent(
+                    "workers",
+                    f"{arguments.workers} workers on one SO_REUSEPORT port; limits are per worker",
+                )
+                nursery.start_soon(
+                    _print_events, stream, display, listening_shown, [group_note, *startup_notes]
+                )
+                try:
+                    await nursery.start(supervisor.serve, arguments.host, arguments.port)
+                except (ServerBindError, WorkerStartError) as error:
+                    nursery.cancel_scope.cancel()
+                    text = error.strerror if isinstance(error, OSError) else None
+                    _one_line(errors, text or str(error))
+                    return EXIT_FAILURE
+                with trio.move_on_after(1.0):
+                    await listening_shown.wait()
+                if arguments.metrics is not None:
+                    registry = metrics_registry(
+                        supervisor.worker_statistics,
+                        retired=supervisor.retired_statistics,
+                        worker_restarts=lambda: supervisor.restarts,
+                    )
+                    if not await _start_metrics(nursery, registry, arguments, display, errors):
+                        return EXIT_FAILURE  # the cancelled nursery stops the workers
+                async for signal_number in signals:
+                    name = signal.Signals(signal_number).name
+                    if signal_number == signal.SIGHUP:
+                        if supervisor.reloads_psk:
+                            count = supervisor.reload_psk()
+                            message = f"{name} received: {count} worker(s) re-read the PSK file"
+                        else:
+                            message = f"{name} received: no --psk-file to re-read"
+                        display.show(InfoEvent("reload", message))
+                        continue
+                    display.show(
+                        InfoEvent(
+                            "shutdown",
+                            f"{name} received: shutting down {arguments.workers} workers, "
+                            "each sends close_notify to its peers",
+                        )
+                    )
+                    break
+                await supervisor.aclose()
+                nursery.cancel_scope.cancel()
+            while True:
+                try:
+                    display.show(stream.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+    return EXIT_OK
 
 
 def _one_line(errors: TextIO, message: str) -> None:

@@ -13,6 +13,14 @@ ClientHello fields that RFC 6347 requires the client to repeat, keyed with a sec
 the server knows. Verifying means recomputing it. The secret is replaced periodically so
 a cookie observed once cannot be replayed forever; the previous secret is still accepted
 so that a cookie minted just before a rotation keeps working for the second ClientHello.
+
+Several processes serving one address (``serve --workers N``: one socket each, the kernel
+spreading clients over them) must accept each other's cookies, and a restarted worker must
+accept the cookies its predecessor handed out.  They share one *master key* instead of a
+secret: the secret of rotation period ``k`` (``k = floor(clock() / rotation_interval)``, on
+a clock all processes share) is ``HMAC-SHA256(master, label || k)``.  Every process computes
+the same current and previous secret on its own, with no messages between them, and a
+process that starts later knows both at once.
 """
 
 from __future__ import annotations
@@ -20,15 +28,31 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
 import os
 import time
 from collections.abc import Callable
 
 from ._wire import ClientHello
 
-__all__ = ["CookieJar"]
+__all__ = ["MIN_MASTER_KEY_LENGTH", "CookieJar", "derive_cookie_secret"]
 
 _SECRET_LENGTH = 32  # one SHA-256 block's worth of key is plenty for HMAC-SHA256
+#: Shortest master key accepted for a shared jar (128 bits: beyond guessing).
+MIN_MASTER_KEY_LENGTH = 16
+#: Domain separation: the master key derives cookie secrets and nothing else.
+_DERIVATION_LABEL = b"trio_dtls_server cookie secret\0"
+
+
+def derive_cookie_secret(master_key: bytes, period: int) -> bytes:
+    """The cookie secret of rotation ``period`` for a shared jar: HMAC-SHA256(master, label || k).
+
+    ``period`` is a signed 64-bit big-endian number in the MAC input, so distinct periods can
+    never give the same input.
+    """
+    return hmac.digest(
+        master_key, _DERIVATION_LABEL + period.to_bytes(8, "big", signed=True), hashlib.sha256
+    )
 
 
 class CookieJar:
@@ -42,6 +66,14 @@ class CookieJar:
     to send its second ClientHello, and a captured cookie soon goes stale.
 
     ``clock`` and ``random_bytes`` exist so tests can control time and randomness.
+
+    ``master_key`` makes a *shared* jar (see the module docstring): no secret is drawn; the
+    secrets are derived from the key and the period number ``floor(clock() / interval)``, so
+    every jar with the same key and a shared clock accepts the others' cookies.  The default
+    clock, :func:`time.monotonic`, is CLOCK_MONOTONIC, one clock for the whole system on
+    Linux (the time since boot), so processes on one host agree on it.  A shared jar always
+    accepts the previous period's secret, even right after it was made, and cannot be
+    :meth:`rotate`-d by hand (its schedule is the clock's, the same in every process).
 
     Peer addresses are compared as IP addresses, not strings: ``"::1"`` and ``"0:0::1"``
     give the same cookie. An IPv4-mapped IPv6 address (``"::ffff:192.0.2.1"``) is *not*
@@ -61,22 +93,42 @@ class CookieJar:
         rotation_interval: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        master_key: bytes | None = None,
     ) -> None:
         if not rotation_interval > 0:
             raise ValueError(f"rotation_interval must be positive, not {rotation_interval}")
+        if master_key is not None and len(master_key) < MIN_MASTER_KEY_LENGTH:
+            raise ValueError(
+                f"a shared cookie master key needs at least {MIN_MASTER_KEY_LENGTH} bytes"
+            )
         self._rotation_interval = rotation_interval
         self._clock = clock
         self._random_bytes = random_bytes
-        self._current = random_bytes(_SECRET_LENGTH)
+        self._master_key = master_key
         self._previous: bytes | None = None
+        #: The rotation period whose secret is current (shared jars only).
+        self._period: int | None = None
+        if master_key is not None:
+            self._current = b""
+            self._follow_shared_schedule()
+        else:
+            self._current = random_bytes(_SECRET_LENGTH)
         self._last_rotation = clock()
+
+    @property
+    def shared(self) -> bool:
+        """Whether the secrets derive from a master key (several processes share them)."""
+        return self._master_key is not None
 
     def rotate(self) -> None:
         """Rotate now: the current secret becomes the previous one, and a new one is drawn.
 
         Cookies minted before this call stay valid until the next rotation. The rotation
-        schedule restarts from now.
+        schedule restarts from now.  Not available for a shared jar (RuntimeError): rotating one
+        process's secret by hand would make it refuse every other process's cookies.
         """
+        if self._master_key is not None:
+            raise RuntimeError("a shared cookie jar rotates on the shared clock's schedule only")
         self._previous = self._current
         self._current = self._random_bytes(_SECRET_LENGTH)
         self._last_rotation = self._clock()
@@ -114,6 +166,9 @@ class CookieJar:
 
     def _maybe_rotate(self) -> None:
         """Catch up with the rotation schedule."""
+        if self._master_key is not None:
+            self._follow_shared_schedule()
+            return
         now = self._clock()
         due = int((now - self._last_rotation) // self._rotation_interval)
         if due <= 0:
@@ -128,6 +183,16 @@ class CookieJar:
         # Advance along the schedule rather than to "now", so that a secret's lifetime is
         # bounded by the interval no matter when the calls that trigger rotation arrive.
         self._last_rotation += due * self._rotation_interval
+
+    def _follow_shared_schedule(self) -> None:
+        """A shared jar: the secrets of the clock's current period and the one before it."""
+        assert self._master_key is not None
+        period = math.floor(self._clock() / self._rotation_interval)
+        if period == self._period:
+            return
+        self._period = period
+        self._current = derive_cookie_secret(self._master_key, period)
+        self._previous = derive_cookie_secret(self._master_key, period - 1)
 
     def _mac(self, secret: bytes, peer_bytes: bytes, hello: ClientHello) -> bytes:
         digest = hmac.digest(secret, peer_bytes + hello.cookie_input(), hashlib.sha256)

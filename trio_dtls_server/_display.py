@@ -115,6 +115,8 @@ class Display:
         quiet: bool = False,
         hex_limit: int = 0,
         always_show: frozenset[str] = frozenset({"listening"}),
+        worker: int | None = None,
+        in_group: bool = False,
     ) -> None:
         self.stream = sys.stdout if stream is None else stream
         self.side = side
@@ -125,6 +127,12 @@ class Display:
         self.quiet = quiet
         self.hex_limit = hex_limit
         self.always_show = always_show
+        #: The worker number (``serve --workers N``): text lines start with ``[worker K] ``
+        #: and JSON lines carry ``"worker": K``.
+        self.worker = worker
+        #: Part of a group of workers: JSON lines carry a ``worker`` field, ``null`` for the
+        #: supervisor's own lines, so every line of the group has the same fields.
+        self.in_group = in_group or worker is not None
         #: Lines written; a reader that went away (broken pipe) stops the writing, not the server.
         self.lines_written = 0
         self._broken = False
@@ -157,6 +165,8 @@ class Display:
         if isinstance(event, DatagramReceived):
             record["ciphertext"] = event.ciphertext.hex()
             record["plaintext"] = event.plaintext.decode("utf-8", "replace")
+        if self.in_group:
+            record["worker"] = self.worker
         record.update(extra)
         # ensure_ascii: no raw control or non-ASCII character can reach the terminal.
         return json.dumps(record, ensure_ascii=True)
@@ -190,7 +200,7 @@ class Display:
         if self.log_format == "json":
             self.write(self.json_line(event))
         else:
-            self.write(self.paint(event.severity, self.text_line(event)))
+            self.write(self.labelled(self.paint(event.severity, self.text_line(event))))
 
     def show_statistics(self, snapshot: StatisticsSnapshot) -> None:
         """A periodic health line (``--stats-interval``)."""
@@ -200,7 +210,11 @@ class Display:
             self.write(json.dumps(record, ensure_ascii=True, sort_keys=False))
             return
         if not self.quiet:
-            self.write(self.paint("info", _statistics_event(snapshot).message))
+            self.write(self.labelled(self.paint("info", _statistics_event(snapshot).message)))
+
+    def labelled(self, line: str) -> str:
+        """A text line with the worker's label in front (uncoloured), when there is a worker."""
+        return line if self.worker is None else f"[worker {self.worker}] {line}"
 
     def write(self, line: str) -> None:
         """One line, flushed at once so a pipe sees it as soon as the event happens."""

@@ -91,17 +91,26 @@ METRICS: tuple[str, ...] = (
 class StatisticsCollector(Collector):
     """Sums the snapshots of ``source`` into Prometheus metric families on every scrape.
 
-    ``worker_restarts`` (for a ``--workers`` group) says how many workers were restarted.
+    For a ``--workers`` group: ``retired`` gives the last snapshots of worker processes that
+    died (their replacements count from zero, so the counters add both and never go backwards;
+    the gauges, and the kernel's drop count of each socket, come from the live workers only),
+    and ``worker_restarts`` says how many workers were restarted.
     """
 
     def __init__(
-        self, source: SnapshotSource, *, worker_restarts: Callable[[], int] | None = None
+        self,
+        source: SnapshotSource,
+        *,
+        retired: SnapshotSource | None = None,
+        worker_restarts: Callable[[], int] | None = None,
     ) -> None:
         self._source = source
+        self._retired = retired
         self._worker_restarts = worker_restarts
 
     def collect(self) -> Iterator[Metric]:
-        snapshots = list(self._source())
+        live = list(self._source())
+        snapshots = live + (list(self._retired()) if self._retired is not None else [])
         for name, attribute, documentation in _COUNTERS:
             yield CounterMetricFamily(
                 name,
@@ -135,23 +144,22 @@ class StatisticsCollector(Collector):
         yield CounterMetricFamily(
             "dtls_kernel_dropped_datagrams",
             "Datagrams the kernel dropped at a full socket receive buffer.",
-            value=sum(snapshot.kernel_drops or 0 for snapshot in snapshots),
+            # Per socket and cumulative: a restarted worker reads the same socket's count.
+            value=sum(snapshot.kernel_drops or 0 for snapshot in live),
         )
         restarts = self._worker_restarts() if self._worker_restarts is not None else 0
         yield CounterMetricFamily(
             "dtls_worker_restarts", "Worker processes restarted after dying.", value=restarts
         )
-        peers = sum(snapshot.peers for snapshot in snapshots)
-        handshaking = sum(snapshot.handshaking for snapshot in snapshots)
+        peers = sum(snapshot.peers for snapshot in live)
+        handshaking = sum(snapshot.handshaking for snapshot in live)
         yield GaugeMetricFamily(
             "dtls_associations", "Established associations now.", value=peers - handshaking
         )
         yield GaugeMetricFamily(
             "dtls_handshakes_in_progress", "Handshakes in flight now.", value=handshaking
         )
-        yield GaugeMetricFamily(
-            "dtls_workers", "Server processes whose counters are summed.", value=len(snapshots)
-        )
+        yield GaugeMetricFamily("dtls_workers", "Server processes serving now.", value=len(live))
         yield _duration_histogram(snapshots)
 
 
@@ -184,11 +192,19 @@ def _duration_histogram(snapshots: Sequence[StatisticsSnapshot]) -> Metric:
 
 
 def metrics_registry(
-    source: SnapshotSource, *, worker_restarts: Callable[[], int] | None = None
+    source: SnapshotSource,
+    *,
+    retired: SnapshotSource | None = None,
+    worker_restarts: Callable[[], int] | None = None,
 ) -> CollectorRegistry:
-    """A registry holding only our collector (no process or platform metrics of the exporter)."""
+    """A registry holding only our collector (no process or platform metrics of the exporter).
+
+    One server: ``metrics_registry(lambda: [server.statistics()])``.  A worker group:
+    ``metrics_registry(supervisor.worker_statistics, retired=supervisor.retired_statistics,
+    worker_restarts=lambda: supervisor.restarts)``.
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatisticsCollector(source, worker_restarts=worker_restarts))
+    registry.register(StatisticsCollector(source, retired=retired, worker_restarts=worker_restarts))
     return registry
 
 

@@ -154,10 +154,14 @@ class DTLSServer:
     raises :class:`~trio_dtls_server.CipherConfigError` here, not at the first handshake.
     ``handler`` is called with a :class:`DTLSConnection` for each
     peer whose handshake completed, in that peer's own task; the default answers each
-    datagram like Qt's example.  Events (Qt's error / warning / info / datagram signals) go to
-    :mod:`logging`, to :meth:`events` subscribers and to ``on_event``; counters to
-    :meth:`statistics`.  ``on_event(event)`` is called at once, inside the server's tasks, like
-    a Qt signal's direct connection: before the reply to a datagram or the next handshake
+    datagram like Qt's example.  ``cookie_secret`` (at least 16 random bytes) is for several
+    servers on one address and host, such as the workers of
+    :func:`~trio_dtls_server.serve_workers`: servers given the same one accept each other's
+    HelloVerifyRequest cookies (see :class:`~trio_dtls_server._cookie.CookieJar`); without it
+    each server draws secrets of its own.  Events (Qt's error / warning / info / datagram
+    signals) go to :mod:`logging`, to :meth:`events` subscribers and to ``on_event``; counters
+    to :meth:`statistics`.  ``on_event(event)`` is called at once, inside the server's tasks,
+    like a Qt signal's direct connection: before the reply to a datagram or the next handshake
     flight is sent, so what it prints reads in causal order with what the peers print.  It must
     be quick and must not block; what it raises is logged and the server goes on.  A
     subscriber (:meth:`events`) runs in its own task instead and may see events later.
@@ -172,6 +176,7 @@ class DTLSServer:
         identity_hint: str | None = None,
         certificate: CertificateConfig | None = None,
         on_event: Callable[[ServerEvent], object] | None = None,
+        cookie_secret: bytes | None = None,
     ) -> None:
         self.config = config or ServerConfig()
         if identity_hint is not None:
@@ -200,7 +205,11 @@ class DTLSServer:
         self._hub = EventHub()
         if on_event is not None:
             self._hub.observe(on_event)
-        self._cookies = CookieJar(rotation_interval=self.config.cookie_rotation)
+        # A cookie_secret shared by several servers (the workers of one address) makes every one
+        # of them accept the others' cookies; without one, this server draws its own secrets.
+        self._cookies = CookieJar(
+            rotation_interval=self.config.cookie_rotation, master_key=cookie_secret
+        )
         self._peers: dict[Address, PeerSlot] = {}
         self._handshaking = 0
         self._transport: DatagramTransport | None = None

@@ -28,8 +28,10 @@ __all__ = [
     "DatagramTransport",
     "ReplySource",
     "UDPTransport",
+    "bind_reuseport_group",
     "bind_udp",
     "receive_buffer_cap",
+    "reuseport_balances",
 ]
 
 Address = tuple[str, int]
@@ -248,6 +250,80 @@ async def bind_udp(
             error.errno or errno.EINVAL, f"cannot bind UDP {host}:{port}: {reason}"
         ) from None
     return UDPTransport(sock)
+
+
+def reuseport_balances() -> bool:
+    """Whether the kernel spreads one port's datagrams over ``SO_REUSEPORT`` sockets.
+
+    Linux (3.9 and later) hashes each datagram's addresses and ports to pick one socket of the
+    group, so a client stays on one socket.  BSDs and macOS have the option but hand every
+    datagram to the last socket bound; Windows has no such option.
+    """
+    return sys.platform.startswith("linux") and hasattr(stdlib_socket, "SO_REUSEPORT")
+
+
+async def bind_reuseport_group(
+    host: str,
+    port: int,
+    count: int,
+    *,
+    buffer_size: int = 4 << 20,
+    receive_buffer: int | None = None,
+) -> list[stdlib_socket.socket]:
+    """``count`` UDP sockets bound to one ``host``:``port`` with ``SO_REUSEPORT`` (Linux).
+
+    The kernel then hands each datagram to one socket of the group, chosen by a hash of the
+    datagram's source and destination, so one client always reaches the same socket for as
+    long as the group's membership does not change.
+
+    Anyone on the machine running as the same user can join a group by binding the port with
+    ``SO_REUSEPORT`` too, and would then take a share of the traffic.  So the port is first
+    bound *without* the option: if something already holds it (another server, with or
+    without ``SO_REUSEPORT``) this fails with "Address already in use", as a single server
+    would; port 0 picks a free port this way.  That probe is closed and the group bound on
+    its port right away.  Raises :class:`OSError` naming the address and the OS reason.
+    """
+    if count < 1:
+        raise ValueError(f"a socket group needs at least one socket, not {count}")
+    try:
+        infos = await trio.socket.getaddrinfo(
+            host, port, type=stdlib_socket.SOCK_DGRAM, flags=stdlib_socket.AI_PASSIVE
+        )
+    except OSError as error:
+        raise OSError(
+            error.errno or errno.EINVAL, f"cannot bind UDP {host}:{port}: {error.strerror or error}"
+        ) from None
+    family, type_, proto, _, sockaddr = infos[0]
+    sockets: list[stdlib_socket.socket] = []
+    try:
+        with stdlib_socket.socket(family, type_, proto) as probe:
+            probe.bind(sockaddr)
+            chosen = probe.getsockname()[1]
+        address = (sockaddr[0], chosen, *sockaddr[2:])
+        sizes = {
+            stdlib_socket.SO_RCVBUF: buffer_size if receive_buffer is None else receive_buffer,
+            stdlib_socket.SO_SNDBUF: buffer_size,
+        }
+        for _ in range(count):
+            sock = stdlib_socket.socket(family, type_, proto)
+            sockets.append(sock)
+            if count > 1:
+                # Before bind: the kernel admits a socket to the group only if every member,
+                # this one included, had the option when it was bound.  One socket needs no
+                # group (and works where the option does not exist).
+                sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEPORT, 1)
+            for option, size in sizes.items():
+                with contextlib.suppress(OSError):  # capped by the kernel: earlier drops only
+                    sock.setsockopt(stdlib_socket.SOL_SOCKET, option, size)
+            sock.bind(address)
+    except OSError as error:
+        for sock in sockets:
+            sock.close()
+        reason = error.strerror or os.strerror(error.errno or errno.EINVAL)
+        raise OSError(
+            error.errno or errno.EINVAL, f"cannot bind UDP {host}:{port}: {reason}"
+        ) from None
+    return sockets
 
 
 def receive_buffer_cap() -> int | None:
