@@ -1033,9 +1033,11 @@ def _judge(h: Harness, stats: StatisticsSnapshot) -> dict[str, int]:
                 elif not any(abs(when - max(t, conn.started)) < 1e-9 for t in reads):
                     late.append((plaintext, min(reads), when))
                 # Copies read before the server finished the handshake (data that overtook
-                # the client's Finished, twice) are dropped uncounted, in both record layers.
-                # Every other copy read while the connection lived is a replay (the copy
-                # that delivered it is the one read at the delivery time, if any was).
+                # the client's Finished, twice) are dropped and counted as replays during the
+                # handshake, in both record layers (one copy is kept, de-duplicated on
+                # content).  Every other copy read while the connection lived is a replay
+                # too (the copy that delivered it is the one read at the delivery time, if
+                # any was).
                 early_reads = [t for t in reads if t < conn.started]
                 alive = [t for t in reads if conn.started <= t < end]
                 delivering = 1 if when is not None and when in alive else 0
@@ -1050,8 +1052,9 @@ def _judge(h: Harness, stats: StatisticsSnapshot) -> dict[str, int]:
         )
     replays = stats.drops.get("replayed record", 0)
     failures = stats.drops.get("record failed authentication", 0)
-    facts["replays on the wire"] = expected_replays
     facts["copies of early data read during the handshake"] = early_copies
+    expected_replays += early_copies
+    facts["replays on the wire"] = expected_replays
     facts["replayed record"] = replays
     facts["record failed authentication"] = failures
     if h.replacing:

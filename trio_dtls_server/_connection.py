@@ -56,7 +56,8 @@ class ConnectionClosed(Exception):
 class PeerSlot:
     """The server's record of one verified peer: its inbox, its task's cancel scope, its health.
 
-    The reader task only ever touches ``inbox_send``, ``queued``, ``throttled_until`` and the
+    The reader task only ever touches ``inbox_send``, ``queued``, ``queued_bytes``,
+    ``throttled_until`` and the
     counters; the peer task owns the rest.
     """
 
@@ -89,6 +90,8 @@ class PeerSlot:
     #: :meth:`DTLSConnection.send` see without a failed ``receive_nowait`` whether the peer
     #: said something a handler that only sends has not read yet.
     queued: int = 0
+    #: The bytes of those datagrams: a handshaking peer's inbox is bounded by them too.
+    queued_bytes: int = 0
 
     @property
     def info(self) -> str:
@@ -100,17 +103,20 @@ class PeerSlot:
         """The reader's side: queue a datagram (raises ``trio.WouldBlock`` when full)."""
         self.inbox_send.send_nowait(datagram)
         self.queued += 1
+        self.queued_bytes += len(datagram)
 
     def take_nowait(self) -> bytes:
         """A datagram already waiting (raises ``trio.WouldBlock`` if none)."""
         datagram = self.inbox_receive.receive_nowait()
         self.queued -= 1
+        self.queued_bytes -= len(datagram)
         return datagram
 
     async def take(self) -> bytes:
         """The next datagram, waiting for it."""
         datagram = await self.inbox_receive.receive()
         self.queued -= 1
+        self.queued_bytes -= len(datagram)
         return datagram
 
 

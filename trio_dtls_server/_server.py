@@ -84,6 +84,12 @@ Handler = Callable[[DTLSConnection], Awaitable[None]]
 
 # How many datagrams the reader handles before it lets other tasks run.
 _READ_BATCH = 64
+#: The most bytes waiting in a handshaking peer's inbox (one datagram of any size always
+#: fits).  A client's whole flight, even a certificate chain, is a few KiB and the peer task
+#: takes each datagram at once, except while an asynchronous PSK lookup runs (up to
+#: ``psk_lookup_timeout``): then 16 KiB holds the flight and its retransmissions, where
+#: ``peer_queue_size`` datagrams of up to 18 KiB would hold over a megabyte per half-open peer.
+HANDSHAKE_INBOX_BUDGET = 16 * 1024
 
 
 class ServerBindError(OSError):
@@ -468,6 +474,20 @@ class DTLSServer:
         if slot.throttled_until != -math.inf and slot.throttled_until > trio.current_time():
             self._stats.drops["peer throttled"] += 1
             return
+        if (
+            not slot.established
+            and slot.queued
+            and slot.queued_bytes + len(datagram) > HANDSHAKE_INBOX_BUDGET
+        ):
+            self._stats.queue_overflows += 1
+            self._drop(
+                "peer queue full",
+                "queue_overflow",
+                f"{slot.info}: inbound queue full ({slot.queued_bytes} bytes waiting for a "
+                "handshake), dropped",
+                slot.address,
+            )
+            return
         try:
             slot.deliver_nowait(datagram)
         except trio.WouldBlock:
@@ -696,6 +716,9 @@ class DTLSServer:
                     if any(isinstance(e, HandshakeComplete) and e.resumed for e in events):
                         events = await self._check_resumed_identity(session, events)
                 self._report_handshake(slot, events)
+        # What the session dropped during the handshake (forged or unexpected records).
+        for reason, count in session.handshake_drops.items():
+            self._stats.drops[reason] += count
         if session.state is SessionState.ESTABLISHED:
             return True
         if session.state is SessionState.HANDSHAKING:

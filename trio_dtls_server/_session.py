@@ -381,6 +381,13 @@ class DTLSSession:
         # Protected handshake records OpenSSL read and rejected while the peer's Finished was
         # outstanding, for the failure reason.
         self._finished_failures = 0
+        # The wrong-key diagnosis for flights split over datagrams (see
+        # _feed_protected_handshake): the ClientKeyExchange OpenSSL accepted (its record's
+        # fragment), whether the datagrams since carried only its flight, and how many
+        # Finished records failed in that place.
+        self._key_exchange: bytes | None = None
+        self._in_flight_chain = False
+        self._chained_failures = 0
         # The protected record being fed to OpenSSL (see _feed_protected_handshake).
         self._completing: bytes | None = None
         #: Records dropped during the handshake, by ``DROP_*`` reason (they are also reported as
@@ -682,26 +689,51 @@ class DTLSSession:
                 drop = drop or reason
                 self.handshake_drops[reason] += 1
         events: list[SessionEvent] = []
-        # The wrong-key diagnosis is unambiguous only for a Finished that came with the key
-        # exchange OpenSSL accepted from this same datagram (see _feed_protected_handshake).
-        diagnosable = self._is_server and self._before_key_exchange()
+        waiting_for_key_exchange = self._is_server and self._before_key_exchange()
         if plaintext:
             self._connection.bio_write(b"".join(plaintext))
             events += self._step_handshake(now)
-        diagnosable = diagnosable and bool(plaintext) and not self._before_key_exchange()
+        # The wrong-key diagnosis (see _feed_protected_handshake): did this datagram carry the
+        # key exchange OpenSSL accepted, or a copy of it, or only what follows it in a flight?
+        accepted_here = (
+            waiting_for_key_exchange
+            and bool(plaintext)
+            and self.state is SessionState.HANDSHAKING
+            and not self._before_key_exchange()
+        )
+        key_exchanges = [
+            r.fragment
+            for r in records
+            if r.epoch == 0
+            and r.content_type == CONTENT_HANDSHAKE
+            and r.fragment[:1] == bytes((HANDSHAKE_CLIENT_KEY_EXCHANGE,))
+        ]
+        if accepted_here:
+            self._key_exchange = key_exchanges[0] if key_exchanges else None
+        if accepted_here or (
+            self._key_exchange is not None and self._key_exchange in key_exchanges
+        ):
+            self._in_flight_chain = True
+        elif drop is not None or any(
+            r.content_type != (CONTENT_CHANGE_CIPHER_SPEC if r.epoch == 0 else CONTENT_HANDSHAKE)
+            for r in records
+        ):
+            self._in_flight_chain = False
         if self._held and self._openssl_reads_protected():
             held, self._held = self._held, []
             self._kept_bytes -= sum(len(raw) for raw in held)
             for raw in held:
                 if self.state is not SessionState.HANDSHAKING:
                     break
-                events += self._feed_protected_handshake(raw, now, diagnosable=False)
+                events += self._feed_protected_handshake(raw, now, in_chain=False, at_once=False)
         for raw in protected_handshake:
             if self.state is not SessionState.HANDSHAKING:
                 break
             if self._openssl_reads_protected():
                 failures = self._finished_failures
-                events += self._feed_protected_handshake(raw, now, diagnosable=diagnosable)
+                events += self._feed_protected_handshake(
+                    raw, now, in_chain=self._in_flight_chain, at_once=accepted_here
+                )
                 if self._finished_failures > failures:
                     drop = drop or DROP_AUTHENTICATION
             else:
@@ -875,16 +907,24 @@ class DTLSSession:
         return verifier
 
     def _feed_protected_handshake(
-        self, raw: bytes, now: float, *, diagnosable: bool
+        self, raw: bytes, now: float, *, in_chain: bool, at_once: bool
     ) -> list[SessionEvent]:
         """Give OpenSSL one protected handshake record, now that it reads them; judge the result.
 
         OpenSSL has read the ChangeCipherSpec, so this record either finishes the handshake
-        (it was the peer's Finished) or is dropped for failing authentication, silently.  The
-        latter is a wrong PSK only if the record came with the key exchange OpenSSL accepted
-        (``diagnosable``: the same datagram took OpenSSL from before the key exchange to the
-        ChangeCipherSpec): then the peer learns it at once with ``bad_record_mac``.  Otherwise
-        it may be anyone's: dropped and counted, and the handshake goes on.
+        (it was the peer's Finished) or is dropped for failing authentication, silently.  A
+        failure ends the handshake with ``bad_record_mac`` (a wrong PSK, see
+        :meth:`_reject_bad_finished`) only when the record cannot be a stranger's:
+
+        * ``at_once``: it came in the datagram whose key exchange OpenSSL accepted (Mbed TLS,
+          OpenSSL, Qt, GnuTLS send ClientKeyExchange, ChangeCipherSpec and Finished together);
+        * or it is the second such failure ``in_chain``: right after the key exchange, or a
+          byte-for-byte copy of it, with nothing but the ChangeCipherSpec between (tinydtls
+          sends each message in a datagram of its own, and retransmits all three).  One
+          forged record in that place fails once and is forgiven; the real client's Finished
+          still completes the handshake after it.
+
+        Any other failure is dropped and counted, and the handshake goes on.
         """
         self._connection.bio_write(raw)
         self._completing = raw
@@ -892,9 +932,12 @@ class DTLSSession:
         self._completing = None
         if self.state is not SessionState.HANDSHAKING or not self._openssl_reads_protected():
             return events
-        if diagnosable and self._is_server:
-            return events + self._reject_bad_finished(now)
         self._finished_failures += 1
+        if in_chain:
+            self._in_flight_chain = False  # a flight has one Finished
+            self._chained_failures += 1
+        if self._is_server and (at_once or self._chained_failures >= 2):
+            return events + self._reject_bad_finished(now)
         self.handshake_drops[DROP_AUTHENTICATION] += 1
         return [e for e in events if not isinstance(e, HandshakeProgress)]
 
@@ -1355,10 +1398,15 @@ class DTLSSession:
         else:
             records = _records_or_none(datagram)
             reason = DROP_MALFORMED if records is None else self._classify_drop(records)
-            if reason == DROP_HANDSHAKE_RETRANSMISSION and not reemitted and records:
-                if _has_protected_handshake(records) and not self._resend_final_flight(records):
-                    # Not a copy of its Finished, and OpenSSL did not take it as a fresh one.
-                    reason = DROP_AUTHENTICATION
+            if (
+                reason == DROP_HANDSHAKE_RETRANSMISSION
+                and not reemitted
+                and records
+                and _has_protected_handshake(records)
+                and not self._resend_final_flight(records)
+            ):
+                # Not a copy of its Finished, and OpenSSL did not take it as a fresh one.
+                reason = DROP_AUTHENTICATION
             events.append(RecordsDropped(reason))
         return events
 
