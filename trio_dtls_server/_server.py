@@ -722,7 +722,9 @@ class DTLSServer:
         if session.state is SessionState.ESTABLISHED:
             return True
         if session.state is SessionState.HANDSHAKING:
-            reason = f"handshake not finished within {self.config.handshake_timeout:g} s"
+            reason = session.with_finished_failures(
+                f"handshake not finished within {self.config.handshake_timeout:g} s"
+            )
             session.close()
             self._handshake_failed(slot, reason, "deadline")
         return False

@@ -948,12 +948,7 @@ class DTLSSession:
         if self._retransmissions >= self._policy.max_retransmissions:
             attempts = self._retransmissions
             reason = f"no answer from the peer after {attempts} retransmissions"
-            if self._finished_failures:
-                reason += (
-                    f"; {self._finished_failures} record(s) in the place of its Finished failed "
-                    "authentication (a wrong PSK, or forged records)"
-                )
-            return self._fail(reason, now)
+            return self._fail(self.with_finished_failures(reason), now)
         try:
             self._connection.DTLSv1_handle_timeout()
         except SSL.Error as error:
@@ -969,6 +964,17 @@ class DTLSSession:
         self._retransmissions += 1
         self.timer_deadline = now + self._policy.interval(self._retransmissions)
         return [Retransmitted(self._retransmissions, len(self._last_flight))]
+
+    def with_finished_failures(self, reason: str) -> str:
+        """``reason`` for a handshake that never finished, plus what its Finished did if it
+        failed (the owner's deadline uses it too): a wrong key that could not be told from
+        forged records (see :meth:`_feed_protected_handshake`) is still named in the end."""
+        if not self._finished_failures:
+            return reason
+        return (
+            f"{reason}; {self._finished_failures} record(s) in the place of its Finished failed "
+            "authentication (a wrong PSK, or forged records)"
+        )
 
     def send(self, data: bytes) -> None:
         """Encrypt ``data`` as one record; the datagram is then ready in :meth:`take_datagrams`."""
