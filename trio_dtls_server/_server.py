@@ -713,12 +713,11 @@ class DTLSServer:
                         await self._prefetch_psk(session, datagram)
                         now = trio.current_time()
                     events = session.receive_datagram(datagram, now)
+                    self._count_handshake_drops(session)
                     if any(isinstance(e, HandshakeComplete) and e.resumed for e in events):
                         events = await self._check_resumed_identity(session, events)
                 self._report_handshake(slot, events)
-        # What the session dropped during the handshake (forged or unexpected records).
-        for reason, count in session.handshake_drops.items():
-            self._stats.drops[reason] += count
+        self._count_handshake_drops(session)
         if session.state is SessionState.ESTABLISHED:
             return True
         if session.state is SessionState.HANDSHAKING:
@@ -728,6 +727,15 @@ class DTLSServer:
             session.close()
             self._handshake_failed(slot, reason, "deadline")
         return False
+
+    def _count_handshake_drops(self, session: DTLSSession) -> None:
+        """Move what the session dropped during its handshake (forged or unexpected records,
+        see ``DTLSSession._handshake_datagram``) into the statistics, as it happens."""
+        drops = session.handshake_drops
+        if drops:
+            for reason, count in drops.items():
+                self._stats.drops[reason] += count
+            drops.clear()
 
     async def _lookup_async(self, identity: bytes) -> tuple[bytes | None, str | None]:
         """Await the async store, bounded by ``psk_lookup_timeout``: ``(key, why_not)``."""

@@ -390,8 +390,9 @@ class DTLSSession:
         self._chained_failures = 0
         # The protected record being fed to OpenSSL (see _feed_protected_handshake).
         self._completing: bytes | None = None
-        #: Records dropped during the handshake, by ``DROP_*`` reason (they are also reported as
-        #: :class:`RecordsDropped` events).
+        #: Records dropped during the handshake, by ``DROP_*`` reason; the owner may take (and
+        #: clear) them for its statistics.  A datagram that OpenSSL saw nothing of is also
+        #: reported as a :class:`RecordsDropped` event.
         self.handshake_drops: collections.Counter[str] = collections.Counter()
         self._mtu = mtu
         self._policy = policy
