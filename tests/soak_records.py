@@ -109,6 +109,7 @@ from trio_dtls_server import (
     StatisticsSnapshot,
 )
 from trio_dtls_server._records import RecordProtection
+from trio_dtls_server._session import HANDSHAKE_KEPT_BUDGET
 from trio_dtls_server._wire import (
     CONTENT_ALERT,
     CONTENT_APPLICATION_DATA,
@@ -998,15 +999,15 @@ def _judge(h: Harness, stats: StatisticsSnapshot) -> dict[str, int]:
         conn = _server_conn_for(h, association)
         end = conn.ended if conn is not None else -math.inf
         started = conn.started if conn is not None else math.inf
-        # The server keeps at most 16 of the peer's protected records while it waits for the
-        # Finished (_MAX_EARLY_PROTECTED, the Finished included): beyond 15 distinct data
-        # records read before then, losing some is the documented bound, not a defect.
+        # The server keeps at most HANDSHAKE_KEPT_BUDGET bytes of the peer's protected records
+        # while it waits for the Finished: beyond that much distinct data read before then,
+        # losing some is the documented bound, not a defect.
         early = {
-            (datagram.index, plaintext)
+            (datagram.index, len(datagram.data))
             for datagram, plaintext in wire.data.get(association.label, [])
             if any(t < started for t in datagram.received_at)
         }
-        over_bound = len(early) > 15
+        over_bound = sum(size for _, size in early) > HANDSHAKE_KEPT_BUDGET
         for datagram, plaintext in wire.data.get(association.label, []):
             reads = datagram.received_at
             delivered = plaintext in received
@@ -1016,7 +1017,7 @@ def _judge(h: Harness, stats: StatisticsSnapshot) -> dict[str, int]:
                 continue
             first = reads[0]
             if first < end and not delivered and over_bound and first < started:
-                facts["early data lost beyond the 16-record bound"] += 1
+                facts["early data lost beyond the byte budget"] += 1
             elif first < end and not delivered:
                 h.problem(
                     f"{association.label}: {plaintext!r} read at {first:.3f} while its "

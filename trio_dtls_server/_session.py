@@ -21,10 +21,19 @@ retransmitted Finished made OpenSSL send nothing we resend our saved final fligh
 renumbering is of a server's plaintext epoch-0 records, so that they follow the number our
 stateless HelloVerifyRequest used (:meth:`~DTLSSession._renumbered`).
 
-During the handshake, the one record we write ourselves is an alert: OpenSSL silently drops a
+During the handshake, OpenSSL sees only records it can judge at once
+(:meth:`~DTLSSession._handshake_datagram`): anyone can send well-framed records from the peer's
+address, and OpenSSL ends a handshake for many of them.  A server passes on plaintext records
+only if they fit the client's next flight; the peer's protected records wait with us, one copy
+each within :data:`HANDSHAKE_KEPT_BUDGET` bytes, until OpenSSL has read the ChangeCipherSpec
+(its Finished) or the handshake is over (data that overtook the Finished).  The rest is dropped
+and counted (:attr:`~DTLSSession.handshake_drops`).
+
+The one record we write ourselves during the handshake is an alert: OpenSSL silently drops a
 client Finished that fails authentication (a wrong PSK), so the client would only time out; we
 answer it with a plaintext fatal ``bad_record_mac`` alert
-(:meth:`~DTLSSession._reject_bad_finished`).
+(:meth:`~DTLSSession._reject_bad_finished`) when that Finished cannot be a stranger's
+(:meth:`~DTLSSession._feed_protected_handshake`).
 
 After the handshake, a session that negotiated an AEAD suite lets go of its OpenSSL connection
 (about 64 KiB) and protects records itself with :class:`~trio_dtls_server._records.RecordProtection`
@@ -661,7 +670,7 @@ class DTLSSession:
         * a protected (epoch 1) handshake record (the peer's Finished) goes to OpenSSL only
           once OpenSSL has read the peer's ChangeCipherSpec, and alone: OpenSSL then either
           finishes the handshake with it or drops it for failing authentication, and we can
-          tell which.  Until then we hold it (OpenSSL would queue it, ~18 KiB a record);
+          tell which.  Until then we hold it (OpenSSL would queue it in its own memory);
         * protected application data and alerts never go to OpenSSL during the handshake: we
           keep them (checked, where our keys are proven, see :meth:`_keep_early`) and open or
           feed them once the handshake is over.
