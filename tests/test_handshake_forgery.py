@@ -188,6 +188,17 @@ def test_a_forged_record_before_the_clients_flight_is_dropped_and_the_handshake_
     assert result.server.openssl_released
 
 
+def test_a_change_cipher_spec_numbered_like_the_key_exchange_does_not_shadow_it() -> None:
+    """OpenSSL would take an early ChangeCipherSpec, changing nothing, but mark its record
+    number as seen, and then drop the client's ClientKeyExchange with that number as a replay
+    (found by the property test below)."""
+    result, flight = up_to_the_clients_flight()
+    key_exchange_number = parse_records(flight)[0].sequence_number
+    forged = record(CONTENT_CHANGE_CIPHER_SPEC, 0, key_exchange_number, b"\x01")
+    assert result.server.receive_datagram(forged, NOW) == [RecordsDropped(DROP_UNEXPECTED)]
+    assert finish(result, flight) == [HandshakeComplete(GCM, "DTLSv1.2")]
+
+
 def test_a_retransmitted_hello_mid_handshake_is_dropped_as_a_retransmission() -> None:
     result, flight = up_to_the_clients_flight()
     old = record(CONTENT_HANDSHAKE, 0, 50, handshake_message(1, 1, bytes(40)))
@@ -280,6 +291,64 @@ def test_a_finished_that_overtook_the_key_exchange_is_held_then_completes() -> N
     assert result.server.receive_datagram(finished, NOW) == [HandshakeProgress()]
     assert result.server._held == [finished]
     assert finish(result, key_exchange) == [HandshakeComplete(GCM, "DTLSv1.2")]
+    assert result.server.openssl_released
+
+
+@st.composite
+def forged_records(draw: st.DrawFn) -> bytes:
+    """A well-framed record a stranger might send: any type, epoch 0-2, any number; handshake
+    records of epoch 0 carry a message header with any type, number, length and offset."""
+    content_type = draw(st.sampled_from([20, 21, 22, 23]))
+    epoch = draw(st.sampled_from([0, 0, 1, 1, 2]))
+    # Small numbers collide with the client's own records (its flight's are 2-4).
+    sequence = draw(st.one_of(st.integers(0, 8), st.integers(0, 2**48 - 1)))
+    if content_type == CONTENT_HANDSHAKE and epoch == 0 and draw(st.booleans()):
+        body = draw(st.binary(max_size=60))
+        fragment = handshake_message(
+            draw(st.integers(0, 255)),
+            draw(st.integers(0, 8)),
+            body,
+            length=len(body) + draw(st.sampled_from([0, 0, 1, 5000, 2**24 - 1 - len(body)])),
+            offset=draw(st.sampled_from([0, 0, 1, 3])),
+        )
+    else:
+        fragment = draw(st.binary(max_size=80))
+    return record(content_type, epoch, sequence, fragment)
+
+
+def _can_end_a_handshake(forged: bytes) -> bool:
+    """What a stranger can still do (see the README): a plaintext alert, and a message in the
+    place of the client's ClientKeyExchange (number 2), which DTLS 1.2 cannot tell apart."""
+    for r in parse_records(forged):
+        if r.epoch == 0 and r.content_type == CONTENT_ALERT and len(r.fragment) == 2:
+            return True
+        if r.epoch == 0 and r.content_type == CONTENT_HANDSHAKE:
+            try:
+                messages = parse_handshake_messages(r.fragment)
+            except MalformedDatagram:
+                continue
+            if any(m.msg_type == 16 and m.message_seq == 2 for m in messages):
+                return True
+    return False
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(forged_records(), min_size=1, max_size=4), st.booleans())
+def test_any_other_forged_record_mid_handshake_leaves_it_to_complete(
+    forged: list[bytes], between: bool
+) -> None:
+    """Forged datagrams before the client's flight, or between its ChangeCipherSpec and its
+    Finished: the handshake completes and the session lets go of OpenSSL."""
+    datagrams = [d for d in forged if not _can_end_a_handshake(d)]
+    result, flight = up_to_the_clients_flight()
+    key_exchange, finished = split_flight(flight)
+    if between:
+        carry([key_exchange], result.server)
+    for datagram in datagrams:
+        events = result.server.receive_datagram(datagram, NOW)
+        assert result.server.state is SessionState.HANDSHAKING, events
+    assert result.server.take_datagrams() == []
+    finish(result, finished if between else flight)
     assert result.server.openssl_released
 
 

@@ -265,15 +265,18 @@ _MAX_MESSAGE_LENGTH = {
     HANDSHAKE_CLIENT_KEY_EXCHANGE: 2_048,
     _CERTIFICATE_VERIFY: 16_384,
 }
-#: The client's flight after our ServerHelloDone, by position after its ClientHello: a
-#: certificate client sends Certificate, ClientKeyExchange, CertificateVerify (the latter only
-#: with a certificate); any other client only ClientKeyExchange.
+#: The client's flight after our ServerHelloDone, by position after its ClientHello: asked for
+#: a certificate, a client sends Certificate (empty if it has none: RFC 5246 §7.4.6 says it
+#: MUST), ClientKeyExchange, then CertificateVerify if it had a certificate; any other client
+#: only ClientKeyExchange.  Anything else in those places would make OpenSSL end the handshake.
 _FLIGHT_AFTER_CERTIFICATE_REQUEST = (
-    frozenset({_CERTIFICATE, HANDSHAKE_CLIENT_KEY_EXCHANGE}),
-    frozenset({HANDSHAKE_CLIENT_KEY_EXCHANGE, _CERTIFICATE_VERIFY}),
+    frozenset({_CERTIFICATE}),
+    frozenset({HANDSHAKE_CLIENT_KEY_EXCHANGE}),
     frozenset({_CERTIFICATE_VERIFY}),
 )
 _FLIGHT_WITHOUT_CERTIFICATE = (frozenset({HANDSHAKE_CLIENT_KEY_EXCHANGE}),)
+#: The messages a ChangeCipherSpec follows in the client's flight.
+_BEFORE_CHANGE_CIPHER_SPEC = (b"\x10", b"\x0f")  # ClientKeyExchange, CertificateVerify
 #: OpenSSL's state strings (server side) while it still waits for the client's key exchange.
 _BEFORE_KEY_EXCHANGE = (b"write server done", b"read client certificate")
 
@@ -681,12 +684,17 @@ class DTLSSession:
         plaintext: list[bytes] = []
         protected_handshake: list[bytes] = []
         drop: str | None = None
+        follows_key_exchange = False
         for record in records:
             reason: str | None = None
             if record.epoch == 0:
-                reason = self._unexpected_plaintext(record)
+                reason = self._unexpected_plaintext(record, follows_key_exchange)
                 if reason is None:
                     plaintext.append(record.raw)
+                    follows_key_exchange = (
+                        record.content_type == CONTENT_HANDSHAKE
+                        and record.fragment[:1] in _BEFORE_CHANGE_CIPHER_SPEC
+                    )
             elif record.epoch != 1:
                 reason = DROP_UNEXPECTED  # no epoch but 1 exists before the handshake ends
             elif record.content_type == CONTENT_HANDSHAKE:
@@ -724,7 +732,7 @@ class DTLSSession:
             self._key_exchange is not None and self._key_exchange in key_exchanges
         ):
             self._in_flight_chain = True
-        elif drop is not None or any(
+        elif any(
             r.content_type != (CONTENT_CHANGE_CIPHER_SPEC if r.epoch == 0 else CONTENT_HANDSHAKE)
             for r in records
         ):
@@ -764,19 +772,21 @@ class DTLSSession:
                 events.insert(0, progress[0])
         return events or [HandshakeProgress()]
 
-    def _unexpected_plaintext(self, record: Record) -> str | None:
+    def _unexpected_plaintext(self, record: Record, follows_key_exchange: bool) -> str | None:
         """Why a plaintext (epoch 0) record cannot be the peer's, or None to let OpenSSL see it.
 
         Server side only (the client side has its own check in :meth:`receive_datagram`).
         OpenSSL ends the handshake for a handshake message of a type it does not expect now,
         for one whose fragment bounds or length are impossible, for plaintext application
-        data, for a malformed ChangeCipherSpec.  So only these pass: a ChangeCipherSpec
-        (``01``), an alert of two bytes (a client's fatal alert must still end its handshake
-        at once: DTLS 1.2 cannot tell it from a forged one), and handshake records whose
-        messages are numbered and typed as the client's next flight
-        (:data:`_FLIGHT_WITHOUT_CERTIFICATE` after the hello; none in a resumed handshake),
-        with lengths OpenSSL accepts.  A message numbered before that flight is a
-        retransmission OpenSSL would discard anyway.
+        data, for a malformed ChangeCipherSpec.  And a record OpenSSL takes, even one that
+        changes nothing, marks its record number as seen: the client's own record with that
+        number would then be dropped as a replay.  So only these pass: an alert of two bytes (a
+        client's fatal alert must still end its handshake at once: DTLS 1.2 cannot tell it
+        from a forged one), handshake records whose messages are numbered and typed as the
+        client's next flight (:data:`_FLIGHT_WITHOUT_CERTIFICATE` after the hello; none in a
+        resumed handshake) with lengths OpenSSL accepts, and a ChangeCipherSpec where OpenSSL
+        expects one (:meth:`_unexpected_change_cipher_spec`).  A message numbered before that
+        flight is a retransmission OpenSSL would discard anyway.
         """
         if not self._is_server:
             return None
@@ -784,7 +794,9 @@ class DTLSSession:
         if content == CONTENT_ALERT:
             return None if len(record.fragment) == 2 else DROP_UNEXPECTED
         if content == CONTENT_CHANGE_CIPHER_SPEC:
-            return None if record.fragment == b"\x01" else DROP_UNEXPECTED
+            if record.fragment != b"\x01":
+                return DROP_UNEXPECTED
+            return self._unexpected_change_cipher_spec(follows_key_exchange)
         if content != CONTENT_HANDSHAKE:
             return DROP_UNEXPECTED  # application data never travels in plaintext
         try:
@@ -809,6 +821,25 @@ class DTLSSession:
             ):
                 return DROP_UNEXPECTED
         return None
+
+    def _unexpected_change_cipher_spec(self, follows_key_exchange: bool) -> str | None:
+        """Why a ChangeCipherSpec cannot be the client's now, or None to let OpenSSL see it.
+
+        The client's comes right after its ClientKeyExchange (or CertificateVerify, when it
+        showed a certificate), in the same datagram or a later one; in a resumed handshake it
+        opens the client's flight.  Before that, OpenSSL would end a certificate client's
+        handshake for it, or take its record number from the client's own next record.
+        """
+        state = self._connection.get_state_string()
+        if b"read change cipher spec" in state:
+            return DROP_HANDSHAKE_RETRANSMISSION  # OpenSSL has read the client's already
+        if follows_key_exchange or session_reused(self._connection):
+            return None
+        if b"read certificate verify" in state:
+            return None
+        if b"read client key exchange" in state and self._connection.get_peer_certificate() is None:
+            return None
+        return DROP_UNEXPECTED
 
     def _before_key_exchange(self) -> bool:
         """Server side: OpenSSL still waits for the client's key exchange."""
