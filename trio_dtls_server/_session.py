@@ -837,7 +837,7 @@ class DTLSSession:
             return None
         if b"read certificate verify" in state:
             return None
-        if b"read client key exchange" in state and self._connection.get_peer_certificate() is None:
+        if b"read client key exchange" in state and peer_certificate(self._connection) is None:
             return None
         return DROP_UNEXPECTED
 
