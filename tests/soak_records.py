@@ -109,6 +109,7 @@ from trio_dtls_server import (
     StatisticsSnapshot,
 )
 from trio_dtls_server._records import RecordProtection
+from trio_dtls_server._session import HANDSHAKE_KEPT_BUDGET
 from trio_dtls_server._wire import (
     CONTENT_ALERT,
     CONTENT_APPLICATION_DATA,
@@ -998,15 +999,15 @@ def _judge(h: Harness, stats: StatisticsSnapshot) -> dict[str, int]:
         conn = _server_conn_for(h, association)
         end = conn.ended if conn is not None else -math.inf
         started = conn.started if conn is not None else math.inf
-        # The server keeps at most 16 of the peer's protected records while it waits for the
-        # Finished (_MAX_EARLY_PROTECTED, the Finished included): beyond 15 distinct data
-        # records read before then, losing some is the documented bound, not a defect.
+        # The server keeps at most HANDSHAKE_KEPT_BUDGET bytes of the peer's protected records
+        # while it waits for the Finished: beyond that much distinct data read before then,
+        # losing some is the documented bound, not a defect.
         early = {
-            (datagram.index, plaintext)
+            (datagram.index, len(datagram.data))
             for datagram, plaintext in wire.data.get(association.label, [])
             if any(t < started for t in datagram.received_at)
         }
-        over_bound = len(early) > 15
+        over_bound = sum(size for _, size in early) > HANDSHAKE_KEPT_BUDGET
         for datagram, plaintext in wire.data.get(association.label, []):
             reads = datagram.received_at
             delivered = plaintext in received
@@ -1016,7 +1017,7 @@ def _judge(h: Harness, stats: StatisticsSnapshot) -> dict[str, int]:
                 continue
             first = reads[0]
             if first < end and not delivered and over_bound and first < started:
-                facts["early data lost beyond the 16-record bound"] += 1
+                facts["early data lost beyond the byte budget"] += 1
             elif first < end and not delivered:
                 h.problem(
                     f"{association.label}: {plaintext!r} read at {first:.3f} while its "
@@ -1033,9 +1034,11 @@ def _judge(h: Harness, stats: StatisticsSnapshot) -> dict[str, int]:
                 elif not any(abs(when - max(t, conn.started)) < 1e-9 for t in reads):
                     late.append((plaintext, min(reads), when))
                 # Copies read before the server finished the handshake (data that overtook
-                # the client's Finished, twice) are dropped uncounted, in both record layers.
-                # Every other copy read while the connection lived is a replay (the copy
-                # that delivered it is the one read at the delivery time, if any was).
+                # the client's Finished, twice) are dropped and counted as replays during the
+                # handshake, in both record layers (one copy is kept, de-duplicated on
+                # content).  Every other copy read while the connection lived is a replay
+                # too (the copy that delivered it is the one read at the delivery time, if
+                # any was).
                 early_reads = [t for t in reads if t < conn.started]
                 alive = [t for t in reads if conn.started <= t < end]
                 delivering = 1 if when is not None and when in alive else 0
@@ -1050,8 +1053,9 @@ def _judge(h: Harness, stats: StatisticsSnapshot) -> dict[str, int]:
         )
     replays = stats.drops.get("replayed record", 0)
     failures = stats.drops.get("record failed authentication", 0)
-    facts["replays on the wire"] = expected_replays
     facts["copies of early data read during the handshake"] = early_copies
+    expected_replays += early_copies
+    facts["replays on the wire"] = expected_replays
     facts["replayed record"] = replays
     facts["record failed authentication"] = failures
     if h.replacing:

@@ -90,10 +90,11 @@ class ConnectionClosed(Exception):
 class PeerSlot:
     """The server's record of one verified peer: its inbox, its task's cancel scope, its health.
 
-    The reader task only ever touches ``inbox_send``, ``queued`` and the counters, and reads
-    ``session`` (to screen datagrams); the peer task owns the rest.  Nothing here ever makes
-    the reader drop a datagram because of what else came from the same address: an off-path
-    attacker can send anything "from" it, and the real peer must still be heard.
+    The reader task only ever touches ``inbox_send``, ``queued``, ``queued_bytes`` and the
+    counters, and reads ``session`` (to screen datagrams); the peer task owns the rest.
+    Nothing here ever makes the reader drop a datagram because of what else came from the same
+    address: an off-path attacker can send anything "from" it, and the real peer must still be
+    heard.
     """
 
     address: Address
@@ -127,6 +128,8 @@ class PeerSlot:
     #: :meth:`DTLSConnection.send` see without a failed ``receive_nowait`` whether the peer
     #: said something a handler that only sends has not read yet.
     queued: int = 0
+    #: The bytes of those datagrams: a handshaking peer's inbox is bounded by them too.
+    queued_bytes: int = 0
 
     @property
     def info(self) -> str:
@@ -138,17 +141,20 @@ class PeerSlot:
         """The reader's side: queue a datagram (raises ``trio.WouldBlock`` when full)."""
         self.inbox_send.send_nowait(datagram)
         self.queued += 1
+        self.queued_bytes += len(datagram)
 
     def take_nowait(self) -> bytes:
         """A datagram already waiting (raises ``trio.WouldBlock`` if none)."""
         datagram = self.inbox_receive.receive_nowait()
         self.queued -= 1
+        self.queued_bytes -= len(datagram)
         return datagram
 
     async def take(self) -> bytes:
         """The next datagram, waiting for it."""
         datagram = await self.inbox_receive.receive()
         self.queued -= 1
+        self.queued_bytes -= len(datagram)
         return datagram
 
 

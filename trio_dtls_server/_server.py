@@ -113,6 +113,13 @@ _READ_BATCH = 64
 # Protected records that also go to an association kept aside during a replacement.
 _KEPT_ASIDE_CONTENT = (CONTENT_APPLICATION_DATA, CONTENT_ALERT)
 
+#: The most bytes waiting in a handshaking peer's inbox (one datagram of any size always
+#: fits).  A client's whole flight, even a certificate chain, is a few KiB and the peer task
+#: takes each datagram at once, except while an asynchronous PSK lookup runs (up to
+#: ``psk_lookup_timeout``): then 16 KiB holds the flight and its retransmissions, where
+#: ``peer_queue_size`` datagrams of up to 18 KiB would hold over a megabyte per half-open peer.
+HANDSHAKE_INBOX_BUDGET = 16 * 1024
+
 
 class ServerBindError(OSError):
     """The UDP socket could not be bound; the message names the address and the OS reason."""
@@ -611,6 +618,20 @@ class DTLSServer:
                 self._stats.drops[reason] += 1
                 self._hub.emit(drop_warning(reason, slot.address), rate_limited=True)
                 return
+        if (
+            not slot.established
+            and slot.queued
+            and slot.queued_bytes + len(datagram) > HANDSHAKE_INBOX_BUDGET
+        ):
+            self._stats.queue_overflows += 1
+            self._drop(
+                "peer queue full",
+                "queue_overflow",
+                f"{slot.info}: inbound queue full ({slot.queued_bytes} bytes waiting for a "
+                "handshake), dropped",
+                slot.address,
+            )
+            return
         try:
             slot.deliver_nowait(datagram)
         except trio.WouldBlock:
@@ -845,16 +866,29 @@ class DTLSServer:
                         await self._prefetch_psk(slot, session, datagram)
                         now = trio.current_time()
                     events = session.receive_datagram(datagram, now)
+                    self._count_handshake_drops(session)
                     if any(isinstance(e, HandshakeComplete) and e.resumed for e in events):
                         events = await self._check_resumed_identity(session, events)
                 self._report_handshake(slot, events)
+        self._count_handshake_drops(session)
         if session.state is SessionState.ESTABLISHED:
             return True
         if session.state is SessionState.HANDSHAKING:
-            reason = f"handshake not finished within {self.config.handshake_timeout:g} s"
+            reason = session.with_finished_failures(
+                f"handshake not finished within {self.config.handshake_timeout:g} s"
+            )
             session.close()
             self._handshake_failed(slot, reason, "deadline")
         return False
+
+    def _count_handshake_drops(self, session: DTLSSession) -> None:
+        """Move what the session dropped during its handshake (forged or unexpected records,
+        see ``DTLSSession._handshake_datagram``) into the statistics, as it happens."""
+        drops = session.handshake_drops
+        if drops:
+            for reason, count in drops.items():
+                self._stats.drops[reason] += count
+            drops.clear()
 
     async def _lookup_async(self, identity: bytes) -> tuple[bytes | None, str | None]:
         """Await the async store, bounded by ``psk_lookup_timeout``: ``(key, why_not)``."""

@@ -21,10 +21,19 @@ retransmitted Finished made OpenSSL send nothing we resend our saved final fligh
 renumbering is of a server's plaintext epoch-0 records, so that they follow the number our
 stateless HelloVerifyRequest used (:meth:`~DTLSSession._renumbered`).
 
-During the handshake, the one record we write ourselves is an alert: OpenSSL silently drops a
+During the handshake, OpenSSL sees only records it can judge at once
+(:meth:`~DTLSSession._handshake_datagram`): anyone can send well-framed records from the peer's
+address, and OpenSSL ends a handshake for many of them.  A server passes on plaintext records
+only if they fit the client's next flight; the peer's protected records wait with us, one copy
+each within :data:`HANDSHAKE_KEPT_BUDGET` bytes, until OpenSSL has read the ChangeCipherSpec
+(its Finished) or the handshake is over (data that overtook the Finished).  The rest is dropped
+and counted (:attr:`~DTLSSession.handshake_drops`).
+
+The one record we write ourselves during the handshake is an alert: OpenSSL silently drops a
 client Finished that fails authentication (a wrong PSK), so the client would only time out; we
 answer it with a plaintext fatal ``bad_record_mac`` alert
-(:meth:`~DTLSSession._reject_bad_finished`).
+(:meth:`~DTLSSession._reject_bad_finished`) when that Finished cannot be a stranger's
+(:meth:`~DTLSSession._feed_protected_handshake`).
 
 After the handshake, a session that negotiated an AEAD suite lets go of its OpenSSL connection
 (about 64 KiB) and protects records itself with :class:`~trio_dtls_server._records.RecordProtection`
@@ -35,6 +44,7 @@ opened the Finished records both sides really sent; otherwise, and for CBC suite
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 from collections.abc import Callable
@@ -56,19 +66,28 @@ from ._openssl import (
     session_reused,
     watch_alerts_read,
 )
-from ._records import RecordProtection, ReplayWindow, aead_suite, record_protection_for
+from ._records import (
+    RecordProtection,
+    ReplayWindow,
+    aead_suite,
+    derive_key_block,
+    record_protection_for,
+)
 from ._text import quote_peer_text
 from ._wire import (
     ALERT_LEVEL_WARNING,
     CONTENT_ALERT,
     CONTENT_APPLICATION_DATA,
+    CONTENT_CHANGE_CIPHER_SPEC,
     CONTENT_HANDSHAKE,
     DTLS_1_2,
     FATAL_ONLY_ALERTS,
+    HANDSHAKE_CLIENT_KEY_EXCHANGE,
     MalformedDatagram,
     Record,
     pack_datagrams,
     parse_alert,
+    parse_handshake_messages,
     parse_psk_identity_from_flight,
     parse_record_headers,
     parse_records,
@@ -80,8 +99,11 @@ __all__ = [
     "DROP_BAD_LENGTH",
     "DROP_HANDSHAKE_RETRANSMISSION",
     "DROP_MALFORMED",
+    "DROP_OVER_BUDGET",
     "DROP_REPLAY",
+    "DROP_UNEXPECTED",
     "DROP_WRONG_EPOCH",
+    "HANDSHAKE_KEPT_BUDGET",
     "MAX_PLAINTEXT",
     "ApplicationData",
     "ConnectionFailed",
@@ -223,6 +245,13 @@ DROP_WRONG_EPOCH = "record of another epoch"
 #: A fragment shorter than the cipher's explicit nonce and tag, or longer than 2^14 bytes of
 #: plaintext plus them: no key opens it.
 DROP_BAD_LENGTH = "record length impossible for the cipher"
+#: During a handshake: a record that cannot belong to the peer's next flight (a plaintext
+#: handshake message of a type or number it cannot send now, plaintext application data, a
+#: record of an epoch that does not exist yet).  Dropped before OpenSSL, which would end the
+#: handshake for it.
+DROP_UNEXPECTED = "unexpected record during the handshake"
+#: During a handshake: a protected record that did not fit in :data:`HANDSHAKE_KEPT_BUDGET`.
+DROP_OVER_BUDGET = "handshake record budget full"
 
 SessionEvent = (
     HandshakeProgress
@@ -250,9 +279,40 @@ _HELLO_VERIFY_REQUEST = b"\x03"
 #: A max_fragment_length extension's type (1) and length (1), as they appear in a ClientHello.
 _MAX_FRAGMENT_LENGTH_EXTENSION = b"\x00\x01\x00\x01"
 _FINISHED = 20
-#: At most this many of the peer's protected records are kept during a handshake (its Finished,
-#: and application data that overtook it), for the switch to our own record protection.
-_MAX_EARLY_PROTECTED = 32
+#: The most bytes of the peer's protected (epoch 1) records a session keeps during a handshake,
+#: in one copy each, de-duplicated on content: its Finished while OpenSSL cannot read it yet
+#: (it overtook the ChangeCipherSpec), and application data or alerts that overtook the
+#: Finished (a resumed handshake whose client Finished was lost).  A Finished record is
+#: 40-80 bytes and the data that overtakes it is rare, so 8 KiB holds dozens of small
+#: readings or several MTU-sized datagrams, while 1,000 half-open handshakes (the default
+#: ``max_handshakes``) can hold at most 8 MiB this way.  OpenSSL sees none of these records
+#: before it can judge them (see :meth:`DTLSSession.receive_datagram`), so it never queues them.
+HANDSHAKE_KEPT_BUDGET = 8 * 1024
+#: Plaintext handshake messages a client may send after the server's first flight (server
+#: side), and the longest OpenSSL accepts of each (a longer one ends the handshake): its
+#: ``max_cert_list`` default, and the limits of ``ossl_statem_server_max_message_size``.
+_CERTIFICATE = 11
+_CERTIFICATE_REQUEST = 13
+_CERTIFICATE_VERIFY = 15
+_MAX_MESSAGE_LENGTH = {
+    _CERTIFICATE: 102_400,
+    HANDSHAKE_CLIENT_KEY_EXCHANGE: 2_048,
+    _CERTIFICATE_VERIFY: 16_384,
+}
+#: The client's flight after our ServerHelloDone, by position after its ClientHello: asked for
+#: a certificate, a client sends Certificate (empty if it has none: RFC 5246 §7.4.6 says it
+#: MUST), ClientKeyExchange, then CertificateVerify if it had a certificate; any other client
+#: only ClientKeyExchange.  Anything else in those places would make OpenSSL end the handshake.
+_FLIGHT_AFTER_CERTIFICATE_REQUEST = (
+    frozenset({_CERTIFICATE}),
+    frozenset({HANDSHAKE_CLIENT_KEY_EXCHANGE}),
+    frozenset({_CERTIFICATE_VERIFY}),
+)
+_FLIGHT_WITHOUT_CERTIFICATE = (frozenset({HANDSHAKE_CLIENT_KEY_EXCHANGE}),)
+#: The messages a ChangeCipherSpec follows in the client's flight.
+_BEFORE_CHANGE_CIPHER_SPEC = (b"\x10", b"\x0f")  # ClientKeyExchange, CertificateVerify
+#: OpenSSL's state strings (server side) while it still waits for the client's key exchange.
+_BEFORE_KEY_EXCHANGE = (b"write server done", b"read client certificate")
 
 
 def _plaintext_fatal_alert(datagrams: list[bytes]) -> str | None:
@@ -345,9 +405,41 @@ class DTLSSession:
         self._release_openssl = release_openssl
         #: Our own record protection once OpenSSL's connection is released (see ``_records``).
         self._records: RecordProtection | None = None
-        # The protected records each side sent during the handshake, for _release_to_records.
-        self._peer_protected: list[Record] = []
+        # The peer's protected records kept during the handshake (raw bytes, one copy each,
+        # HANDSHAKE_KEPT_BUDGET bytes in all): handshake records OpenSSL cannot read yet
+        # (_held), and data or alerts that overtook the peer's Finished (_early).
+        self._held: list[bytes] = []
+        self._early: list[bytes] = []
+        self._kept_bytes = 0
+        # Checks the peer's early records on arrival, once our own Finished proved the keys
+        # (see _verifier); None until then, or for suites we leave to OpenSSL.
+        self._early_verifier: RecordProtection | None = None
+        self._verifier_tried = False
+        # The peer's record that completed the handshake (its Finished), byte for byte: only a
+        # copy of it makes us resend our final flight (see _resend_final_flight).
+        self._peer_finished: bytes | None = None
+        # Our protected records (our Finished and its retransmissions), for _release_to_records.
         self._own_protected: list[Record] = []
+        # Server side: the message_seq of the client's ClientHello, and whether we asked for a
+        # certificate: what the client's next flight may hold (see _unexpected_plaintext).
+        self._hello_message_seq = 0
+        self._certificate_requested = False
+        # Protected handshake records OpenSSL read and rejected while the peer's Finished was
+        # outstanding, for the failure reason.
+        self._finished_failures = 0
+        # The wrong-key diagnosis for flights split over datagrams (see
+        # _feed_protected_handshake): the ClientKeyExchange OpenSSL accepted (its record's
+        # fragment), whether the datagrams since carried only its flight, and how many
+        # Finished records failed in that place.
+        self._key_exchange: bytes | None = None
+        self._in_flight_chain = False
+        self._chained_failures = 0
+        # The protected record being fed to OpenSSL (see _feed_protected_handshake).
+        self._completing: bytes | None = None
+        #: Records dropped during the handshake, by ``DROP_*`` reason; the owner may take (and
+        #: clear) them for its statistics.  A datagram that OpenSSL saw nothing of is also
+        #: reported as a :class:`RecordsDropped` event.
+        self.handshake_drops: collections.Counter[str] = collections.Counter()
         self._mtu = mtu
         self._policy = policy
         self._psk_lookup = psk_lookup
@@ -459,6 +551,9 @@ class DTLSSession:
         session._peer_may_limit_fragments = _MAX_FRAGMENT_LENGTH_EXTENSION in verified_client_hello
         hello_message_seq = int.from_bytes(verified_client_hello[17:19], "big")
         hello_number = int.from_bytes(verified_client_hello[5:11], "big")
+        with contextlib.suppress(MalformedDatagram, IndexError):  # verified: cannot fail
+            first = parse_records(verified_client_hello)[0]
+            session._hello_message_seq = parse_handshake_messages(first.fragment)[0].message_seq
         if 1 < hello_number < 2**40:  # OpenSSL starts at 1; leave room below 2^48
             session._epoch0_offset = hello_number - 1
         session._connection.set_accept_state()
@@ -726,22 +821,328 @@ class DTLSSession:
                 # buffer its messages and mark its record numbers seen, and then drop the real
                 # ones as replays.
                 return [RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)]
-        self._connection.bio_write(datagram)
         self._last_received = datagram
+        return self._handshake_datagram(records, now)
+
+    def _handshake_datagram(self, records: list[Record], now: float) -> list[SessionEvent]:
+        """A datagram during the handshake: OpenSSL sees only what it can judge right away.
+
+        Anyone can send a well-framed record from the peer's address, and OpenSSL ends a
+        handshake for many of them, so before it sees a record:
+
+        * a plaintext (epoch 0) record must fit the peer's next flight (server side, see
+          :meth:`_unexpected_plaintext`); the others are dropped and counted;
+        * a protected (epoch 1) handshake record (the peer's Finished) goes to OpenSSL only
+          once OpenSSL has read the peer's ChangeCipherSpec, and alone: OpenSSL then either
+          finishes the handshake with it or drops it for failing authentication, and we can
+          tell which.  Until then we hold it (OpenSSL would queue it in its own memory);
+        * protected application data and alerts never go to OpenSSL during the handshake: we
+          keep them (checked, where our keys are proven, see :meth:`_keep_early`) and open or
+          feed them once the handshake is over.
+
+        What we keep is one copy of each record, de-duplicated on content, at most
+        :data:`HANDSHAKE_KEPT_BUDGET` bytes.
+        """
+        plaintext: list[bytes] = []
+        protected_handshake: list[bytes] = []
+        drop: str | None = None
+        follows_key_exchange = False
         for record in records:
-            if record.epoch > 0:
-                if any(
-                    kept.sequence_number == record.sequence_number and kept.epoch == record.epoch
-                    for kept in self._peer_protected
-                ):
-                    continue  # a network duplicate must not push a real record out
-                if len(self._peer_protected) >= _MAX_EARLY_PROTECTED:
-                    del self._peer_protected[0]  # keep the latest: the Finished comes last
-                self._peer_protected.append(record)
+            reason: str | None = None
+            if record.epoch == 0:
+                reason = self._unexpected_plaintext(record, follows_key_exchange)
+                if reason is None:
+                    plaintext.append(record.raw)
+                    follows_key_exchange = (
+                        record.content_type == CONTENT_HANDSHAKE
+                        and record.fragment[:1] in _BEFORE_CHANGE_CIPHER_SPEC
+                    )
+            elif record.epoch != 1:
+                reason = DROP_UNEXPECTED  # no epoch but 1 exists before the handshake ends
+            elif record.content_type == CONTENT_HANDSHAKE:
+                protected_handshake.append(record.raw)
+            elif record.content_type in (CONTENT_APPLICATION_DATA, CONTENT_ALERT):
+                reason = self._keep_early(record)
+            else:
+                reason = DROP_UNEXPECTED  # a protected ChangeCipherSpec
+            if reason is not None:
+                drop = drop or reason
+                self.handshake_drops[reason] += 1
+        events: list[SessionEvent] = []
+        waiting_for_key_exchange = self._is_server and self._before_key_exchange()
+        if plaintext:
+            self._connection.bio_write(b"".join(plaintext))
+            events += self._step_handshake(now)
+        # The wrong-key diagnosis (see _feed_protected_handshake): did this datagram carry the
+        # key exchange OpenSSL accepted, or a copy of it, or only what follows it in a flight?
+        accepted_here = (
+            waiting_for_key_exchange
+            and bool(plaintext)
+            and self.state is SessionState.HANDSHAKING
+            and not self._before_key_exchange()
+        )
+        key_exchanges = [
+            r.fragment
+            for r in records
+            if r.epoch == 0
+            and r.content_type == CONTENT_HANDSHAKE
+            and r.fragment[:1] == bytes((HANDSHAKE_CLIENT_KEY_EXCHANGE,))
+        ]
+        if accepted_here:
+            self._key_exchange = key_exchanges[0] if key_exchanges else None
+        if accepted_here or (
+            self._key_exchange is not None and self._key_exchange in key_exchanges
+        ):
+            self._in_flight_chain = True
+        elif any(
+            r.content_type != (CONTENT_CHANGE_CIPHER_SPEC if r.epoch == 0 else CONTENT_HANDSHAKE)
+            for r in records
+        ):
+            self._in_flight_chain = False
+        if self._held and self._openssl_reads_protected():
+            held, self._held = self._held, []
+            self._kept_bytes -= sum(len(raw) for raw in held)
+            for raw in held:
+                if self.state is not SessionState.HANDSHAKING:
+                    break
+                events += self._feed_protected_handshake(raw, now, in_chain=False, at_once=False)
+        for raw in protected_handshake:
+            if self.state is not SessionState.HANDSHAKING:
+                break
+            if self._openssl_reads_protected():
+                failures = self._finished_failures
+                events += self._feed_protected_handshake(
+                    raw, now, in_chain=self._in_flight_chain, at_once=accepted_here
+                )
+                if self._finished_failures > failures:
+                    drop = drop or DROP_AUTHENTICATION
+            else:
+                reason = self._hold(raw)
+                if reason is not None:
+                    drop = drop or reason
+                    self.handshake_drops[reason] += 1
+        if not events and drop is not None:
+            # OpenSSL saw nothing of it, or only what it dropped: say why.  (Drops beside
+            # records OpenSSL took are only counted, in handshake_drops.)
+            return [RecordsDropped(drop)]
+        # One datagram, one report of progress (none if it ended the handshake), however many
+        # steps OpenSSL took.
+        progress = [e for e in events if isinstance(e, HandshakeProgress)]
+        if len(progress) > 1 or self.state is not SessionState.HANDSHAKING:
+            events = [e for e in events if not isinstance(e, HandshakeProgress)]
+            if self.state is SessionState.HANDSHAKING:
+                events.insert(0, progress[0])
+        return events or [HandshakeProgress()]
+
+    def _unexpected_plaintext(self, record: Record, follows_key_exchange: bool) -> str | None:
+        """Why a plaintext (epoch 0) record cannot be the peer's, or None to let OpenSSL see it.
+
+        Server side only (the client side has its own check in :meth:`receive_datagram`).
+        OpenSSL ends the handshake for a handshake message of a type it does not expect now,
+        for one whose fragment bounds or length are impossible, for plaintext application
+        data, for a malformed ChangeCipherSpec.  And a record OpenSSL takes, even one that
+        changes nothing, marks its record number as seen: the client's own record with that
+        number would then be dropped as a replay.  So only these pass: an alert of two bytes (a
+        client's fatal alert must still end its handshake at once: DTLS 1.2 cannot tell it
+        from a forged one), handshake records whose messages are numbered and typed as the
+        client's next flight (:data:`_FLIGHT_WITHOUT_CERTIFICATE` after the hello; none in a
+        resumed handshake) with lengths OpenSSL accepts, and a ChangeCipherSpec where OpenSSL
+        expects one (:meth:`_unexpected_change_cipher_spec`).  A message numbered before that
+        flight is a retransmission OpenSSL would discard anyway.
+        """
+        if not self._is_server:
+            return None
+        content = record.content_type
+        if content == CONTENT_ALERT:
+            return None if len(record.fragment) == 2 else DROP_UNEXPECTED
+        if content == CONTENT_CHANGE_CIPHER_SPEC:
+            if record.fragment != b"\x01":
+                return DROP_UNEXPECTED
+            return self._unexpected_change_cipher_spec(follows_key_exchange)
+        if content != CONTENT_HANDSHAKE:
+            return DROP_UNEXPECTED  # application data never travels in plaintext
+        try:
+            messages = parse_handshake_messages(record.fragment)
+        except MalformedDatagram:
+            return DROP_UNEXPECTED
+        if session_reused(self._connection):
+            flight: tuple[frozenset[int], ...] = ()  # the client answers with CCS + Finished
+        elif self._certificate_requested:
+            flight = _FLIGHT_AFTER_CERTIFICATE_REQUEST
+        else:
+            flight = _FLIGHT_WITHOUT_CERTIFICATE
+        first = self._hello_message_seq + 1
+        for message in messages:
+            position = message.message_seq - first
+            if position < 0:
+                return DROP_HANDSHAKE_RETRANSMISSION
+            if (
+                position >= len(flight)
+                or message.msg_type not in flight[position]
+                or message.length > _MAX_MESSAGE_LENGTH[message.msg_type]
+            ):
+                return DROP_UNEXPECTED
+        return None
+
+    def _unexpected_change_cipher_spec(self, follows_key_exchange: bool) -> str | None:
+        """Why a ChangeCipherSpec cannot be the client's now, or None to let OpenSSL see it.
+
+        The client's comes right after its ClientKeyExchange (or CertificateVerify, when it
+        showed a certificate), in the same datagram or a later one; in a resumed handshake it
+        opens the client's flight.  Before that, OpenSSL would end a certificate client's
+        handshake for it, or take its record number from the client's own next record.
+        """
+        state = self._connection.get_state_string()
+        if b"read change cipher spec" in state:
+            return DROP_HANDSHAKE_RETRANSMISSION  # OpenSSL has read the client's already
+        if follows_key_exchange or session_reused(self._connection):
+            return None
+        if b"read certificate verify" in state:
+            return None
+        if b"read client key exchange" in state and peer_certificate(self._connection) is None:
+            return None
+        return DROP_UNEXPECTED
+
+    def _before_key_exchange(self) -> bool:
+        """Server side: OpenSSL still waits for the client's key exchange."""
+        state = self._connection.get_state_string()
+        return any(name in state for name in _BEFORE_KEY_EXCHANGE)
+
+    def _openssl_reads_protected(self) -> bool:
+        """OpenSSL has read the peer's ChangeCipherSpec: it judges a protected record at once."""
+        return b"read change cipher spec" in self._connection.get_state_string()
+
+    def _kept(self, raw: bytes) -> bool:
+        return raw in self._held or raw in self._early or raw == self._peer_finished
+
+    def _hold(self, raw: bytes) -> str | None:
+        """Keep a protected handshake record OpenSSL cannot read yet; why not, if not.
+
+        It cannot be checked before OpenSSL has the keys, so when the budget is full the
+        oldest held record makes room: the peer's real Finished is the one that comes last.
+        """
+        if self._kept(raw):
+            return DROP_REPLAY
+        if len(raw) > HANDSHAKE_KEPT_BUDGET:
+            return DROP_OVER_BUDGET
+        reason = None
+        while self._held and self._kept_bytes + len(raw) > HANDSHAKE_KEPT_BUDGET:
+            self._kept_bytes -= len(self._held.pop(0))
+            reason = DROP_OVER_BUDGET
+        if self._kept_bytes + len(raw) > HANDSHAKE_KEPT_BUDGET:
+            return DROP_OVER_BUDGET  # the rest is checked data: it stays
+        self._held.append(raw)
+        self._kept_bytes += len(raw)
+        return reason
+
+    def _keep_early(self, record: Record) -> str | None:
+        """Keep protected data or an alert that overtook the peer's Finished; why not, if not.
+
+        The peer can only have sent such a record after our Finished reached it (the client of
+        a resumed handshake, the server of a full one), so before we sent ours it is not the
+        peer's.  Once our Finished proves the keys we derive (see :meth:`_verifier`), a record
+        that does not authenticate is not the peer's either.  What passes is kept while it
+        fits; beyond the budget it is dropped, like a datagram lost on the way.
+        """
+        if not self._sent_protected:
+            return DROP_UNEXPECTED
+        raw = record.raw
+        if self._kept(raw):
+            return DROP_REPLAY
+        verifier = self._verifier()
+        if verifier is not None and (
+            verifier.decrypt(
+                record.content_type, record.version, record.sequence_number, record.fragment
+            )
+            is None
+        ):
+            return DROP_AUTHENTICATION
+        if self._kept_bytes + len(raw) > HANDSHAKE_KEPT_BUDGET:
+            return DROP_OVER_BUDGET
+        self._early.append(raw)
+        self._kept_bytes += len(raw)
+        return None
+
+    def _verifier(self) -> RecordProtection | None:
+        """Our record protection for the peer's epoch-1 records, built during the handshake.
+
+        Only once the keys it derives have opened our own Finished (OpenSSL's bytes), and only
+        for the AEAD suites of :mod:`._records`; None otherwise (then early records are kept
+        unchecked, within the budget).
+        """
+        if self._verifier_tried or not self._own_protected:
+            return self._early_verifier
+        self._verifier_tried = True
+        connection = self._connection
+        suite = aead_suite(connection.get_cipher_name() or "")
+        master_secret = connection.master_key() or b""
+        client_random = connection.client_random() or b""
+        server_random = connection.server_random() or b""
+        if suite is None or len(master_secret) != 48:
+            return None
+        if len(client_random) != 32 or len(server_random) != 32:
+            return None
+        client_key, server_key, client_iv, server_iv = derive_key_block(
+            suite, master_secret, client_random, server_random
+        )
+        if self._is_server:
+            keys = (client_key, client_iv, server_key, server_iv)
+        else:
+            keys = (server_key, server_iv, client_key, client_iv)
+        verifier = RecordProtection(
+            suite,
+            epoch=1,
+            read_key=keys[0],
+            read_iv=keys[1],
+            write_key=keys[2],
+            write_iv=keys[3],
+            next_sequence=0,
+        )
+        for own in self._own_protected:
+            if own.epoch != 1 or (
+                verifier.decrypt_own(
+                    own.content_type, own.version, own.sequence_number, own.fragment
+                )
+                is None
+            ):
+                return None
+        self._early_verifier = verifier
+        return verifier
+
+    def _feed_protected_handshake(
+        self, raw: bytes, now: float, *, in_chain: bool, at_once: bool
+    ) -> list[SessionEvent]:
+        """Give OpenSSL one protected handshake record, now that it reads them; judge the result.
+
+        OpenSSL has read the ChangeCipherSpec, so this record either finishes the handshake
+        (it was the peer's Finished) or is dropped for failing authentication, silently.  A
+        failure ends the handshake with ``bad_record_mac`` (a wrong PSK, see
+        :meth:`_reject_bad_finished`) only when the record cannot be a stranger's:
+
+        * ``at_once``: it came in the datagram whose key exchange OpenSSL accepted (Mbed TLS,
+          OpenSSL, Qt, GnuTLS send ClientKeyExchange, ChangeCipherSpec and Finished together);
+        * or it is the second such failure ``in_chain``: right after the key exchange, or a
+          byte-for-byte copy of it, with nothing but the ChangeCipherSpec between (tinydtls
+          sends each message in a datagram of its own, and retransmits all three).  One
+          forged record in that place fails once and is forgiven; the real client's Finished
+          still completes the handshake after it.
+
+        Any other failure is dropped and counted, and the handshake goes on.
+        """
+        self._connection.bio_write(raw)
+        self._completing = raw
         events = self._step_handshake(now)
-        if self.state is SessionState.HANDSHAKING and self._peer_finished_rejected(records):
-            events.extend(self._reject_bad_finished(now))
-        return events
+        self._completing = None
+        if self.state is not SessionState.HANDSHAKING or not self._openssl_reads_protected():
+            return events
+        self._finished_failures += 1
+        if in_chain:
+            self._in_flight_chain = False  # a flight has one Finished
+            self._chained_failures += 1
+        if self._is_server and (at_once or self._chained_failures >= 2):
+            return events + self._reject_bad_finished(now)
+        self.handshake_drops[DROP_AUTHENTICATION] += 1
+        return [e for e in events if not isinstance(e, HandshakeProgress)]
 
     def handle_timer(self, now: float) -> list[SessionEvent]:
         """Retransmit the last flight if the timer is due; fail once retransmissions run out."""
@@ -749,7 +1150,8 @@ class DTLSSession:
             return []
         if self._retransmissions >= self._policy.max_retransmissions:
             attempts = self._retransmissions
-            return self._fail(f"no answer from the peer after {attempts} retransmissions", now)
+            reason = f"no answer from the peer after {attempts} retransmissions"
+            return self._fail(self.with_finished_failures(reason), now)
         try:
             self._connection.DTLSv1_handle_timeout()
         except SSL.Error as error:
@@ -765,6 +1167,17 @@ class DTLSSession:
         self._retransmissions += 1
         self.timer_deadline = now + self._policy.interval(self._retransmissions)
         return [Retransmitted(self._retransmissions, len(self._last_flight))]
+
+    def with_finished_failures(self, reason: str) -> str:
+        """``reason`` for a handshake that never finished, plus what its Finished did if it
+        failed (the owner's deadline uses it too): a wrong key that could not be told from
+        forged records (see :meth:`_feed_protected_handshake`) is still named in the end."""
+        if not self._finished_failures:
+            return reason
+        return (
+            f"{reason}; {self._finished_failures} record(s) in the place of its Finished failed "
+            "authentication (a wrong PSK, or forged records)"
+        )
 
     def send(self, data: bytes) -> None:
         """Encrypt ``data`` as one record; the datagram is then ready in :meth:`take_datagrams`."""
@@ -901,6 +1314,10 @@ class DTLSSession:
             if record[3:5] == b"\0\0":
                 sequence = int.from_bytes(record[5:11], "big")
                 self._next_plaintext_sequence = max(self._next_plaintext_sequence, sequence + 1)
+                if record[0] == CONTENT_HANDSHAKE and self._is_server:
+                    with contextlib.suppress(MalformedDatagram):
+                        types = {m.msg_type for m in parse_handshake_messages(record[13:])}
+                        self._certificate_requested |= _CERTIFICATE_REQUEST in types
             else:
                 self._sent_protected = True
                 with contextlib.suppress(MalformedDatagram):
@@ -959,37 +1376,37 @@ class DTLSSession:
         suite = aead_suite(self.cipher)
         if suite is not None:
             self._fragment_lengths = (suite.overhead, MAX_PLAINTEXT + suite.overhead)
+        self._peer_finished = self._completing
         if self._release_openssl:
             self._release_to_records()
         if self._records is None:
-            self._read_buffered_early_data()
-        self._peer_protected = []
+            self._read_early_records()
+        self._held = []
+        self._early = []
+        self._kept_bytes = 0
+        self._early_verifier = None
         self._own_protected = []
         return events
 
-    def _read_buffered_early_data(self) -> None:
-        """Take the application data OpenSSL buffered while the handshake was finishing.
+    def _read_early_records(self) -> None:
+        """OpenSSL stays: give it the records that overtook the peer's Finished, now.
 
-        Records of the new epoch that overtake the Finished wait in OpenSSL.  The established
-        path reads one plaintext per one-record datagram, so without this they would come out
-        one datagram late, for the rest of the connection.
+        They were kept out of OpenSSL during the handshake (see :meth:`_handshake_datagram`);
+        now it opens them, each as if it had just arrived, and what they say waits in
+        :meth:`take_early_events`.  Those that opened are marked in the replay mirror, so that
+        a late copy counts as a replay, not as a forgery.
         """
-        # Those records are OpenSSL's now: let the replay counters know them (see
-        # _ReplayMirror), so that a late copy counts as a replay, not as a forgery.  (A forgery
-        # among them would then be named a replay: the mirror only names drops.)
-        for record in self._peer_protected:
-            if record.content_type == CONTENT_APPLICATION_DATA:
-                self._replay.mark(record.epoch, record.sequence_number)
         connection = self._connection
         # OpenSSL stays for the rest of the connection: from now on, hear its alerts.
         watch_alerts_read(connection)
         self._alerts_read = []
-        for _ in range(_MAX_EARLY_PROTECTED):
+        for raw in self._early:
+            connection.bio_write(raw)
             ending: SessionEvent | None = None
             plaintext: bytes | None = None
             try:
                 plaintext = connection.read(MAX_PLAINTEXT)
-            except SSL.WantReadError:  # nothing (more) buffered
+            except SSL.WantReadError:  # a forgery, empty data or a warning alert
                 pass
             except SSL.ZeroReturnError:  # the peer's close_notify came with it
                 ending = RemoteClosed()
@@ -1001,9 +1418,11 @@ class DTLSSession:
                 self._early_events.append(ending)
                 return
             if plaintext is None:
-                return
+                continue
+            if raw[0] == CONTENT_APPLICATION_DATA:
+                self._replay.mark(int.from_bytes(raw[3:5], "big"), int.from_bytes(raw[5:11], "big"))
             if plaintext:
-                self._early_events.append(ApplicationData(plaintext))
+                self._early_events.append(ApplicationData(plaintext, raw))
 
     def _release_to_records(self) -> None:
         """Hand record protection to :mod:`._records` and let the OpenSSL connection go.
@@ -1015,7 +1434,8 @@ class DTLSSession:
         for :meth:`take_early_events`.
         """
         connection = self._connection
-        handshake_records = [r for r in self._peer_protected if r.content_type == CONTENT_HANDSHAKE]
+        finished = self._peer_finished
+        handshake_records = _records_or_none(finished) or [] if finished is not None else []
         protection = record_protection_for(
             self.cipher,
             is_server=self._is_server,
@@ -1027,7 +1447,8 @@ class DTLSSession:
         )
         if protection is None:
             return
-        for record in self._peer_protected:
+        early = [record for raw in self._early for record in _records_or_none(raw) or []]
+        for record in early:
             content = record.content_type
             if content not in (CONTENT_APPLICATION_DATA, CONTENT_ALERT):
                 continue
@@ -1107,18 +1528,6 @@ class DTLSSession:
         self.alert_received = _plaintext_fatal_alert([self._last_received])
         self._last_received = b""
         return [HandshakeFailed(reason, self.alert_sent, self.alert_received)]
-
-    def _peer_finished_rejected(self, records: list[Record]) -> bool:
-        """Did OpenSSL just drop the peer's Finished because it failed authentication?
-
-        DTLS discards records that fail authentication without a word (RFC 6347 §4.1.2.7), so
-        a client with the wrong PSK would retransmit until it gives up.  The sign: OpenSSL has
-        read the peer's ChangeCipherSpec (so it holds the new keys), this datagram carried a
-        protected handshake record (the Finished), and the handshake still did not finish.
-        """
-        if b"read change cipher spec" not in self._connection.get_state_string():
-            return False
-        return _has_protected_handshake(records)
 
     def _reject_bad_finished(self, now: float) -> list[SessionEvent]:
         """Fail the handshake and tell the peer with a fatal ``bad_record_mac`` alert.
@@ -1288,12 +1697,19 @@ class DTLSSession:
         else:
             records = _records_or_none(datagram)
             reason = DROP_MALFORMED if records is None else self._classify_drop(records)
-            if reason == DROP_HANDSHAKE_RETRANSMISSION and not reemitted:
-                self._resend_final_flight(records or [])
+            if (
+                reason == DROP_HANDSHAKE_RETRANSMISSION
+                and not reemitted
+                and records
+                and _has_protected_handshake(records)
+                and not self._resend_final_flight(records)
+            ):
+                # Not a copy of its Finished, and OpenSSL did not take it as a fresh one.
+                reason = DROP_AUTHENTICATION
             events.append(RecordsDropped(reason))
         return events
 
-    def _resend_final_flight(self, records: list[Record]) -> None:
+    def _resend_final_flight(self, records: list[Record]) -> bool:
         """Answer the peer's retransmitted final flight with our final flight, byte for byte.
 
         OpenSSL re-emits our final flight only if the peer's retransmitted Finished passes its
@@ -1303,10 +1719,21 @@ class DTLSSession:
         OpenSSL's own 1 s doubling) has its Finished dropped as a replay, and would wait
         forever for our lost final flight.  So: a datagram carrying a protected handshake
         record (the peer's Finished) that made OpenSSL send nothing gets our saved final flight,
-        at most ``max_retransmissions`` times.
+        at most ``max_retransmissions`` times.  Answers whether the datagram was such a copy.
+
+        Only for a byte-for-byte copy of the peer's Finished that completed the handshake: a
+        record OpenSSL dropped without a word may as well be a forgery, and forged "Finished"
+        records must not make us talk, nor use up the resends.
         """
-        if _has_protected_handshake(records):
+        finished = self._peer_finished
+        if finished is not None and any(
+            r.raw == finished
+            for r in records
+            if r.epoch > 0 and r.content_type == CONTENT_HANDSHAKE
+        ):
             self._resend_saved_final_flight()
+            return True
+        return False
 
     def _resend_saved_final_flight(self) -> None:
         """Queue our saved final flight again, at most ``max_retransmissions`` times."""

@@ -63,6 +63,7 @@ __all__ = [
     "parse_client_hello",
     "parse_first_record",
     "parse_handshake_fragment",
+    "parse_handshake_messages",
     "parse_hello_verify_request",
     "parse_initial_client_hello",
     "parse_psk_identity_from_client_key_exchange",
@@ -454,6 +455,36 @@ def parse_handshake_fragment(fragment: bytes) -> HandshakeFragment:
         fragment_length=fragment_length,
         body=fragment[HANDSHAKE_HEADER_LENGTH:],
     )
+
+
+def parse_handshake_messages(fragment: bytes) -> list[HandshakeFragment]:
+    """Parse the fragment of a plaintext handshake record as one or more message fragments.
+
+    A record may carry several handshake messages (or fragments of them) back to back (RFC
+    6347 §4.2.3); each is checked as :func:`parse_handshake_fragment` checks one: a complete
+    12-byte header, a body of exactly ``fragment_length`` bytes that does not reach past the
+    message's ``length``.  The fragments must tile the record exactly.  The result is never
+    empty.  This is what the server checks before OpenSSL sees a handshake record during a
+    handshake: OpenSSL ends the handshake for a fragment that breaks these rules.
+    """
+    if not fragment:
+        raise MalformedDatagram("empty handshake record")
+    messages = []
+    position = 0
+    while position < len(fragment):
+        left = len(fragment) - position
+        if left < HANDSHAKE_HEADER_LENGTH:
+            raise MalformedDatagram(f"handshake header truncated: {left} bytes")
+        fragment_length = int.from_bytes(fragment[position + 9 : position + 12], "big")
+        end = position + HANDSHAKE_HEADER_LENGTH + fragment_length
+        if end > len(fragment):
+            raise MalformedDatagram(
+                f"handshake fragment length {fragment_length} exceeds the "
+                f"{left - HANDSHAKE_HEADER_LENGTH} bytes left"
+            )
+        messages.append(parse_handshake_fragment(fragment[position:end]))
+        position = end
+    return messages
 
 
 @dataclass(frozen=True, slots=True)
