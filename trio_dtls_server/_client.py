@@ -240,7 +240,11 @@ class DTLSClient:
             try:
                 with trio.move_on_after(handshake_timeout):
                     await client._handshake()
-            except Exception as error:  # any fault is this handshake's failure
+            except OSError:
+                # The network said no (a connected socket hears "port unreachable"): that is
+                # the caller's to handle, like a failed connect, not a fault of ours.
+                raise
+            except Exception as error:  # any other fault is this handshake's failure
                 raise client._internal_error(error) from error
             if dtls_session.state is SessionState.HANDSHAKING:
                 dtls_session.close()
