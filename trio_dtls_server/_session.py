@@ -31,6 +31,10 @@ After the handshake, a session that negotiated an AEAD suite lets go of its Open
 (a few KiB, and a quarter of the CPU per record).  It does so only once the keys it derived have
 opened the Finished records both sides really sent; otherwise, and for CBC suites or with
 ``release_openssl=False``, OpenSSL goes on doing the work.  See ``_records.py``.
+
+A CBC session with encrypt-then-MAC checks each record's MAC itself before OpenSSL sees it,
+because OpenSSL's DTLS record layer fails the association on a bad encrypt-then-MAC tag: one
+spoofed datagram would end it.  See ``_etm.py``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from ._certificates import peer_certificate
+from ._etm import EtmGuard, etm_guard_for
 from ._openssl import (
     alert_name,
     drain_write_bio,
@@ -313,6 +318,8 @@ class DTLSSession:
         self._release_openssl = release_openssl
         #: Our own record protection once OpenSSL's connection is released (see ``_records``).
         self._records: RecordProtection | None = None
+        #: The MAC check in front of OpenSSL for a CBC suite with encrypt-then-MAC (``_etm``).
+        self._etm: EtmGuard | None = None
         # The protected records each side sent during the handshake, for _release_to_records.
         self._peer_protected: list[Record] = []
         self._own_protected: list[Record] = []
@@ -503,6 +510,12 @@ class DTLSSession:
         """True once records are protected by :mod:`._records` rather than by OpenSSL."""
         return self._records is not None
 
+    @property
+    def encrypt_then_mac(self) -> bool:
+        """True once the session checks the peer's encrypt-then-MAC tags before OpenSSL does
+        (a CBC suite with RFC 7366's extension, see :mod:`._etm`)."""
+        return self._etm is not None
+
     def take_early_events(self) -> list[SessionEvent]:
         """What the peer's records that overtook its Finished said; the session forgets them.
 
@@ -543,6 +556,13 @@ class DTLSSession:
         if self.state is not SessionState.HANDSHAKING:
             if self._records is not None:
                 return self._open_datagram(self._records, datagram)
+            if self._etm is not None:
+                # A record that fails its MAC would be fatal inside OpenSSL: never let it in.
+                screened = self._etm.screen(datagram)
+                if screened is None:
+                    malformed = _records_or_none(datagram) is None
+                    return [RecordsDropped(DROP_MALFORMED if malformed else DROP_AUTHENTICATION)]
+                datagram = screened
             self._connection.bio_write(datagram)
             return self._read_application_data(datagram)
         records = _records_or_none(datagram)
@@ -755,6 +775,15 @@ class DTLSSession:
         if self._release_openssl:
             self._release_to_records()
         if self._records is None:
+            self._etm = etm_guard_for(
+                self.cipher,
+                is_server=self._is_server,
+                master_secret=connection.master_key() or b"",
+                client_random=connection.client_random() or b"",
+                server_random=connection.server_random() or b"",
+                peer_protected=self._peer_protected,
+                own_protected=self._own_protected,
+            )
             self._read_buffered_early_data()
         self._peer_protected = []
         self._own_protected = []
