@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import pytest
 import support
+from auth_support import ConnectionLog, Credentials, make_credentials, quiet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import InMemoryHandshake
 from test_records import begin_pair
 
-from trio_dtls_server import PROFILES
+from trio_dtls_server import PROFILES, CertificateConfig, DTLSClient, DTLSServer, ServerConfig
 from trio_dtls_server._etm import EtmGuard, mac_hash
 from trio_dtls_server._session import (
     DROP_AUTHENTICATION,
@@ -223,3 +224,43 @@ def test_mac_hash_by_suite_name(suite: str, expected: str | None) -> None:
 def test_the_guard_screens_any_bytes_without_raising(datagram: bytes) -> None:
     guard = EtmGuard(epoch=0, read_mac_key=bytes(32), hash_name="sha256")
     assert guard.screen(datagram) in (None, datagram)
+
+
+# -- certificate suites, over loopback ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
+    return make_credentials(tmp_path_factory.mktemp("cbc"))
+
+
+@pytest.mark.parametrize(
+    ("suite", "key_type"),
+    [
+        ("ECDHE-ECDSA-AES128-SHA", "ecdsa"),
+        ("ECDHE-ECDSA-AES256-SHA384", "ecdsa"),
+        ("ECDHE-RSA-AES128-SHA256", "rsa"),
+    ],
+)
+async def test_certificate_cbc_suites_are_guarded_too(
+    credentials: Credentials, suite: str, key_type: str
+) -> None:
+    """The MAC keys of these suites come from the same key block (SHA-1, SHA-256 and SHA-384
+    MACs; a SHA-384 PRF for the last): both sides prove them on the Finished records."""
+    pem = credentials.server_pem if key_type == "ecdsa" else credentials.server_rsa_pem
+    log = ConnectionLog()
+    server = DTLSServer(
+        certificate=CertificateConfig(pem), config=ServerConfig(ciphers="compat"), handler=log
+    )
+    async with (
+        support.serving(server) as running,
+        await DTLSClient.connect(
+            running.host, running.port, ca=credentials.ca, ciphers=suite, on_event=quiet
+        ) as client,
+    ):
+        await client.send(b"hello")
+        assert await client.receive() == b"echo: hello"
+        assert client._session.encrypt_then_mac
+        [connection] = log.connections
+        assert connection.cipher == suite
+        assert connection._session.encrypt_then_mac
