@@ -15,7 +15,7 @@ import support
 from auth_support import ConnectionLog, Credentials, make_credentials, quiet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import InMemoryHandshake
+from support import IDENTITY, InMemoryHandshake
 from test_records import begin_pair
 
 from trio_dtls_server import PROFILES, CertificateConfig, DTLSClient, DTLSServer, ServerConfig
@@ -25,6 +25,7 @@ from trio_dtls_server._session import (
     DROP_MALFORMED,
     ApplicationData,
     RecordsDropped,
+    SessionState,
 )
 from trio_dtls_server._wire import CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE
 
@@ -114,6 +115,69 @@ def test_forged_records_are_dropped_by_a_cbc_session_on_both_sides(suite: str) -
         ApplicationData(b"seen by the attacker too")
     ]
     assert_data_flows(result, suite.encode())
+
+
+# -- during the handshake -----------------------------------------------------------------------
+
+#: Forged epoch-1 records an off-path attacker can send while a handshake runs.
+HANDSHAKE_FORGERIES = {
+    "29-byte-data": record(CONTENT_APPLICATION_DATA, 1, 5, bytes(16)),
+    "long-data": record(CONTENT_APPLICATION_DATA, 1, 6, bytes(96)),
+    "alert": record(CONTENT_ALERT, 1, 7, bytes(48)),
+    "finished": record(CONTENT_HANDSHAKE, 1, 8, bytes(64)),
+}
+
+
+@pytest.mark.parametrize("forgery", HANDSHAKE_FORGERIES)
+@pytest.mark.parametrize("suite", ["PSK-AES128-CBC-SHA256", "ECDHE-PSK-AES256-CBC-SHA384"])
+def test_forged_records_during_the_handshake_do_not_end_the_association(
+    suite: str, forgery: str
+) -> None:
+    """OpenSSL keeps next-epoch records that come before the ChangeCipherSpec and checks them
+    once it has the keys: before the fix, each of these made the first read after the
+    handshake fail (``length too short`` or ``bad record mac``), on the side that got it."""
+    forged = HANDSHAKE_FORGERIES[forgery]
+    result = begin_pair(suite)
+    # The server has sent its first flight and has no keys yet.
+    assert result.server.receive_datagram(forged, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
+    support.carry(result.server.take_datagrams(), result.client)
+    # The client holds the keys, and its final flight is on its way.
+    assert result.client.receive_datagram(forged, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
+    final_flight = result.client.take_datagrams()
+    # Still without its keys: the server reads them from the client's final flight.
+    assert result.server.receive_datagram(forged, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
+    support.carry(final_flight, result.server)
+    support.exchange(result)
+    assert support.established(result.client, result.server)
+    assert result.server.take_early_events() == result.client.take_early_events() == []
+    assert result.server.encrypt_then_mac and result.client.encrypt_then_mac
+    assert_data_flows(result, forgery.encode())
+
+
+def test_a_forgery_next_to_the_final_flight_costs_only_itself() -> None:
+    result = begin_pair("PSK-AES128-CBC-SHA256")
+    support.carry(result.server.take_datagrams(), result.client)
+    [final_flight] = result.client.take_datagrams()
+    forged = HANDSHAKE_FORGERIES["29-byte-data"]
+    events = result.server.receive_datagram(final_flight + forged, NOW)
+    assert RecordsDropped(DROP_AUTHENTICATION) in events
+    support.exchange(result)
+    assert support.established(result.client, result.server)
+    assert result.server.take_early_events() == []
+    assert_data_flows(result, b"next to the final flight")
+
+
+def test_a_wrong_key_still_gets_our_bad_record_mac_alert_with_cbc() -> None:
+    """The client's Finished fails our MAC check now, before OpenSSL's: same answer as for
+    AEAD suites, a fatal ``bad_record_mac`` alert, and the handshake fails on both sides."""
+    result = begin_pair("PSK-AES128-CBC-SHA256")
+    result.client._psk_credentials = (IDENTITY.encode(), b"another key")
+    support.exchange(result)
+    assert result.server.state is result.client.state is SessionState.FAILED
+    assert result.server.alert_sent == "bad_record_mac (20)"
+    assert result.client.alert_received == "bad_record_mac (20)"
+    assert result.server.failure_reason is not None
+    assert result.server.failure_reason.startswith("the peer's Finished failed authentication")
 
 
 def test_a_forged_record_next_to_an_authentic_one_costs_only_itself() -> None:

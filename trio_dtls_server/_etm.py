@@ -27,6 +27,15 @@ Whether encrypt-then-MAC was negotiated is not exposed by the bindings; it is *p
 ``_records`` proves its keys: under encrypt-then-MAC with the derived keys, the MACs of the
 Finished records both sides really sent verify.  If they do not (MAC-then-encrypt, or a suite we
 do not know), there is no guard and OpenSSL's own silent drop applies.
+
+During the handshake the danger is the same, one step earlier: OpenSSL keeps the peer's records
+of the next epoch that arrive before its ChangeCipherSpec and checks them once it has the keys,
+so a forged epoch-1 record sent during the handshake ends the association the moment it is
+established (or fails the handshake, if it comes after the ChangeCipherSpec).  So when the
+ServerHello says encrypt-then-MAC (:func:`etm_in_server_hello`), the session hands OpenSSL the
+protected records of a handshake datagram only after checking them with
+:func:`read_guard`, built as soon as OpenSSL holds the keys; before that, none can be genuine
+but a reordered Finished, which the peer sends again.
 """
 
 from __future__ import annotations
@@ -37,10 +46,13 @@ from collections.abc import Iterable
 from ._records import aead_suite, key_expansion
 from ._wire import CONTENT_HANDSHAKE, MalformedDatagram, Record, parse_records
 
-__all__ = ["EtmGuard", "etm_guard_for", "mac_hash"]
+__all__ = ["EtmGuard", "etm_guard_for", "etm_in_server_hello", "mac_hash", "read_guard"]
 
 _HEADER = 13  # type (1), version (2), epoch (2), sequence (6), length (2)
 _MAC_LENGTHS = {"sha1": 20, "sha256": 32, "sha384": 48}
+_SERVER_HELLO = 2
+#: The extension type of RFC 7366's encrypt_then_mac.
+_ENCRYPT_THEN_MAC = 22
 
 
 def mac_hash(openssl_name: str) -> str | None:
@@ -108,6 +120,85 @@ class EtmGuard:
         return b"".join(kept) or None
 
 
+def _mac_keys(
+    cipher: str, master_secret: bytes, client_random: bytes, server_random: bytes
+) -> tuple[str, bytes, bytes] | None:
+    """``(hash, client MAC key, server MAC key)`` of a CBC suite: the key block's first bytes."""
+    hash_name = mac_hash(cipher)
+    if hash_name is None or not master_secret:
+        return None
+    prf_hash = "sha384" if cipher.upper().endswith("-SHA384") else "sha256"
+    length = _MAC_LENGTHS[hash_name]
+    block = key_expansion(master_secret, client_random, server_random, 2 * length, prf_hash)
+    return hash_name, block[:length], block[length:]
+
+
+def read_guard(
+    cipher: str,
+    *,
+    is_server: bool,
+    master_secret: bytes,
+    client_random: bytes,
+    server_random: bytes,
+    epoch: int = 1,
+) -> EtmGuard | None:
+    """The guard for the peer's records of ``epoch``, assuming encrypt-then-MAC (unproven: the
+    caller knows it from the ServerHello); None for a suite without a MAC we know."""
+    keys = _mac_keys(cipher, master_secret, client_random, server_random)
+    if keys is None:
+        return None
+    hash_name, client_mac_key, server_mac_key = keys
+    read_key = client_mac_key if is_server else server_mac_key
+    return EtmGuard(epoch=epoch, read_mac_key=read_key, hash_name=hash_name)
+
+
+def etm_in_server_hello(datagrams: Iterable[bytes]) -> bool | None:
+    """Whether the first ServerHello in ``datagrams`` accepts encrypt-then-MAC; None if there
+    is none, or it is fragmented or malformed (the bytes may come from the network)."""
+    for datagram in datagrams:
+        try:
+            records = parse_records(datagram)
+        except MalformedDatagram:
+            continue
+        for record in records:
+            fragment = record.fragment
+            if record.epoch or record.content_type != CONTENT_HANDSHAKE:
+                continue
+            if fragment[:1] != bytes((_SERVER_HELLO,)):
+                continue
+            return _server_hello_has_etm(fragment)
+    return None
+
+
+def _server_hello_has_etm(fragment: bytes) -> bool | None:
+    if len(fragment) < 12:
+        return None
+    length = int.from_bytes(fragment[1:4], "big")
+    offset = int.from_bytes(fragment[6:9], "big")
+    if offset != 0 or int.from_bytes(fragment[9:12], "big") != length:
+        return None  # a fragment of a ServerHello: leave it to the proof after the handshake
+    body = fragment[12 : 12 + length]
+    # version (2), random (32), session_id <0..32>, cipher suite (2), compression (1)
+    position = 34
+    if len(body) < position + 1:
+        return None
+    position += 1 + body[position] + 2 + 1
+    if position == len(body):
+        return False  # no extensions at all
+    if position + 2 > len(body):
+        return None
+    end = position + 2 + int.from_bytes(body[position : position + 2], "big")
+    if end != len(body):
+        return None
+    position += 2
+    while position + 4 <= end:
+        kind = int.from_bytes(body[position : position + 2], "big")
+        if kind == _ENCRYPT_THEN_MAC:
+            return True
+        position += 4 + int.from_bytes(body[position + 2 : position + 4], "big")
+    return False if position == end else None
+
+
 def etm_guard_for(
     cipher: str,
     *,
@@ -126,13 +217,10 @@ def etm_guard_for(
     encrypt-then-MAC with the keys derived here: that proves the extension was negotiated and
     the keys are right.  (One of the peer's is enough: a forgery may sit among them.)
     """
-    hash_name = mac_hash(cipher)
-    if hash_name is None or not master_secret:
+    keys = _mac_keys(cipher, master_secret, client_random, server_random)
+    if keys is None:
         return None
-    prf_hash = "sha384" if cipher.upper().endswith("-SHA384") else "sha256"
-    length = _MAC_LENGTHS[hash_name]
-    block = key_expansion(master_secret, client_random, server_random, 2 * length, prf_hash)
-    client_mac_key, server_mac_key = block[:length], block[length:]
+    hash_name, client_mac_key, server_mac_key = keys
     read_key, write_key = (
         (client_mac_key, server_mac_key) if is_server else (server_mac_key, client_mac_key)
     )

@@ -48,7 +48,7 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from ._certificates import peer_certificate
-from ._etm import EtmGuard, etm_guard_for
+from ._etm import EtmGuard, etm_guard_for, etm_in_server_hello, mac_hash, read_guard
 from ._openssl import (
     alert_name,
     drain_write_bio,
@@ -320,6 +320,10 @@ class DTLSSession:
         self._records: RecordProtection | None = None
         #: The MAC check in front of OpenSSL for a CBC suite with encrypt-then-MAC (``_etm``).
         self._etm: EtmGuard | None = None
+        # The same during the handshake: whether the ServerHello agreed to encrypt-then-MAC
+        # (None: not seen, or not readable), and the check once OpenSSL holds the keys.
+        self._etm_in_hello: bool | None = None
+        self._handshake_etm: EtmGuard | None = None
         # The protected records each side sent during the handshake, for _release_to_records.
         self._peer_protected: list[Record] = []
         self._own_protected: list[Record] = []
@@ -432,6 +436,8 @@ class DTLSSession:
             session.startup_events = session._fail(reason, now)
             return session
         session.startup_events = session._step_handshake(now)
+        # Our own ServerHello, in the first flight: trusted bytes.
+        session._etm_in_hello = etm_in_server_hello(session._outgoing)
         return session
 
     @classmethod
@@ -578,6 +584,8 @@ class DTLSSession:
                 message_type = first.fragment[:1]
                 if message_type == _SERVER_HELLO:
                     self._heard_server_hello = True
+                    # The first ServerHello is the one OpenSSL acts on; later copies it drops.
+                    self._etm_in_hello = etm_in_server_hello([datagram])
                 elif message_type != _HELLO_VERIFY_REQUEST:
                     return [RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)]
             elif not (first.epoch == 0 and first.content_type == CONTENT_ALERT):
@@ -586,8 +594,14 @@ class DTLSSession:
                 # buffer its messages and mark its record numbers seen, and then drop the real
                 # ones as replays.
                 return [RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)]
-        self._connection.bio_write(datagram)
-        self._last_received = datagram
+        if self._etm_in_hello and any(record.epoch > 0 for record in records):
+            return self._receive_screened(records, now)
+        return self._feed_handshake(datagram, records, now)
+
+    def _feed_handshake(self, raw: bytes, records: list[Record], now: float) -> list[SessionEvent]:
+        """Give OpenSSL ``raw`` (``records``, whole) and take the handshake a step further."""
+        self._connection.bio_write(raw)
+        self._last_received = raw
         for record in records:
             if record.epoch > 0:
                 if any(
@@ -602,6 +616,60 @@ class DTLSSession:
         if self.state is SessionState.HANDSHAKING and self._peer_finished_rejected(records):
             events.extend(self._reject_bad_finished(now))
         return events
+
+    def _receive_screened(self, records: list[Record], now: float) -> list[SessionEvent]:
+        """A handshake datagram with protected records, under encrypt-then-MAC (see ``_etm``).
+
+        OpenSSL would keep a forged epoch-1 record and fail the association on its MAC once it
+        has the keys.  So the plaintext records go first (they may carry the key exchange and
+        the ChangeCipherSpec that give OpenSSL the keys), and then only the protected records
+        whose MAC we checked; before the keys exist none can be checked, and none is given.
+        """
+        cipher = self._connection.get_cipher_name()
+        if cipher is not None and mac_hash(cipher) is None:
+            # A suite whose MAC we do not know: no check is possible, OpenSSL decides alone.
+            self._etm_in_hello = False
+            return self._feed_handshake(b"".join(r.raw for r in records), records, now)
+        events: list[SessionEvent] = []
+        plain = [record for record in records if record.epoch == 0]
+        if plain:
+            stepped = self._feed_handshake(b"".join(r.raw for r in plain), plain, now)
+            if self.state is not SessionState.HANDSHAKING:
+                return stepped
+            events = [event for event in stepped if not isinstance(event, HandshakeProgress)]
+        guard = self._handshake_guard()
+        protected = [record for record in records if record.epoch > 0]
+        authentic = [r for r in protected if guard is not None and guard.authentic(r.raw)]
+        forged = [record for record in protected if record not in authentic]
+        if authentic:
+            events += self._feed_handshake(b"".join(r.raw for r in authentic), authentic, now)
+        if forged and self.state is not SessionState.FAILED:
+            # What OpenSSL would have dropped in silence with an AEAD suite; a Finished among
+            # them, after the peer's ChangeCipherSpec, is what a wrong key looks like.
+            events.append(RecordsDropped(DROP_AUTHENTICATION))
+            if self.state is SessionState.HANDSHAKING and self._peer_finished_rejected(forged):
+                events.extend(self._reject_bad_finished(now))
+        return events
+
+    def _handshake_guard(self) -> EtmGuard | None:
+        """The MAC check of the peer's epoch-1 records, once OpenSSL holds the keys."""
+        if self._handshake_etm is None:
+            connection = self._connection
+            cipher = connection.get_cipher_name()
+            if cipher is None:
+                return None
+            try:
+                master_secret = connection.master_key()
+            except SSL.Error:  # no key exchange yet: pyOpenSSL raises for an empty key
+                return None
+            self._handshake_etm = read_guard(
+                cipher,
+                is_server=self._is_server,
+                master_secret=master_secret or b"",
+                client_random=connection.client_random() or b"",
+                server_random=connection.server_random() or b"",
+            )
+        return self._handshake_etm
 
     def handle_timer(self, now: float) -> list[SessionEvent]:
         """Retransmit the last flight if the timer is due; fail once retransmissions run out."""
