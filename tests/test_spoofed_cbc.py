@@ -20,6 +20,7 @@ import pytest
 import support
 import trio
 from spoofing import needs_spoofing, send_spoofed
+from test_interop_stacks import free_udp_port
 
 from trio_dtls_server import DTLSClient, DTLSServer, ServerConfig, ServerEvent
 from trio_dtls_server._session import DROP_AUTHENTICATION
@@ -30,6 +31,8 @@ IDENTITY = "Alice (clone number 0)"
 KEY = bytes.fromhex("1a2b3c4d5e6f")
 ROUNDS = 20
 LOOPBACK = "127.0.0.1"
+#: The most spoofed datagrams the flood spanning a handshake sends each way.
+FLOOD_LIMIT = 5_000
 
 
 def forged_datagrams(round_number: int) -> list[bytes]:
@@ -116,3 +119,53 @@ async def test_spoofed_forgeries_to_the_client_do_not_end_a_cbc_association() ->
         await support.settle()
         assert server.statistics().messages_received == ROUNDS
         assert running.events.with_code("connection_failed") == []
+
+
+async def test_a_flood_spanning_the_handshake_does_not_end_a_cbc_association() -> None:
+    """The attacker floods both directions from before the handshake to after the pings: the
+    forged epoch-1 records that reach either side mid-handshake are checked before OpenSSL
+    keeps them (it used to fail on them the moment the association was established)."""
+    suite = "PSK-AES128-CBC-SHA256"
+    server = DTLSServer(
+        {IDENTITY: KEY}, config=ServerConfig(ciphers="compat", max_auth_failures=1_000_000)
+    )
+    local_port = free_udp_port()
+    victim = (LOOPBACK, local_port)
+    async with support.serving(server, LOOPBACK) as running:
+        done = trio.Event()
+        flood = [datagram for n in range(ROUNDS) for datagram in forged_datagrams(n)]
+
+        async def attacker() -> None:
+            # Bounded: at most FLOOD_LIMIT datagrams, one per scheduling turn, until done.
+            for sent in range(FLOOD_LIMIT):
+                if done.is_set():
+                    return
+                forged = flood[sent % len(flood)]
+                send_spoofed(forged, victim, running.address)
+                send_spoofed(forged, running.address, victim)
+                await trio.lowlevel.checkpoint()
+
+        client_events: list[ServerEvent] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(attacker)
+            client = await DTLSClient.connect(
+                LOOPBACK, running.port, identity=IDENTITY, key=KEY, ciphers=suite,
+                local_port=local_port, on_event=client_events.append,
+            )  # fmt: skip
+            async with client:
+                for round_number in range(ROUNDS):
+                    await client.send(f"ping {round_number}".encode())
+                    with trio.fail_after(support.WAIT_LIMIT):
+                        reply = await client.receive()
+                    assert reply == f"to ({LOOPBACK}:{local_port}): ACK".encode()
+                done.set()
+                assert not client.closed
+        await support.settle()
+        assert running.events.with_code("connection_failed") == []
+        assert running.events.with_code("handshake_failed") == []
+        assert [e for e in client_events if e.code == "connection_failed"] == []
+        statistics = server.statistics()
+        assert statistics.handshakes_completed == 1
+        assert statistics.messages_received == ROUNDS
+        # Some forgeries met the association (the others came before it existed).
+        assert statistics.drops.get(DROP_AUTHENTICATION, 0) > 0
