@@ -19,7 +19,7 @@ from support import IDENTITY, InMemoryHandshake
 from test_records import begin_pair
 
 from trio_dtls_server import PROFILES, CertificateConfig, DTLSClient, DTLSServer, ServerConfig
-from trio_dtls_server._etm import EtmGuard, mac_hash
+from trio_dtls_server._etm import EtmGuard, etm_in_server_hello, mac_hash
 from trio_dtls_server._session import (
     DROP_AUTHENTICATION,
     DROP_MALFORMED,
@@ -27,7 +27,12 @@ from trio_dtls_server._session import (
     RecordsDropped,
     SessionState,
 )
-from trio_dtls_server._wire import CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE
+from trio_dtls_server._wire import (
+    CONTENT_ALERT,
+    CONTENT_APPLICATION_DATA,
+    CONTENT_HANDSHAKE,
+    parse_records,
+)
 
 #: The CBC suites of the compat profile a PSK server negotiates (all eight of them).
 CBC_SUITES = [suite for suite in PROFILES["compat"].psk if "CBC" in suite]
@@ -328,3 +333,39 @@ async def test_certificate_cbc_suites_are_guarded_too(
         [connection] = log.connections
         assert connection.cipher == suite
         assert connection._session.encrypt_then_mac
+
+
+# -- reading the ServerHello ----------------------------------------------------------------------
+
+
+def _first_flight(client_options: int = 0, suite: str = "PSK-AES128-CBC-SHA256") -> list[bytes]:
+    client_context = support.client_context(suite)
+    client_context.set_options(client_options)
+    return begin_pair(suite, client_context=client_context).server.take_datagrams()
+
+
+def test_the_server_hello_says_whether_encrypt_then_mac_was_agreed() -> None:
+    assert etm_in_server_hello(_first_flight()) is True
+    assert etm_in_server_hello(_first_flight(OP_NO_ENCRYPT_THEN_MAC)) is False
+    # No encrypt-then-MAC with an AEAD suite, even though our client offers it.
+    assert etm_in_server_hello(_first_flight(suite="PSK-AES128-GCM-SHA256")) is False
+    assert etm_in_server_hello([]) is None
+
+
+def test_a_fragment_of_a_server_hello_is_not_read() -> None:
+    [flight] = _first_flight()
+    hello = parse_records(flight)[0]
+    fragment = bytearray(hello.fragment)
+    fragment[9:12] = (int.from_bytes(fragment[9:12], "big") - 1).to_bytes(3, "big")
+    shortened = record(CONTENT_HANDSHAKE, 0, 1, bytes(fragment[:-1]))
+    assert etm_in_server_hello([shortened]) is None
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_as_a_server_hello_give_an_answer_not_an_exception(body: bytes) -> None:
+    fragment = bytes([2]) + len(body).to_bytes(3, "big") + bytes(5) + len(body).to_bytes(3, "big")
+    assert etm_in_server_hello([record(CONTENT_HANDSHAKE, 0, 1, fragment + body)]) in (
+        True,
+        False,
+        None,
+    )
