@@ -1,15 +1,15 @@
 """Encrypt-then-MAC records checked before OpenSSL sees them: a forged CBC record is dropped.
 
 A session that negotiated a CBC suite keeps its OpenSSL connection after the handshake
-(:mod:`._records` only takes AEAD suites).  Almost every stack that offers CBC also offers
-RFC 7366's ``encrypt_then_mac`` extension (OpenSSL, GnuTLS, Mbed TLS, wolfSSL do), and OpenSSL
-agrees to it.  OpenSSL's DTLS record layer then checks each record's MAC before decrypting it
-and treats a failure as **fatal**: a record shorter than the MAC (``length too short``) or with
-a wrong MAC (``decryption failed or bad record mac``) ends the association with an alert.  But
-anyone can send a datagram with the peer's address, which is why RFC 6347 §4.1.2.7 says that
-invalid records are discarded silently in DTLS, as OpenSSL does for AEAD suites and for
-MAC-then-encrypt CBC.  One spoofed 29-byte datagram would otherwise end the association on
-both sides.
+(:mod:`._records` only takes AEAD suites).  Most stacks that offer CBC also offer RFC 7366's
+``encrypt_then_mac`` extension (OpenSSL, Mbed TLS and wolfSSL do, as the interop tests see;
+node-dtls-client does not), and OpenSSL agrees to it.  OpenSSL's DTLS record layer then checks
+each record's MAC before decrypting it and treats a failure as **fatal**: a record shorter than
+the MAC (``length too short``) or with a wrong MAC (``decryption failed or bad record mac``)
+ends the association with an alert.  But anyone can send a datagram with the peer's address,
+which is why RFC 6347 §4.1.2.7 says that invalid records are discarded silently in DTLS, as
+OpenSSL does for AEAD suites and for MAC-then-encrypt CBC.  One spoofed 29-byte datagram would
+otherwise end the association on both sides.
 
 So once such a session is established it keeps an :class:`EtmGuard`: the MAC key of the peer's
 direction (the start of the TLS 1.2 key block, derived like the AEAD keys of ``_records``) and
@@ -20,8 +20,9 @@ OpenSSL as before: it drops or answers them without failing.
 
 Why not simply switch encrypt-then-MAC off (``SSL_OP_NO_ENCRYPT_THEN_MAC``): with
 MAC-then-encrypt, DTLS gives an attacker an unlimited supply of silent padding-oracle queries,
-which is how AlFardan and Paterson recovered plaintext from OpenSSL's DTLS (NDSS 2012), and
-RFC 7525 §3.3 asks for encrypt-then-MAC with CBC.  Checking the MAC ourselves keeps both.
+which is how AlFardan and Paterson recovered plaintext from OpenSSL's and GnuTLS's DTLS
+(NDSS 2012), and BCP 195 (RFC 9325) asks for encrypt-then-MAC whenever CBC is used.  Checking
+the MAC ourselves keeps encrypt-then-MAC and the silence.
 
 Whether encrypt-then-MAC was negotiated is not exposed by the bindings; it is *proven*, the way
 ``_records`` proves its keys: under encrypt-then-MAC with the derived keys, the MACs of the
