@@ -22,9 +22,11 @@ from trio_dtls_server import (
     HandshakeError,
     ServerConfig,
 )
+from trio_dtls_server._client import _client_context
 from trio_dtls_server._openssl import _lib, install_client_psk, new_dtls_context
 from trio_dtls_server._profiles import CipherStringError, client_cipher_string
 from trio_dtls_server._session import DTLSSession, RetransmitPolicy, SessionState
+from trio_dtls_server._wire import CONTENT_HANDSHAKE, parse_initial_client_hello, parse_records
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +218,74 @@ def test_iot_lowers_the_security_level_but_not_the_key_exchange_groups() -> None
     assert _handshake_with_groups(default, b"P-521") is SessionState.ESTABLISHED
     assert _handshake_with_groups(iot, b"P-521") is SessionState.FAILED
     assert _handshake_with_groups(iot, b"P-256") is SessionState.ESTABLISHED
+
+
+#: TLS NamedGroup numbers (RFC 8422 §5.1.1, RFC 7748).
+SECP256R1, X25519 = 23, 29
+
+
+def _group_the_server_picks(server: DTLSServer, client_groups: bytes) -> int:
+    """The named curve of the ServerKeyExchange ``server`` answers an ECDHE-PSK hello with."""
+    context = new_dtls_context(server=False, ciphers="ECDHE-PSK-CHACHA20-POLY1305")
+    install_client_psk(context)
+    assert _lib.SSL_CTX_set1_curves_list(context._context, client_groups) == 1
+    client = DTLSSession.client(
+        context, now=0.0, mtu=1400, policy=RetransmitPolicy(), identity=b"i", key=KEY
+    )
+    client.receive_datagram(support.hello_verify_request_for(client.take_datagrams()[0]), 0.0)
+    session = DTLSSession.server(
+        server._context,
+        client.take_datagrams()[0],
+        now=0.0,
+        mtu=1400,
+        policy=RetransmitPolicy(),
+        psk_lookup={b"i": KEY}.get,
+    )
+    for datagram in session.take_datagrams():
+        for record in parse_records(datagram):
+            # A handshake message: type (1), length (3), seq (2), offset (3), fragment length (3).
+            if record.content_type == CONTENT_HANDSHAKE and record.fragment[0] == 12:
+                body = record.fragment[12:]
+                # ECDHE-PSK (RFC 5489 §2): identity hint <0..2^16-1>, then curve_type
+                # named_curve (3) and the NamedGroup.
+                hint_end = 2 + int.from_bytes(body[:2], "big")
+                assert body[hint_end] == 3
+                return int.from_bytes(body[hint_end + 1 : hint_end + 3], "big")
+    raise AssertionError("no ServerKeyExchange in the server's first flight")
+
+
+@pytest.mark.parametrize("profile", ["default", "iot", "compat"])
+def test_the_server_prefers_p256_even_when_the_client_lists_x25519_first(profile: str) -> None:
+    """RFC 7925's curve first: wolfSSL 5.5 offers X25519 before P-256 and then fails ECDHE-PSK
+    with X25519 (``-352 Bad ECC Peer Key``); see test_interop_wolfssl.py for the real client.
+    A client offering X25519 alone still gets it."""
+    server = DTLSServer({IDENTITY: KEY}, config=ServerConfig(ciphers=profile))
+    assert _group_the_server_picks(server, b"X25519:P-256") == SECP256R1
+    assert _group_the_server_picks(server, b"X25519") == X25519
+
+
+def test_our_client_lists_p256_first() -> None:
+    """So that a server choosing by the client's order (OpenSSL's default) picks P-256 too."""
+    context = _client_context(client_cipher_string("default", psk=True, verify_server=False))
+    client = DTLSSession.client(
+        context, now=0.0, mtu=1400, policy=RetransmitPolicy(), identity=b"i", key=KEY
+    )
+    hello = parse_initial_client_hello(client.take_datagrams()[0]).hello
+    groups = _extension(hello.extensions, 10)  # supported_groups
+    assert groups is not None
+    listed = [int.from_bytes(groups[i : i + 2], "big") for i in range(2, len(groups), 2)]
+    assert listed[:2] == [SECP256R1, X25519]
+
+
+def _extension(extensions: bytes, wanted: int) -> bytes | None:
+    position = 0
+    while position + 4 <= len(extensions):
+        kind = int.from_bytes(extensions[position : position + 2], "big")
+        length = int.from_bytes(extensions[position + 2 : position + 4], "big")
+        if kind == wanted:
+            return extensions[position + 4 : position + 4 + length]
+        position += 4 + length
+    return None
 
 
 # -- misconfiguration is an error at start-up ----------------------------------------------------

@@ -35,6 +35,7 @@ from ._wire import AlertDescription
 __all__ = [
     "ALERT_NAMES",
     "DTLS_1_2",
+    "GROUPS",
     "AlertReader",
     "PskResponder",
     "alert_name",
@@ -132,6 +133,7 @@ def new_dtls_context(*, server: bool, ciphers: str) -> SSL.Context:
     * ``OP_NO_QUERY_MTU``: there is no socket under the BIO to ask; we set the MTU ourselves.
     * ``MODE_RELEASE_BUFFERS``: idle connections give back their record buffers (≈17 KB each).
     * ``OP_NO_RENEGOTIATION``: renegotiation in DTLS buys nothing and costs attack surface.
+    * Key exchange groups :data:`GROUPS`, P-256 first (see there why).
     """
     context = SSL.Context(SSL.DTLS_SERVER_METHOD if server else SSL.DTLS_CLIENT_METHOD)
     context.set_min_proto_version(DTLS_1_2)
@@ -144,7 +146,23 @@ def new_dtls_context(*, server: bool, ciphers: str) -> SSL.Context:
     context.set_options(options)
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     context.set_cipher_list(ciphers.encode("ascii"))
+    _set_groups(context, GROUPS)
     return context
+
+
+#: The ECDHE groups of every context, in order of preference: the server picks the first one
+#: the client offers (``OP_CIPHER_SERVER_PREFERENCE`` covers groups too), a client lists them in
+#: this order.  OpenSSL's own default puts X25519 first; P-256 comes first here because RFC 7925
+#: (the IoT profile of DTLS 1.2) makes it the one curve every constrained device implements, and
+#: because wolfSSL 5.5 (Debian 12's) offers X25519 and then fails ECDHE-PSK with it
+#: (``-352 Bad ECC Peer Key``) while it completes with P-256.  The set is OpenSSL's default set
+#: for (D)TLS 1.2, only reordered.
+GROUPS = "P-256:X25519:P-384:X448:P-521"
+
+
+def _set_groups(context: SSL.Context, groups: str) -> None:
+    if not _lib.SSL_CTX_set1_curves_list(context._context, groups.encode("ascii")):
+        raise SSL.Error(f"SSL_CTX_set1_curves_list({groups!r}) failed")
 
 
 def install_server_psk(context: SSL.Context, identity_hint: bytes | None) -> None:
@@ -375,8 +393,9 @@ def session_max_fragment_length(connection: SSL.Connection) -> int | None:
 
 # -- what a lowered security level must not lower -----------------------------------------------
 
-#: Key exchange groups when the security level is lowered (RFC 7925 needs only P-256).
-SAFE_GROUPS = "X25519:P-256:P-384"
+#: Key exchange groups when the security level is lowered (RFC 7925 needs only P-256): the
+#: first three of :data:`GROUPS`, in the same order.
+SAFE_GROUPS = "P-256:X25519:P-384"
 #: Signature algorithms when the security level is lowered: no SHA-1, no MD5.
 SAFE_SIGNATURE_ALGORITHMS = ":".join(
     [
@@ -398,8 +417,7 @@ def restrict_groups_and_signatures(context: SSL.Context) -> None:
     SHA-1 signatures through; these two lists take that back, so the lowered level only
     admits the suites that were asked for.
     """
-    if not _lib.SSL_CTX_set1_curves_list(context._context, SAFE_GROUPS.encode("ascii")):
-        raise SSL.Error("SSL_CTX_set1_curves_list failed")
+    _set_groups(context, SAFE_GROUPS)
     if not _lib.SSL_CTX_set1_sigalgs_list(
         context._context, SAFE_SIGNATURE_ALGORITHMS.encode("ascii")
     ):

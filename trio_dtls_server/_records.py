@@ -48,6 +48,7 @@ __all__ = [
     "ReplayWindow",
     "aead_suite",
     "derive_key_block",
+    "key_expansion",
     "record_protection_for",
 ]
 
@@ -109,17 +110,25 @@ def aead_suite(openssl_name: str) -> AeadSuite | None:
     return AeadSuite(openssl_name, key_length, 4, 8, tag_length, prf_hash, make_ccm)
 
 
+def key_expansion(
+    master_secret: bytes, client_random: bytes, server_random: bytes, length: int, prf_hash: str
+) -> bytes:
+    """The first ``length`` bytes of the TLS 1.2 key block (RFC 5246 §5 and §6.3)."""
+    seed = b"key expansion" + server_random + client_random
+    block = b""
+    a = seed
+    while len(block) < length:
+        a = hmac.digest(master_secret, a, prf_hash)
+        block += hmac.digest(master_secret, a + seed, prf_hash)
+    return block[:length]
+
+
 def derive_key_block(
     suite: AeadSuite, master_secret: bytes, client_random: bytes, server_random: bytes
 ) -> tuple[bytes, bytes, bytes, bytes]:
     """``(client key, server key, client IV, server IV)`` from the TLS 1.2 PRF (RFC 5246 §5)."""
     length = 2 * (suite.key_length + suite.implicit_iv_length)
-    seed = b"key expansion" + server_random + client_random
-    block = b""
-    a = seed
-    while len(block) < length:
-        a = hmac.digest(master_secret, a, suite.prf_hash)
-        block += hmac.digest(master_secret, a + seed, suite.prf_hash)
+    block = key_expansion(master_secret, client_random, server_random, length, suite.prf_hash)
     k, iv = suite.key_length, suite.implicit_iv_length
     keys, ivs = block[: 2 * k], block[2 * k : 2 * k + 2 * iv]
     return keys[:k], keys[k:], ivs[:iv], ivs[iv:]

@@ -40,6 +40,10 @@ After the handshake, a session that negotiated an AEAD suite lets go of its Open
 (a few KiB, and a quarter of the CPU per record).  It does so only once the keys it derived have
 opened the Finished records both sides really sent; otherwise, and for CBC suites or with
 ``release_openssl=False``, OpenSSL goes on doing the work.  See ``_records.py``.
+
+A CBC session with encrypt-then-MAC checks each record's MAC itself before OpenSSL sees it,
+because OpenSSL's DTLS record layer fails the association on a bad encrypt-then-MAC tag: one
+spoofed datagram would end it.  See ``_etm.py``.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from ._certificates import UnreadablePeerCertificate, peer_certificate
+from ._etm import EtmGuard, etm_guard_for, etm_in_server_hello, mac_hash, read_guard
 from ._events import describe_exception
 from ._openssl import (
     alert_name,
@@ -419,6 +424,12 @@ class DTLSSession:
         # copy of it makes us resend our final flight (see _resend_final_flight).
         self._peer_finished: bytes | None = None
         # Our protected records (our Finished and its retransmissions), for _release_to_records.
+        #: The MAC check in front of OpenSSL for a CBC suite with encrypt-then-MAC (``_etm``).
+        self._etm: EtmGuard | None = None
+        # The same during the handshake: whether the ServerHello agreed to encrypt-then-MAC
+        # (None: not seen, or not readable), and the check once OpenSSL holds the keys.
+        self._etm_in_hello: bool | None = None
+        self._handshake_etm: EtmGuard | None = None
         self._own_protected: list[Record] = []
         # Server side: the message_seq of the client's ClientHello, and whether we asked for a
         # certificate: what the client's next flight may hold (see _unexpected_plaintext).
@@ -565,6 +576,8 @@ class DTLSSession:
             session.startup_events = session._fail(reason, now)
             return session
         session.startup_events = session._step_handshake(now)
+        # Our own ServerHello, in the first flight: trusted bytes.
+        session._etm_in_hello = etm_in_server_hello(session._outgoing)
         if session.state is SessionState.HANDSHAKING and session._chose_psk_suite():
             # A PSK client sends no Certificate: its ClientKeyExchange comes next.
             session._psk_key_exchange_seq = hello_message_seq + 1
@@ -704,6 +717,12 @@ class DTLSSession:
         """True once records are protected by :mod:`._records` rather than by OpenSSL."""
         return self._records is not None
 
+    @property
+    def encrypt_then_mac(self) -> bool:
+        """True once the session checks the peer's encrypt-then-MAC tags before OpenSSL does
+        (a CBC suite with RFC 7366's extension, see :mod:`._etm`)."""
+        return self._etm is not None
+
     def take_early_events(self) -> list[SessionEvent]:
         """What the peer's records that overtook its Finished said; the session forgets them.
 
@@ -798,6 +817,13 @@ class DTLSSession:
         if self.state is not SessionState.HANDSHAKING:
             if self._records is not None:
                 return self._open_datagram(self._records, datagram)
+            if self._etm is not None:
+                # A record that fails its MAC would be fatal inside OpenSSL: never let it in.
+                screened = self._etm.screen(datagram)
+                if screened is None:
+                    malformed = _records_or_none(datagram) is None
+                    return [RecordsDropped(DROP_MALFORMED if malformed else DROP_AUTHENTICATION)]
+                datagram = screened
             self._connection.bio_write(datagram)
             return self._read_application_data(datagram)
         records = _records_or_none(datagram)
@@ -813,6 +839,8 @@ class DTLSSession:
                 message_type = first.fragment[:1]
                 if message_type == _SERVER_HELLO:
                     self._heard_server_hello = True
+                    # The first ServerHello is the one OpenSSL acts on; later copies it drops.
+                    self._etm_in_hello = etm_in_server_hello([datagram])
                 elif message_type != _HELLO_VERIFY_REQUEST:
                     return [RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)]
             elif not (first.epoch == 0 and first.content_type == CONTENT_ALERT):
@@ -1129,12 +1157,14 @@ class DTLSSession:
 
         Any other failure is dropped and counted, and the handshake goes on.
         """
-        self._connection.bio_write(raw)
-        self._completing = raw
-        events = self._step_handshake(now)
-        self._completing = None
-        if self.state is not SessionState.HANDSHAKING or not self._openssl_reads_protected():
-            return events
+        events: list[SessionEvent] = []
+        if not self._etm_rejects(raw):
+            self._connection.bio_write(raw)
+            self._completing = raw
+            events = self._step_handshake(now)
+            self._completing = None
+            if self.state is not SessionState.HANDSHAKING or not self._openssl_reads_protected():
+                return events
         self._finished_failures += 1
         if in_chain:
             self._in_flight_chain = False  # a flight has one Finished
@@ -1143,6 +1173,42 @@ class DTLSSession:
             return events + self._reject_bad_finished(now)
         self.handshake_drops[DROP_AUTHENTICATION] += 1
         return [e for e in events if not isinstance(e, HandshakeProgress)]
+
+    def _etm_rejects(self, raw: bytes) -> bool:
+        """Under encrypt-then-MAC, whether a protected handshake record fails its MAC.
+
+        OpenSSL fails the association on a bad encrypt-then-MAC tag, where an AEAD suite's
+        record that fails is dropped in silence.  So we check the tag first and treat a failure
+        as that silent drop (see :meth:`_feed_protected_handshake`); OpenSSL never sees it.
+        """
+        if not self._etm_in_hello:
+            return False
+        cipher = self._connection.get_cipher_name()
+        if cipher is not None and mac_hash(cipher) is None:
+            self._etm_in_hello = False  # a MAC we do not know: OpenSSL decides alone
+            return False
+        guard = self._handshake_guard()
+        return guard is None or not guard.authentic(raw)
+
+    def _handshake_guard(self) -> EtmGuard | None:
+        """The MAC check of the peer's epoch-1 records, once OpenSSL holds the keys."""
+        if self._handshake_etm is None:
+            connection = self._connection
+            cipher = connection.get_cipher_name()
+            if cipher is None:
+                return None
+            try:
+                master_secret = connection.master_key()
+            except SSL.Error:  # no key exchange yet: pyOpenSSL raises for an empty key
+                return None
+            self._handshake_etm = read_guard(
+                cipher,
+                is_server=self._is_server,
+                master_secret=master_secret or b"",
+                client_random=connection.client_random() or b"",
+                server_random=connection.server_random() or b"",
+            )
+        return self._handshake_etm
 
     def handle_timer(self, now: float) -> list[SessionEvent]:
         """Retransmit the last flight if the timer is due; fail once retransmissions run out."""
@@ -1380,6 +1446,16 @@ class DTLSSession:
         if self._release_openssl:
             self._release_to_records()
         if self._records is None:
+            peer_finished = self._peer_finished
+            self._etm = etm_guard_for(
+                self.cipher,
+                is_server=self._is_server,
+                master_secret=connection.master_key() or b"",
+                client_random=connection.client_random() or b"",
+                server_random=connection.server_random() or b"",
+                peer_protected=(_records_or_none(peer_finished) or []) if peer_finished else [],
+                own_protected=self._own_protected,
+            )
             self._read_early_records()
         self._held = []
         self._early = []
@@ -1401,6 +1477,10 @@ class DTLSSession:
         watch_alerts_read(connection)
         self._alerts_read = []
         for raw in self._early:
+            if self._etm is not None and self._etm.screen(raw) is None:
+                # Its MAC fails: a forgery, which OpenSSL would end the association for.
+                self.handshake_drops[DROP_AUTHENTICATION] += 1
+                continue
             connection.bio_write(raw)
             ending: SessionEvent | None = None
             plaintext: bytes | None = None
