@@ -349,10 +349,10 @@ class TestWhatMutationTestingFound:
         # ValueError (not an OverflowError from int.to_bytes, not a silent truncation).
         longest = ("fe80::1%" + "s" * 0xFFFF, 443)
         assert jar.is_valid(longest, issued(jar, longest))
-        with pytest.raises(ValueError, match="scope id is absurdly long"):
+        with pytest.raises(ValueError, match=r"^peer IPv6 scope id is absurdly long$"):
             jar.make_cookie(("fe80::1%" + "s" * 0x10000, 443), HELLO)
         # Counted in bytes, not characters: 0x8000 two-byte characters are 0x10000 bytes.
-        with pytest.raises(ValueError, match="scope id is absurdly long"):
+        with pytest.raises(ValueError, match=r"^peer IPv6 scope id is absurdly long$"):
             jar.make_cookie(("fe80::1%" + "\u00e9" * 0x8000, 443), HELLO)
 
 

@@ -669,6 +669,30 @@ def test_release_needs_at_least_one_of_the_peers_records_to_open() -> None:
         assert made.replay.seen(finished.sequence_number) is True
 
 
+def test_record_protection_for_checks_the_secret_lengths_itself() -> None:
+    """A 49-byte master secret is refused even though its keys would open the Finished records.
+
+    HMAC pads a key shorter than its block with zero bytes, so the master secret with one zero
+    byte appended derives the very same key block; only the explicit length check stops it.
+    """
+    connection, peer, own = _finished_records()
+    master = connection.master_key() or b""
+
+    def attempt(master_secret: bytes) -> RecordProtection | None:
+        return record_protection_for(
+            GCM,
+            is_server=True,
+            master_secret=master_secret,
+            client_random=connection.client_random() or b"",
+            server_random=connection.server_random() or b"",
+            peer_protected=peer,
+            own_protected=own,
+        )
+
+    assert attempt(master) is not None
+    assert attempt(master + b"\x00") is None
+
+
 # -- 2. interop with OpenSSL's record layer, every suite, every split ----------------------------
 
 
