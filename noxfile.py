@@ -1,4 +1,5 @@
-"""Nox sessions: ``tests`` (lint, types, the suite), ``demo`` (the example runner), ``bench``."""
+"""Nox sessions: ``tests`` (lint, types, the suite), ``demo`` (the example runner), ``bench``,
+and ``mutants`` (mutation testing; run on demand, not by default)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,36 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against trio.DTLSEndpoint, measured in the same run (see benchmarks/)."""
     session.install("-e", ".")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """Mutation testing (mutmut) of the modules that judge untrusted bytes, with their own tests.
+
+    Which modules and which tests: ``[tool.mutmut]`` in pyproject.toml (``only_mutate`` and
+    ``pytest_add_cli_args_test_selection``).  Not in the default sessions: a full run takes
+    about a quarter of an hour on two cores.  Ends with the counts per module; ``mutmut
+    results`` lists the survivors and ``mutmut show NAME`` shows one (run them in this venv).
+    Arguments go to ``mutmut run``: mutant names or globs, e.g. ``'trio_dtls_server._cookie*'``.
+    """
+    # mutmut runs pytest in its own process, so the test dependencies go in the same venv; the
+    # package itself is not installed: mutmut imports its mutated copy from mutants/.
+    session.install("mutmut>=3.8,<4", "trio>=0.25,<0.40", "pyOpenSSL>=24.3,<27")
+    session.install("cryptography>=44,<51", "pytest>=8", "pytest-trio>=0.8", "hypothesis>=6.100")
+    session.run("mutmut", "run", *session.posargs)
+    session.run("mutmut", "export-cicd-stats")
+    session.run("python", "-c", _MUTANT_SCORES)
+
+
+#: killed / survived / total per module, from mutmut's ``mutants/**/*.py.meta`` files and its own
+#: reading of their exit codes (``export-cicd-stats`` only gives the sum over all modules).
+_MUTANT_SCORES = """
+import collections, json, pathlib
+from mutmut.stats import status_by_exit_code
+for meta in sorted(pathlib.Path("mutants").rglob("*.py.meta")):
+    codes = json.loads(meta.read_text())["exit_code_by_key"].values()
+    count = collections.Counter(status_by_exit_code[code] for code in codes)
+    rest = ", ".join(f"{n} {s}" for s, n in count.items() if s not in ("killed", "survived"))
+    print(f"{meta.name[:-5]}: {count['killed']} killed, {count['survived']} survived,"
+          f" {len(codes)} in all" + (f" ({rest})" if rest else ""))
+"""
