@@ -13,10 +13,14 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = ["3.11", "3.12", "3.13"]
 TOOLS = ["ruff>=0.6", "mypy>=1.11", "nox"]
+_PROJECT = tomllib.loads(Path("pyproject.toml").read_text(encoding="utf-8"))["project"]
 #: The other DTLS stacks of tests/test_interop_stacks.py (the ``interop`` extra).
-INTEROP_PEERS: list[str] = tomllib.loads(Path("pyproject.toml").read_text(encoding="utf-8"))[
-    "project"
-]["optional-dependencies"]["interop"]
+INTEROP_PEERS: list[str] = _PROJECT["optional-dependencies"]["interop"]
+#: What the package and its tests need, for a session that must not install the package itself.
+RUNTIME_AND_TEST: list[str] = [
+    *_PROJECT["dependencies"],
+    *_PROJECT["optional-dependencies"]["test"],
+]
 
 
 @nox.session
@@ -60,8 +64,7 @@ def mutants(session: nox.Session) -> None:
     """
     # mutmut runs pytest in its own process, so the test dependencies go in the same venv; the
     # package itself is not installed: mutmut imports its mutated copy from mutants/.
-    session.install("mutmut>=3.8,<4", "trio>=0.25,<0.40", "pyOpenSSL>=24.3,<27")
-    session.install("cryptography>=44,<51", "pytest>=8", "pytest-trio>=0.8", "hypothesis>=6.100")
+    session.install("mutmut>=3.8,<4", *RUNTIME_AND_TEST)
     session.run("mutmut", "run", *session.posargs)
     session.run("mutmut", "export-cicd-stats")
     session.run("python", "-c", _MUTANT_SCORES)
