@@ -276,6 +276,86 @@ class TestRotation:
         assert jar.make_cookie(PEER, HELLO) == second.cookie
 
 
+class TestWhatMutationTestingFound:
+    """Changes to ``_cookie.py`` that the tests above let through (mutmut, see ``nox -s mutants``).
+
+    Each test names the code change it pins; every one of them failed with that change applied.
+    """
+
+    def test_a_fresh_cookie_is_valid_after_a_rotation(
+        self, jar: CookieJar, clock: FakeClock
+    ) -> None:
+        # ``valid |= <previous secret matches>`` written as ``valid = ...`` would refuse every
+        # cookie minted under the current secret once a previous one exists: after the first
+        # rotation (300 s by default) no new client could get past the cookie exchange.
+        jar.rotate()
+        assert jar.is_valid(PEER, issued(jar))
+        clock.now += INTERVAL  # the same through a scheduled rotation
+        assert jar.is_valid(PEER, issued(jar))
+
+    def test_one_interval_brings_exactly_one_rotation(
+        self, jar: CookieJar, clock: FakeClock, rng: CountingRandom
+    ) -> None:
+        # The schedule advances by ``due * interval``; ``due / interval`` (or anything that
+        # moves it by less than an interval) rotates again on nearly every later call, which
+        # would make each cookie stale almost at once.
+        clock.now += INTERVAL
+        cookie = jar.make_cookie(PEER, HELLO)
+        assert rng.calls == 2
+        for _ in range(9):
+            clock.now += 0.1 * INTERVAL  # up to 1.9 intervals: still the second secret
+            assert jar.make_cookie(PEER, HELLO) == cookie
+        assert rng.calls == 2
+        clock.now += 0.1 * INTERVAL  # 2.0 intervals: the third secret
+        assert jar.make_cookie(PEER, HELLO) != cookie
+        assert rng.calls == 3
+
+    @pytest.mark.parametrize("interval", [0.25, 0.5, 1.0])
+    def test_intervals_of_at_most_one_second_are_allowed(
+        self, clock: FakeClock, rng: CountingRandom, interval: float
+    ) -> None:
+        # Positive means positive: the check must not turn into ``> 1`` or ``>= 1``.  With an
+        # interval of 1 the mutation ``due / interval`` is invisible, so also check the schedule.
+        jar = CookieJar(rotation_interval=interval, clock=clock, random_bytes=rng)
+        second = issued(jar)
+        clock.now += interval
+        assert jar.is_valid(PEER, second)
+        assert jar.is_valid(PEER, issued(jar))
+        assert rng.calls == 2
+
+    def test_the_default_interval_is_300_seconds(
+        self, clock: FakeClock, rng: CountingRandom
+    ) -> None:
+        jar = CookieJar(clock=clock, random_bytes=rng)
+        cookie = jar.make_cookie(PEER, HELLO)
+        clock.now += 299.5
+        assert jar.make_cookie(PEER, HELLO) == cookie
+        clock.now += 0.5  # 300 s
+        assert jar.make_cookie(PEER, HELLO) != cookie
+        assert rng.calls == 2
+
+    def test_a_scope_id_with_a_lone_surrogate_gets_a_cookie(self, jar: CookieJar) -> None:
+        # Scope ids come from the OS as text; one that is not valid UTF-8 arrives with lone
+        # surrogates (surrogateescape).  "surrogatepass" keeps encoding from raising, and the
+        # scope still counts.
+        odd, other = ("fe80::1%eth\udcff", 443), ("fe80::1%eth\udcfe", 443)
+        second = issued(jar, odd)
+        assert jar.is_valid(odd, second)
+        assert not jar.is_valid(other, second)
+        assert not jar.is_valid(("fe80::1%eth", 443), second)
+
+    def test_the_scope_id_length_limit_is_exactly_two_bytes(self, jar: CookieJar) -> None:
+        # The scope's length is written in 2 bytes: 0xFFFF bytes fit, one more must be a clear
+        # ValueError (not an OverflowError from int.to_bytes, not a silent truncation).
+        longest = ("fe80::1%" + "s" * 0xFFFF, 443)
+        assert jar.is_valid(longest, issued(jar, longest))
+        with pytest.raises(ValueError, match=r"^peer IPv6 scope id is absurdly long$"):
+            jar.make_cookie(("fe80::1%" + "s" * 0x10000, 443), HELLO)
+        # Counted in bytes, not characters: 0x8000 two-byte characters are 0x10000 bytes.
+        with pytest.raises(ValueError, match=r"^peer IPv6 scope id is absurdly long$"):
+            jar.make_cookie(("fe80::1%" + "\u00e9" * 0x8000, 443), HELLO)
+
+
 class TestWithRealOpenSSLClient:
     def test_second_hello_from_openssl_verifies(self) -> None:
         ctx = SSL.Context(SSL.DTLS_CLIENT_METHOD)

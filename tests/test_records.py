@@ -21,6 +21,7 @@ a mixed pair (one side released, one not) are built directly with ``DTLSSession.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hmac
 import random
@@ -555,6 +556,143 @@ def test_record_protection_for_refuses_what_it_cannot_check() -> None:
     assert attempt(master=bytes(47)) is None
     # Roles swapped: the server's Finished is not the client's.
     assert attempt(peer=own, mine=finished) is None
+
+
+# -- what mutation testing found unpinned (``nox -s mutants``) -----------------------------------
+
+
+def _mirror_pair(suite_name: str) -> tuple[RecordProtection, RecordProtection]:
+    """Two :class:`RecordProtection` objects whose keys mirror each other: one seals, one opens."""
+    suite = aead_suite(suite_name)
+    assert suite is not None
+    key_a, key_b = b"\x11" * suite.key_length, b"\x33" * suite.key_length
+    iv_a, iv_b = b"\x22" * suite.implicit_iv_length, b"\x44" * suite.implicit_iv_length
+    sender = RecordProtection(
+        suite,
+        epoch=1,
+        read_key=key_b,
+        read_iv=iv_b,
+        write_key=key_a,
+        write_iv=iv_a,
+        next_sequence=1,
+    )
+    receiver = RecordProtection(
+        suite,
+        epoch=1,
+        read_key=key_a,
+        read_iv=iv_a,
+        write_key=key_b,
+        write_iv=iv_b,
+        next_sequence=1,
+    )
+    return sender, receiver
+
+
+@pytest.mark.parametrize("suite_name", ["PSK-AES128-GCM-SHA256", "PSK-CHACHA20-POLY1305"])
+def test_an_authentic_record_with_an_empty_plaintext_opens(suite_name: str) -> None:
+    """Zero bytes of plaintext is a legal record (RFC 5246 §6.2.1 allows empty application data)."""
+    sender, receiver = _mirror_pair(suite_name)
+    record = only_record(sender.seal(CONTENT_APPLICATION_DATA, b""))
+    assert len(record.fragment) == sender.suite.overhead
+    arguments = (record.content_type, record.version, record.sequence_number, record.fragment)
+    assert receiver.decrypt(*arguments) == b""
+    assert receiver.open_record(*arguments) == b""
+    assert receiver.replay.seen(record.sequence_number) is True
+
+
+@pytest.mark.parametrize("suite_name", ["PSK-AES128-GCM-SHA256", "PSK-CHACHA20-POLY1305"])
+def test_an_authentic_record_over_2_14_bytes_of_plaintext_is_refused(suite_name: str) -> None:
+    """RFC 6347 §4.1 / RFC 5246 §6.2.3: at most 2^14 bytes of plaintext, even if authentic.
+
+    ``seal`` leaves the limit to its caller, so it can build the record a broken (or hostile)
+    peer would send; random bytes of that size would fail authentication first and prove
+    nothing about the length check.
+    """
+    sender, receiver = _mirror_pair(suite_name)
+    largest = only_record(sender.seal(CONTENT_APPLICATION_DATA, message(1, 2**14)))
+    too_big = only_record(sender.seal(CONTENT_APPLICATION_DATA, message(2, 2**14 + 1)))
+    for record, expected in [(largest, message(1, 2**14)), (too_big, None)]:
+        arguments = (record.content_type, record.version, record.sequence_number, record.fragment)
+        assert receiver.decrypt(*arguments) == expected
+        assert receiver.open_record(*arguments) == expected
+    assert receiver.replay.seen(too_big.sequence_number) is False
+
+
+def _finished_records() -> tuple[SSL.Connection, list[Record], list[Record]]:
+    """A server connection kept by OpenSSL, the client's Finished and the server's, as records."""
+    result = handshake_pair(GCM, server_releases=False, client_releases=False)
+    connection = result.server.connection
+    assert connection is not None
+    peer, own = (
+        [
+            record
+            for datagram in datagrams
+            for record in parse_records(datagram)
+            if record.epoch == 1
+        ]
+        for datagrams in (result.client_datagrams, result.server_datagrams)
+    )
+    assert len(peer) == len(own) == 1
+    return connection, peer, own
+
+
+def test_release_needs_at_least_one_of_the_peers_records_to_open() -> None:
+    """The keys are only trusted once a record of the peer's opened with them.
+
+    Our own Finished opening is not enough: it proves our half of the key block, not the
+    peer's.  A forged record among the peer's is skipped (OpenSSL dropped it too), and a
+    record of another epoch does not count even if its bytes would open.
+    """
+    connection, peer, own = _finished_records()
+    (finished,) = peer
+
+    def attempt(peer_records: list[Record]) -> RecordProtection | None:
+        return record_protection_for(
+            GCM,
+            is_server=True,
+            master_secret=connection.master_key() or b"",
+            client_random=connection.client_random() or b"",
+            server_random=connection.server_random() or b"",
+            peer_protected=peer_records,
+            own_protected=own,
+        )
+
+    tampered = bytearray(finished.fragment)
+    tampered[-1] ^= 1
+    forged = dataclasses.replace(finished, fragment=bytes(tampered))
+    other_epoch = dataclasses.replace(finished, epoch=2)
+    assert attempt([forged]) is None
+    assert attempt([forged, forged]) is None
+    assert attempt([other_epoch]) is None
+    # The genuine Finished among forgeries is enough, wherever it is.
+    for peer_records in ([forged, finished], [finished, forged], [other_epoch, finished]):
+        made = attempt(peer_records)
+        assert made is not None
+        assert made.replay.seen(finished.sequence_number) is True
+
+
+def test_record_protection_for_checks_the_secret_lengths_itself() -> None:
+    """A 49-byte master secret is refused even though its keys would open the Finished records.
+
+    HMAC pads a key shorter than its block with zero bytes, so the master secret with one zero
+    byte appended derives the very same key block; only the explicit length check stops it.
+    """
+    connection, peer, own = _finished_records()
+    master = connection.master_key() or b""
+
+    def attempt(master_secret: bytes) -> RecordProtection | None:
+        return record_protection_for(
+            GCM,
+            is_server=True,
+            master_secret=master_secret,
+            client_random=connection.client_random() or b"",
+            server_random=connection.server_random() or b"",
+            peer_protected=peer,
+            own_protected=own,
+        )
+
+    assert attempt(master) is not None
+    assert attempt(master + b"\x00") is None
 
 
 # -- 2. interop with OpenSSL's record layer, every suite, every split ----------------------------

@@ -32,6 +32,7 @@ from trio_dtls_server._wire import (
     parse_hello_verify_request,
     parse_initial_client_hello,
     parse_psk_identity_from_client_key_exchange,
+    parse_psk_identity_from_flight,
     parse_records,
     split_records,
 )
@@ -331,6 +332,19 @@ class TestParseHandshakeFragment:
         )
         assert frag.fragment_offset == 0x010203
         assert frag.length == 0x040506
+
+    def test_fragment_length_is_three_bytes(self) -> None:
+        # All three bytes count: a fragment_length with its high byte set is read in full,
+        # both when the body is really that long and when it is not.
+        size = 0x010003
+        frag = parse_handshake_fragment(handshake(bytes(size)))
+        assert (frag.fragment_length, frag.length, len(frag.body)) == (size, size, size)
+        assert frag.is_complete
+        with pytest.raises(
+            MalformedDatagram,
+            match=r"^handshake fragment length 65539 exceeds the 3 bytes left$",
+        ):
+            parse_handshake_fragment(handshake(b"abc", fragment_length=size))
 
     def test_truncated_header(self) -> None:
         with pytest.raises(MalformedDatagram, match=r"^handshake header truncated: 11 bytes$"):
@@ -714,6 +728,66 @@ class TestParsePskIdentity:
             MalformedDatagram, match=r"^PSK identity length 10 exceeds the 3 bytes left$"
         ):
             parse_psk_identity_from_client_key_exchange(b"\x00\x0aabc")
+
+    @pytest.mark.parametrize("size", [255, 256, 300, 0xFFFF])
+    def test_identity_lengths_use_both_bytes(self, size: int) -> None:
+        identity = bytes(i % 251 for i in range(size))
+        body = size.to_bytes(2, "big") + identity + b"\x41" + bytes(65)
+        assert parse_psk_identity_from_client_key_exchange(body) == identity
+
+    def test_a_long_identity_past_end(self) -> None:
+        with pytest.raises(
+            MalformedDatagram, match=r"^PSK identity length 256 exceeds the 255 bytes left$"
+        ):
+            parse_psk_identity_from_client_key_exchange(b"\x01\x00" + bytes(255))
+
+
+def client_key_exchange(identity: bytes, **fields: int) -> bytes:
+    """A PSK ClientKeyExchange handshake message (RFC 4279): just the identity vector."""
+    body = len(identity).to_bytes(2, "big") + identity
+    return handshake(body, msg_type=HANDSHAKE_CLIENT_KEY_EXCHANGE, **fields)
+
+
+class TestParsePskIdentityFromFlight:
+    def test_client_key_exchange_alone(self) -> None:
+        assert parse_psk_identity_from_flight(record(client_key_exchange(b"id"))) == b"id"
+
+    def test_records_before_the_client_key_exchange_are_skipped(self) -> None:
+        # A certificate-authenticated PSK client sends its Certificate first; an alert, a
+        # ChangeCipherSpec or an epoch-1 record (ciphertext, which must not be parsed as a
+        # handshake message) may sit in front of it too.
+        certificate = record(handshake(b"\x00\x00\x00", msg_type=11))
+        alert = record(b"\x01\x00", content_type=CONTENT_ALERT)
+        change_cipher_spec = record(b"\x01", content_type=CONTENT_CHANGE_CIPHER_SPEC)
+        encrypted = record(b"\xff" * 5, epoch=1)
+        datagram = (
+            certificate
+            + alert
+            + change_cipher_spec
+            + encrypted
+            + record(client_key_exchange(b"the identity"))
+            + record(b"\xee" * 40, epoch=1)  # the Finished after it
+        )
+        assert parse_psk_identity_from_flight(datagram) == b"the identity"
+
+    def test_none_without_a_complete_client_key_exchange(self) -> None:
+        certificate = record(handshake(b"\x00\x00\x03abc", msg_type=11))
+        fragmented = record(
+            handshake(b"\x00\x08iden", msg_type=HANDSHAKE_CLIENT_KEY_EXCHANGE, length=10)
+        )
+        assert parse_psk_identity_from_flight(certificate) is None
+        assert parse_psk_identity_from_flight(certificate + fragmented) is None
+        assert parse_psk_identity_from_flight(record(b"\x01", content_type=20)) is None
+
+    def test_the_first_complete_client_key_exchange_counts(self) -> None:
+        datagram = record(client_key_exchange(b"first")) + record(client_key_exchange(b"second"))
+        assert parse_psk_identity_from_flight(datagram) == b"first"
+
+    def test_bad_bytes_raise_malformed(self) -> None:
+        with pytest.raises(MalformedDatagram, match=r"^handshake header truncated: 5 bytes$"):
+            parse_psk_identity_from_flight(record(b"\xff" * 5))
+        with pytest.raises(MalformedDatagram, match=r"^empty datagram$"):
+            parse_psk_identity_from_flight(b"")
 
 
 # ---------------------------------------------------------------------------------------
