@@ -305,8 +305,8 @@ async def watch(settings: Settings) -> None:
         results = await probe_all(settings, backends)
         healthy = [isinstance(result, ProbeResult) and result.healthy for result in results]
         for backend, result, ok in zip(backends, results, healthy, strict=True):
-            if not ok and (backend.in_rotation or backend.failures == 0):
-                # Every failure of a backend in the list, the first one of a backend out of it.
+            if not ok and backend.failures < settings.fall:
+                # The failures that count towards a removal; not every round after it.
                 line = result.line if isinstance(result, ProbeResult) else result
                 say(f"{line} ({backend.failures + 1} in a row)")
         changes = update(backends, healthy, settings.fall, settings.rise)

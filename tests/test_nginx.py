@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -289,6 +290,31 @@ async def clients_through(port: int, count: int, handshake_timeout: float) -> li
     return results
 
 
+async def ask(client: DTLSClient, timeout: float = TIMEOUT) -> int | None:
+    """One message; the port its ACK names, or None without a reply within ``timeout``."""
+    await client.send(b"still there?")
+    with trio.move_on_after(timeout):
+        reply = await client.receive()
+        match = re.fullmatch(rb"to \(127\.0\.0\.1:(\d+)\): ACK", reply)
+        assert match is not None, reply
+        return int(match.group(1))
+    return None
+
+
+async def established_on(port: int, wanted: Backend, other: Backend) -> tuple[DTLSClient, int]:
+    """A client through nginx on ``port`` that nginx hashed to ``wanted``, and its ACK port."""
+    for attempt in range(30):  # each lands on ``wanted`` with odds about 1/2
+        client = await DTLSClient.connect(
+            "127.0.0.1", port, identity=f"long-lived {attempt}", key=KEY, on_event=_quiet
+        )
+        ack_port = await ask(client)
+        assert ack_port is not None
+        if served_by([Served(client.local_address[1], ack_port)], [wanted, other])[0]:
+            return client, ack_port
+        await client.aclose()
+    raise AssertionError(f"30 clients, none hashed to {wanted.port}")
+
+
 def served_by(results: list[Served | str], backends: list[Backend]) -> list[int]:
     """How many of ``results`` each backend served, found by the port its ACK names.
 
@@ -344,16 +370,26 @@ async def test_without_a_watcher_nginx_keeps_sending_new_clients_to_a_dead_backe
 
 
 @needs_nginx
+@pytest.mark.parametrize("reload", ["SIGHUP", "nginx -s reload"])
 async def test_the_watcher_takes_a_dead_backend_out_and_puts_it_back(
-    nginx: Nginx, two_backends: list[Backend]
+    nginx: Nginx, two_backends: list[Backend], reload: str
 ) -> None:
     nginx.start(upstream_list(two_backends))
     upstreams = nginx.prefix / "upstreams.conf"
+    how = []
+    if reload != "SIGHUP":
+        how = [
+            "--reload-command",
+            shlex.join(
+                [NGINX, "-p", str(nginx.prefix), "-c", str(nginx.prefix / "nginx.conf"),
+                 "-e", str(nginx.error_log), "-s", "reload"]
+            ),
+        ]  # fmt: skip
     watcher = Program(
         [
             sys.executable, str(EXAMPLES / "lb_watcher.py"),
             *(f"--backend=127.0.0.1:{b.port}" for b in two_backends),
-            f"--upstream-file={upstreams}", f"--pid-file={nginx.pid_file}",
+            f"--upstream-file={upstreams}", f"--pid-file={nginx.pid_file}", *how,
             f"--interval={INTERVAL}", f"--timeout={PROBE_TIMEOUT}", f"--fall={FALL}",
             "--rise=1", f"--psk-hex={KEY_HEX}", "--expect=ACK",
         ]
@@ -364,12 +400,15 @@ async def test_the_watcher_takes_a_dead_backend_out_and_puts_it_back(
         assert "reloaded" not in watcher.stdout.text  # nothing changed, nginx left alone
 
         survivor, dead = two_backends
+        # A client already connected to the survivor, to see what the reload does to it.
+        established, old_ack_port = await established_on(nginx.port, survivor, dead)
         stopped = time.monotonic()
         dead.stop()
         watcher.stdout.wait_for(
             rf"^removed 127\.0\.0\.1:{dead.port} after {FALL} failed probes$", RECOVERY_BOUND
         )
-        watcher.stdout.wait_for(r"^nginx reloaded .*; upstream now: 127\.0\.0\.1:\d+$")
+        done = r"SIGHUP to \d+" if reload == "SIGHUP" else r".* -s reload"
+        watcher.stdout.wait_for(rf"^nginx reloaded \({done}\); upstream now: 127\.0\.0\.1:\d+$")
         assert upstreams.read_text(encoding="utf-8").count("server ") == 1
         results = await clients_through(nginx.port, 20, handshake_timeout=RECOVERY_BOUND)
         recovered = time.monotonic() - stopped
@@ -377,6 +416,25 @@ async def test_the_watcher_takes_a_dead_backend_out_and_puts_it_back(
         assert served_by(results, [survivor]) == [20]
         assert recovered <= RECOVERY_BOUND, recovered
         print(f"all 20 new clients served {recovered:.2f} s after the backend stopped")
+
+        # The price of the reload: the new nginx worker knows none of the old worker's
+        # sessions, so the established client's next record reaches the survivor from a new
+        # nginx port, which the survivor has no association for: dropped, no reply.
+        dropped_before = survivor.text.count("not a ClientHello and no association, dropped")
+        assert await ask(established, timeout=2.0) is None
+        assert survivor.text.count("not a ClientHello and no association") > dropped_before
+        # A new handshake from the same client port is served, by the same backend (same
+        # hash), under a new nginx port.
+        client_port = established.local_address[1]
+        await established.aclose()
+        again = await DTLSClient.connect(
+            "127.0.0.1", nginx.port, identity="long-lived", key=KEY, local_port=client_port,
+            on_event=_quiet,
+        )  # fmt: skip
+        async with again:
+            new_ack_port = await ask(again)
+        assert new_ack_port is not None and new_ack_port != old_ack_port
+        assert served_by([Served(client_port, new_ack_port)], [survivor]) == [1]
 
         # The survivor stops too: the watcher keeps it in the list (the last one), says so.
         survivor.stop()
