@@ -6,7 +6,8 @@ Why this exists
     nginx ends that one session, and the client's next ClientHello -- from the same address
     and port, so with ``hash $remote_addr$remote_port consistent`` to the same backend -- goes
     to the dead server again.  ``max_fails``/``fail_timeout`` and ``proxy_next_upstream`` do
-    not change that for UDP (measured in ``tests/test_nginx.py``).  So about half of the new
+    not change that for UDP (``tests/test_nginx.py`` measures it with nginx's defaults,
+    ``max_fails=1 fail_timeout=10s`` and ``proxy_next_upstream on``).  So about half of the new
     clients of a two-backend pool are never served, for as long as the dead backend stays in
     the list.  Something outside nginx has to ask the backends, and edit the list.
 
@@ -20,7 +21,8 @@ What it does
     reads half a list) and reloads nginx: SIGHUP to the master process named in
     ``--pid-file``, or ``--reload-command`` (e.g. ``nginx -p DIR -c DIR/nginx.conf -s reload``).
     It then waits until the reload has taken effect (see :func:`reload_nginx`).  Every change
-    is one line on standard output.
+    is one line on standard output.  At start every ``--backend`` is in the list (the file is
+    written, and nginx reloaded, only if that differs from what the file already says).
 
     The nginx side looks like this (see the README for the whole file)::
 
