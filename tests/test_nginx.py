@@ -279,9 +279,9 @@ async def clients_through(port: int, count: int, handshake_timeout: float) -> li
                 reply = await client.receive()
             match = re.fullmatch(rb"to \(127\.0\.0\.1:(\d+)\): ACK", reply)
             assert match is not None, reply
-            # Asked while both sockets are open: our client socket is bound to the wildcard
-            # address without SO_REUSEADDR, so no other socket -- nginx's included -- can hold
-            # its port now.  A different port really is a different socket.
+            # Read while our socket is open: it holds its port on every address (a wildcard
+            # bind, no SO_REUSEADDR), so an ACK naming another port names another socket --
+            # nginx's upstream socket, not ours.
             results[number] = Served(client.local_address[1], int(match.group(1)))
 
     async with trio.open_nursery() as nursery:
