@@ -359,3 +359,22 @@ async def test_a_failed_lookup_sends_the_client_a_fatal_alert(
         assert server.statistics().handshakes_failed == {kind: 1}
         code = "unknown_identity" if behaviour == "unknown" else "psk_lookup_failed"
         assert len(running.events.with_code(code)) == 1
+
+
+@pytest.mark.parametrize(
+    "identity", ["psk lookup failed", "a certificate from an unknown ca", "bad record mac alert"]
+)
+async def test_an_identity_cannot_pick_its_own_failure_bucket(
+    autojump_clock: trio.testing.MockClock, identity: str
+) -> None:
+    """The statistics bucket is set where the failure is decided, never read out of the message,
+    which quotes the peer's identity: these identities are still just unknown."""
+    server = DTLSServer({"device-1": KEY})
+    async with support.serving(server) as running:
+        with pytest.raises(HandshakeError):
+            await DTLSClient.connect(
+                running.host, running.port, identity=identity, key=KEY, on_event=quiet
+            )
+        failed = await running.events.wait_for("handshake_failed")
+        assert repr(identity) in failed.message
+        assert server.statistics().handshakes_failed == {"unknown identity": 1}

@@ -75,6 +75,7 @@ from ._psk import (
 )
 from ._session import (
     DTLSSession,
+    FailureKind,
     HandshakeComplete,
     HandshakeFailed,
     HandshakeProgress,
@@ -878,7 +879,7 @@ class DTLSServer:
                 f"handshake not finished within {self.config.handshake_timeout:g} s"
             )
             session.close()
-            self._handshake_failed(slot, reason, "deadline")
+            self._handshake_failed(slot, reason, FailureKind.DEADLINE)
         return False
 
     def _count_handshake_drops(self, session: DTLSSession) -> None:
@@ -959,9 +960,11 @@ class DTLSServer:
             return events
         name = quote_peer_text(identity)
         why = f"PSK lookup failed: {failure}" if failure else "the identity is no longer known"
+        kind = FailureKind.PSK_LOOKUP_FAILED if failure else FailureKind.UNKNOWN_IDENTITY
         session.close()
         kept = [event for event in events if not isinstance(event, HandshakeComplete)]
-        return [*kept, HandshakeFailed(f"resumed session of PSK identity {name} refused: {why}")]
+        refused = f"resumed session of PSK identity {name} refused: {why}"
+        return [*kept, HandshakeFailed(refused, kind=kind)]
 
     def _report_handshake(self, slot: PeerSlot, events: list[SessionEvent]) -> None:
         for event in events:
@@ -1047,10 +1050,14 @@ class DTLSServer:
                         )
                     )
             elif isinstance(event, HandshakeFailed):
-                self._handshake_failed(slot, _describe_failure(event), _failure_kind(event.reason))
+                self._handshake_failed(slot, _describe_failure(event), event.kind)
 
     def _handshake_failed(
-        self, slot: PeerSlot, reason: str, kind: str, exception: Exception | None = None
+        self,
+        slot: PeerSlot,
+        reason: str,
+        kind: FailureKind,
+        exception: Exception | None = None,
     ) -> None:
         self._stats.handshakes_failed[kind] += 1
         self._hub.emit(
@@ -1092,7 +1099,7 @@ class DTLSServer:
                 told = "; close_notify sent"
         if during_handshake:
             reason = f"internal error: {described}{told}"
-            self._handshake_failed(slot, reason, "internal error", exception=error)
+            self._handshake_failed(slot, reason, FailureKind.INTERNAL_ERROR, exception=error)
             return
         self._hub.emit(
             ErrorEvent(
@@ -1173,31 +1180,3 @@ def _describe_failure(event: HandshakeFailed) -> str:
     if event.alert_received is not None:
         parts.append(f"the client sent the fatal alert {event.alert_received}")
     return "; ".join(parts)
-
-
-def _failure_kind(reason: str) -> str:
-    """A short bucket for the statistics out of a handshake failure reason."""
-    text = reason.lower()
-    if "psk lookup" in text:
-        return "PSK lookup failed"
-    if (
-        "unknown psk identity" in text
-        or "psk identity not found" in text
-        or "no longer known" in text
-    ):
-        return "unknown identity"
-    if "finished failed authentication" in text:
-        return "wrong key"
-    if "certificate" in text or "unknown ca" in text:
-        return "bad certificate"
-    if "retransmissions" in text:
-        return "no answer"
-    if "decrypt" in text or "bad record mac" in text or "digest check failed" in text:
-        return "wrong key"
-    if "derived different keys" in text:  # the session's own check of the peer's Finished
-        return "wrong key"
-    if "no shared cipher" in text or "no suitable" in text:
-        return "no shared cipher"
-    if "alert" in text:
-        return "alert from peer"
-    return "other"

@@ -108,6 +108,7 @@ __all__ = [
     "DROP_REPLAY",
     "DROP_UNEXPECTED",
     "DROP_WRONG_EPOCH",
+    "FailureKind",
     "HANDSHAKE_KEPT_BUDGET",
     "MAX_PLAINTEXT",
     "ApplicationData",
@@ -182,17 +183,58 @@ class HandshakeComplete:
     resumed: bool = False
 
 
+class FailureKind(enum.StrEnum):
+    """Why a handshake failed, in a word: the bucket of ``statistics().handshakes_failed``.
+
+    Set where the failure is decided, never read back out of a message (a message may quote
+    the peer's own identity, which must not be able to pick its bucket).
+    """
+
+    DEADLINE = "deadline"
+    NO_ANSWER = "no answer"
+    UNKNOWN_IDENTITY = "unknown identity"
+    PSK_LOOKUP_FAILED = "PSK lookup failed"
+    WRONG_KEY = "wrong key"
+    BAD_CERTIFICATE = "bad certificate"
+    NO_SHARED_CIPHER = "no shared cipher"
+    ALERT_FROM_PEER = "alert from peer"
+    INTERNAL_ERROR = "internal error"
+    OTHER = "other"
+
+
+def failure_kind_of_openssl(reason: str) -> FailureKind:
+    """The kind of a handshake OpenSSL failed, from OpenSSL's own reason text.
+
+    Only ever given OpenSSL's words (``openssl_error_reason``): the library's fixed reason
+    strings and the names of alerts, never text of the peer's.
+    """
+    text = reason.lower()
+    if "psk identity not found" in text:
+        return FailureKind.UNKNOWN_IDENTITY
+    if "certificate" in text or "unknown ca" in text:
+        return FailureKind.BAD_CERTIFICATE
+    if "decrypt" in text or "bad record mac" in text or "digest check failed" in text:
+        return FailureKind.WRONG_KEY
+    if "no shared cipher" in text or "no suitable" in text:
+        return FailureKind.NO_SHARED_CIPHER
+    if "alert" in text:
+        return FailureKind.ALERT_FROM_PEER
+    return FailureKind.OTHER
+
+
 @dataclass(frozen=True, slots=True)
 class HandshakeFailed:
     """The handshake is over and failed; any alert OpenSSL wrote is already queued to send.
 
     ``alert_sent`` names the fatal alert going to the peer (``unknown_psk_identity (115)``),
-    ``alert_received`` the one the peer sent us, when there is one.
+    ``alert_received`` the one the peer sent us, when there is one; ``kind`` is the
+    statistics bucket (:class:`FailureKind`).
     """
 
     reason: str
     alert_sent: str | None = None
     alert_received: str | None = None
+    kind: FailureKind = FailureKind.OTHER
 
 
 @dataclass(frozen=True, slots=True)
@@ -1217,7 +1259,7 @@ class DTLSSession:
         if self._retransmissions >= self._policy.max_retransmissions:
             attempts = self._retransmissions
             reason = f"no answer from the peer after {attempts} retransmissions"
-            return self._fail(self.with_finished_failures(reason), now)
+            return self._fail(self.with_finished_failures(reason), now, FailureKind.NO_ANSWER)
         try:
             self._connection.DTLSv1_handle_timeout()
         except SSL.Error as error:
@@ -1408,14 +1450,15 @@ class DTLSSession:
             return events
         except SSL.Error as error:
             events = self._take_callback_events()
-            return events + self._fail(self._handshake_failure_reason(error), now)
+            reason, kind = self._handshake_failure(error)
+            return events + self._fail(reason, now, kind)
         except UnreadablePeerCertificate as error:
             # pyOpenSSL raises what our verify callback raised.  OpenSSL's queued alert says
             # internal_error (it cannot know why the callback refused); ours says what is wrong.
             events = self._take_callback_events()
             drain_write_bio(self._connection)
             self._queue_plaintext_alert(_BAD_CERTIFICATE)
-            return events + self._fail(str(error), now)
+            return events + self._fail(str(error), now, FailureKind.BAD_CERTIFICATE)
         events = self._take_callback_events()
         self._final_flight = self._flush()
         self.state = SessionState.ESTABLISHED
@@ -1586,16 +1629,26 @@ class DTLSSession:
                 return ending
         return None
 
-    def _handshake_failure_reason(self, error: SSL.Error) -> str:
+    def _handshake_failure(self, error: SSL.Error) -> tuple[str, FailureKind]:
+        """What to say of a handshake OpenSSL failed, and its kind (decided before the
+        peer's identity is quoted into the message)."""
         reason = openssl_error_reason(error)
-        if self.psk_identity is not None and "psk identity not found" in reason.lower():
+        kind = failure_kind_of_openssl(reason)
+        if self.psk_identity is not None and kind is FailureKind.UNKNOWN_IDENTITY:
             name = quote_peer_text(self.psk_identity)
             if self.psk_lookup_failure is not None:
-                return f"PSK lookup for {name} failed: {self.psk_lookup_failure} ({reason})"
-            return f"unknown PSK identity {name} ({reason})"
-        return reason
+                return (
+                    f"PSK lookup for {name} failed: {self.psk_lookup_failure} ({reason})",
+                    FailureKind.PSK_LOOKUP_FAILED,
+                )
+            return f"unknown PSK identity {name} ({reason})", kind
+        return reason, kind
 
-    def _fail(self, reason: str, now: float | None) -> list[SessionEvent]:
+    def _fail(
+        self, reason: str, now: float | None, kind: FailureKind | None = None
+    ) -> list[SessionEvent]:
+        """End the session; during a handshake, :class:`HandshakeFailed` of ``kind`` (by
+        default read from ``reason``, which must then be OpenSSL's own words)."""
         # OpenSSL leaves the fatal alert in the write BIO: send it so the peer fails fast.
         sent = self._flush() if self._openssl is not None else []
         was_handshaking = self.state is SessionState.HANDSHAKING
@@ -1607,7 +1660,9 @@ class DTLSSession:
         self.alert_sent = self.alert_sent or _plaintext_fatal_alert(sent)
         self.alert_received = _plaintext_fatal_alert([self._last_received])
         self._last_received = b""
-        return [HandshakeFailed(reason, self.alert_sent, self.alert_received)]
+        if kind is None:
+            kind = failure_kind_of_openssl(reason)
+        return [HandshakeFailed(reason, self.alert_sent, self.alert_received, kind)]
 
     def _reject_bad_finished(self, now: float) -> list[SessionEvent]:
         """Fail the handshake and tell the peer with a fatal ``bad_record_mac`` alert.
@@ -1628,6 +1683,7 @@ class DTLSSession:
             "the peer's Finished failed authentication: the two sides derived different keys "
             "(a wrong PSK?)",
             now,
+            FailureKind.WRONG_KEY,
         )
 
     def _open_datagram(self, protection: RecordProtection, datagram: bytes) -> list[SessionEvent]:
