@@ -42,6 +42,7 @@ from trio_dtls_server._session import (
     DROP_UNEXPECTED,
     HANDSHAKE_KEPT_BUDGET,
     DTLSSession,
+    FailureKind,
     HandshakeComplete,
     HandshakeFailed,
     HandshakeProgress,
@@ -256,7 +257,8 @@ def test_a_wrong_key_whose_finished_comes_alone_fails_when_the_retransmissions_r
     (failed,) = result.server.handle_timer(deadline)
     assert failed == HandshakeFailed(
         "no answer from the peer after 1 retransmissions; 1 record(s) in the place of its "
-        "Finished failed authentication (a wrong PSK, or forged records)"
+        "Finished failed authentication (a wrong PSK, or forged records)",
+        kind=FailureKind.NO_ANSWER,
     )
 
 

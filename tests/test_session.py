@@ -25,6 +25,7 @@ from trio_dtls_server._session import (
     MAX_PLAINTEXT,
     ApplicationData,
     DTLSSession,
+    FailureKind,
     HandshakeComplete,
     HandshakeFailed,
     HandshakeProgress,
@@ -155,7 +156,9 @@ def test_an_unknown_identity_fails_and_queues_the_fatal_alert() -> None:
     reason = "unknown PSK identity 'Mallory' (psk identity not found)"
     assert server_events == [
         PskIdentity(b"Mallory", known=False),
-        HandshakeFailed(reason, alert_sent="unknown_psk_identity (115)"),
+        HandshakeFailed(
+            reason, alert_sent="unknown_psk_identity (115)", kind=FailureKind.UNKNOWN_IDENTITY
+        ),
     ]
     assert result.server.state is SessionState.FAILED
     assert result.server.failure_reason == reason
@@ -170,7 +173,9 @@ def test_an_unknown_identity_fails_and_queues_the_fatal_alert() -> None:
     events = result.client.receive_datagram(alert_datagram, 0.0)
     assert events == [
         HandshakeFailed(
-            "tlsv1 alert unknown psk identity", alert_received="unknown_psk_identity (115)"
+            "tlsv1 alert unknown psk identity",
+            alert_received="unknown_psk_identity (115)",
+            kind=FailureKind.UNKNOWN_IDENTITY,
         )
     ]
     assert result.client.state is SessionState.FAILED
@@ -193,7 +198,9 @@ def test_a_wrong_key_fails_with_a_bad_record_mac_alert() -> None:
         "(a wrong PSK?)"
     )
     assert PskIdentity(IDENTITY_BYTES, known=True) in result.server_events
-    assert result.server_events[-1] == HandshakeFailed(reason, alert_sent="bad_record_mac (20)")
+    assert result.server_events[-1] == HandshakeFailed(
+        reason, alert_sent="bad_record_mac (20)", kind=FailureKind.WRONG_KEY
+    )
     assert result.server.state is SessionState.FAILED
     (alert,) = parse_records(result.server_datagrams[-1])
     assert (alert.content_type, alert.epoch) == (CONTENT_ALERT, 0)
@@ -202,7 +209,7 @@ def test_a_wrong_key_fails_with_a_bad_record_mac_alert() -> None:
     (previous, *_) = reversed(parse_records(result.server_datagrams[-2]))
     assert alert.sequence_number == previous.sequence_number + 1
     assert result.client_events[-1] == HandshakeFailed(
-        "tls alert bad record mac", alert_received="bad_record_mac (20)"
+        "tls alert bad record mac", alert_received="bad_record_mac (20)", kind=FailureKind.WRONG_KEY
     )
     assert result.client.state is SessionState.FAILED
 
@@ -270,7 +277,7 @@ def test_retransmissions_run_out_and_the_handshake_fails() -> None:
     assert deadlines == [1.0, 3.0, 6.0, 9.0]
     assert outcomes[:3] == [[Retransmitted(n, 1)] for n in (1, 2, 3)]
     reason = "no answer from the peer after 3 retransmissions"
-    assert outcomes[3] == [HandshakeFailed(reason)]
+    assert outcomes[3] == [HandshakeFailed(reason, kind=FailureKind.NO_ANSWER)]
     assert result.server.state is SessionState.FAILED
     assert result.server.failure_reason == reason
 
@@ -279,7 +286,9 @@ def test_no_retransmissions_allowed_fails_at_the_first_expiry() -> None:
     policy = RetransmitPolicy(max_retransmissions=0)
     result = support.begin_handshake_in_memory(policy=policy)
     assert result.server.handle_timer(1.0) == [
-        HandshakeFailed("no answer from the peer after 0 retransmissions")
+        HandshakeFailed(
+            "no answer from the peer after 0 retransmissions", kind=FailureKind.NO_ANSWER
+        )
     ]
 
 

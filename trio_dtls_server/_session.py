@@ -209,7 +209,7 @@ def failure_kind_of_openssl(reason: str) -> FailureKind:
     strings and the names of alerts, never text of the peer's.
     """
     text = reason.lower()
-    if "psk identity not found" in text:
+    if "psk identity not found" in text or "unknown psk identity" in text:
         return FailureKind.UNKNOWN_IDENTITY
     if "certificate" in text or "unknown ca" in text:
         return FailureKind.BAD_CERTIFICATE
