@@ -6,9 +6,12 @@ a malformed exposition fails here as it would in Prometheus.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -188,3 +191,60 @@ async def test_serve_metrics_flag_end_to_end() -> None:
         process.terminate()
         with trio.fail_after(20):
             assert await process.wait() == 0
+
+
+async def _scrape_until(
+    address: tuple[str, int], ready: Callable[[Samples], bool], *, timeout: float = 20.0
+) -> Samples:
+    """Scrape until ``ready`` holds: workers report their statistics once a second."""
+    with trio.fail_after(timeout):
+        while True:
+            samples = await _scrape(address)
+            if ready(samples):
+                return samples
+            await trio.sleep(0.2)
+
+
+async def test_metrics_sum_two_workers_and_survive_a_worker_restart() -> None:
+    """``serve --workers 2 --metrics``: the counters move with traffic on both workers, sum
+    them, and keep the count of a worker that was killed (its replacement starts from zero)."""
+    from test_cli import start_serve
+    from test_workers import in_thread, worker_of, worker_pids
+
+    server, port = start_serve("--workers", "2", "--psk-hex", KEY.hex(), "--metrics", "127.0.0.1:0")
+    with server:
+        found = await in_thread(server.stdout.wait_for, r"http://127\.0\.0\.1:(\d+)/metrics")
+        metrics = ("127.0.0.1", int(found.group(1)))
+        before = await _scrape_until(metrics, lambda s: s[("dtls_workers", ())] == 2)
+        assert before[("dtls_handshakes_succeeded_total", ())] == 0
+        served: dict[int, int] = {1: 0, 2: 0}
+        clients: list[DTLSClient] = []
+        try:
+            for _ in range(30):
+                if min(served.values()) >= 2 and sum(served.values()) >= 8:
+                    break
+                client = await DTLSClient.connect("127.0.0.1", port, identity="m", key=KEY)
+                clients.append(client)
+                await client.send(b"hello")
+                await client.receive()
+                served[await in_thread(worker_of, server, client.local_address[1])] += 1
+            assert min(served.values()) >= 2
+            total = sum(served.values())
+            during = await _scrape_until(
+                metrics, lambda s: s[("dtls_handshakes_succeeded_total", ())] == total
+            )
+            assert during[("dtls_application_records_received_total", ())] == total
+            assert during[("dtls_associations", ())] == total
+            assert during[("dtls_handshake_duration_seconds_count", ())] == total
+            # Kill a worker: its count is kept, the restart is counted.
+            os.kill(worker_pids(server)[1], signal.SIGKILL)
+            after = await _scrape_until(
+                metrics, lambda s: s[("dtls_worker_restarts_total", ())] == 1
+            )
+            assert after[("dtls_handshakes_succeeded_total", ())] == total
+            assert after[("dtls_application_records_received_total", ())] == total
+        finally:
+            for client in clients:
+                await client.aclose()
+        server.send_signal(signal.SIGTERM)
+        assert await in_thread(server.wait) == 0
