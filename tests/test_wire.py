@@ -729,11 +729,16 @@ class TestParsePskIdentity:
         ):
             parse_psk_identity_from_client_key_exchange(b"\x00\x0aabc")
 
-    @pytest.mark.parametrize("size", [255, 256, 300, 0xFFFF])
+    @pytest.mark.parametrize("size", [255, 256, 257, 300, 0xFFFF])
     def test_identity_lengths_use_both_bytes(self, size: int) -> None:
         identity = bytes(i % 251 for i in range(size))
         body = size.to_bytes(2, "big") + identity + b"\x41" + bytes(65)
-        assert parse_psk_identity_from_client_key_exchange(body) == identity
+        if size <= 256:  # OpenSSL's limit (PSK_MAX_IDENTITY_LEN)
+            assert parse_psk_identity_from_client_key_exchange(body) == identity
+            return
+        # Refused, and the message shows the length was read from both bytes.
+        with pytest.raises(MalformedDatagram, match=rf"^PSK identity of {size} bytes exceeds"):
+            parse_psk_identity_from_client_key_exchange(body)
 
     def test_a_long_identity_past_end(self) -> None:
         with pytest.raises(
