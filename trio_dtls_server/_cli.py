@@ -458,6 +458,50 @@ def _add_certificate_options(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_server_address(parser: argparse.ArgumentParser) -> None:
+    """``HOST [PORT]``: the server a ``client`` or ``probe`` talks to."""
+    parser.add_argument("host", metavar="HOST", help="the server's address or name")
+    parser.add_argument(
+        "port",
+        metavar="PORT",
+        type=_port,
+        nargs="?",
+        default=DEFAULT_PORT,
+        help=f"the server's port (default: {DEFAULT_PORT})",
+    )
+
+
+def _add_server_check_options(parser: argparse.ArgumentParser) -> None:
+    """How a ``client`` or ``probe`` checks a certificate server, and what it shows it."""
+    certificates = parser.add_argument_group("certificates")
+    certificates.add_argument(
+        "--ca",
+        metavar="PEM",
+        default=None,
+        help="CA bundle the server's certificate must chain to; offers certificate suites "
+        "(default: none: PSK suites only, and a server certificate is never accepted)",
+    )
+    certificates.add_argument(
+        "--server-name",
+        metavar="NAME",
+        default=None,
+        help="with --ca: the name (or IP address) the server's certificate must carry "
+        "(default: HOST)",
+    )
+    certificates.add_argument(
+        "--certificate",
+        metavar="PEM",
+        default=None,
+        help="our own certificate, for servers that ask for one; needs --ca (default: none)",
+    )
+    certificates.add_argument(
+        "--private-key",
+        metavar="PEM",
+        default=None,
+        help="that certificate's private key (default: read from the --certificate file)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``trio-dtls-server`` argument parser, with its ``serve`` and ``client`` commands."""
     parser = argparse.ArgumentParser(
@@ -564,15 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
         "association with close_notify and exit 130 / 143.",
         formatter_class=_Formatter,
     )
-    client.add_argument("host", metavar="HOST", help="the server's address")
-    client.add_argument(
-        "port",
-        metavar="PORT",
-        type=_port,
-        nargs="?",
-        default=DEFAULT_PORT,
-        help=f"the server's port (default: {DEFAULT_PORT})",
-    )
+    _add_server_address(client)
     client.add_argument(
         "--connections",
         type=_positive_int,
@@ -633,34 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
         "key, its certificate suites with --ca) or an OpenSSL cipher string to offer "
         "(default: 'default', the AEAD suites)",
     )
-    certificates = client.add_argument_group("certificates")
-    certificates.add_argument(
-        "--ca",
-        metavar="PEM",
-        default=None,
-        help="CA bundle the server's certificate must chain to; offers certificate suites "
-        "(default: none: PSK suites only, and a server certificate is never accepted)",
-    )
-    certificates.add_argument(
-        "--server-name",
-        metavar="NAME",
-        default=None,
-        help="with --ca: the name (or IP address) the server's certificate must carry "
-        "(default: HOST)",
-    )
-    certificates.add_argument(
-        "--certificate",
-        metavar="PEM",
-        default=None,
-        help="the client's own certificate, for servers that ask for one; needs --ca "
-        "(default: none)",
-    )
-    certificates.add_argument(
-        "--private-key",
-        metavar="PEM",
-        default=None,
-        help="the client certificate's private key (default: read from the --certificate file)",
-    )
+    _add_server_check_options(client)
     _add_display_options(client)
 
     probe = commands.add_parser(
@@ -673,15 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
         "named), no_reply, closed, unexpected_reply.  For load balancers and Kubernetes.",
         formatter_class=_Formatter,
     )
-    probe.add_argument("host", metavar="HOST", help="the server's address or name")
-    probe.add_argument(
-        "port",
-        metavar="PORT",
-        type=_port,
-        nargs="?",
-        default=DEFAULT_PORT,
-        help=f"the server's port (default: {DEFAULT_PORT})",
-    )
+    _add_server_address(probe)
     probe.add_argument(
         "--identity",
         default="probe",
@@ -720,32 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="a cipher profile or an OpenSSL cipher string to offer (default: 'default')",
     )
-    probe_certificates = probe.add_argument_group("certificates")
-    probe_certificates.add_argument(
-        "--ca",
-        metavar="PEM",
-        default=None,
-        help="CA bundle the server's certificate must chain to; offers certificate suites "
-        "(default: none: PSK suites only)",
-    )
-    probe_certificates.add_argument(
-        "--server-name",
-        metavar="NAME",
-        default=None,
-        help="with --ca: the name the server's certificate must carry (default: HOST)",
-    )
-    probe_certificates.add_argument(
-        "--certificate",
-        metavar="PEM",
-        default=None,
-        help="the probe's own certificate, for servers that ask for one (default: none)",
-    )
-    probe_certificates.add_argument(
-        "--private-key",
-        metavar="PEM",
-        default=None,
-        help="that certificate's private key (default: read from the --certificate file)",
-    )
+    _add_server_check_options(probe)
     return parser
 
 
