@@ -1,6 +1,6 @@
 """Giving the C heap back to the system once a wave of handshakes is over.
 
-A handshake in flight holds one OpenSSL connection: about 70 KB of C memory in many blocks
+A handshake in flight holds one OpenSSL connection: about 80 KB of C memory in many blocks
 (record buffers, handshake hashes, the flight kept for retransmission).  When the handshakes of
 a wave end -- completed (an AEAD session then lets its connection go) or abandoned at the
 deadline -- every block is freed at once (see ``DTLSSession.__init__``: nothing waits for the
@@ -9,7 +9,8 @@ the system only from the top of the heap: with other blocks allocated above them
 megabytes stay in the process, and the RSS stays at the wave's peak.  Measured with
 ``benchmarks/churn_memory.py`` (waves of 300 abandoned handshakes): after each wave the heap
 holds 7.0 MB in use, exactly as before the first wave, and 25 MB free; ``malloc_trim(0)`` brings
-the RSS from 65-72 MB down to 47 MB, and the next wave's peak is the same either way.
+the RSS from 65-72 MB down to 47-49 MB (in 2-6 ms), and the next wave's peak is the same either
+way (65 MB).
 
 So when the last handshake in flight ends, after enough of them ended to be worth it, the
 server asks glibc to return its free pages (``malloc_trim(0)``; a few milliseconds for tens of

@@ -529,7 +529,7 @@ class DTLSSession:
         # data -- through a weak proxy: the session owns the connection, and a strong reference
         # back would make a cycle that only Python's cycle collector breaks.  Until a full
         # collection (rare: the Python side of a session is a few small objects) every ended
-        # session would keep its connection, ~70 KB of C memory the collector does not see:
+        # session would keep its connection, ~80 KB of C memory the collector does not see:
         # under handshake churn the RSS grew by ~100 MB.  With the proxy, a session and its
         # connection go the moment the last reference does.  The callbacks run only inside the
         # session's own calls into OpenSSL, so the proxy is always alive when they use it.
