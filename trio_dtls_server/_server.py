@@ -56,6 +56,7 @@ from ._events import (
     describe_exception,
     peer_info,
 )
+from ._heap import HeapTrimmer
 from ._openssl import (
     configure_session_resumption,
     install_server_psk,
@@ -220,6 +221,8 @@ class DTLSServer:
         )
         self._peers: dict[Address, PeerSlot] = {}
         self._handshaking = 0
+        # Gives the C heap back once a wave of handshakes has ended (see _heap).
+        self._heap = HeapTrimmer()
         self._transport: DatagramTransport | None = None
         self._nursery: trio.Nursery | None = None
         self._send_lock = trio.Lock()
@@ -755,6 +758,17 @@ class DTLSServer:
         )
         self._nursery.start_soon(self._run_peer, slot, hello)
 
+    def _handshake_over(self) -> None:
+        """One handshake fewer in flight (it completed or failed).  The last one of a wave
+        schedules a heap trim (see :mod:`._heap`): as a task of its own, which runs after the
+        ending peer task has finished and its OpenSSL connection has been freed too."""
+        self._handshaking -= 1
+        if self._heap.handshake_ended(self._handshaking) and self._nursery is not None:
+            self._nursery.start_soon(self._trim_heap)
+
+    async def _trim_heap(self) -> None:
+        self._heap.trim()
+
     def _refuse(self, address: Address, why: str) -> None:
         self._stats.handshakes_refused += 1
         self._warn("handshake_refused", f"{peer_info(address)}: handshake refused: {why}", address)
@@ -810,7 +824,7 @@ class DTLSServer:
         finally:
             slot.finished = True
             if slot.established is False:
-                self._handshaking -= 1
+                self._handshake_over()
             # Server shutdown, eviction or a handler that returned: say goodbye.  Not on
             # replacement: the restarted client has no keys for the old epoch.
             replaced = (slot.ended_by_server or "").startswith("replaced")
@@ -1026,7 +1040,7 @@ class DTLSServer:
                 # last_activity still holds the admission time: nothing moves it before this.
                 self._stats.record_handshake_duration(now - slot.last_activity)
                 slot.last_activity = now
-                self._handshaking -= 1
+                self._handshake_over()
                 self._stats.handshakes_completed += 1
                 if event.resumed:
                     self._stats.handshakes_resumed += 1

@@ -51,6 +51,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -566,7 +567,15 @@ class DTLSSession:
         #: handshake), and a close_notify or fatal alert that came with it; the owner takes
         #: them with :meth:`take_early_events` once established.
         self._early_events: list[SessionEvent] = []
-        connection.set_app_data(self)
+        # OpenSSL's callbacks (PSK, alerts read) find the session through the connection's app
+        # data -- through a weak proxy: the session owns the connection, and a strong reference
+        # back would make a cycle that only Python's cycle collector breaks.  Until a full
+        # collection (rare: the Python side of a session is a few small objects) every ended
+        # session would keep its connection, ~80 KB of C memory the collector does not see:
+        # under handshake churn the RSS grew by ~100 MB.  With the proxy, a session and its
+        # connection go the moment the last reference does.  The callbacks run only inside the
+        # session's own calls into OpenSSL, so the proxy is always alive when they use it.
+        connection.set_app_data(weakref.proxy(self))
         connection.set_ciphertext_mtu(mtu)
 
     # -- construction -------------------------------------------------------------------------
