@@ -177,9 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         native_options = native_options_from(arguments)
         native_run = functools.partial(run_native, generator, native_options, progress=progress)
         per_core = "per_core" in native_options.scenarios
+        python_runs = not (arguments.scaling_only or arguments.no_python)
         if (
             not isinstance(generator, str)
             and per_core
+            and python_runs
             and not arguments.python_rates
             and not arguments.only
         ):

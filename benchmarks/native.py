@@ -71,7 +71,7 @@ class NativeOptions:
 
     quick: bool = False
     rounds: int = 2
-    handshakes: int = 3_000
+    handshakes: int = 5_000
     handshake_concurrency: int = 64
     echo_peers: int = 50
     echo_duration: float = 8.0

@@ -362,15 +362,15 @@ def render(results: dict[str, Any]) -> str:
         f"({machine.get('openssl')}); load average at start {machine.get('load_average_at_start')}"
     )
     rounds = options.get("rounds", 1)
-    out.append(
-        f"started {results.get('started_at')}, took {results.get('elapsed_s')} s; windows "
-        f"{options.get('duration')} s after {options.get('warmup')} s warm-up"
-        + (
-            f"; rate workloads: best of {rounds} alternating rounds per server"
-            if rounds > 1
-            else ""
+    started = f"started {results.get('started_at')}, took {results.get('elapsed_s')} s"
+    if results.get("workloads"):
+        started += (
+            f"; Python generator: windows {options.get('duration')} s after "
+            f"{options.get('warmup')} s warm-up"
         )
-    )
+        if rounds > 1:
+            started += f", rate workloads: best of {rounds} alternating rounds per server"
+    out.append(started)
     native = results.get("native")
     if isinstance(native, dict):
         out.append("")

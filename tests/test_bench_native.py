@@ -7,6 +7,7 @@ the pieces whose mistakes would silently turn into wrong numbers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 # The benchmarks package lives beside tests/, which is what pytest puts on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.dtlsload import DtlsloadOutputError, aggregate, parse_output
+from benchmarks.dtlsload import DtlsloadOutputError, Generator, aggregate, locate, parse_output
 from benchmarks.native import parse_metrics, plan_cpus
 from benchmarks.native_report import native_targets, render_native
 
@@ -173,3 +174,28 @@ def test_render_says_which_scenarios_were_skipped_and_why() -> None:
     assert "Native load generator: none" in text
     assert f"Per core, ours vs trio.DTLSEndpoint: SKIPPED: {reason}" in text
     assert f"Burst: SKIPPED: {reason}" in text
+
+
+def test_locate_says_why_there_is_no_dtlsload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DTLSLOAD", raising=False)
+    monkeypatch.setenv("DTLSLOAD_SRC", str(tmp_path))  # no dtlsload.c there
+    reason = locate(None, build_directory=tmp_path / "build")
+    assert isinstance(reason, str)
+    assert "no dtlsload" in reason
+    not_a_program = tmp_path / "dtlsload"
+    not_a_program.write_text("")
+    reason = locate(not_a_program)
+    assert isinstance(reason, str)
+    assert "not an executable file" in reason
+
+
+def test_locate_records_a_given_binary_by_its_hash(tmp_path: Path) -> None:
+    program = tmp_path / "dtlsload"
+    program.write_bytes(b"#!/bin/sh\n")
+    program.chmod(0o755)
+    generator = locate(program)
+    assert isinstance(generator, Generator)
+    assert generator.sha256 == hashlib.sha256(b"#!/bin/sh\n").hexdigest()
+    assert generator.as_dict()["path"] == str(program.resolve())
