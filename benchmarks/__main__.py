@@ -195,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.workloads = []
         options.profile = "none"
         options.floor = False
-    print(f"running {', '.join(options.workloads) or 'no'} Python-generator workloads ...")
+    workloads = ", ".join(options.workloads) or "no"
+    print(f"then the Python generator: {workloads} workloads", flush=True)
     results = run_benchmarks(options, progress=progress, native=native_run, notes=notes)
     print()
     print(render(results))

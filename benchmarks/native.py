@@ -78,6 +78,10 @@ class NativeOptions:
     scaling_workers: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     scaling_handshakes_per_worker: int = 2_000
     scaling_echo_peers: int = 256
+    #: Handshakes in flight in the scaling table, per worker of the *largest* row: the same
+    #: total for every row (so the load is the same), enough to keep the largest busy, and
+    #: few enough that one worker answers within dtlsload's 1 s retransmission timeout.
+    scaling_concurrency_per_worker: int = 32
     max_generators: int = 8
     burst_peers: int = 1_000
     burst_inflight: int = 3
@@ -546,6 +550,8 @@ def run_scaling(
     if 1 not in counts:
         counts.insert(0, 1)
     generators = generator_count(available, max(counts), options.max_generators)
+    in_flight = options.scaling_concurrency_per_worker * max(counts)
+    per_generator = max(1, in_flight // generators)
     rows: list[dict[str, Any]] = []
     for workers in counts:
         plan = plan_cpus(available, workers, generators)
@@ -561,7 +567,7 @@ def run_scaling(
                         server.port,
                         PLAIN_PSK_SUITE,
                         total,
-                        options.handshake_concurrency,
+                        per_generator,
                         plan.generators,
                     ),
                 )
@@ -586,7 +592,9 @@ def run_scaling(
         rows.append(row)
         progress(
             f"  native scaling {workers} worker(s): handshakes/s "
-            f"{_get_rate(row, 'handshake')}, round trips/s {_get_rate(row, 'roundtrip')}"
+            f"{_get_rate(row, 'handshake')} (retransmits "
+            f"{row.get('handshake', {}).get('hs_retransmits')}), round trips/s "
+            f"{_get_rate(row, 'roundtrip')}; {plan.describe()}"
         )
     base_hs, base_rt = _get_rate(rows[0], "handshake"), _get_rate(rows[0], "roundtrip")
     for row in rows:
@@ -596,6 +604,7 @@ def run_scaling(
         "generators": generators,
         "suite": PLAIN_PSK_SUITE,
         "handshakes_per_worker": options.scaling_handshakes_per_worker,
+        "handshakes_in_flight": per_generator * generators,
         "echo_peers": options.scaling_echo_peers,
         "rows": rows,
     }

@@ -127,7 +127,8 @@ def _scaling_table(scaling: dict[str, Any]) -> list[str]:
     lines = [
         f"Scaling: ours with N workers (serve --workers N, one core each), the same load each "
         f"row: {scaling.get('generators')} dtlsload process(es); {scaling.get('suite')}, "
-        f"{_n(scaling.get('handshakes_per_worker'))} handshakes per worker; "
+        f"{_n(scaling.get('handshakes_per_worker'))} handshakes per worker, "
+        f"{_n(scaling.get('handshakes_in_flight'))} in flight in all; "
         f"{scaling.get('echo_peers')} echo peers",
         "",
         "| workers | handshakes/s | ratio to 1 worker | round trips/s | ratio to 1 worker "
