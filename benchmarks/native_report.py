@@ -171,6 +171,9 @@ def _burst_table(burst: dict[str, Any]) -> list[str]:
         text = f"{label}: --receive-buffer {requested}" if label == "before" else f"{label}: "
         if label != "before":
             text += str(requested)
+            rmem_max = burst.get("rmem_max")
+            if isinstance(rmem_max, int) and rmem_max < 8 << 20:
+                text += f", capped by Linux at rmem_max {rmem_max:,}"
         if "error" in record:
             lines.append(f"| {text} | ERROR {record['error']} | | | |")
             continue
