@@ -76,7 +76,7 @@ class NativeOptions:
     echo_peers: int = 50
     echo_duration: float = 8.0
     scaling_workers: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    scaling_handshakes_per_worker: int = 2_000
+    scaling_handshakes_per_worker: int = 6_000
     scaling_echo_peers: int = 256
     #: Handshakes in flight in the scaling table, per worker of the *largest* row: the same
     #: total for every row (so the load is the same), enough to keep the largest busy, and

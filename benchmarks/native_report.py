@@ -132,18 +132,20 @@ def _scaling_table(scaling: dict[str, Any]) -> list[str]:
         f"{scaling.get('echo_peers')} echo peers",
         "",
         "| workers | handshakes/s | ratio to 1 worker | round trips/s | ratio to 1 worker "
-        "| RSS MiB (all processes) | CPUs |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| RSS MiB (all processes) | busiest dtlsload, cores (handshakes; round trips) "
+        "| CPUs |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for row in scaling.get("rows", []):
         if "error" in row:
-            lines.append(f"| {row.get('workers')} | ERROR {row['error']} | | | | | |")
+            lines.append(f"| {row.get('workers')} | ERROR {row['error']} | | | | | | |")
             continue
         handshake, roundtrip = row.get("handshake", {}), row.get("roundtrip", {})
         lines.append(
             f"| {row.get('workers')} | {_n(handshake.get('rate'))} | "
             f"{_x(row.get('handshake_ratio'))} | {_n(roundtrip.get('rate'))} | "
-            f"{_x(row.get('roundtrip_ratio'))} | {_mib(row.get('rss_kib'))} | {row.get('cpus')} |"
+            f"{_x(row.get('roundtrip_ratio'))} | {_mib(row.get('rss_kib'))} | "
+            f"{_busiest(handshake)}; {_busiest(roundtrip)} | {row.get('cpus')} |"
         )
     if any(row.get("shared") for row in scaling.get("rows", [])):
         lines.append("")
@@ -153,6 +155,15 @@ def _scaling_table(scaling: dict[str, Any]) -> list[str]:
             "what the workers alone would do."
         )
     return lines
+
+
+def _busiest(record: dict[str, Any]) -> str:
+    """The largest CPU share of any one dtlsload process (near 1.0: the generator limited the
+    row, not the server)."""
+    shares = record.get("generator_cpu")
+    if not isinstance(shares, list) or not shares:
+        return "-"
+    return _n(max(shares), 2)
 
 
 def _burst_table(burst: dict[str, Any]) -> list[str]:

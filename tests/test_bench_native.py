@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.dtlsload import DtlsloadOutputError, Generator, aggregate, locate, parse_output
-from benchmarks.native import parse_metrics, plan_cpus
+from benchmarks.native import generator_count, parse_metrics, plan_cpus
 from benchmarks.native_report import native_targets, render_native
 
 #: Shaped like dtlsload's real output (keys as its README lists them).
@@ -107,6 +107,12 @@ def test_cpu_plan_keeps_server_and_generators_apart_where_it_can() -> None:
         assert plan.server == tuple(range(workers))
         assert plan.generators == tuple(range(8, 16))
         assert not plan.shared
+
+
+def test_generator_count_uses_the_cpus_the_largest_server_leaves() -> None:
+    assert generator_count(range(16), 8, 8) == 8
+    assert generator_count(range(16), 4, 8) == 8  # never more than the maximum
+    assert generator_count(range(2), 2, 8) == 1  # at least one, even sharing a core
 
 
 def test_parse_metrics_sums_label_sets_and_skips_comments() -> None:
