@@ -54,7 +54,12 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks against trio.DTLSEndpoint, measured in the same run (see benchmarks/)."""
+    """Benchmarks against trio.DTLSEndpoint, measured in the same run (see benchmarks/).
+
+    The native scenarios use dtlsload: ``$DTLSLOAD``, else built from ../shared/tools/dtlsload
+    into build/dtlsload (needs make, gcc, libssl-dev); without it they are skipped, with the
+    reason in the report.  ``nox -s bench -- --quick`` is the smoke run.
+    """
     session.install("-e", ".")
     session.run("python", "-m", "benchmarks", *session.posargs)
 

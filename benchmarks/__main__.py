@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from .dtlsload import locate
+from .native import SCENARIOS, NativeOptions, run_native
 from .report import render, save_results
 from .runner import WORKLOADS, BenchOptions, run_benchmarks
 
@@ -50,6 +54,55 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pin", action="store_true", help="pin server and generator to separate CPUs"
     )
+    native = parser.add_argument_group(
+        "native load generator (dtlsload)",
+        "Per-core ours vs trio, the scaling table and the burst scenario are driven by "
+        "dtlsload, pinned to CPUs of its own; the churn scenario uses Python clients.",
+    )
+    native.add_argument(
+        "--dtlsload",
+        type=Path,
+        default=None,
+        help="a prebuilt dtlsload binary (else $DTLSLOAD, else build ../shared/tools/dtlsload "
+        "into build/dtlsload with make, gcc and libssl-dev)",
+    )
+    native.add_argument(
+        "--native",
+        choices=["auto", "require", "skip"],
+        default="auto",
+        help="auto: run the dtlsload scenarios when dtlsload is there or builds, else skip "
+        "them and say why; require: exit 2 without it; skip: never (default: auto)",
+    )
+    native.add_argument(
+        "--scenario",
+        action="append",
+        choices=list(SCENARIOS),
+        help="run only this native scenario (repeatable; default: all)",
+    )
+    native.add_argument(
+        "--workers-list",
+        type=_worker_counts,
+        default=None,
+        help="worker counts for the scaling table, e.g. 1,2,4,8 (counts above the usable "
+        "CPUs are left out; default 1,2,4,8)",
+    )
+    native.add_argument(
+        "--scaling-only",
+        action="store_true",
+        help="only ours vs trio on one core and the scaling table, dtlsload required; no "
+        "Python generator, profile or floor probe (the device script's run)",
+    )
+    native.add_argument(
+        "--python-rates",
+        action="store_true",
+        help="also run the Python generator's handshake and round-trip workloads when "
+        "dtlsload ran (they are superseded by the native ones otherwise)",
+    )
+    native.add_argument(
+        "--no-python",
+        action="store_true",
+        help="skip every Python-generator workload, the profile and the floor probe",
+    )
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIRECTORY)
     parser.add_argument("--no-save", action="store_true", help="do not write JSON files")
     parser.add_argument("--render", type=Path, help="only re-render a saved JSON result file")
@@ -72,20 +125,89 @@ def options_from(arguments: argparse.Namespace) -> BenchOptions:
     return options
 
 
+def _worker_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list like 1,2,4,8") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: worker counts must be 1 or more")
+    return counts
+
+
+#: The Python generator's workloads that the native per-core scenario supersedes.
+SUPERSEDED = ("handshake-psk", "handshake-ecdhe", "roundtrip")
+
+
+def native_options_from(arguments: argparse.Namespace) -> NativeOptions:
+    native = NativeOptions.quick_defaults() if arguments.quick else NativeOptions()
+    if arguments.scaling_only:
+        native.scenarios = ["per_core", "scaling"]
+    if arguments.scenario:
+        native.scenarios = [name for name in SCENARIOS if name in arguments.scenario]
+    if arguments.workers_list:
+        native.scaling_workers = list(arguments.workers_list)
+    return native
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     if arguments.render is not None:
         print(render(json.loads(arguments.render.read_text())))
         return 0
     options = options_from(arguments)
-    print(f"running {', '.join(options.workloads)} against ours and trio.DTLSEndpoint ...")
-    results = run_benchmarks(options, progress=lambda line: print(line, flush=True))
+    progress = _progress
+    notes: list[str] = []
+    native_run: Callable[[Path], dict[str, Any]] | None = None
+    mode = "require" if arguments.scaling_only else arguments.native
+    if mode != "skip":
+        print("native load generator: looking for dtlsload ...", flush=True)
+        generator = locate(arguments.dtlsload)
+        if isinstance(generator, str):
+            if mode == "require":
+                print(f"python -m benchmarks: error: {generator}", file=sys.stderr)
+                return 2
+            notes.append(
+                f"native scenarios that need dtlsload SKIPPED: {generator}. The rate figures "
+                "come from the Python generator, which shares the cores with the server."
+            )
+            print(f"native load generator: NONE: {generator}", flush=True)
+        else:
+            print(f"native load generator: {generator.path} ({generator.origin})", flush=True)
+        native_options = native_options_from(arguments)
+        native_run = functools.partial(run_native, generator, native_options, progress=progress)
+        per_core = "per_core" in native_options.scenarios
+        python_runs = not (arguments.scaling_only or arguments.no_python)
+        if (
+            not isinstance(generator, str)
+            and per_core
+            and python_runs
+            and not arguments.python_rates
+            and not arguments.only
+        ):
+            options.workloads = [name for name in options.workloads if name not in SUPERSEDED]
+            notes.append(
+                "handshake and round-trip rates come from dtlsload (per core, pinned); the "
+                "Python generator ran only the memory and capacity workloads (--python-rates "
+                "runs its rate workloads too)"
+            )
+    if arguments.scaling_only or arguments.no_python:
+        options.workloads = []
+        options.profile = "none"
+        options.floor = False
+    workloads = ", ".join(options.workloads) or "no"
+    print(f"then the Python generator: {workloads} workloads", flush=True)
+    results = run_benchmarks(options, progress=progress, native=native_run, notes=notes)
     print()
     print(render(results))
     if not arguments.no_save:
         latest, stamped = save_results(results, arguments.output_dir)
         print(f"\nresults written to {latest} and {stamped}")
     return 0
+
+
+def _progress(line: str) -> None:
+    print(line, flush=True)
 
 
 if __name__ == "__main__":

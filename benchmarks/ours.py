@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from trio_dtls_server import DTLSConnection, DTLSServer, ServerConfig
+from trio_dtls_server._server import qt_ack_handler
 
 from .common import BENCH_IDENTITY, BENCH_KEY, BENCH_MTU
 from .server_harness import run_server_main
@@ -42,9 +43,10 @@ async def echo(connection: DTLSConnection) -> None:
 
 
 class OurBenchServer:
-    def __init__(self, suite: str) -> None:
+    def __init__(self, suite: str, reply: str = "echo") -> None:
+        handler = qt_ack_handler if reply == "qt" else echo
         self._server = DTLSServer(
-            psk={BENCH_IDENTITY: BENCH_KEY}, handler=echo, config=bench_config(suite)
+            psk={BENCH_IDENTITY: BENCH_KEY}, handler=handler, config=bench_config(suite)
         )
 
     async def run(self, host: str, *, task_status: trio.TaskStatus[int]) -> None:

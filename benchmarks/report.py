@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .native_report import native_targets, render_native
 from .profiling import format_profile
 
 __all__ = ["GENERATOR_SATURATED", "evaluate_targets", "render", "save_results"]
@@ -281,6 +282,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             passed,
             "reduced scale (--quick)" if options.get("quick") else "",
         )
+    targets += native_targets(results.get("native") or {})
     return targets
 
 
@@ -360,20 +362,34 @@ def render(results: dict[str, Any]) -> str:
         f"({machine.get('openssl')}); load average at start {machine.get('load_average_at_start')}"
     )
     rounds = options.get("rounds", 1)
-    out.append(
-        f"started {results.get('started_at')}, took {results.get('elapsed_s')} s; windows "
-        f"{options.get('duration')} s after {options.get('warmup')} s warm-up"
-        + (
-            f"; rate workloads: best of {rounds} alternating rounds per server"
-            if rounds > 1
-            else ""
+    started = f"started {results.get('started_at')}, took {results.get('elapsed_s')} s"
+    if results.get("workloads"):
+        started += (
+            f"; Python generator: windows {options.get('duration')} s after "
+            f"{options.get('warmup')} s warm-up"
         )
-    )
-    out.append("")
-    out += _table(results)
-    out.append("")
-    out.append("CPU during the measured windows, in cores (the machine may be shared):")
-    out += _cpu_lines(results)
+        if rounds > 1:
+            started += f", rate workloads: best of {rounds} alternating rounds per server"
+    out.append(started)
+    native = results.get("native")
+    if isinstance(native, dict):
+        out.append("")
+        out += render_native(native)
+    if results.get("workloads"):
+        out.append("")
+        out.append(
+            "Python load generator (benchmarks.loadgen, sharing the machine's cores with the "
+            "server):"
+        )
+        out.append("")
+        out += _table(results)
+        out.append("")
+        out.append("CPU during the measured windows, in cores (the machine may be shared):")
+        out += _cpu_lines(results)
+    notes = results.get("notes") or []
+    if notes:
+        out.append("")
+        out += [f"NOTE: {note}" for note in notes]
     out.append("")
     out.append("Targets:")
     for target in evaluate_targets(results):

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -423,6 +423,7 @@ def describe_machine() -> dict[str, Any]:
     return {
         "cpu": cpu_model,
         "cores": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
         "memory_gib": memory_gib,
         "kernel": platform.release(),
         "python": platform.python_version(),
@@ -437,8 +438,15 @@ def describe_machine() -> dict[str, Any]:
 # -- the whole run --------------------------------------------------------------------------------
 
 
-def run_benchmarks(options: BenchOptions, progress: Any = print) -> dict[str, Any]:
-    """Run every selected workload against both servers; return the full results."""
+def run_benchmarks(
+    options: BenchOptions,
+    progress: Any = print,
+    native: Callable[[Path], dict[str, Any]] | None = None,
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run the native scenarios (``native``, given the scratch directory: see
+    :mod:`benchmarks.native`), then every selected Python-generator workload against both
+    servers; return the full results.  ``notes`` are printed with the report."""
     started = time.monotonic()
     results: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -447,9 +455,12 @@ def run_benchmarks(options: BenchOptions, progress: Any = print) -> dict[str, An
         "workloads": {},
         "profiles": {},
         "floor": [],
+        "notes": list(notes),
     }
     with tempfile.TemporaryDirectory(prefix="dtls-bench-") as temporary:
         workdir = Path(temporary)
+        if native is not None:
+            results["native"] = native(workdir)
         for name in options.workloads:
             results["workloads"][name] = _run_pair(name, options, workdir, progress)
         if options.profile != "none":

@@ -60,6 +60,12 @@ def _arguments(description: str, argv: Sequence[str] | None) -> argparse.Namespa
     parser.add_argument("--report-file", type=Path, required=True)
     parser.add_argument("--cprofile", type=Path, default=None, help="dump cProfile stats here")
     parser.add_argument("--tracemalloc", action="store_true", help="report allocation sites")
+    parser.add_argument(
+        "--reply",
+        choices=["echo", "qt"],
+        default="echo",
+        help="echo each datagram, or answer Qt's 'to (address:port): ACK' (what dtlsload checks)",
+    )
     return parser.parse_args(argv)
 
 
@@ -110,13 +116,14 @@ def _grown_sites(
 
 
 def run_server_main(
-    make_server: Callable[[str], BenchServer], description: str, argv: Sequence[str] | None
+    make_server: Callable[[str, str], BenchServer], description: str, argv: Sequence[str] | None
 ) -> int:
-    """Parse the common options, build the server for ``--suite``, run it until signalled."""
+    """Parse the common options, build the server for ``--suite`` and ``--reply``, run it
+    until signalled."""
     arguments = _arguments(description, argv)
     if arguments.tracemalloc:
         tracemalloc.start(1)
-    server = make_server(arguments.suite)
+    server = make_server(arguments.suite, arguments.reply)
     profiler = cProfile.Profile() if arguments.cprofile else None
     if profiler is not None:
         profiler.enable()

@@ -30,8 +30,11 @@ INCOMING_PACKETS_BUFFER = 64
 
 
 class TrioEndpointBenchServer:
-    def __init__(self, suite: str) -> None:
+    def __init__(self, suite: str, reply: str = "echo") -> None:
         self._context = new_trio_server_context(suite)
+        #: ``qt``: answer as Qt's handler (our default) does, ``to (address:port): ACK``,
+        #: which dtlsload checks; ``echo``: send each datagram back.
+        self._qt_reply = reply == "qt"
         self._endpoint: trio.DTLSEndpoint | None = None
         self._counters: Counter[str] = Counter()
 
@@ -60,9 +63,11 @@ class TrioEndpointBenchServer:
             return
         self._counters["handshakes completed"] += 1
         try:
+            host, port = channel.peer_address[:2]
+            qt_reply = f"to ({host}:{port}): ACK".encode("latin-1")
             while True:
                 data = await channel.receive()
-                await channel.send(data)
+                await channel.send(qt_reply if self._qt_reply else data)
         except SSL.ZeroReturnError:
             self._counters["remote closed"] += 1
         except (SSL.Error, trio.BrokenResourceError, trio.ClosedResourceError) as error:
