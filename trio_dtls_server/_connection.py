@@ -357,13 +357,14 @@ class DTLSConnection:
             elif isinstance(event, RemoteClosed):
                 self._stats.remote_closed += 1
                 self._closed_reason = "the peer sent close_notify"
-                self._hub.emit(
-                    InfoEvent(
-                        "remote_closed",
-                        f"{self.peer_info}: The DTLS connection has been shutdown",
-                        self.peer,
+                if self._hub.wants("info", "remote_closed"):
+                    self._hub.emit(
+                        InfoEvent(
+                            "remote_closed",
+                            f"{self.peer_info}: The DTLS connection has been shutdown",
+                            self.peer,
+                        )
                     )
-                )
             elif isinstance(event, ConnectionFailed):
                 self._closed_reason = event.reason
                 self._hub.emit(

@@ -49,6 +49,7 @@ from ._connection import (
 from ._cookie import CookieJar
 from ._events import (
     ErrorEvent,
+    EventFilter,
     EventHub,
     InfoEvent,
     ServerEvent,
@@ -309,15 +310,16 @@ class DTLSServer:
 
     @asynccontextmanager
     async def events(
-        self, max_buffer: int | None = None
+        self, max_buffer: int | None = None, *, wanted: EventFilter | None = None
     ) -> AsyncIterator[trio.MemoryReceiveChannel[ServerEvent]]:
         """Subscribe to events: ``async with server.events() as stream: async for e in stream``.
 
         The stream is bounded (``ServerConfig.event_buffer`` by default): if the subscriber falls
         behind, events are dropped for it and counted in ``statistics().events_dropped`` — the
-        server never waits for a reader.
+        server never waits for a reader.  ``wanted`` (an :class:`EventFilter`) limits the stream
+        to some severities and codes; events that nobody takes are then not even built.
         """
-        receive = self._hub.subscribe(max_buffer or self.config.event_buffer)
+        receive = self._hub.subscribe(max_buffer or self.config.event_buffer, wanted)
         async with receive:
             yield receive
 
@@ -698,10 +700,11 @@ class DTLSServer:
             return
         if self._send_nowait(reply, address, source):
             self._stats.cookies_sent += 1
-            self._hub.emit(
-                InfoEvent("cookie_sent", f"{peer_info(address)}: not verified yet", address),
-                rate_limited=True,
-            )
+            if self._hub.wants("info", "cookie_sent"):
+                self._hub.emit(
+                    InfoEvent("cookie_sent", f"{peer_info(address)}: not verified yet", address),
+                    rate_limited=True,
+                )
 
     # -- peers ----------------------------------------------------------------------------------
 
@@ -749,9 +752,10 @@ class DTLSServer:
         self._handshaking += 1
         self._stats.handshakes_started += 1
         self._stats.peak_peers = max(self._stats.peak_peers, len(self._peers))
-        self._hub.emit(
-            InfoEvent("verified", f"{slot.info}: verified, starting a handshake", address)
-        )
+        if self._hub.wants("info", "verified"):
+            self._hub.emit(
+                InfoEvent("verified", f"{slot.info}: verified, starting a handshake", address)
+            )
         self._nursery.start_soon(self._run_peer, slot, hello)
 
     def _refuse(self, address: Address, why: str) -> None:
@@ -964,8 +968,11 @@ class DTLSServer:
         return [*kept, HandshakeFailed(f"resumed session of PSK identity {name} refused: {why}")]
 
     def _report_handshake(self, slot: PeerSlot, events: list[SessionEvent]) -> None:
+        hub = self._hub
         for event in events:
             if isinstance(event, HandshakeProgress):
+                if not hub.wants("info", "handshake_progress"):
+                    continue
                 self._hub.emit(
                     InfoEvent(
                         "handshake_progress",
@@ -975,14 +982,17 @@ class DTLSServer:
                     rate_limited=True,
                 )
             elif isinstance(event, PskIdentity):
+                if event.known and not hub.wants("info", "psk_identity"):
+                    continue
                 name = quote_peer_text(event.identity)  # the peer's bytes: never raw in a log
-                self._hub.emit(
-                    InfoEvent(
-                        "psk_identity",
-                        f"PSK callback, received a client's identity: {name}",
-                        slot.address,
+                if hub.wants("info", "psk_identity"):
+                    self._hub.emit(
+                        InfoEvent(
+                            "psk_identity",
+                            f"PSK callback, received a client's identity: {name}",
+                            slot.address,
+                        )
                     )
-                )
                 failure = slot.session.psk_lookup_failure if slot.session is not None else None
                 if not event.known and failure is not None:
                     self._hub.emit(
@@ -1029,16 +1039,17 @@ class DTLSServer:
                     self._stats.handshakes_resumed += 1
                 if slot.session is not None and slot.session.openssl_released:
                     self._stats.openssl_released += 1
-                protocol = "DTLS 1.2." if event.protocol == "DTLSv1.2" else "Unknown protocol."
-                self._hub.emit(
-                    InfoEvent(
-                        "handshake_complete",
-                        f"Connection with {slot.info} encrypted. Session cipher: {event.cipher}; "
-                        f"session protocol: {protocol}",
-                        slot.address,
+                if hub.wants("info", "handshake_complete"):
+                    protocol = "DTLS 1.2." if event.protocol == "DTLSv1.2" else "Unknown protocol."
+                    self._hub.emit(
+                        InfoEvent(
+                            "handshake_complete",
+                            f"Connection with {slot.info} encrypted. Session cipher: "
+                            f"{event.cipher}; session protocol: {protocol}",
+                            slot.address,
+                        )
                     )
-                )
-                if event.resumed:
+                if event.resumed and hub.wants("info", "session_resumed"):
                     self._hub.emit(
                         InfoEvent(
                             "session_resumed",
