@@ -34,9 +34,10 @@ SUITES = ("PSK-AES128-GCM-SHA256", "ECDHE-PSK-CHACHA20-POLY1305")
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
 
 
 def _start(
@@ -91,7 +92,9 @@ def _measure(
         started = time.monotonic()
         result = json.loads(subprocess.run(load, capture_output=True, text=True, check=True).stdout)
         wall = time.monotonic() - started
-        cpu = _cpu_seconds(process.pid) - before
+        after = _cpu_seconds(process.pid)
+        user, system = after[0] - before[0], after[1] - before[1]
+        cpu = user + system
     finally:
         _stop(process)
     if mode == "handshake":
@@ -103,7 +106,14 @@ def _measure(
         rate = result["msgs_per_s"]
         failed = result.get("timeouts", 0) + result.get("bad_replies", 0)
     cpu_per = cpu / max(done, 1) * 1e6
-    return {"rate": rate, "cpu_us": cpu_per, "failed": failed, "wall": wall}
+    return {
+        "rate": rate,
+        "cpu_us": cpu_per,
+        "user_us": user / max(done, 1) * 1e6,
+        "sys_us": system / max(done, 1) * 1e6,
+        "failed": failed,
+        "wall": wall,
+    }
 
 
 def main() -> int:
@@ -115,6 +125,7 @@ def main() -> int:
     parser.add_argument("--server-core", default="0")
     parser.add_argument("--load-core", default="1")
     parser.add_argument("--only", choices=("psk", "ecdhe", "echo"), action="append")
+    parser.add_argument("--no-trio", action="store_true", help="compare our variants only")
     parser.add_argument(
         "--variant",
         action="append",
@@ -124,7 +135,7 @@ def main() -> int:
     )
     arguments = parser.parse_args()
     arguments.variants = dict(v.split("=", 1) for v in arguments.variant)
-    kinds = ["ours", *arguments.variants, "trio"]
+    kinds = ["ours", *arguments.variants] + ([] if arguments.no_trio else ["trio"])
     workloads = [
         ("psk", "handshake", SUITES[0]),
         ("ecdhe", "handshake", SUITES[1]),
@@ -142,20 +153,25 @@ def main() -> int:
                 results[(name, kind)].append(measured)
                 print(
                     f"round {round_number + 1} {name:5} {kind:6} rate {measured['rate']:9.0f}/s"
-                    f"  server CPU {measured['cpu_us']:7.1f} µs each  failed {measured['failed']}",
+                    f"  server CPU {measured['cpu_us']:7.1f} µs each"
+                    f" (user {measured['user_us']:.1f}, sys {measured['sys_us']:.1f})"
+                    f"  failed {measured['failed']}",
                     flush=True,
                 )
     print("medians:")
     for name, _, _ in workloads:
-        trio = results[(name, "trio")]
+        trio = results[(name, "trio")] or results[(name, "ours")]
         rate_t = statistics.median(m["rate"] for m in trio)
         cpu_t = statistics.median(m["cpu_us"] for m in trio)
-        for kind in kinds[:-1]:
+        for kind in ["ours", *arguments.variants]:
             ours = results[(name, kind)]
             rate_o = statistics.median(m["rate"] for m in ours)
             cpu_o = statistics.median(m["cpu_us"] for m in ours)
+            user_o = statistics.median(m["user_us"] for m in ours)
+            sys_o = statistics.median(m["sys_us"] for m in ours)
             print(
-                f"{name:5} {kind:6} {rate_o:9.0f}/s trio {rate_t:9.0f}/s rate ratio"
+                f"{name:5} {kind:6} {rate_o:9.0f}/s (user {user_o:.1f} sys {sys_o:.1f} µs)"
+                f" trio {rate_t:9.0f}/s rate ratio"
                 f" {rate_o / rate_t:5.2f}x | CPU µs {cpu_o:6.1f} trio {cpu_t:6.1f}"
                 f" CPU ratio {cpu_t / cpu_o:5.2f}x"
             )

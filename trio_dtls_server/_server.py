@@ -858,6 +858,7 @@ class DTLSServer:
         # pass opens a fresh one.  Everything but the wait runs under the handshake deadline
         # alone, as before.
         pending: bytes | None = None
+        datagram: bytes | None
         while True:
             with trio.CancelScope(deadline=deadline) as scope:
                 while True:
@@ -869,9 +870,8 @@ class DTLSServer:
                         )
                         if session.state is not SessionState.HANDSHAKING:
                             break
-                        try:
-                            datagram = slot.take_nowait()
-                        except trio.WouldBlock:
+                        datagram = slot.take_ready()
+                        if datagram is None:
                             timer = session.timer_deadline or math.inf
                             if timer < deadline:
                                 scope.deadline = timer
