@@ -18,6 +18,7 @@ from support import KEY
 import trio_dtls_server._connection as connection_module
 import trio_dtls_server._server as server_module
 from trio_dtls_server import (
+    DatagramReceived,
     DTLSClient,
     DTLSServer,
     ErrorEvent,
@@ -104,8 +105,13 @@ async def test_a_quiet_subscriber_costs_no_info_event_per_handshake(
         built.append(code)
         return InfoEvent(code, *args, **kwargs)
 
+    def counting_datagram_event(code: str, *args: Any, **kwargs: Any) -> DatagramReceived:
+        built.append(code)
+        return DatagramReceived(code, *args, **kwargs)
+
     monkeypatch.setattr(server_module, "InfoEvent", counting_info_event)
     monkeypatch.setattr(connection_module, "InfoEvent", counting_info_event)
+    monkeypatch.setattr(connection_module, "DatagramReceived", counting_datagram_event)
     server = DTLSServer(psk=KEY)
     async with trio.open_nursery() as nursery, server.events(wanted=QUIET) as stream:
         host, port = await nursery.start(server.serve, "127.0.0.1", 0)

@@ -355,7 +355,7 @@ class DTLSConnection:
                     self._stats.drops["peer queue full"] += 1
                     continue
                 self._ready.append(event.data)
-                if self._hub.wants("message"):
+                if self._hub.wants("message", "datagram"):
                     self._hub.emit(
                         DatagramReceived(
                             "datagram",
