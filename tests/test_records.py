@@ -21,7 +21,6 @@ a mixed pair (one side released, one not) are built directly with ``DTLSSession.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hmac
 import random
@@ -659,8 +658,8 @@ def test_release_needs_at_least_one_of_the_peers_records_to_open() -> None:
 
     tampered = bytearray(finished.fragment)
     tampered[-1] ^= 1
-    forged = dataclasses.replace(finished, fragment=bytes(tampered))
-    other_epoch = dataclasses.replace(finished, epoch=2)
+    forged = finished._replace(fragment=bytes(tampered))
+    other_epoch = finished._replace(epoch=2)
     assert attempt([forged]) is None
     assert attempt([forged, forged]) is None
     assert attempt([other_epoch]) is None

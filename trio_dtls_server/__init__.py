@@ -23,7 +23,15 @@ from ._config import (
     ServerConfig,
 )
 from ._connection import ConnectionClosed, DTLSConnection
-from ._events import DatagramReceived, ErrorEvent, InfoEvent, ServerEvent, WarningEvent, peer_info
+from ._events import (
+    DatagramReceived,
+    ErrorEvent,
+    EventFilter,
+    InfoEvent,
+    ServerEvent,
+    WarningEvent,
+    peer_info,
+)
 from ._metrics import METRICS, StatisticsCollector, metrics_registry, serve_metrics
 from ._probe import ProbeFailure, ProbeResult, probe
 from ._profiles import PROFILES, CipherConfigError, CipherProfile, CipherSelection
@@ -77,6 +85,7 @@ __all__ = [
     "DTLSServer",
     "DatagramReceived",
     "ErrorEvent",
+    "EventFilter",
     "Handler",
     "HandshakeError",
     "InfoEvent",

@@ -842,7 +842,7 @@ async def run_serve(arguments: argparse.Namespace, display: Display, errors: Tex
             arguments, display, errors, psk, certificate, config, startup_notes
         )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with server.events() as stream:
+        async with server.events(wanted=display.event_filter()) as stream:
             async with trio.open_nursery() as nursery:
                 listening_shown = trio.Event()
                 nursery.start_soon(_print_events, stream, display, listening_shown, startup_notes)

@@ -150,6 +150,19 @@ class PeerSlot:
         self.queued_bytes -= len(datagram)
         return datagram
 
+    def take_ready(self) -> bytes | None:
+        """A datagram already waiting, or None; never raises for an empty inbox.
+
+        With nothing counted the inbox is empty, and asking :meth:`take_nowait` would only raise
+        WouldBlock, which costs more than this check on every wait of a peer task.
+        """
+        if not self.queued:
+            return None
+        try:
+            return self.take_nowait()
+        except trio.WouldBlock:  # counted, but handed to a receive() waiting in another task
+            return None
+
     async def take(self) -> bytes:
         """The next datagram, waiting for it."""
         datagram = await self.inbox_receive.receive()
@@ -290,11 +303,9 @@ class DTLSConnection:
 
     async def _receive_one(self) -> None:
         slot = self._slot
-        datagram: bytes | None
-        try:
-            # Fast path: a datagram is already waiting, so no deadline needs arming.
-            datagram = slot.take_nowait()
-        except trio.WouldBlock:
+        # Fast path: a datagram is already waiting, so no deadline needs arming.
+        datagram = slot.take_ready()
+        if datagram is None:
             deadline = math.inf
             if self._idle_timeout is not None:
                 deadline = slot.last_activity + self._idle_timeout
@@ -344,7 +355,7 @@ class DTLSConnection:
                     self._stats.drops["peer queue full"] += 1
                     continue
                 self._ready.append(event.data)
-                if self._hub.wants("message"):
+                if self._hub.wants("message", "datagram"):
                     self._hub.emit(
                         DatagramReceived(
                             "datagram",
@@ -357,13 +368,14 @@ class DTLSConnection:
             elif isinstance(event, RemoteClosed):
                 self._stats.remote_closed += 1
                 self._closed_reason = "the peer sent close_notify"
-                self._hub.emit(
-                    InfoEvent(
-                        "remote_closed",
-                        f"{self.peer_info}: The DTLS connection has been shutdown",
-                        self.peer,
+                if self._hub.wants("info", "remote_closed"):
+                    self._hub.emit(
+                        InfoEvent(
+                            "remote_closed",
+                            f"{self.peer_info}: The DTLS connection has been shutdown",
+                            self.peer,
+                        )
                     )
-                )
             elif isinstance(event, ConnectionFailed):
                 self._closed_reason = event.reason
                 self._hub.emit(

@@ -25,6 +25,7 @@ process that starts later knows both at once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -211,12 +212,19 @@ def _peer_bytes(peer: tuple[str, int]) -> bytes:
     # accepting other types would give one address several encodings.
     if not isinstance(host, str):
         raise TypeError(f"peer host {host!r} is not a string")
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"peer port {port} is out of range")
+    return _host_bytes(host) + port.to_bytes(2, "big")
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_bytes(host: str) -> bytes:
+    """The address part of :func:`_peer_bytes`.  Cached: ``ip_address`` costs 3 µs, and every
+    handshake needs it twice (the cookie sent, the cookie checked)."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"peer host {host!r} is not an IP address literal") from None
-    if not 0 <= port <= 0xFFFF:
-        raise ValueError(f"peer port {port} is out of range")
     packed = address.packed
     scope = b""
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
@@ -224,12 +232,4 @@ def _peer_bytes(peer: tuple[str, int]) -> bytes:
         scope = address.scope_id.encode("utf-8", "surrogatepass")
         if len(scope) > 0xFFFF:
             raise ValueError("peer IPv6 scope id is absurdly long")
-    return b"".join(
-        (
-            bytes([len(packed)]),
-            packed,
-            len(scope).to_bytes(2, "big"),
-            scope,
-            port.to_bytes(2, "big"),
-        )
-    )
+    return b"".join((bytes([len(packed)]), packed, len(scope).to_bytes(2, "big"), scope))

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
-from ._events import DatagramReceived, ServerEvent
+from ._events import DatagramReceived, EventFilter, ServerEvent
 from ._stats import StatisticsSnapshot
 from ._text import escape_control_characters, printable
 
@@ -192,6 +192,15 @@ class Display:
         if not self.quiet or event.code in self.always_show:
             return True
         return event.severity in {"error", "warning"}
+
+    def event_filter(self) -> EventFilter | None:
+        """What :meth:`wants` takes, for ``server.events(wanted=...)``; None: everything.
+
+        Subscribing with it means the server never builds the events ``--quiet`` hides.
+        """
+        if not self.quiet:
+            return None
+        return EventFilter(frozenset({"error", "warning"}), frozenset(self.always_show))
 
     def show(self, event: ServerEvent) -> None:
         """Write ``event`` (unless quiet hides it).  Usable directly as an ``on_event`` callback."""

@@ -44,6 +44,7 @@ from ._text import printable
 __all__ = [
     "DatagramReceived",
     "ErrorEvent",
+    "EventFilter",
     "EventHub",
     "InfoEvent",
     "ServerEvent",
@@ -130,6 +131,19 @@ _LOG_LEVELS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a subscriber takes: those of ``severities`` (None: every severity), and
+    those whose code is in ``codes`` whatever their severity."""
+
+    severities: frozenset[str] | None = None
+    codes: frozenset[str] = frozenset()
+
+    def takes(self, event: ServerEvent) -> bool:
+        severities = self.severities
+        return severities is None or event.severity in severities or event.code in self.codes
+
+
 @dataclass
 class _RateLimit:
     """A token bucket per event code: ``burst`` events at once, then ``rate`` per second."""
@@ -157,11 +171,47 @@ class EventHub:
     _subscribers: list[trio.MemorySendChannel[ServerEvent]] = field(default_factory=list)
     _observers: list[Callable[[ServerEvent], object]] = field(default_factory=list)
     _limits: dict[str, _RateLimit] = field(default_factory=dict)
+    # What each subscriber takes (see subscribe); absent: everything.
+    _filters: dict[int, EventFilter] = field(default_factory=dict)
+    # Severities and codes some subscriber takes (or None: some subscriber takes all); the
+    # answer of wants() without walking the subscribers.
+    _wanted_severities: frozenset[str] | None = frozenset()
+    _wanted_codes: frozenset[str] = frozenset()
 
-    def subscribe(self, max_buffer: int) -> trio.MemoryReceiveChannel[ServerEvent]:
+    def subscribe(
+        self, max_buffer: int, wanted: EventFilter | None = None
+    ) -> trio.MemoryReceiveChannel[ServerEvent]:
+        """A bounded stream of events: all of them, or only those ``wanted`` names.
+
+        A filter is not only a convenience: an event that no subscriber, observer or logger
+        takes is never built by the hot paths that ask :meth:`wants` first (a quiet command
+        line skips the formatting, the channel and the wake-up of its printing task for every
+        "handshake in progress" line it would throw away).
+        """
         send, receive = trio.open_memory_channel[ServerEvent](max_buffer)
         self._subscribers.append(send)
+        if wanted is not None:
+            self._filters[id(send)] = wanted
+        self._refresh_wanted()
         return receive
+
+    def _refresh_wanted(self) -> None:
+        severities: set[str] = set()
+        codes: set[str] = set()
+        for channel in self._subscribers:
+            wanted = self._filters.get(id(channel))
+            if wanted is None or wanted.severities is None:
+                self._wanted_severities = None
+                return
+            severities |= wanted.severities
+            codes |= wanted.codes
+        self._wanted_severities = frozenset(severities)
+        self._wanted_codes = frozenset(codes)
+
+    def _unsubscribe(self, channel: trio.MemorySendChannel[ServerEvent]) -> None:
+        self._subscribers.remove(channel)
+        self._filters.pop(id(channel), None)
+        self._refresh_wanted()
 
     def observe(self, callback: Callable[[ServerEvent], object]) -> None:
         """Call ``callback(event)`` for every event, synchronously, before :meth:`emit` returns.
@@ -170,19 +220,30 @@ class EventHub:
         """
         self._observers.append(callback)
 
-    def wants(self, severity: str) -> bool:
-        """Would an event of ``severity`` go anywhere?  Lets hot paths skip building it."""
-        return bool(self._subscribers or self._observers) or logger.isEnabledFor(
-            _LOG_LEVELS[severity]
-        )
+    def wants(self, severity: str, code: str | None = None) -> bool:
+        """Would an event of ``severity`` (and ``code``, if given) go anywhere?
+
+        Lets hot paths skip building an event nobody takes: no observer, no logger at its
+        level, and no subscriber whose filter takes it.  Without ``code``, a subscriber that
+        takes some codes of any severity counts as wanting it.
+        """
+        if self._observers:
+            return True
+        severities = self._wanted_severities
+        if severities is None or severity in severities:
+            return True
+        if self._wanted_codes and (code is None or code in self._wanted_codes):
+            return True
+        return logger.isEnabledFor(_LOG_LEVELS[severity])
 
     def emit(self, event: ServerEvent, *, rate_limited: bool = False) -> None:
         """Log ``event``, call every observer, hand it to every subscriber; never raises.
 
         It never blocks either, as long as the observers do not.
         """
-        level = _LOG_LEVELS[event.severity]
-        if not (self._subscribers or self._observers) and not logger.isEnabledFor(level):
+        severity = event.severity
+        level = _LOG_LEVELS[severity]
+        if not self.wants(severity, event.code):
             return  # nobody would see it: skip the rate limiter's bookkeeping too
         if not event.message.isprintable():
             # The last line of defence: a message someone built with raw peer text.
@@ -212,18 +273,23 @@ class EventHub:
                     exc_info=self.observer_errors == 1,
                 )
         for channel in list(self._subscribers):
+            wanted = self._filters.get(id(channel)) if self._filters else None
+            if wanted is not None and not wanted.takes(event):
+                continue
             try:
                 channel.send_nowait(event)
             except trio.WouldBlock:
                 self.dropped += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.remove(channel)
+                self._unsubscribe(channel)
 
     def close(self) -> None:
         """End every subscriber's stream (their ``async for`` finishes)."""
         for channel in self._subscribers:
             channel.close()
         self._subscribers.clear()
+        self._filters.clear()
+        self._refresh_wanted()
 
     def _admit(self, event: ServerEvent) -> int:
         """-1 if the rate limit holds ``event`` back, else how many it held back before it."""

@@ -478,6 +478,9 @@ class DTLSSession:
         # certificate: what the client's next flight may hold (see _unexpected_plaintext).
         self._hello_message_seq = 0
         self._certificate_requested = False
+        # Whether our flight may hold a CertificateRequest at all (server side: the context
+        # asks for client certificates); if not, _note_sent need not parse our messages.
+        self._may_request_certificate = is_server
         # Protected handshake records OpenSSL read and rejected while the peer's Finished was
         # outstanding, for the failure reason.
         self._finished_failures = 0
@@ -611,6 +614,7 @@ class DTLSSession:
             release_openssl=release_openssl,
         )
         session._peer_may_limit_fragments = _MAX_FRAGMENT_LENGTH_EXTENSION in verified_client_hello
+        session._may_request_certificate = bool(context.get_verify_mode() & SSL.VERIFY_PEER)
         hello_message_seq = int.from_bytes(verified_client_hello[17:19], "big")
         hello_number = int.from_bytes(verified_client_hello[5:11], "big")
         with contextlib.suppress(MalformedDatagram, IndexError):  # verified: cannot fail
@@ -627,9 +631,15 @@ class DTLSSession:
             session.startup_events = session._fail(reason, now)
             return session
         session.startup_events = session._step_handshake(now)
-        # Our own ServerHello, in the first flight: trusted bytes.
-        session._etm_in_hello = etm_in_server_hello(session._outgoing)
-        if session.state is SessionState.HANDSHAKING and session._chose_psk_suite():
+        # Our own ServerHello, in the first flight: trusted bytes.  Encrypt-then-MAC applies
+        # to CBC suites only (RFC 7366 §3: never sent with an AEAD suite), so the flight is
+        # searched for it only when the suite is not one of ours.
+        suite = session._chosen_suite()
+        if suite is not None and aead_suite(suite) is not None:
+            session._etm_in_hello = False
+        else:
+            session._etm_in_hello = etm_in_server_hello(session._outgoing)
+        if session.state is SessionState.HANDSHAKING and suite and "PSK" in suite.split("-"):
             # A PSK client sends no Certificate: its ClientKeyExchange comes next.
             session._psk_key_exchange_seq = hello_message_seq + 1
         return session
@@ -720,9 +730,9 @@ class DTLSSession:
             return None
         return parse_psk_identity_from_flight(datagram, message_seq=expected)
 
-    def _chose_psk_suite(self) -> bool:
-        """Whether the ServerHello we just sent chose a PSK suite (read from our own bytes:
-        OpenSSL names the suite only once the handshake is over)."""
+    def _chosen_suite(self) -> str | None:
+        """OpenSSL's name of the suite the ServerHello we just sent chose (read from our own
+        bytes: OpenSSL names the suite only once the handshake is over); None if not found."""
         for datagram in self._outgoing:
             for record in _records_or_none(datagram) or []:
                 fragment = record.fragment
@@ -732,12 +742,11 @@ class DTLSSession:
                 # handshake header(12), then version(2) random(32) session_id<0..32> suite(2)
                 at = 12 + 2 + 32
                 if len(fragment) < at + 1:
-                    return False
+                    return None
                 at += 1 + fragment[at]
                 suite = int.from_bytes(fragment[at : at + 2], "big")
-                name = cipher_name_for_suite(self._connection, suite) or ""
-                return "PSK" in name.split("-")
-        return False
+                return cipher_name_for_suite(self._connection, suite)
+        return None
 
     # -- alert callback (called by OpenSSL from inside read, once OpenSSL is kept) -------------
 
@@ -1431,7 +1440,7 @@ class DTLSSession:
             if record[3:5] == b"\0\0":
                 sequence = int.from_bytes(record[5:11], "big")
                 self._next_plaintext_sequence = max(self._next_plaintext_sequence, sequence + 1)
-                if record[0] == CONTENT_HANDSHAKE and self._is_server:
+                if record[0] == CONTENT_HANDSHAKE and self._may_request_certificate:
                     with contextlib.suppress(MalformedDatagram):
                         types = {m.msg_type for m in parse_handshake_messages(record[13:])}
                         self._certificate_requested |= _CERTIFICATE_REQUEST in types

@@ -238,7 +238,11 @@ async def serve_worker(spec: WorkerSpec) -> int:
         )
     async with contextlib.AsyncExitStack() as stack:
         signals = stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
-        stream = None if display is None else await stack.enter_async_context(server.events())
+        stream = (
+            None
+            if display is None
+            else await stack.enter_async_context(server.events(wanted=display.event_filter()))
+        )
         async with trio.open_nursery() as nursery:
             if stream is not None and display is not None:
                 nursery.start_soon(_print_events, stream, display)
