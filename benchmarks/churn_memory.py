@@ -44,6 +44,8 @@ import time
 import tracemalloc
 from typing import Any
 
+from benchmarks.common import MallInfo2
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -51,27 +53,9 @@ ROOT = os.path.dirname(HERE)
 # -- the server child -----------------------------------------------------------------------------
 
 
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
 def _libc() -> Any:
     libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _Mallinfo2
+    libc.mallinfo2.restype = MallInfo2
     return libc
 
 

@@ -34,6 +34,7 @@ from OpenSSL import SSL
 from trio_dtls_server._openssl import new_dtls_context
 
 __all__ = [
+    "MallInfo2",
     "BENCH_IDENTITY",
     "BENCH_KEY",
     "BENCH_MTU",
@@ -156,7 +157,9 @@ def cpu_seconds_of(pid: int) -> float:
 # -- measuring a process from the inside ---------------------------------------------------------
 
 
-class _MallInfo2(ctypes.Structure):
+class MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (``mallinfo2()``, glibc 2.33 and later)."""
+
     _fields_ = [
         (name, ctypes.c_size_t)
         for name in (
@@ -183,7 +186,7 @@ def _malloc_in_use() -> int | None:
     mallinfo2 = getattr(libc, "mallinfo2", None)
     if mallinfo2 is None:
         return None
-    mallinfo2.restype = _MallInfo2
+    mallinfo2.restype = MallInfo2
     info = mallinfo2()
     return int(info.uordblks) + int(info.hblkhd)
 

@@ -1116,17 +1116,8 @@ async def _ping(
 
 async def run_client(arguments: argparse.Namespace, display: Display, errors: TextIO) -> int:
     """The ``client`` command; returns the exit code."""
-    try:
-        key = _client_key(arguments)
-        _check_client_credentials(arguments, psk=key is not None)
-    except (PskFileError, UsageError, CertificateError) as error:
-        _one_line(errors, str(error))
-        return EXIT_USAGE
-    except CipherConfigError as error:
-        _one_line(errors, f"--ciphers: {error}")
-        return EXIT_USAGE
-    except SSL.Error as error:  # OpenSSL refused a credential (rare: the files were checked)
-        _one_line(errors, f"cannot use the client's credentials: {openssl_error_reason(error)}")
+    usable, key = _checked_client_key(arguments, errors)
+    if not usable:
         return EXIT_USAGE
     names = [_association_name(arguments.identity, n) for n in range(arguments.connections)]
     for name in names:
@@ -1176,6 +1167,23 @@ async def run_client(arguments: argparse.Namespace, display: Display, errors: Te
                     associations.start_soon(_run_association, run, result)
             nursery.cancel_scope.cancel()
     return _client_summary(run, interrupted)
+
+
+def _checked_client_key(arguments: argparse.Namespace, errors: TextIO) -> tuple[bool, bytes | None]:
+    """The key of a ``client`` or ``probe``, with every credential checked before anything
+    runs: ``(True, key)``, or ``(False, None)`` after one error line (exit code 2)."""
+    try:
+        key = _client_key(arguments)
+        _check_client_credentials(arguments, psk=key is not None)
+    except (PskFileError, UsageError, CertificateError) as error:
+        _one_line(errors, str(error))
+    except CipherConfigError as error:
+        _one_line(errors, f"--ciphers: {error}")
+    except SSL.Error as error:  # OpenSSL refused a credential (rare: the files were checked)
+        _one_line(errors, f"cannot use the client's credentials: {openssl_error_reason(error)}")
+    else:
+        return True, key
+    return False, None
 
 
 def _client_key(arguments: argparse.Namespace) -> bytes | None:
@@ -1237,14 +1245,8 @@ def _client_summary(run: ClientRun, interrupted: int | None) -> int:
 
 async def run_probe(arguments: argparse.Namespace, out: TextIO, errors: TextIO) -> int:
     """The ``probe`` command: one line, exit 0 when served, 1 when not, 2 for a bad command."""
-    try:
-        key = _client_key(arguments)
-        _check_client_credentials(arguments, psk=key is not None)
-    except (PskFileError, UsageError, CertificateError) as error:
-        _one_line(errors, str(error))
-        return EXIT_USAGE
-    except CipherConfigError as error:
-        _one_line(errors, f"--ciphers: {error}")
+    usable, key = _checked_client_key(arguments, errors)
+    if not usable:
         return EXIT_USAGE
     try:
         result = await probe(
