@@ -23,6 +23,7 @@ from ._config import (
     ServerConfig,
 )
 from ._connection import ConnectionClosed, DTLSConnection
+from ._errors import DTLSError
 from ._events import (
     DatagramReceived,
     ErrorEvent,
@@ -58,6 +59,7 @@ from ._supervisor import (
     WorkersUnsupportedError,
     serve_workers,
 )
+from ._transport import DatagramTransport
 
 __version__ = "0.1.0"
 
@@ -82,8 +84,10 @@ __all__ = [
     "ConnectionClosed",
     "DTLSClient",
     "DTLSConnection",
+    "DTLSError",
     "DTLSServer",
     "DatagramReceived",
+    "DatagramTransport",
     "ErrorEvent",
     "EventFilter",
     "Handler",

@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL, crypto
 
+from ._errors import DTLSError
+
 __all__ = [
     "CertificateConfig",
     "CertificateError",
@@ -67,11 +69,11 @@ SigningKey: TypeAlias = (
 )
 
 
-class CertificateError(ValueError):
+class CertificateError(DTLSError, ValueError):
     """A certificate, key or CA file that cannot be used; the message names the file."""
 
 
-class UnreadablePeerCertificate(Exception):
+class UnreadablePeerCertificate(DTLSError):
     """A peer's certificate that OpenSSL verified but ``cryptography`` cannot read.
 
     OpenSSL parses certificates leniently and checks the CA's signature over the bytes as sent,

@@ -34,6 +34,7 @@ from OpenSSL import SSL
 from ._certificates import use_client_credentials
 from ._config import DEFAULT_IPV4_MTU, DEFAULT_IPV6_MTU
 from ._connection import ConnectionClosed
+from ._errors import DTLSError
 from ._events import (
     DatagramReceived,
     ErrorEvent,
@@ -65,7 +66,7 @@ logger = logging.getLogger("trio_dtls_server.client")
 EventCallback = Callable[[ServerEvent], None]
 
 
-class HandshakeError(Exception):
+class HandshakeError(DTLSError):
     """The client's handshake failed (alert, wrong key, unknown identity) or timed out.
 
     ``alert`` names the fatal alert the server sent (``unknown_psk_identity (115)``), if any.

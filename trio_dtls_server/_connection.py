@@ -17,6 +17,7 @@ import trio
 from cryptography import x509
 
 from ._certificates import describe_subject
+from ._errors import DTLSError
 from ._events import DatagramReceived, ErrorEvent, EventHub, InfoEvent, WarningEvent, peer_info
 from ._session import (
     DROP_AUTHENTICATION,
@@ -78,7 +79,7 @@ def drop_warning(reason: str, peer: Address) -> WarningEvent:
     return WarningEvent(DROP_WARNING_CODES.get(reason, "record_dropped"), message, peer)
 
 
-class ConnectionClosed(Exception):
+class ConnectionClosed(DTLSError, trio.BrokenResourceError):
     """The connection is over: ``reason`` says why (close_notify, idle, fatal alert, ...)."""
 
     def __init__(self, reason: str) -> None:

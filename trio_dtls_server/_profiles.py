@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from OpenSSL import SSL
 
 from ._certificates import KeyType, ServerCertificate, use_server_certificate
+from ._errors import DTLSError
 from ._openssl import (
     drain_write_bio,
     install_client_psk,
@@ -61,7 +62,7 @@ __all__ = [
 ]
 
 
-class CipherConfigError(ValueError):
+class CipherConfigError(DTLSError, ValueError):
     """The cipher choice cannot work with the configured credentials; the message says why."""
 
 

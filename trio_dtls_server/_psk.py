@@ -38,6 +38,8 @@ from typing import Protocol, TypeAlias, runtime_checkable
 
 import trio
 
+from ._errors import DTLSError
+
 __all__ = [
     "MAX_PSK_LENGTH",
     "AnyPskStore",
@@ -197,7 +199,7 @@ def as_psk_store(source: PskSource) -> AnyPskStore:
     raise TypeError(f"not a PSK source: {type(source).__name__}")
 
 
-class PskFileError(ValueError):
+class PskFileError(DTLSError, ValueError):
     """A PSK file or hex key that cannot be used; the message names the line and the problem."""
 
 

@@ -47,6 +47,7 @@ from ._connection import (
     drop_warning,
 )
 from ._cookie import CookieJar
+from ._errors import DTLSError
 from ._events import (
     ErrorEvent,
     EventFilter,
@@ -124,7 +125,7 @@ _KEPT_ASIDE_CONTENT = (CONTENT_APPLICATION_DATA, CONTENT_ALERT)
 HANDSHAKE_INBOX_BUDGET = 16 * 1024
 
 
-class ServerBindError(OSError):
+class ServerBindError(DTLSError, OSError):
     """The UDP socket could not be bound; the message names the address and the OS reason."""
 
 

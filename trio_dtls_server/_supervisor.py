@@ -53,6 +53,7 @@ import trio
 
 from ._certificates import CertificateConfig
 from ._config import DEFAULT_PORT, ServerConfig
+from ._errors import DTLSError
 from ._events import EventHub, InfoEvent, ServerEvent, WarningEvent
 from ._psk import PskFileStore, PskSource
 from ._server import DTLSServer, Handler, ServerBindError, qt_ack_handler
@@ -84,11 +85,11 @@ COOKIE_MASTER_KEY_LENGTH = 32
 STABLE_AFTER = 10.0
 
 
-class WorkersUnsupportedError(RuntimeError):
+class WorkersUnsupportedError(DTLSError, RuntimeError):
     """More than one worker on a platform without load-balancing ``SO_REUSEPORT``."""
 
 
-class WorkerStartError(RuntimeError):
+class WorkerStartError(DTLSError, RuntimeError):
     """A worker ended before it was serving, at start: the whole group does not start."""
 
 

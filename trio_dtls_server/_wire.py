@@ -33,6 +33,8 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ._errors import DTLSError
+
 __all__ = [
     "ALERT_LEVEL_FATAL",
     "ALERT_LEVEL_WARNING",
@@ -187,7 +189,7 @@ _RECORD_HEADER = struct.Struct("!BHHHIH")
 assert _RECORD_HEADER.size == RECORD_HEADER_LENGTH
 
 
-class MalformedDatagram(ValueError):
+class MalformedDatagram(DTLSError, ValueError):
     """Untrusted bytes that are not what they claim to be.
 
     The message says what was wrong, e.g. ``"record header truncated: 7 bytes"``. It is
