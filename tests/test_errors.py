@@ -11,6 +11,7 @@ import trio_dtls_server
 from trio_dtls_server import (
     CertificateError,
     CipherConfigError,
+    ConfigError,
     ConnectionClosed,
     DTLSClient,
     DTLSConnection,
@@ -18,7 +19,9 @@ from trio_dtls_server import (
     DTLSServer,
     HandshakeError,
     PskFileError,
+    RetransmitPolicy,
     ServerBindError,
+    ServerConfig,
     WorkerStartError,
     WorkersUnsupportedError,
 )
@@ -27,6 +30,7 @@ from trio_dtls_server._wire import MalformedDatagram
 STANDARD_BASE: dict[type[BaseException], type[BaseException] | None] = {
     CertificateError: ValueError,
     CipherConfigError: ValueError,
+    ConfigError: ValueError,
     PskFileError: ValueError,
     MalformedDatagram: ValueError,
     ServerBindError: OSError,
@@ -79,3 +83,29 @@ async def test_a_closed_connection_is_caught_as_trio_broken_resource_error() -> 
             while not seen:
                 await trio.sleep(0.01)
     assert seen == ["the peer sent close_notify"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "fields"),
+    [
+        ({"mtu": 5}, ("mtu",)),
+        ({"max_peers": 0}, ("max_peers",)),
+        ({"idle_timeout": -1.0}, ("idle_timeout",)),
+        ({"receive_buffer": 1}, ("receive_buffer",)),
+        ({"max_datagram_size": 1}, ("max_datagram_size",)),
+    ],
+)
+def test_a_refused_setting_names_its_field(
+    settings: dict[str, object], fields: tuple[str, ...]
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        ServerConfig(**settings)  # type: ignore[arg-type]
+    assert refused.value.fields == fields
+    assert str(refused.value) == f"{fields[0]} {refused.value.problem}"
+
+
+def test_a_pair_of_timers_is_named_together() -> None:
+    with pytest.raises(ConfigError) as refused:
+        RetransmitPolicy(initial=5.0, maximum=1.0)
+    assert refused.value.fields == ("initial", "maximum")
+    assert str(refused.value) == "retransmission timers need 0 < initial <= maximum"

@@ -23,7 +23,7 @@ from ._config import (
     ServerConfig,
 )
 from ._connection import ConnectionClosed, DTLSConnection
-from ._errors import DTLSError
+from ._errors import ConfigError, DTLSError
 from ._events import (
     DatagramReceived,
     ErrorEvent,
@@ -74,6 +74,7 @@ __all__ = [
     "CipherConfigError",
     "CipherProfile",
     "CipherSelection",
+    "ConfigError",
     "ClientCertificateMode",
     "PskFileStore",
     "reload_on_signal",

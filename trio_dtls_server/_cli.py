@@ -58,6 +58,7 @@ from ._config import (
 )
 from ._connection import ConnectionClosed
 from ._display import Display
+from ._errors import ConfigError
 from ._events import ErrorEvent, InfoEvent, ServerEvent, WarningEvent
 from ._metrics import metrics_registry, serve_metrics
 from ._openssl import new_dtls_context, openssl_error_reason
@@ -367,20 +368,26 @@ def config_from_arguments(arguments: argparse.Namespace) -> ServerConfig:
     settings["identity_hint"] = hint or None
     try:
         if retransmit:
-            settings["retransmit"] = RetransmitPolicy(**retransmit)
+            try:
+                settings["retransmit"] = RetransmitPolicy(**retransmit)
+            except ConfigError as error:  # its fields are ServerConfig's retransmit.*
+                fields = tuple(f"retransmit.{field}" for field in error.fields)
+                raise ConfigError(fields, error.problem) from None
         return ServerConfig(**settings)
-    except ValueError as error:
-        raise UsageError(_name_the_option(str(error))) from None
+    except ConfigError as error:
+        raise UsageError(_name_the_option(error)) from None
 
 
-def _name_the_option(message: str) -> str:
-    """ServerConfig's complaint, with the field name it starts with turned into the flag."""
-    if message.startswith("retransmission timers"):
-        return f"--retransmit-initial/--retransmit-max: {message}"
-    for option in CONFIG_OPTIONS:
-        if message.startswith(option.target + " "):
-            return option.flag + message.removeprefix(option.target)
-    return message
+def _name_the_option(error: ConfigError) -> str:
+    """ServerConfig's complaint, naming the option(s) of the field(s) it names."""
+    flags = [
+        option.flag for field in error.fields for option in CONFIG_OPTIONS if option.target == field
+    ]
+    if not flags:
+        return str(error)
+    if len(flags) == 1:
+        return f"{flags[0]} {error.problem}"
+    return f"{'/'.join(flags)}: {error.problem}"
 
 
 # -- the parser --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ._errors import ConfigError
 from ._session import RetransmitPolicy
 
 __all__ = [
@@ -124,16 +125,18 @@ class ServerConfig:
         }
         for name, value in positive.items():
             if value <= 0:
-                raise ValueError(f"{name} must be positive, not {value!r}")
+                raise ConfigError(name, f"must be positive, not {value!r}")
         if self.idle_timeout is not None and self.idle_timeout <= 0:
-            raise ValueError(f"idle_timeout must be positive or None, not {self.idle_timeout!r}")
+            raise ConfigError(
+                "idle_timeout", f"must be positive or None, not {self.idle_timeout!r}"
+            )
         if self.evict_idle_after is not None and self.evict_idle_after < 0:
-            raise ValueError("evict_idle_after must be >= 0 or None")
+            raise ConfigError("evict_idle_after", "must be >= 0 or None")
         if self.mtu is not None and not 256 <= self.mtu <= 65_507:
-            raise ValueError(f"mtu must be between 256 and 65507, not {self.mtu}")
+            raise ConfigError("mtu", f"must be between 256 and 65507, not {self.mtu}")
         if not 4_096 <= self.receive_buffer <= 2**31 - 1:
-            raise ValueError(
-                f"receive_buffer must be between 4096 and {2**31 - 1}, not {self.receive_buffer}"
+            raise ConfigError(
+                "receive_buffer", f"must be between 4096 and {2**31 - 1}, not {self.receive_buffer}"
             )
         if not 512 <= self.max_datagram_size <= 65_535:
-            raise ValueError("max_datagram_size must be between 512 and 65535")
+            raise ConfigError("max_datagram_size", "must be between 512 and 65535")

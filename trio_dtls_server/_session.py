@@ -59,6 +59,7 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from ._certificates import UnreadablePeerCertificate, peer_certificate
+from ._errors import ConfigError
 from ._etm import EtmGuard, etm_guard_for, etm_in_server_hello, mac_hash, read_guard
 from ._events import describe_exception
 from ._openssl import (
@@ -146,9 +147,11 @@ class RetransmitPolicy:
 
     def __post_init__(self) -> None:
         if not 0 < self.initial <= self.maximum:
-            raise ValueError("retransmission timers need 0 < initial <= maximum")
+            raise ConfigError(
+                ("initial", "maximum"), "retransmission timers need 0 < initial <= maximum"
+            )
         if self.max_retransmissions < 0:
-            raise ValueError("max_retransmissions must be >= 0")
+            raise ConfigError("max_retransmissions", "must be >= 0")
 
     def interval(self, retransmissions_so_far: int) -> float:
         """Seconds to wait after a flight sent when ``retransmissions_so_far`` were done."""
