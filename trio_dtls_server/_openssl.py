@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
 
-from ._wire import AlertDescription
+from ._wire import DTLS_1_2, AlertDescription
 
 __all__ = [
     "ALERT_NAMES",
@@ -58,8 +58,8 @@ _binding = Binding()
 _ffi: Any = _binding.ffi
 _lib: Any = _binding.lib
 
-#: The wire version number of DTLS 1.2 (``DTLS1_2_VERSION``); pyOpenSSL has no constant for it.
-DTLS_1_2 = 0xFEFD
+# DTLS_1_2, the wire version number of DTLS 1.2 (``DTLS1_2_VERSION``; pyOpenSSL has no constant
+# for it), is defined once, in _wire.py, with every other wire constant; re-exported here.
 
 # OpenSSL hands PSK callbacks buffers of at most PSK_MAX_PSK_LEN (512) bytes.
 _SERVER_PSK_SIGNATURE = "unsigned int(SSL *, const char *, unsigned char *, unsigned int)"
