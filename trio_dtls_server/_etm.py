@@ -45,13 +45,20 @@ import hmac
 from collections.abc import Iterable
 
 from ._records import aead_suite, key_expansion
-from ._wire import CONTENT_HANDSHAKE, MalformedDatagram, Record, parse_records
+from ._wire import (
+    CONTENT_HANDSHAKE,
+    HANDSHAKE_SERVER_HELLO,
+    MalformedDatagram,
+    Record,
+    parse_records,
+    parse_server_hello,
+)
 
 __all__ = ["EtmGuard", "etm_guard_for", "etm_in_server_hello", "mac_hash", "read_guard"]
 
 _HEADER = 13  # type (1), version (2), epoch (2), sequence (6), length (2)
 _MAC_LENGTHS = {"sha1": 20, "sha256": 32, "sha384": 48}
-_SERVER_HELLO = 2
+
 #: The extension type of RFC 7366's encrypt_then_mac.
 _ENCRYPT_THEN_MAC = 22
 
@@ -165,39 +172,18 @@ def etm_in_server_hello(datagrams: Iterable[bytes]) -> bool | None:
             fragment = record.fragment
             if record.epoch or record.content_type != CONTENT_HANDSHAKE:
                 continue
-            if fragment[:1] != bytes((_SERVER_HELLO,)):
+            if fragment[:1] != bytes((HANDSHAKE_SERVER_HELLO,)):
                 continue
             return _server_hello_has_etm(fragment)
     return None
 
 
 def _server_hello_has_etm(fragment: bytes) -> bool | None:
-    if len(fragment) < 12:
-        return None
-    length = int.from_bytes(fragment[1:4], "big")
-    offset = int.from_bytes(fragment[6:9], "big")
-    if offset != 0 or int.from_bytes(fragment[9:12], "big") != length:
-        return None  # a fragment of a ServerHello: leave it to the proof after the handshake
-    body = fragment[12 : 12 + length]
-    # version (2), random (32), session_id <0..32>, cipher suite (2), compression (1)
-    position = 34
-    if len(body) < position + 1:
-        return None
-    position += 1 + body[position] + 2 + 1
-    if position == len(body):
-        return False  # no extensions at all
-    if position + 2 > len(body):
-        return None
-    end = position + 2 + int.from_bytes(body[position : position + 2], "big")
-    if end != len(body):
-        return None
-    position += 2
-    while position + 4 <= end:
-        kind = int.from_bytes(body[position : position + 2], "big")
-        if kind == _ENCRYPT_THEN_MAC:
-            return True
-        position += 4 + int.from_bytes(body[position + 2 : position + 4], "big")
-    return False if position == end else None
+    try:
+        hello = parse_server_hello(fragment)
+    except MalformedDatagram:
+        return None  # malformed, or a fragment: leave it to the proof after the handshake
+    return _ENCRYPT_THEN_MAC in hello.extensions
 
 
 def etm_guard_for(

@@ -98,6 +98,7 @@ from ._wire import (
     parse_psk_identity_from_flight,
     parse_record_headers,
     parse_records,
+    parse_server_hello,
     split_records,
 )
 
@@ -742,12 +743,10 @@ class DTLSSession:
                 plaintext_handshake = record.epoch == 0 and record.content_type == CONTENT_HANDSHAKE
                 if not plaintext_handshake or fragment[:1] != _SERVER_HELLO:
                     continue
-                # handshake header(12), then version(2) random(32) session_id<0..32> suite(2)
-                at = 12 + 2 + 32
-                if len(fragment) < at + 1:
+                try:
+                    suite = parse_server_hello(fragment).cipher_suite
+                except MalformedDatagram:
                     return None
-                at += 1 + fragment[at]
-                suite = int.from_bytes(fragment[at : at + 2], "big")
                 return cipher_name_for_suite(self._connection, suite)
         return None
 

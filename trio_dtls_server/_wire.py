@@ -49,6 +49,7 @@ __all__ = [
     "HANDSHAKE_HEADER_LENGTH",
     "FATAL_ONLY_ALERTS",
     "HANDSHAKE_HELLO_VERIFY_REQUEST",
+    "HANDSHAKE_SERVER_HELLO",
     "MAX_PSK_IDENTITY_LENGTH",
     "MAX_RECORD_FRAGMENT",
     "RECORD_HEADER_LENGTH",
@@ -57,6 +58,7 @@ __all__ = [
     "FragmentedClientHello",
     "HandshakeFragment",
     "InitialClientHello",
+    "ServerHello",
     "MalformedDatagram",
     "Record",
     "RecordHeader",
@@ -73,6 +75,7 @@ __all__ = [
     "parse_psk_identity_from_flight",
     "parse_record_headers",
     "parse_records",
+    "parse_server_hello",
     "split_records",
 ]
 
@@ -85,6 +88,7 @@ CONTENT_APPLICATION_DATA = 23
 
 # Handshake message types we need to recognise ourselves; OpenSSL handles the rest.
 HANDSHAKE_CLIENT_HELLO = 1
+HANDSHAKE_SERVER_HELLO = 2
 HANDSHAKE_HELLO_VERIFY_REQUEST = 3
 HANDSHAKE_CLIENT_KEY_EXCHANGE = 16
 
@@ -682,6 +686,55 @@ def build_hello_verify_request(client_hello_record: Record, cookie: bytes) -> by
         + len(handshake).to_bytes(2, "big")
     )
     return header + handshake
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHello:
+    """What we read of a ServerHello (RFC 5246 §7.4.1.3): the suite chosen and the extension
+    types, in order (empty when it has none)."""
+
+    cipher_suite: int
+    extensions: tuple[int, ...]
+
+
+def parse_server_hello(fragment: bytes) -> ServerHello:
+    """Parse a handshake record's fragment holding one whole, unfragmented ServerHello.
+
+    Raises MalformedDatagram for anything else: another message type, a fragment of a message
+    (DTLS may split one; we then leave it to other checks), a body that does not hold
+    version, random, session id, suite and compression, or an extension block that does not
+    end exactly at the end of the message.
+    """
+    message = parse_handshake_fragment(fragment)
+    if message.msg_type != HANDSHAKE_SERVER_HELLO:
+        raise MalformedDatagram(f"handshake message type {message.msg_type} is not a ServerHello")
+    if message.fragment_offset != 0 or message.fragment_length != message.length:
+        raise MalformedDatagram("a fragment of a ServerHello, not all of it")
+    body = message.body
+    # version (2), random (32), session_id <0..32>, cipher_suite (2), compression_method (1)
+    position = 34
+    if len(body) < position + 1:
+        raise MalformedDatagram("ServerHello too short for its session id")
+    position += 1 + body[position]
+    if len(body) < position + 3:
+        raise MalformedDatagram("ServerHello too short for its suite and compression")
+    suite = int.from_bytes(body[position : position + 2], "big")
+    position += 3
+    if position == len(body):
+        return ServerHello(suite, ())
+    if position + 2 > len(body):
+        raise MalformedDatagram("ServerHello extension block truncated")
+    end = position + 2 + int.from_bytes(body[position : position + 2], "big")
+    if end != len(body):
+        raise MalformedDatagram("ServerHello extension block does not end with the message")
+    position += 2
+    extensions: list[int] = []
+    while position + 4 <= end:
+        extensions.append(int.from_bytes(body[position : position + 2], "big"))
+        position += 4 + int.from_bytes(body[position + 2 : position + 4], "big")
+    if position != end:
+        raise MalformedDatagram("ServerHello extension runs past the extension block")
+    return ServerHello(suite, tuple(extensions))
 
 
 def parse_hello_verify_request(datagram: bytes) -> bytes:
