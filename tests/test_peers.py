@@ -21,6 +21,19 @@ def table(
     )
 
 
+def check(peers: PeerTable[Peer]) -> None:
+    """The table's invariants: what is in the map is alive and not ended by the server."""
+    for address, peer in peers.peers.items():
+        assert peer.address == address
+        assert peer.end_reason is None
+        assert not peer.finished
+        if peer.replacing is not None:
+            assert peer.replacing.established
+            assert peers.get(peer.replacing.address) is not peer.replacing
+    in_map = sum(peer.state is PeerState.HANDSHAKING for peer in peers.peers.values())
+    assert peers.handshaking >= in_map
+
+
 def admit(peers: PeerTable[Peer], address: tuple[str, int], now: float) -> Peer:
     admission = peers.admit(address, now, lambda: Peer(address))
     assert admission.refused is None
@@ -52,6 +65,7 @@ def test_admission_puts_a_handshaking_peer_in_the_map() -> None:
     assert peer.end_reason is None
     assert peer.end_message is None
     assert peer.replacing is None
+    check(peers)
 
 
 def test_completion_establishes_and_measures_the_handshake() -> None:
@@ -65,6 +79,7 @@ def test_completion_establishes_and_measures_the_handshake() -> None:
     assert peer.last_activity == 7.5
     assert peers.handshaking == 0
     assert peers.get(A) is peer
+    check(peers)
 
 
 def test_refused_when_max_handshakes_are_in_flight() -> None:
@@ -86,6 +101,7 @@ def test_refused_when_max_handshakes_are_in_flight() -> None:
     # A completed handshake frees its place.
     peers.handshake_completed(peers.peers[A], 1.0)
     assert admit(peers, C, 1.0) is peers.get(C)
+    check(peers)
 
 
 def test_refused_when_the_table_is_full_and_nobody_may_be_evicted() -> None:
@@ -97,6 +113,7 @@ def test_refused_when_the_table_is_full_and_nobody_may_be_evicted() -> None:
     assert admission.evicted is None
     assert peers.get(A) is not None and peers.get(B) is not None
     assert peers.get(A).end_reason is None  # type: ignore[union-attr]
+    check(peers)
 
 
 def test_a_full_table_still_admits_a_new_hello_from_a_known_address() -> None:
@@ -105,6 +122,7 @@ def test_a_full_table_still_admits_a_new_hello_from_a_known_address() -> None:
     new = admit(peers, A, 1.0)
     assert peers.get(A) is new
     assert new.replacing is old
+    check(peers)
 
 
 def test_eviction_takes_the_least_recently_active_idle_established_peer() -> None:
@@ -125,6 +143,7 @@ def test_eviction_takes_the_least_recently_active_idle_established_peer() -> Non
     assert peers.get(("127.0.0.1", 9)) is admission.peer
     assert a.end_reason is None and handshaking.end_reason is None
     assert len(peers) == 3
+    check(peers)
 
 
 def test_eviction_ties_go_to_the_peer_admitted_first_and_threshold_is_inclusive() -> None:
@@ -133,12 +152,14 @@ def test_eviction_ties_go_to_the_peer_admitted_first_and_threshold_is_inclusive(
     established(peers, B, 0.0)
     admission = peers.admit(C, 60.0, lambda: Peer(C))
     assert admission.evicted is a
+    check(peers)
 
 
 def test_no_eviction_without_evict_idle_after() -> None:
     peers = table(max_peers=1, evict_idle_after=None)
     established(peers, A, 0.0)
     assert peers.admit(B, 1e9, lambda: Peer(B)).refused == "the peer table is full (1 peers)"
+    check(peers)
 
 
 def test_an_evicted_peers_end_does_not_touch_the_map() -> None:
@@ -150,6 +171,7 @@ def test_an_evicted_peers_end_does_not_touch_the_map() -> None:
     assert finish.restored is None
     assert a.state is PeerState.CLOSED
     assert peers.get(B) is b
+    check(peers)
 
 
 def test_an_established_association_is_kept_aside_then_replaced() -> None:
@@ -170,6 +192,7 @@ def test_an_established_association_is_kept_aside_then_replaced() -> None:
     finish = peers.finished(old)
     assert finish.restored is None
     assert peers.get(A) is new.peer
+    check(peers)
 
 
 def test_a_failed_replacement_restores_the_kept_association() -> None:
@@ -184,6 +207,7 @@ def test_a_failed_replacement_restores_the_kept_association() -> None:
     assert peers.get(A) is old
     assert peers.handshaking == 0
     assert old.end_reason is None
+    check(peers)
 
 
 def test_a_kept_association_that_ended_meanwhile_is_not_restored() -> None:
@@ -195,6 +219,7 @@ def test_a_kept_association_that_ended_meanwhile_is_not_restored() -> None:
     assert peers.finished(new).restored is None
     assert peers.get(A) is None
     assert len(peers) == 0
+    check(peers)
 
 
 def test_a_kept_association_that_ended_meanwhile_is_not_replaced() -> None:
@@ -204,6 +229,7 @@ def test_a_kept_association_that_ended_meanwhile_is_not_replaced() -> None:
     peers.finished(old)
     assert peers.handshake_completed(new, 11.0).replaced is None
     assert old.end_reason is None
+    check(peers)
 
 
 def test_a_newer_hello_supersedes_a_handshake_and_keeps_what_it_protected() -> None:
@@ -228,6 +254,7 @@ def test_a_newer_hello_supersedes_a_handshake_and_keeps_what_it_protected() -> N
     # And the second one's failure gives the address back to the old association.
     assert peers.finished(second.peer).restored is old
     assert peers.get(A) is old
+    check(peers)
 
 
 def test_finishing_frees_the_address_and_the_handshake_count() -> None:
@@ -246,3 +273,4 @@ def test_finishing_frees_the_address_and_the_handshake_count() -> None:
     assert peers.handshaking == 0
     assert len(peers) == 0
     assert a.end_reason is None and b.end_reason is None
+    check(peers)

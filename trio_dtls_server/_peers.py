@@ -148,6 +148,9 @@ class Finish(Generic[P]):
 class PeerTable(Generic[P]):
     """The address map and the handshakes in flight, and the rules that change them.
 
+    Invariants: every peer in :attr:`peers` has no ``end_reason`` and is not finished; a peer
+    kept aside (some peer's ``replacing``) is established and out of the map.
+
     ``max_peers`` bounds the map, ``max_handshakes`` the handshakes in flight;
     ``evict_idle_after`` (seconds, or None for never) lets a new peer take the place of the
     least recently active established peer idle at least that long when the map is full.
@@ -227,7 +230,10 @@ class PeerTable(Generic[P]):
         restored: P | None = None
         if self.peers.get(peer.address) is peer:
             kept = peer.replacing
-            if kept is not None and not kept.finished and kept.end_reason is None:
+            # A kept association is never ended by the server while kept aside (only a
+            # completed handshake replaces it, and that clears ``replacing``): it may only have
+            # ended on its own meanwhile.
+            if kept is not None and not kept.finished:
                 # The handshake that would have replaced it failed: it goes on.
                 self.peers[peer.address] = kept
                 restored = kept
@@ -247,11 +253,11 @@ class PeerTable(Generic[P]):
             return None
         victim: P | None = None
         for peer in self.peers.values():
-            if (
-                peer.established
-                and peer.end_reason is None
-                and now - peer.last_activity >= threshold
-            ) and (victim is None or peer.last_activity < victim.last_activity):
+            # Every peer in the map is one the server has not ended (an evicted, superseded or
+            # replaced peer leaves it at once), so none is evicted twice.
+            if (peer.established and now - peer.last_activity >= threshold) and (
+                victim is None or peer.last_activity < victim.last_activity
+            ):
                 victim = peer
         if victim is None:
             return None
