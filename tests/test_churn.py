@@ -99,8 +99,8 @@ def server_state(server: DTLSServer) -> dict[str, object]:
     nursery = server._nursery
     assert nursery is not None
     return {
-        "peers": dict(server._peers),
-        "handshaking": server._handshaking,
+        "peers": dict(server._peers.peers),
+        "handshaking": server._peers.handshaking,
         "held datagram": server._held,
         "peer tasks": len(nursery.child_tasks),
         "trio tasks": trio.lowlevel.current_statistics().tasks_living,

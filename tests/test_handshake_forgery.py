@@ -508,6 +508,7 @@ async def test_a_handshaking_peers_inbox_is_bounded_in_bytes() -> None:
     """What waits for a handshaking peer's task (during a PSK lookup, say) is bounded in
     bytes, not only in datagrams: one datagram of any size, then ``HANDSHAKE_INBOX_BUDGET``."""
     from trio_dtls_server._connection import PeerSlot
+    from trio_dtls_server._peers import PeerState
     from trio_dtls_server._server import HANDSHAKE_INBOX_BUDGET
 
     server = DTLSServer({IDENTITY: KEY})
@@ -524,7 +525,7 @@ async def test_a_handshaking_peers_inbox_is_bounded_in_bytes() -> None:
     )
     slot.take_nowait()
     assert slot.queued_bytes == (slot.queued) * len(big)
-    slot.established = True  # an established peer has its datagram count bound only
+    slot.state = PeerState.ESTABLISHED  # an established peer has its datagram count bound only
     for _ in range(3):
         server._deliver(slot, big)
     assert slot.queued_bytes > HANDSHAKE_INBOX_BUDGET

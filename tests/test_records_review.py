@@ -38,6 +38,7 @@ from support import IDENTITY, KEY, InMemoryHandshake, carry, protection_of, seal
 from trio_dtls_server import DatagramReceived, DTLSServer, RetransmitPolicy, ServerEvent
 from trio_dtls_server._connection import ConnectionClosed, DTLSConnection, PeerSlot
 from trio_dtls_server._openssl import configure_session_resumption
+from trio_dtls_server._peers import PeerState
 from trio_dtls_server._records import RecordProtection, aead_suite
 from trio_dtls_server._session import (
     DROP_AUTHENTICATION,
@@ -176,7 +177,7 @@ def connection_harness(session: DTLSSession) -> ConnectionHarness:
         inbox_send,
         inbox_receive,
         session=session,
-        established=True,
+        state=PeerState.ESTABLISHED,
         last_activity=trio.current_time(),
     )
     transmitted: list[bytes] = []

@@ -19,6 +19,7 @@ from cryptography import x509
 from ._certificates import describe_subject
 from ._errors import DTLSError
 from ._events import DatagramReceived, ErrorEvent, EventHub, InfoEvent, WarningEvent, peer_info
+from ._peers import Peer
 from ._session import (
     DROP_AUTHENTICATION,
     DROP_BAD_LENGTH,
@@ -88,43 +89,35 @@ class ConnectionClosed(DTLSError, trio.BrokenResourceError):
 
 
 @dataclass(eq=False)
-class PeerSlot:
+class PeerSlot(Peer):
     """The server's record of one verified peer: its inbox, its task's cancel scope, its health.
 
-    The reader task only ever touches ``inbox_send``, ``queued``, ``queued_bytes`` and the
-    counters, and reads ``session`` (to screen datagrams); the peer task owns the rest.
+    Its place in the peer's life (state, why the server ended it, the association it keeps
+    aside) is :class:`~._peers.Peer`'s, written by :class:`~._peers.PeerTable` only.  The reader
+    task only ever touches ``inbox_send``, ``queued``, ``queued_bytes`` and the counters, and
+    reads ``session`` (to screen datagrams); the peer task owns the rest.
     Nothing here ever makes the reader drop a datagram because of what else came from the same
     address: an off-path attacker can send anything "from" it, and the real peer must still be
     heard.
     """
 
-    address: Address
     client_random: bytes
     inbox_send: trio.MemorySendChannel[bytes]
     inbox_receive: trio.MemoryReceiveChannel[bytes]
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     session: DTLSSession | None = None
-    established: bool = False
-    last_activity: float = 0.0
     #: Times of the latest (at most ``max_auth_failures``) records that failed authentication;
     #: created on the first one (most peers never have any, and a deque costs 760 bytes).
     auth_failures: deque[float] | None = None
     #: Until then the ``forged_records`` warning has been given for this peer, and its further
     #: authentication failures are counted but not logged one by one.
     forgery_quiet_until: float = -math.inf
-    #: Why the server ended this peer (replaced, evicted, shutdown), for the peer task's report.
-    ended_by_server: str | None = None
     #: Around the handler: enforces the idle timeout on a handler that stops reading (see
     #: ``DTLSServer._serve_connection``); every authentic datagram moves its deadline on.
     idle_watch: trio.CancelScope = field(default_factory=trio.CancelScope)
     #: Where this peer's replies leave from (the local address its verified hello was sent
     #: to), for servers bound to a wildcard address; see :class:`~._transport.UDPTransport`.
     reply_source: ReplySource | None = None
-    #: The established association this peer's handshake will replace once it completes
-    #: (RFC 6347 §4.2.8: a client that restarted on the same address and port).
-    replacing: PeerSlot | None = None
-    #: Set when the peer task has ended.
-    finished: bool = False
     #: Datagrams waiting in the inbox (the reader adds, the peer task takes): lets
     #: :meth:`DTLSConnection.send` see without a failed ``receive_nowait`` whether the peer
     #: said something a handler that only sends has not read yet.

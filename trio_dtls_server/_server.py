@@ -66,6 +66,7 @@ from ._openssl import (
     restrict_groups_and_signatures,
     set_session_id_context,
 )
+from ._peers import EndReason, PeerTable
 from ._profiles import CipherSelection, select_ciphers
 from ._psk import (
     AsyncPskStore,
@@ -221,8 +222,12 @@ class DTLSServer:
         self._cookies = CookieJar(
             rotation_interval=self.config.cookie_rotation, master_key=cookie_secret
         )
-        self._peers: dict[Address, PeerSlot] = {}
-        self._handshaking = 0
+        # Admission, §4.2.8 replacement, eviction: the table decides, this class carries it out.
+        self._peers: PeerTable[PeerSlot] = PeerTable(
+            max_peers=self.config.max_peers,
+            max_handshakes=self.config.max_handshakes,
+            evict_idle_after=self.config.evict_idle_after,
+        )
         # Gives the C heap back once a wave of handshakes has ended (see _heap).
         self._heap = HeapTrimmer()
         self._transport: DatagramTransport | None = None
@@ -308,7 +313,7 @@ class DTLSServer:
         transport = self._transport
         return self._stats.snapshot(
             peers=len(self._peers),
-            handshaking=self._handshaking,
+            handshaking=self._peers.handshaking,
             events_dropped=self._hub.dropped,
             kernel_drops=transport.kernel_drops() if isinstance(transport, UDPTransport) else None,
         )
@@ -684,7 +689,7 @@ class DTLSServer:
             return
         if hello.cookie and self._cookies.is_valid(address, hello):
             self._stats.cookies_verified += 1
-            self._start_peer(datagram, address, hello.random, slot, source)
+            self._start_peer(datagram, address, hello.random, source)
             return
         if hello.cookie:
             self._stats.cookies_rejected += 1
@@ -718,43 +723,31 @@ class DTLSServer:
         hello: bytes,
         address: Address,
         client_random: bytes,
-        old: PeerSlot | None,
         source: ReplySource | None = None,
     ) -> None:
         if not self.is_listening() or self._nursery is None:
             self._stats.drops["not accepting new clients"] += 1
             return
-        if self._handshaking >= self.config.max_handshakes:
-            self._refuse(address, f"{self._handshaking} handshakes already in flight")
-            return
-        if old is None and len(self._peers) >= self.config.max_peers and not self._evict_one():
-            self._refuse(address, f"the peer table is full ({self.config.max_peers} peers)")
-            return
+        now = trio.current_time()
+
+        def new_peer() -> PeerSlot:
+            send, receive = trio.open_memory_channel[bytes](self.config.peer_queue_size)
+            return PeerSlot(address, client_random, send, receive, reply_source=source)
+
         # RFC 6347 §4.2.8: a new, cookie-verified ClientHello from a known address means the
-        # client restarted.  An established association is kept (out of the table, so the new
-        # handshake gets the address's datagrams) until the new handshake completes: a cookie'd
-        # hello replayed by an eavesdropper within the cookie's lifetime then costs the real
-        # client at most one handshake timeout, never its association.
-        protected: PeerSlot | None = None
-        if old is not None and old.established:
-            protected = old
-        elif old is not None:
-            # A handshake that a newer hello supersedes; what it was protecting stays protected.
-            old.ended_by_server = "superseded by a newer handshake from the same address"
-            protected, old.replacing = old.replacing, None
-            old.cancel_scope.cancel()
-        send, receive = trio.open_memory_channel[bytes](self.config.peer_queue_size)
-        slot = PeerSlot(
-            address,
-            client_random,
-            send,
-            receive,
-            last_activity=trio.current_time(),
-            reply_source=source,
-            replacing=protected,
-        )
-        self._peers[address] = slot
-        self._handshaking += 1
+        # client restarted; the table keeps an established association aside until the new
+        # handshake completes (see _peers).
+        admission = self._peers.admit(address, now, new_peer)
+        if admission.refused is not None:
+            self._refuse(address, admission.refused)
+            return
+        if admission.evicted is not None:
+            self._stats.evictions += 1
+            admission.evicted.cancel_scope.cancel()
+        if admission.superseded is not None:
+            admission.superseded.cancel_scope.cancel()
+        slot = admission.peer
+        assert slot is not None
         self._stats.handshakes_started += 1
         self._stats.peak_peers = max(self._stats.peak_peers, len(self._peers))
         if self._hub.wants("info", "verified"):
@@ -764,11 +757,12 @@ class DTLSServer:
         self._nursery.start_soon(self._run_peer, slot, hello)
 
     def _handshake_over(self) -> None:
-        """One handshake fewer in flight (it completed or failed).  The last one of a wave
-        schedules a heap trim (see :mod:`._heap`): as a task of its own, which runs after the
-        ending peer task has finished and its OpenSSL connection has been freed too."""
-        self._handshaking -= 1
-        if self._heap.handshake_ended(self._handshaking) and self._nursery is not None:
+        """One handshake fewer in flight (it completed or failed; the table has counted it).
+
+        The last one of a wave schedules a heap trim (see :mod:`._heap`): as a task of its own,
+        which runs after the ending peer task has finished and its OpenSSL connection has been
+        freed too."""
+        if self._heap.handshake_ended(self._peers.handshaking) and self._nursery is not None:
             self._nursery.start_soon(self._trim_heap)
 
     async def _trim_heap(self) -> None:
@@ -777,29 +771,6 @@ class DTLSServer:
     def _refuse(self, address: Address, why: str) -> None:
         self._stats.handshakes_refused += 1
         self._warn("handshake_refused", f"{peer_info(address)}: handshake refused: {why}", address)
-
-    def _evict_one(self) -> bool:
-        threshold = self.config.evict_idle_after
-        if threshold is None:
-            return False
-        now = trio.current_time()
-        victim: PeerSlot | None = None
-        for slot in self._peers.values():
-            if (
-                slot.established
-                and slot.ended_by_server is None
-                and now - slot.last_activity >= threshold
-            ) and (victim is None or slot.last_activity < victim.last_activity):
-                victim = slot
-        if victim is None:
-            return False
-        self._stats.evictions += 1
-        idle = now - victim.last_activity
-        victim.ended_by_server = f"evicted to make room (idle for {idle:.0f} s)"
-        victim.cancel_scope.cancel()
-        # Free the table slot now: the victim's task only finishes at its next checkpoint.
-        del self._peers[victim.address]
-        return True
 
     async def _run_peer(self, slot: PeerSlot, hello: bytes) -> None:
         """The peer task: handshake, then the handler; its cancel scope ends it from outside.
@@ -827,12 +798,12 @@ class DTLSServer:
         except Exception as error:  # noqa: BLE001 - a fault in one peer must not stop the server
             self._peer_failed(slot, session, error)
         finally:
-            slot.finished = True
-            if slot.established is False:
+            finish = self._peers.finished(slot)
+            if finish.was_handshaking:
                 self._handshake_over()
             # Server shutdown, eviction or a handler that returned: say goodbye.  Not on
             # replacement: the restarted client has no keys for the old epoch.
-            replaced = (slot.ended_by_server or "").startswith("replaced")
+            replaced = slot.end_reason is EndReason.REPLACED
             if session is not None and session.state is SessionState.ESTABLISHED and not replaced:
                 try:
                     session.close()
@@ -843,25 +814,18 @@ class DTLSServer:
                 for datagram in goodbye:
                     self._send_nowait(datagram, slot.address, slot.reply_source)
             slot.inbox_send.close()
-            if self._peers.get(slot.address) is slot:
-                kept = slot.replacing
-                if kept is not None and not kept.finished and not kept.cancel_scope.cancel_called:
-                    # The handshake that would have replaced it failed: it goes on.
-                    self._peers[slot.address] = kept
-                    self._hub.emit(
-                        InfoEvent(
-                            "replacement_failed",
-                            f"{slot.info}: the new handshake from this address failed; "
-                            "the established association goes on",
-                            slot.address,
-                        )
-                    )
-                else:
-                    del self._peers[slot.address]
-            slot.replacing = None
-            if slot.ended_by_server:
+            if finish.restored is not None:
                 self._hub.emit(
-                    InfoEvent("peer_ended", f"{slot.info}: {slot.ended_by_server}", slot.address)
+                    InfoEvent(
+                        "replacement_failed",
+                        f"{slot.info}: the new handshake from this address failed; "
+                        "the established association goes on",
+                        slot.address,
+                    )
+                )
+            if slot.end_message:
+                self._hub.emit(
+                    InfoEvent("peer_ended", f"{slot.info}: {slot.end_message}", slot.address)
                 )
 
     async def _handshake(self, slot: PeerSlot, session: DTLSSession) -> bool:
@@ -1072,17 +1036,12 @@ class DTLSServer:
                     rate_limited=True,
                 )
             elif isinstance(event, HandshakeComplete):
-                previous, slot.replacing = slot.replacing, None
-                if previous is not None and not previous.finished:
+                completion = self._peers.handshake_completed(slot, trio.current_time())
+                if completion.replaced is not None:
                     # The client proved itself with a Finished: now the old association goes.
                     self._stats.replacements += 1
-                    previous.ended_by_server = "replaced by a new handshake from the same address"
-                    previous.cancel_scope.cancel()
-                slot.established = True
-                now = trio.current_time()
-                # last_activity still holds the admission time: nothing moves it before this.
-                self._stats.record_handshake_duration(now - slot.last_activity)
-                slot.last_activity = now
+                    completion.replaced.cancel_scope.cancel()
+                self._stats.record_handshake_duration(completion.duration)
                 self._handshake_over()
                 self._stats.handshakes_completed += 1
                 if event.resumed:
