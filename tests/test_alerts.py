@@ -20,7 +20,7 @@ import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
-from hostile_support import ack_for, connect, new_client_session, serving, settle
+from hostile_support import ack_for, connect, new_client_session, serving_psk
 from hypothesis import HealthCheck, given, settings
 from support import (
     KEY,
@@ -31,6 +31,7 @@ from support import (
     protection_of,
     seal_one,
     server_context,
+    settle,
 )
 
 from trio_dtls_server import ConnectionClosed, DTLSConnection, ServerConfig
@@ -278,14 +279,14 @@ def test_no_renegotiation_is_left_to_each_layer() -> None:
 async def test_the_server_ends_a_connection_on_a_fatal_only_warning(
     release_openssl: bool, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with serving(ServerConfig(release_openssl=release_openssl)) as served:
+    async with serving_psk(ServerConfig(release_openssl=release_openssl)) as served:
         good = await connect(served.address)
         await good.round_trip(b"ping", ack_for(good.address))
         good.transport.send_raw(
             alert(good.client._session, ALERT_LEVEL_WARNING, AlertDescription.decode_error)
         )
         await settle()
-        [failed] = served.log.with_code("connection_failed")
+        [failed] = served.events.with_code("connection_failed")
         assert failed.peer == good.address
         assert "decode_error (50) at warning level" in failed.message
         assert served.server.statistics().peers == 0
@@ -311,7 +312,7 @@ async def test_the_client_ends_a_connection_on_a_fatal_only_warning(
     release_openssl: bool, autojump_clock: trio.testing.MockClock
 ) -> None:
     handler: Callable[[DTLSConnection], Awaitable[None]] = _serve_then_alert
-    async with serving(handler=handler) as served:
+    async with serving_psk(handler=handler) as served:
         good = await connect(served.address, release_openssl=release_openssl)
         assert good.client._session.openssl_released is release_openssl
         await good.client.send(b"ping")
@@ -344,7 +345,7 @@ async def test_the_association_kept_aside_still_hears_its_clients_alerts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     config = ServerConfig(handshake_timeout=10.0, release_openssl=release_openssl)
-    async with serving(config) as served:
+    async with serving_psk(config) as served:
         good = await connect(served.address)
         await good.round_trip(b"before", ack_for(good.address))
 
@@ -366,7 +367,7 @@ async def test_the_association_kept_aside_still_hears_its_clients_alerts(
         # The real client says goodbye (or fails) with its established keys.
         good.transport.send_raw(alert(good.client._session, level, description))
         await settle()
-        [ended] = served.log.with_code(code)
+        [ended] = served.events.with_code(code)
         assert ended.peer == good.address
 
         # The new handshake never finishes; at its deadline nothing is left of either.
@@ -374,4 +375,4 @@ async def test_the_association_kept_aside_still_hears_its_clients_alerts(
         stats = served.server.statistics()
         assert stats.handshakes_failed == {"deadline": 1}
         assert (stats.peers, stats.handshaking, stats.replacements) == (0, 0, 0)
-        assert not served.log.with_code("replacement_failed")
+        assert not served.events.with_code("replacement_failed")

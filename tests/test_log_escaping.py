@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from hostile_support import KEY, serving
+from hostile_support import KEY, serving_psk
 from hypothesis import given
 
 from trio_dtls_server import DTLSClient, DTLSServer, HandshakeError, InfoEvent, ServerEvent
@@ -146,14 +146,14 @@ async def test_a_hostile_psk_identity_cannot_forge_a_log_line(
     caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    async with serving() as served:
+    async with serving_psk() as served:
         client = await DTLSClient.connect(*served.address, identity=HOSTILE_IDENTITY, key=KEY)
         async with client:
             await client.send(b"hello")
             with trio.fail_after(5):
                 await client.receive()
         await trio.sleep(1)
-        events = served.log.events
+        events = served.events.events
     [identity_event] = [event for event in events if event.code == "psk_identity"]
     assert identity_event.message == (
         f"PSK callback, received a client's identity: {HOSTILE_QUOTED}"
@@ -170,11 +170,11 @@ async def test_an_unknown_hostile_identity_is_quoted_in_every_failure_message(
     caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    async with serving(psk={b"the only one": KEY}) as served:
+    async with serving_psk(psk={b"the only one": KEY}) as served:
         with pytest.raises(HandshakeError):
             await DTLSClient.connect(*served.address, identity=HOSTILE_IDENTITY, key=KEY)
         await trio.sleep(1)
-        events = served.log.events
+        events = served.events.events
     [unknown] = [event for event in events if event.code == "unknown_identity"]
     assert unknown.message.endswith(f": unknown PSK identity {HOSTILE_QUOTED}")
     [failed] = [event for event in events if event.code == "handshake_failed"]
