@@ -661,30 +661,46 @@ def begin_handshake_in_memory(
     policy: RetransmitPolicy | None = None,
     ciphers: str = DEFAULT_CIPHERS,
     now: float = 0.0,
+    client_releases: bool = True,
+    server_releases: bool = True,
+    client_ssl: SSL.Context | None = None,
+    server_ssl: SSL.Context | None = None,
+    resume: SSL.Session | None = None,
 ) -> InMemoryHandshake:
     """A client session and a server session started from the client's cookie'd ClientHello.
 
     The cookie exchange is done here (the HelloVerifyRequest is made locally, as the server's
     reader task would send it); the server's first flight waits in ``server.take_datagrams()``.
-    The server knows ``keys`` (default: ``{identity: key}``).
+    The server knows ``keys`` (default: ``{identity: key}``).  ``client_releases`` /
+    ``server_releases`` are each side's ``release_openssl``.  The OpenSSL contexts may be given
+    (``client_ssl``, ``server_ssl``: resumption needs the same ones twice; ``identity_hint`` is
+    then unused); ``resume`` is a session from an earlier handshake of ``client_ssl``.
     """
     name = identity.encode("latin-1") if isinstance(identity, str) else identity
     known = keys if keys is not None else {name: key}
     chosen_policy = policy or RetransmitPolicy()
     client = DTLSSession.client(
-        client_context(ciphers), now=now, mtu=mtu, policy=chosen_policy, identity=name, key=key
+        client_ssl or client_context(ciphers),
+        now=now,
+        mtu=mtu,
+        policy=chosen_policy,
+        identity=name,
+        key=key,
+        session=resume,
+        release_openssl=client_releases,
     )
     client_events = list(client.startup_events)
     first = client.take_datagrams()
     client_events += client.receive_datagram(hello_verify_request_for(first[0]), now)
     second = client.take_datagrams()
     server = DTLSSession.server(
-        server_context(identity_hint, ciphers),
+        server_ssl or server_context(identity_hint, ciphers),
         second[0],
         now=now,
         mtu=mtu,
         policy=chosen_policy,
         psk_lookup=known.get,
+        release_openssl=server_releases,
     )
     return InMemoryHandshake(
         client,

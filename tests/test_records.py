@@ -36,7 +36,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
-from support import IDENTITY, KEY, InMemoryHandshake, carry, protection_of, seal_one
+from support import IDENTITY, InMemoryHandshake, carry, protection_of, seal_one
 
 from trio_dtls_server import RetransmitPolicy
 from trio_dtls_server._openssl import (
@@ -130,41 +130,16 @@ def begin_pair(
     client_context: SSL.Context | None = None,
     resume: SSL.Session | None = None,
 ) -> InMemoryHandshake:
-    """Like ``support.begin_handshake_in_memory``, with ``release_openssl`` for each side.
-
-    The contexts may be given (resumption needs the same ones twice); ``resume`` is a session
-    from an earlier handshake of ``client_context``.
-    """
-    chosen_policy = policy or RetransmitPolicy()
-    client = DTLSSession.client(
-        client_context or support.client_context(ciphers),
+    """``support.begin_handshake_in_memory`` with :data:`GCM` by default, the names used here."""
+    return support.begin_handshake_in_memory(
+        ciphers=ciphers,
         now=NOW,
-        mtu=1400,
-        policy=chosen_policy,
-        identity=IDENTITY_BYTES,
-        key=KEY,
-        session=resume,
-        release_openssl=client_releases,
-    )
-    client_events = list(client.startup_events)
-    first = client.take_datagrams()
-    client_events += client.receive_datagram(support.hello_verify_request_for(first[0]), NOW)
-    second = client.take_datagrams()
-    server = DTLSSession.server(
-        server_context or support.server_context(ciphers=ciphers),
-        second[0],
-        now=NOW,
-        mtu=1400,
-        policy=chosen_policy,
-        psk_lookup={IDENTITY_BYTES: KEY}.get,
-        release_openssl=server_releases,
-    )
-    return InMemoryHandshake(
-        client,
-        server,
-        client_events=client_events,
-        server_events=list(server.startup_events),
-        client_datagrams=first + second,
+        policy=policy,
+        client_releases=client_releases,
+        server_releases=server_releases,
+        client_ssl=client_context,
+        server_ssl=server_context,
+        resume=resume,
     )
 
 
