@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypedDict, TypeVar, Unpack
 
 import pytest
 import trio
@@ -83,6 +83,7 @@ __all__ = [
     "LOOPBACK_HOSTS",
     "WAIT_LIMIT",
     "EventRecorder",
+    "HandshakeOptions",
     "InMemoryHandshake",
     "MemoryBioClient",
     "RawSocket",
@@ -651,6 +652,23 @@ class InMemoryHandshake:
     server_datagrams: list[bytes] = field(default_factory=list)
 
 
+class HandshakeOptions(TypedDict, total=False):
+    """How :func:`begin_handshake_in_memory` (and :func:`handshake_in_memory`) set a pair up."""
+
+    identity: str | bytes
+    key: bytes
+    keys: dict[bytes, bytes] | None
+    mtu: int
+    identity_hint: str | None
+    policy: RetransmitPolicy | None
+    ciphers: str
+    client_releases: bool
+    server_releases: bool
+    client_ssl: SSL.Context | None
+    server_ssl: SSL.Context | None
+    resume: SSL.Session | None
+
+
 def begin_handshake_in_memory(
     *,
     identity: str | bytes = IDENTITY,
@@ -731,32 +749,14 @@ def exchange(
 
 
 def handshake_in_memory(
-    *,
-    identity: str | bytes = IDENTITY,
-    key: bytes = KEY,
-    keys: dict[bytes, bytes] | None = None,
-    mtu: int = 1400,
-    identity_hint: str | None = None,
-    policy: RetransmitPolicy | None = None,
-    ciphers: str = DEFAULT_CIPHERS,
-    now: float = 0.0,
+    *, now: float = 0.0, **options: Unpack[HandshakeOptions]
 ) -> InMemoryHandshake:
     """Run a whole handshake between a client and a server session, all in memory.
 
     Same arguments as :func:`begin_handshake_in_memory`.  Nothing is lost or reordered; the
     result says how it ended (``client.state`` / ``server.state`` and the events).
     """
-    started = begin_handshake_in_memory(
-        identity=identity,
-        key=key,
-        keys=keys,
-        mtu=mtu,
-        identity_hint=identity_hint,
-        policy=policy,
-        ciphers=ciphers,
-        now=now,
-    )
-    return exchange(started, now)
+    return exchange(begin_handshake_in_memory(now=now, **options), now)
 
 
 def carry(datagrams: list[bytes], receiver: DTLSSession, now: float = 0.0) -> list[SessionEvent]:

@@ -89,13 +89,11 @@ def resumed_client_finished_first() -> tuple[InMemoryHandshake, bytes]:
         server_context, enabled=True, lifetime=60.0, session_id_context=b"record_handover"
     )
     client_context = support.client_context(GCM)
-    first = support.exchange(
-        begin_pair(server_context=server_context, client_context=client_context)
-    )
+    first = support.exchange(begin_pair(server_ssl=server_context, client_ssl=client_context))
     assert support.established(first.client, first.server)
     result = begin_pair(
-        server_context=server_context,
-        client_context=client_context,
+        server_ssl=server_context,
+        client_ssl=client_context,
         resume=first.client.ssl_session,
     )
     assert carry(result.server.take_datagrams(), result.client) == [

@@ -25,6 +25,7 @@ import datetime
 import hmac
 import random
 from collections import Counter
+from typing import Unpack
 
 import pytest
 import support
@@ -121,26 +122,11 @@ def cipher_string(suite: str) -> str:
 
 
 def begin_pair(
-    ciphers: str = GCM,
-    *,
-    server_releases: bool = True,
-    client_releases: bool = True,
-    policy: RetransmitPolicy | None = None,
-    server_context: SSL.Context | None = None,
-    client_context: SSL.Context | None = None,
-    resume: SSL.Session | None = None,
+    ciphers: str = GCM, /, **options: Unpack[support.HandshakeOptions]
 ) -> InMemoryHandshake:
-    """``support.begin_handshake_in_memory`` with :data:`GCM` by default, the names used here."""
-    return support.begin_handshake_in_memory(
-        ciphers=ciphers,
-        now=NOW,
-        policy=policy,
-        client_releases=client_releases,
-        server_releases=server_releases,
-        client_ssl=client_context,
-        server_ssl=server_context,
-        resume=resume,
-    )
+    """``support.begin_handshake_in_memory`` with the suite first, :data:`GCM` by default."""
+    options["ciphers"] = ciphers
+    return support.begin_handshake_in_memory(now=NOW, **options)
 
 
 def handshake_pair(
@@ -1166,13 +1152,11 @@ def _resumption_contexts() -> tuple[SSL.Context, SSL.Context]:
 def _begin_resumed() -> InMemoryHandshake:
     """A full handshake (both released), then a second one resuming its session, begun."""
     server_context, client_context = _resumption_contexts()
-    first = support.exchange(
-        begin_pair(server_context=server_context, client_context=client_context)
-    )
+    first = support.exchange(begin_pair(server_ssl=server_context, client_ssl=client_context))
     assert first.client.openssl_released and first.server.openssl_released
     saved = first.client.ssl_session
     assert saved is not None
-    return begin_pair(server_context=server_context, client_context=client_context, resume=saved)
+    return begin_pair(server_ssl=server_context, client_ssl=client_context, resume=saved)
 
 
 def test_a_released_client_resends_its_lost_final_flight_after_resumption() -> None:
@@ -1243,7 +1227,7 @@ def test_openssl_renegotiating_with_a_released_server_gets_refused() -> None:
     context.set_options(SSL.OP_NO_QUERY_MTU)
     context.set_cipher_list(GCM.encode("ascii"))
     install_client_psk(context)
-    result = support.exchange(begin_pair(client_context=context, client_releases=False))
+    result = support.exchange(begin_pair(client_ssl=context, client_releases=False))
     assert support.established(result.client, result.server)
     connection = result.client.connection
     assert connection is not None
