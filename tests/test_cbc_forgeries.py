@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import support
-from auth_support import ConnectionLog, Credentials, make_credentials, quiet
+from auth_support import ConnectionLog, Credentials, quiet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import IDENTITY, InMemoryHandshake
@@ -302,11 +302,6 @@ def test_the_guard_screens_any_bytes_without_raising(datagram: bytes) -> None:
 
 
 # -- certificate suites, over loopback ----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
-    return make_credentials(tmp_path_factory.mktemp("cbc"))
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,6 @@ from auth_support import (
     KEY,
     ConnectionLog,
     Credentials,
-    make_credentials,
     quiet,
 )
 from cryptography import x509
@@ -37,11 +36,6 @@ from trio_dtls_server import (
     HandshakeError,
 )
 from trio_dtls_server._certificates import _strong_keys_only, load_certificate_config
-
-
-@pytest.fixture(scope="module")
-def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
-    return make_credentials(tmp_path_factory.mktemp("certificates"))
 
 
 async def connect(running: support.RunningServer, **options: object) -> tuple[DTLSClient, float]:
