@@ -11,17 +11,15 @@ logs or hands out holds an unprintable character at all.
 from __future__ import annotations
 
 import ast
-import datetime
 import logging
 
 import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
+from auth_support import self_signed
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hostile_support import KEY, serving_psk
 from hypothesis import given
 
@@ -188,24 +186,7 @@ async def test_an_unknown_hostile_identity_is_quoted_in_every_failure_message(
 
 
 def _certificate_named(common_name: str) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example, Inc."),
-        ]
-    )
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    return self_signed(ec.generate_private_key(ec.SECP256R1()), common_name, "Example, Inc.")
 
 
 def test_a_certificate_subject_is_safe_to_log_and_still_rfc_4514() -> None:

@@ -21,7 +21,6 @@ a mixed pair (one side released, one not) are built directly with ``DTLSSession.
 
 from __future__ import annotations
 
-import datetime
 import hmac
 import random
 from collections import Counter
@@ -29,11 +28,9 @@ from typing import Unpack
 
 import pytest
 import support
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from auth_support import self_signed
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
-from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
@@ -277,18 +274,7 @@ def test_aead_suite_answers_none_for_short_names(name: str) -> None:
 def _self_signed_rsa_server_context(ciphers: str) -> SSL.Context:
     """A DTLS server context with a throwaway RSA certificate (plain-RSA suites need one)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "records test")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    certificate = self_signed(key, "records test")
     context = new_dtls_context(server=True, ciphers=ciphers)
     context.use_certificate(certificate)
     context.use_privatekey(key)
