@@ -23,14 +23,11 @@ import trio.testing
 from hostile_support import ack_for, connect, new_client_session, serving_psk
 from hypothesis import HealthCheck, given, settings
 from support import (
-    KEY,
     InMemoryHandshake,
-    client_context,
-    exchange,
-    hello_verify_request_for,
+    begin_handshake_in_memory,
+    handshake_in_memory,
     protection_of,
     seal_one,
-    server_context,
     settle,
 )
 
@@ -41,7 +38,6 @@ from trio_dtls_server._session import (
     DTLSSession,
     HandshakeProgress,
     RemoteClosed,
-    RetransmitPolicy,
     SessionEvent,
     SessionState,
 )
@@ -89,36 +85,9 @@ WARNINGS_THAT_STAY_WARNINGS = [
 ]
 
 
-def begin_pair(*, client_releases: bool, server_releases: bool) -> InMemoryHandshake:
-    """A client and a server session, the server's first flight waiting to be carried."""
-    policy = RetransmitPolicy()
-    client = DTLSSession.client(
-        client_context(),
-        now=0.0,
-        mtu=1400,
-        policy=policy,
-        identity=IDENTITY,
-        key=KEY,
-        release_openssl=client_releases,
-    )
-    first = client.take_datagrams()
-    client.receive_datagram(hello_verify_request_for(first[0]), 0.0)
-    second = client.take_datagrams()
-    server = DTLSSession.server(
-        server_context(),
-        second[0],
-        now=0.0,
-        mtu=1400,
-        policy=policy,
-        psk_lookup={IDENTITY: KEY}.get,
-        release_openssl=server_releases,
-    )
-    return InMemoryHandshake(client, server)
-
-
 def session_pair(*, client_releases: bool, server_releases: bool) -> InMemoryHandshake:
     """A client and a server session, established in memory, each keeping OpenSSL or not."""
-    result = exchange(begin_pair(client_releases=client_releases, server_releases=server_releases))
+    result = handshake_in_memory(client_releases=client_releases, server_releases=server_releases)
     assert result.client.state is result.server.state is SessionState.ESTABLISHED
     assert result.client.openssl_released is client_releases
     assert result.server.openssl_released is server_releases
@@ -220,7 +189,7 @@ def test_a_fatal_only_warning_that_overtakes_the_finished_ends_the_association(
     client_releases: bool,
 ) -> None:
     """The server's data and alert reach the client before the server's final flight."""
-    pair = begin_pair(client_releases=client_releases, server_releases=True)
+    pair = begin_handshake_in_memory(client_releases=client_releases, server_releases=True)
     client, server = pair.client, pair.server
     for datagram in server.take_datagrams():
         client.receive_datagram(datagram, 0.0)
