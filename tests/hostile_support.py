@@ -32,7 +32,7 @@ import pytest
 import trio
 import trio.testing
 from OpenSSL import SSL
-from support import RecordingTransport, RunningServer, serving
+from support import RecordingTransport, RunningServer, serving, settle
 
 from trio_dtls_server import (
     DEFAULT_CIPHERS,
@@ -168,6 +168,27 @@ def new_client_session() -> DTLSSession:
         identity=IDENTITY.encode(),
         key=KEY,
     )
+
+
+async def replay_a_foreign_hello(victim: WatchedClient) -> None:
+    """Send another client's cookie'd ClientHello from ``victim``'s address, as a replay would.
+
+    The cookie exchange is real: the first hello gets a HelloVerifyRequest (to the victim's
+    port, where this reads it), the second one carries its cookie.  The attacker then falls
+    silent, so the new handshake can only end at its deadline.
+    """
+    attacker = new_client_session()
+    [hello] = attacker.take_datagrams()
+    victim.transport.send_raw(hello)
+    await settle()
+    received = victim.transport.receive_nowait(65_536)
+    assert received is not None
+    hello_verify_request = received[0]
+    assert len(parse_hello_verify_request(hello_verify_request)) == 16
+    attacker.receive_datagram(hello_verify_request, 0.0)
+    [cookied_hello] = attacker.take_datagrams()
+    victim.transport.send_raw(cookied_hello)
+    await settle()
 
 
 def real_client_hello() -> bytes:

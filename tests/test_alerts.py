@@ -20,7 +20,7 @@ import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
-from hostile_support import ack_for, connect, new_client_session, serving_psk
+from hostile_support import ack_for, connect, replay_a_foreign_hello, serving_psk
 from hypothesis import HealthCheck, given, settings
 from support import (
     InMemoryHandshake,
@@ -47,7 +47,6 @@ from trio_dtls_server._wire import (
     CONTENT_ALERT,
     FATAL_ONLY_ALERTS,
     AlertDescription,
-    parse_hello_verify_request,
 )
 
 IDENTITY = b"Alice (clone number 0)"
@@ -320,17 +319,7 @@ async def test_the_association_kept_aside_still_hears_its_clients_alerts(
 
         # Another client's cookie'd hello from the victim's address (a replay, or a restart
         # whose handshake will not finish): the established association goes aside.
-        attacker = new_client_session()
-        [hello] = attacker.take_datagrams()
-        good.transport.send_raw(hello)
-        await settle()
-        received = good.transport.receive_nowait(65_536)
-        assert received is not None
-        assert len(parse_hello_verify_request(received[0])) == 16
-        attacker.receive_datagram(received[0], 0.0)
-        [cookied_hello] = attacker.take_datagrams()
-        good.transport.send_raw(cookied_hello)
-        await settle()
+        await replay_a_foreign_hello(good)
         assert served.server.statistics().handshaking == 1
 
         # The real client says goodbye (or fails) with its established keys.
