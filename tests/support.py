@@ -92,6 +92,7 @@ __all__ = [
     "begin_handshake_in_memory",
     "client_context",
     "client_hellos",
+    "drain_events",
     "established",
     "exchange",
     "fragment_client_hello",
@@ -235,6 +236,16 @@ class EventRecorder:
                 if len(found) >= count:
                     return found[count - 1]
                 await self._arrived.wait()
+
+
+def drain_events(stream: trio.MemoryReceiveChannel[ServerEvent]) -> list[ServerEvent]:
+    """Every event waiting in ``stream`` (a ``server.events()`` subscription) now."""
+    events = []
+    while True:
+        try:
+            events.append(stream.receive_nowait())
+        except trio.WouldBlock:
+            return events
 
 
 @dataclass
