@@ -34,12 +34,12 @@ import support
 import trio
 import trio.testing
 from support import IDENTITY, KEY, InMemoryHandshake, carry, protection_of, seal_one
-from test_records import begin_pair
+from test_records import begin_pair, zero_key_protection
 
 from trio_dtls_server import DatagramReceived, DTLSServer, RetransmitPolicy, ServerEvent
 from trio_dtls_server._connection import ConnectionClosed, DTLSConnection, PeerSlot
 from trio_dtls_server._openssl import configure_session_resumption
-from trio_dtls_server._records import RecordProtection, aead_suite
+from trio_dtls_server._records import aead_suite
 from trio_dtls_server._session import (
     DROP_AUTHENTICATION,
     DROP_HANDSHAKE_RETRANSMISSION,
@@ -376,15 +376,7 @@ def test_impossible_fragments_and_odd_buffer_types_are_refused_without_raising(
     """CCM has limits of its own in ``cryptography`` (nonce and data lengths); none leaks out."""
     suite = aead_suite(suite_name)
     assert suite is not None
-    protection = RecordProtection(
-        suite,
-        epoch=1,
-        read_key=bytes(suite.key_length),
-        read_iv=bytes(suite.implicit_iv_length),
-        write_key=bytes(suite.key_length),
-        write_iv=bytes(suite.implicit_iv_length),
-        next_sequence=1,
-    )
+    protection = zero_key_protection(suite, next_sequence=1)
     lengths = [0, 1, 8, suite.overhead - 1, suite.overhead, suite.overhead + 1]
     lengths += [suite.overhead + 2**14, suite.overhead + 2**14 + 1, 65_535]
     refused = 0
@@ -404,15 +396,7 @@ def test_impossible_fragments_and_odd_buffer_types_are_refused_without_raising(
     assert protection.replay.seen(2**48 - 1) is False  # no forgery moved the window
     # A genuine record of the largest size still opens: the refusals were about the bytes.
     largest = protection.seal(CONTENT_APPLICATION_DATA, bytes(2**14))
-    mirror = RecordProtection(
-        suite,
-        epoch=1,
-        read_key=bytes(suite.key_length),
-        read_iv=bytes(suite.implicit_iv_length),
-        write_key=bytes(suite.key_length),
-        write_iv=bytes(suite.implicit_iv_length),
-        next_sequence=1,
-    )
+    mirror = zero_key_protection(suite, next_sequence=1)
     (record,) = parse_records(largest)
     assert mirror.open_record(
         record.content_type, record.version, record.sequence_number, record.fragment

@@ -46,6 +46,7 @@ from trio_dtls_server._openssl import (
 )
 from trio_dtls_server._records import (
     MAX_SEQUENCE,
+    AeadSuite,
     RecordProtection,
     ReplayWindow,
     aead_suite,
@@ -438,15 +439,7 @@ def test_seal_writes_the_documented_record_format(suite_name: str) -> None:
 def test_decrypt_refuses_impossible_fragment_lengths_without_raising(suite_name: str) -> None:
     suite = aead_suite(suite_name)
     assert suite is not None
-    protection = RecordProtection(
-        suite,
-        epoch=1,
-        read_key=bytes(suite.key_length),
-        read_iv=bytes(suite.implicit_iv_length),
-        write_key=bytes(suite.key_length),
-        write_iv=bytes(suite.implicit_iv_length),
-        next_sequence=0,
-    )
+    protection = zero_key_protection(suite, next_sequence=0)
     for fragment_length in [0, 1, suite.overhead - 1, suite.overhead + 2**14 + 1]:
         fragment = bytes(fragment_length)
         assert protection.decrypt(CONTENT_APPLICATION_DATA, DTLS_1_2, 0, fragment) is None
@@ -505,6 +498,19 @@ def test_record_protection_for_refuses_what_it_cannot_check() -> None:
 
 
 # -- what mutation testing found unpinned (``nox -s mutants``) -----------------------------------
+
+
+def zero_key_protection(suite: AeadSuite, next_sequence: int) -> RecordProtection:
+    """A :class:`RecordProtection` with all-zero keys and IVs: it opens what it sealed itself."""
+    return RecordProtection(
+        suite,
+        epoch=1,
+        read_key=bytes(suite.key_length),
+        read_iv=bytes(suite.implicit_iv_length),
+        write_key=bytes(suite.key_length),
+        write_iv=bytes(suite.implicit_iv_length),
+        next_sequence=next_sequence,
+    )
 
 
 def _mirror_pair(suite_name: str) -> tuple[RecordProtection, RecordProtection]:
