@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
+from typing import TYPE_CHECKING
 
 import pytest
-from auth_support import Credentials, make_credentials
+
+if TYPE_CHECKING:
+    # Only for the annotation: test_ci_policy.py runs a copy of this file where the test
+    # helpers are not importable, so the fixture imports them when it runs.
+    from auth_support import Credentials
 
 #: True where the environment says this is a CI run (GitHub Actions, GitLab and our .ci/run
 #: all set ``CI=true``).
@@ -44,4 +49,6 @@ def credentials(
     Made once per test module (``trustme`` takes a moment per CA), in a directory of its own
     named after the module, so no module sees files another one wrote.
     """
+    from auth_support import make_credentials
+
     return make_credentials(tmp_path_factory.mktemp(request.path.stem))
