@@ -1,12 +1,13 @@
 """Helpers for the authentication tests: certificates made at test time, and a recording handler.
 
-Used by ``test_certificates.py``, ``test_cipher_profiles.py``, ``test_resumption.py`` and
-``test_interop_auth.py`` (import it as ``import auth_support``; pytest puts ``tests/`` on the
-path).  Nothing here asserts by itself.
+Used by the certificate tests (``test_certificates.py``, ``test_cipher_profiles.py``,
+``test_resumption.py``, ``test_interop_auth.py`` and others; pytest puts ``tests/`` on the
+path).  Nothing here asserts by itself.  ``conftest.py`` turns :func:`make_credentials` into the
+module-scoped ``credentials`` fixture.
 
 Certificates come from ``trustme``: a CA, a second CA nobody trusts, and leaf certificates with
 ECDSA P-256 keys (RFC 7925's curve) unless said otherwise, each written as one PEM file holding
-the key and the certificate.
+the key and the certificate.  :func:`self_signed` makes the few that ``trustme`` will not.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pathlib import Path
 import trio
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509.oid import NameOID
 
 from trio_dtls_server import DTLSConnection, ServerEvent
 
@@ -30,6 +34,7 @@ __all__ = [
     "Credentials",
     "make_credentials",
     "quiet",
+    "self_signed",
 ]
 
 IDENTITY = "device-1"
@@ -56,6 +61,31 @@ class Credentials:
     server_key: Path
     server_certificate: Path
     client_certificate: x509.Certificate
+
+
+def self_signed(
+    key: CertificateIssuerPrivateKeyTypes, common_name: str, organization: str | None = None
+) -> x509.Certificate:
+    """A certificate for ``key``, signed by itself, valid from a day ago for two days.
+
+    For the tests that need a certificate ``trustme`` will not make (a weak key, a subject
+    with hostile characters); the subject is ``CN=common_name`` (then ``O=organization``).
+    """
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization is not None:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    name = x509.Name(attributes)
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
 
 
 def _write(directory: Path, name: str, leaf: trustme.LeafCert) -> Path:

@@ -1,4 +1,4 @@
-"""Suite-wide pytest hooks.
+"""Suite-wide pytest hooks and the fixtures several test modules share.
 
 Skips are for laptops: a test that skips because a peer stack (Qt, tinydtls, Mbed TLS,
 node-dtls-client, wolfSSL, ...) or a privilege (raw sockets) is missing says so and moves on.
@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    # Only for the annotation: test_ci_policy.py runs a copy of this file where the test
+    # helpers are not importable, so the fixture imports them when it runs.
+    from auth_support import Credentials
 
 #: True where the environment says this is a CI run (GitHub Actions, GitLab and our .ci/run
 #: all set ``CI=true``).
@@ -32,3 +38,17 @@ def pytest_runtest_makereport(
 
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="module")
+def credentials(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Credentials:
+    """Every certificate and key the certificate tests need (see :func:`make_credentials`).
+
+    Made once per test module (``trustme`` takes a moment per CA), in a directory of its own
+    named after the module, so no module sees files another one wrote.
+    """
+    from auth_support import make_credentials
+
+    return make_credentials(tmp_path_factory.mktemp(request.path.stem))

@@ -1,26 +1,21 @@
 """Helpers shared by the hostile-network tests (limits, floods, garbage, health report).
 
 Everything here talks to a real :class:`~trio_dtls_server.DTLSServer` over real UDP on
-127.0.0.1.  The tools:
+127.0.0.1, with the generic tools of :mod:`support` (:func:`support.serving`,
+:class:`support.RecordingTransport`, :func:`support.settle`: see there why settling works).
+The tools added here:
 
-* :func:`serving` runs a server (and an :class:`EventLog` of everything it reports) for the
-  body of an ``async with``;
-* :class:`RecordingTransport` is a real UDP transport for a :class:`~trio_dtls_server.DTLSClient`
-  that keeps a copy of every datagram the client sends and receives -- the captures the fuzz
-  and replay tests mutate -- and lets a test send raw bytes *from the client's own port*;
+* :func:`serving_psk` builds a PSK server (default: any identity, with :data:`KEY`) and runs
+  it with :func:`support.serving` for the body of an ``async with``;
+* :func:`connect` connects a :class:`~trio_dtls_server.DTLSClient` over a
+  :class:`support.RecordingTransport` that keeps every datagram the client sends and receives
+  -- the captures the fuzz and replay tests mutate -- and lets a test send raw bytes *from the
+  client's own port*;
 * :func:`real_client_hello` and :func:`cookie_round_trip` give attackers the bytes a real
   OpenSSL client would send (before and after the cookie exchange), so floods are realistic;
   :func:`forged_record` turns a captured record into one that fails authentication;
-* :func:`settle` waits until the server has handled everything already sent to it;
 * :func:`live_ssl_connections` and :func:`record_memory_channels` look for leaks and for
   unbounded queues.
-
-Why :func:`settle` works: on Linux a UDP datagram sent to a loopback address is already in the
-receiving socket's queue when ``sendto`` returns, and Trio only reports "all tasks blocked"
-when no task can run *and* the I/O poll found nothing ready.  So once it returns, the server has
-read, classified and answered every datagram sent before the call -- no sleeping, no guessing.
-The same reasoning lets Trio's autojump clock drive real loopback sockets: the clock only jumps
-when nothing is ready to read.
 """
 
 from __future__ import annotations
@@ -28,29 +23,27 @@ from __future__ import annotations
 import gc
 import random
 import socket
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 from OpenSSL import SSL
+from support import RecordingTransport, RunningServer, serving, settle
 
 from trio_dtls_server import (
     DEFAULT_CIPHERS,
     DTLSClient,
     DTLSServer,
     ServerConfig,
-    ServerEvent,
     peer_info,
 )
 from trio_dtls_server._client import _client_context
 from trio_dtls_server._psk import PskSource
 from trio_dtls_server._session import DTLSSession, RetransmitPolicy
-from trio_dtls_server._transport import ReplySource, UDPTransport
 from trio_dtls_server._wire import ClientHello, parse_hello_verify_request, parse_records
 
 Address = tuple[str, int]
@@ -64,11 +57,6 @@ LOOPBACK = "127.0.0.1"
 def ack_for(address: Address) -> bytes:
     """What the default handler (Qt's) answers to every datagram from ``address``."""
     return f"to {peer_info(address)}: ACK".encode("latin-1")
-
-
-async def settle() -> None:
-    """Return once every task is blocked and no socket has anything to read (see module doc)."""
-    await trio.testing.wait_all_tasks_blocked()
 
 
 def udp_socket(host: str = LOOPBACK) -> socket.socket:
@@ -115,128 +103,22 @@ def live_ssl_connections() -> int:
 # -- the server and what it says --------------------------------------------------------------
 
 
-@dataclass
-class EventLog:
-    """Everything a server reported through :meth:`DTLSServer.events`, in order.
-
-    With ``keep_events=False`` only the count per code is kept (for runs that measure memory:
-    a list of every event would be the biggest thing growing).
-    """
-
-    keep_events: bool = True
-    events: list[ServerEvent] = field(default_factory=list)
-    counts: Counter[str] = field(default_factory=Counter)
-
-    def codes(self) -> list[str]:
-        return [event.code for event in self.events]
-
-    def with_code(self, code: str) -> list[ServerEvent]:
-        return [event for event in self.events if event.code == code]
-
-    def messages(self, code: str) -> list[str]:
-        return [event.message for event in self.with_code(code)]
-
-    async def record(
-        self, server: DTLSServer, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        # A large buffer: the tests want every event, and the log task keeps up anyway.
-        async with server.events(max_buffer=1 << 16) as stream:
-            task_status.started()
-            async for event in stream:
-                self.counts[event.code] += 1
-                if self.keep_events:
-                    self.events.append(event)
-
-
-@dataclass
-class Served:
-    """A running server: the object, its address and its event log."""
-
-    server: DTLSServer
-    address: Address
-    log: EventLog
-
-
 @asynccontextmanager
-async def serving(
+async def serving_psk(
     config: ServerConfig | None = None,
     *,
     keep_events: bool = True,
     psk: PskSource = KEY,
     **server_options: Any,
-) -> AsyncIterator[Served]:
+) -> AsyncIterator[RunningServer]:
     """Run a PSK server on 127.0.0.1 for the ``async with`` body (default: any identity, with
-    :data:`KEY`)."""
+    :data:`KEY`), through :func:`support.serving`."""
     server = DTLSServer(psk=psk, config=config, **server_options)
-    log = EventLog(keep_events=keep_events)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(log.record, server)
-        address: Address = await nursery.start(server.serve, LOOPBACK, 0)
-        yield Served(server, address, log)
-        nursery.cancel_scope.cancel()
+    async with serving(server, LOOPBACK, keep_events=keep_events) as running:
+        yield running
 
 
 # -- a client whose traffic we can see and imitate ---------------------------------------------
-
-
-class RecordingTransport:
-    """A real UDP transport that keeps every datagram sent and received, in order.
-
-    ``send_raw`` sends bytes to ``peer`` from this transport's own port without recording them:
-    to the server they look exactly like traffic from the client.
-    """
-
-    def __init__(self, sock: socket.socket, peer: Address) -> None:
-        self._socket = sock
-        self._inner = UDPTransport(sock)
-        self._peer = peer
-        self.sent: list[bytes] = []
-        self.received: list[bytes] = []
-        #: Set to False to stop keeping copies (long runs that measure memory); the counts go on.
-        self.keep_copies = True
-        self.sent_count = 0
-        self.received_count = 0
-
-    @property
-    def local_address(self) -> Address:
-        return self._inner.local_address
-
-    @property
-    def is_ipv6(self) -> bool:
-        return self._inner.is_ipv6
-
-    def receive_nowait(self, max_size: int) -> tuple[bytes, Address] | None:
-        received = self._inner.receive_nowait(max_size)
-        if received is not None:
-            self.received_count += 1
-            if self.keep_copies:
-                self.received.append(received[0])
-        return received
-
-    async def wait_readable(self) -> None:
-        await self._inner.wait_readable()
-
-    def reply_source(self) -> ReplySource | None:
-        return self._inner.reply_source()
-
-    def send_nowait(
-        self, datagram: bytes, address: Address, source: ReplySource | None = None
-    ) -> bool:
-        sent = self._inner.send_nowait(datagram, address, source)
-        if sent:
-            self.sent_count += 1
-            if self.keep_copies:
-                self.sent.append(datagram)
-        return sent
-
-    async def wait_writable(self) -> None:
-        await self._inner.wait_writable()
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def send_raw(self, datagram: bytes) -> None:
-        self._socket.sendto(datagram, self._peer)
 
 
 @dataclass
@@ -266,7 +148,7 @@ async def connect(
 ) -> WatchedClient:
     """Connect a recording client from a fresh port on 127.0.0.1."""
     sock = udp_socket()
-    transport = RecordingTransport(sock, server_address)
+    transport = RecordingTransport.over_socket(sock, server_address)
     client = await DTLSClient.connect_over(
         transport, server_address, identity=identity, key=key, **options
     )
@@ -286,6 +168,27 @@ def new_client_session() -> DTLSSession:
         identity=IDENTITY.encode(),
         key=KEY,
     )
+
+
+async def replay_a_foreign_hello(victim: WatchedClient) -> None:
+    """Send another client's cookie'd ClientHello from ``victim``'s address, as a replay would.
+
+    The cookie exchange is real: the first hello gets a HelloVerifyRequest (to the victim's
+    port, where this reads it), the second one carries its cookie.  The attacker then falls
+    silent, so the new handshake can only end at its deadline.
+    """
+    attacker = new_client_session()
+    [hello] = attacker.take_datagrams()
+    victim.transport.send_raw(hello)
+    await settle()
+    received = victim.transport.receive_nowait(65_536)
+    assert received is not None
+    hello_verify_request = received[0]
+    assert len(parse_hello_verify_request(hello_verify_request)) == 16
+    attacker.receive_datagram(hello_verify_request, 0.0)
+    [cookied_hello] = attacker.take_datagrams()
+    victim.transport.send_raw(cookied_hello)
+    await settle()
 
 
 def real_client_hello() -> bytes:

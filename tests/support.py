@@ -33,10 +33,11 @@ from __future__ import annotations
 import random
 import socket as stdlib_socket
 import struct
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypedDict, TypeVar, Unpack
 
 import pytest
 import trio
@@ -59,7 +60,13 @@ from trio_dtls_server._openssl import (
 )
 from trio_dtls_server._records import RecordProtection
 from trio_dtls_server._session import DTLSSession, SessionEvent, SessionState
-from trio_dtls_server._transport import Address, DatagramTransport, ReplySource, bind_udp
+from trio_dtls_server._transport import (
+    Address,
+    DatagramTransport,
+    ReplySource,
+    UDPTransport,
+    bind_udp,
+)
 from trio_dtls_server._wire import (
     CONTENT_APPLICATION_DATA,
     HANDSHAKE_HEADER_LENGTH,
@@ -76,6 +83,7 @@ __all__ = [
     "LOOPBACK_HOSTS",
     "WAIT_LIMIT",
     "EventRecorder",
+    "HandshakeOptions",
     "InMemoryHandshake",
     "MemoryBioClient",
     "RawSocket",
@@ -84,6 +92,7 @@ __all__ = [
     "begin_handshake_in_memory",
     "client_context",
     "client_hellos",
+    "drain_events",
     "established",
     "exchange",
     "fragment_client_hello",
@@ -150,16 +159,26 @@ class EventRecorder:
     is large (the server drops events for a full subscriber, and a test should not lose any).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_events: bool = True) -> None:
+        #: With ``keep_events=False`` only :attr:`counts` grows (for runs that measure memory: a
+        #: list of every event would be the biggest thing growing).
+        self.keep_events = keep_events
         self.events: list[ServerEvent] = []
+        #: How many events of each code arrived, kept even when the events themselves are not.
+        self.counts: Counter[str] = Counter()
         self._arrived = trio.Event()
 
     @classmethod
     async def start(
-        cls, nursery: trio.Nursery, server: DTLSServer, *, max_buffer: int = 100_000
+        cls,
+        nursery: trio.Nursery,
+        server: DTLSServer,
+        *,
+        max_buffer: int = 1 << 16,
+        keep_events: bool = True,
     ) -> EventRecorder:
         """Subscribe to ``server`` and keep recording in a task of ``nursery``."""
-        recorder = cls()
+        recorder = cls(keep_events=keep_events)
         await nursery.start(recorder._record, server, max_buffer)
         return recorder
 
@@ -172,13 +191,19 @@ class EventRecorder:
         async with server.events(max_buffer) as stream:
             task_status.started()
             async for event in stream:
-                self.events.append(event)
+                self.counts[event.code] += 1
+                if self.keep_events:
+                    self.events.append(event)
                 self._arrived.set()
                 self._arrived = trio.Event()
 
     def with_code(self, code: str) -> list[ServerEvent]:
         """Every event recorded so far with this ``code``."""
         return [event for event in self.events if event.code == code]
+
+    def messages(self, code: str) -> list[str]:
+        """The messages of every event recorded so far with this ``code``, in order."""
+        return [event.message for event in self.with_code(code)]
 
     def of_type(self, kind: type[EventT]) -> list[EventT]:
         """Every event recorded so far of this class (exactly, not subclasses)."""
@@ -213,6 +238,16 @@ class EventRecorder:
                 await self._arrived.wait()
 
 
+def drain_events(stream: trio.MemoryReceiveChannel[ServerEvent]) -> list[ServerEvent]:
+    """Every event waiting in ``stream`` (a ``server.events()`` subscription) now."""
+    events = []
+    while True:
+        try:
+            events.append(stream.receive_nowait())
+        except trio.WouldBlock:
+            return events
+
+
 @dataclass
 class RunningServer:
     """What :func:`serving` yields."""
@@ -233,17 +268,30 @@ class RunningServer:
 
 @asynccontextmanager
 async def serving(
-    server: DTLSServer, host: str = "127.0.0.1", port: int = 0
+    server: DTLSServer,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    on: DatagramTransport | None = None,
+    keep_events: bool = True,
 ) -> AsyncIterator[RunningServer]:
     """Run ``server`` on ``host``:``port`` (0: a free port) for the duration of the block.
+
+    With ``on``, the server serves on that transport instead (``serve_on``; ``host`` and
+    ``port`` are then unused), e.g. a :class:`RecordingTransport` that keeps what it carries.
+    ``keep_events=False`` makes the recorder keep only counts (see :class:`EventRecorder`).
 
     The recorder subscribes before ``serve`` starts, so it sees every event, ``listening``
     included.  The block's end cancels the nursery: the server then sends close_notify to
     every established peer and closes its socket.
     """
     async with trio.open_nursery() as nursery:
-        recorder = await EventRecorder.start(nursery, server)
-        address: Address = await nursery.start(server.serve, host, port)
+        recorder = await EventRecorder.start(nursery, server, keep_events=keep_events)
+        address: Address
+        if on is None:
+            address = await nursery.start(server.serve, host, port)
+        else:
+            address = await nursery.start(server.serve_on, on)
         yield RunningServer(server, address, recorder, nursery)
         nursery.cancel_scope.cancel()
 
@@ -310,19 +358,38 @@ class RawSocket:
 class RecordingTransport:
     """A :class:`DatagramTransport` that passes everything to a real one and keeps a copy.
 
-    ``sent`` holds ``(datagram, destination)`` for every datagram handed to the kernel,
-    ``received`` holds ``(datagram, source)`` for every datagram read.  Give it to
-    ``DTLSClient.connect_over`` to see exactly what a client sends and gets.
+    ``sent`` / ``received`` hold every datagram handed to the kernel / read, in order;
+    ``sent_to`` / ``received_from`` hold the same as ``(datagram, destination)`` /
+    ``(datagram, source)`` pairs.  Set :attr:`keep_copies` to False to stop keeping copies
+    (long runs that measure memory); :attr:`sent_count` and :attr:`received_count` go on.
+
+    Give it to ``DTLSClient.connect_over`` to see exactly what a client sends and gets, or to
+    :func:`serving` (``on=``) to see a server's traffic.  Made with :meth:`over_socket`, it
+    can also :meth:`send_raw`: bytes from the transport's own port that, to the peer, look
+    exactly like the client's traffic (the replay and fuzz tests send mutated captures so).
     """
 
     def __init__(self, inner: DatagramTransport) -> None:
         self.inner = inner
-        self.sent: list[tuple[bytes, Address]] = []
-        self.received: list[tuple[bytes, Address]] = []
+        self.sent: list[bytes] = []
+        self.received: list[bytes] = []
+        self.sent_to: list[tuple[bytes, Address]] = []
+        self.received_from: list[tuple[bytes, Address]] = []
+        self.keep_copies = True
+        self.sent_count = 0
+        self.received_count = 0
+        self._raw: tuple[stdlib_socket.socket, Address] | None = None
 
     @classmethod
     async def bind(cls, host: str = "127.0.0.1", port: int = 0) -> RecordingTransport:
         return cls(await bind_udp(host, port))
+
+    @classmethod
+    def over_socket(cls, sock: stdlib_socket.socket, peer: Address) -> RecordingTransport:
+        """Wrap a bound non-blocking ``sock``; :meth:`send_raw` then sends to ``peer``."""
+        transport = cls(UDPTransport(sock))
+        transport._raw = (sock, peer)
+        return transport
 
     @property
     def local_address(self) -> Address:
@@ -335,7 +402,10 @@ class RecordingTransport:
     def receive_nowait(self, max_size: int) -> tuple[bytes, Address] | None:
         received = self.inner.receive_nowait(max_size)
         if received is not None:
-            self.received.append(received)
+            self.received_count += 1
+            if self.keep_copies:
+                self.received.append(received[0])
+                self.received_from.append(received)
         return received
 
     async def wait_readable(self) -> None:
@@ -349,7 +419,10 @@ class RecordingTransport:
     ) -> bool:
         accepted = self.inner.send_nowait(datagram, address, source)
         if accepted:
-            self.sent.append((datagram, address))
+            self.sent_count += 1
+            if self.keep_copies:
+                self.sent.append(datagram)
+                self.sent_to.append((datagram, address))
         return accepted
 
     async def wait_writable(self) -> None:
@@ -357,6 +430,13 @@ class RecordingTransport:
 
     def close(self) -> None:
         self.inner.close()
+
+    def send_raw(self, datagram: bytes) -> None:
+        """Send ``datagram`` to the peer from this transport's port, without recording it."""
+        if self._raw is None:
+            raise RuntimeError("send_raw needs a RecordingTransport made by over_socket")
+        sock, peer = self._raw
+        sock.sendto(datagram, peer)
 
 
 def _recording_transport_is_a_transport(transport: RecordingTransport) -> DatagramTransport:
@@ -583,6 +663,23 @@ class InMemoryHandshake:
     server_datagrams: list[bytes] = field(default_factory=list)
 
 
+class HandshakeOptions(TypedDict, total=False):
+    """How :func:`begin_handshake_in_memory` (and :func:`handshake_in_memory`) set a pair up."""
+
+    identity: str | bytes
+    key: bytes
+    keys: dict[bytes, bytes] | None
+    mtu: int
+    identity_hint: str | None
+    policy: RetransmitPolicy | None
+    ciphers: str
+    client_releases: bool
+    server_releases: bool
+    client_ssl: SSL.Context | None
+    server_ssl: SSL.Context | None
+    resume: SSL.Session | None
+
+
 def begin_handshake_in_memory(
     *,
     identity: str | bytes = IDENTITY,
@@ -593,30 +690,46 @@ def begin_handshake_in_memory(
     policy: RetransmitPolicy | None = None,
     ciphers: str = DEFAULT_CIPHERS,
     now: float = 0.0,
+    client_releases: bool = True,
+    server_releases: bool = True,
+    client_ssl: SSL.Context | None = None,
+    server_ssl: SSL.Context | None = None,
+    resume: SSL.Session | None = None,
 ) -> InMemoryHandshake:
     """A client session and a server session started from the client's cookie'd ClientHello.
 
     The cookie exchange is done here (the HelloVerifyRequest is made locally, as the server's
     reader task would send it); the server's first flight waits in ``server.take_datagrams()``.
-    The server knows ``keys`` (default: ``{identity: key}``).
+    The server knows ``keys`` (default: ``{identity: key}``).  ``client_releases`` /
+    ``server_releases`` are each side's ``release_openssl``.  The OpenSSL contexts may be given
+    (``client_ssl``, ``server_ssl``: resumption needs the same ones twice; ``identity_hint`` is
+    then unused); ``resume`` is a session from an earlier handshake of ``client_ssl``.
     """
     name = identity.encode("latin-1") if isinstance(identity, str) else identity
     known = keys if keys is not None else {name: key}
     chosen_policy = policy or RetransmitPolicy()
     client = DTLSSession.client(
-        client_context(ciphers), now=now, mtu=mtu, policy=chosen_policy, identity=name, key=key
+        client_ssl or client_context(ciphers),
+        now=now,
+        mtu=mtu,
+        policy=chosen_policy,
+        identity=name,
+        key=key,
+        session=resume,
+        release_openssl=client_releases,
     )
     client_events = list(client.startup_events)
     first = client.take_datagrams()
     client_events += client.receive_datagram(hello_verify_request_for(first[0]), now)
     second = client.take_datagrams()
     server = DTLSSession.server(
-        server_context(identity_hint, ciphers),
+        server_ssl or server_context(identity_hint, ciphers),
         second[0],
         now=now,
         mtu=mtu,
         policy=chosen_policy,
         psk_lookup=known.get,
+        release_openssl=server_releases,
     )
     return InMemoryHandshake(
         client,
@@ -647,32 +760,14 @@ def exchange(
 
 
 def handshake_in_memory(
-    *,
-    identity: str | bytes = IDENTITY,
-    key: bytes = KEY,
-    keys: dict[bytes, bytes] | None = None,
-    mtu: int = 1400,
-    identity_hint: str | None = None,
-    policy: RetransmitPolicy | None = None,
-    ciphers: str = DEFAULT_CIPHERS,
-    now: float = 0.0,
+    *, now: float = 0.0, **options: Unpack[HandshakeOptions]
 ) -> InMemoryHandshake:
     """Run a whole handshake between a client and a server session, all in memory.
 
     Same arguments as :func:`begin_handshake_in_memory`.  Nothing is lost or reordered; the
     result says how it ended (``client.state`` / ``server.state`` and the events).
     """
-    started = begin_handshake_in_memory(
-        identity=identity,
-        key=key,
-        keys=keys,
-        mtu=mtu,
-        identity_hint=identity_hint,
-        policy=policy,
-        ciphers=ciphers,
-        now=now,
-    )
-    return exchange(started, now)
+    return exchange(begin_handshake_in_memory(now=now, **options), now)
 
 
 def carry(datagrams: list[bytes], receiver: DTLSSession, now: float = 0.0) -> list[SessionEvent]:

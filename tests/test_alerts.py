@@ -20,17 +20,15 @@ import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
-from hostile_support import ack_for, connect, new_client_session, serving, settle
+from hostile_support import ack_for, connect, replay_a_foreign_hello, serving_psk
 from hypothesis import HealthCheck, given, settings
 from support import (
-    KEY,
     InMemoryHandshake,
-    client_context,
-    exchange,
-    hello_verify_request_for,
+    begin_handshake_in_memory,
+    handshake_in_memory,
     protection_of,
     seal_one,
-    server_context,
+    settle,
 )
 
 from trio_dtls_server import ConnectionClosed, DTLSConnection, ServerConfig
@@ -40,7 +38,6 @@ from trio_dtls_server._session import (
     DTLSSession,
     HandshakeProgress,
     RemoteClosed,
-    RetransmitPolicy,
     SessionEvent,
     SessionState,
 )
@@ -50,7 +47,6 @@ from trio_dtls_server._wire import (
     CONTENT_ALERT,
     FATAL_ONLY_ALERTS,
     AlertDescription,
-    parse_hello_verify_request,
 )
 
 IDENTITY = b"Alice (clone number 0)"
@@ -88,36 +84,9 @@ WARNINGS_THAT_STAY_WARNINGS = [
 ]
 
 
-def begin_pair(*, client_releases: bool, server_releases: bool) -> InMemoryHandshake:
-    """A client and a server session, the server's first flight waiting to be carried."""
-    policy = RetransmitPolicy()
-    client = DTLSSession.client(
-        client_context(),
-        now=0.0,
-        mtu=1400,
-        policy=policy,
-        identity=IDENTITY,
-        key=KEY,
-        release_openssl=client_releases,
-    )
-    first = client.take_datagrams()
-    client.receive_datagram(hello_verify_request_for(first[0]), 0.0)
-    second = client.take_datagrams()
-    server = DTLSSession.server(
-        server_context(),
-        second[0],
-        now=0.0,
-        mtu=1400,
-        policy=policy,
-        psk_lookup={IDENTITY: KEY}.get,
-        release_openssl=server_releases,
-    )
-    return InMemoryHandshake(client, server)
-
-
 def session_pair(*, client_releases: bool, server_releases: bool) -> InMemoryHandshake:
     """A client and a server session, established in memory, each keeping OpenSSL or not."""
-    result = exchange(begin_pair(client_releases=client_releases, server_releases=server_releases))
+    result = handshake_in_memory(client_releases=client_releases, server_releases=server_releases)
     assert result.client.state is result.server.state is SessionState.ESTABLISHED
     assert result.client.openssl_released is client_releases
     assert result.server.openssl_released is server_releases
@@ -219,7 +188,7 @@ def test_a_fatal_only_warning_that_overtakes_the_finished_ends_the_association(
     client_releases: bool,
 ) -> None:
     """The server's data and alert reach the client before the server's final flight."""
-    pair = begin_pair(client_releases=client_releases, server_releases=True)
+    pair = begin_handshake_in_memory(client_releases=client_releases, server_releases=True)
     client, server = pair.client, pair.server
     for datagram in server.take_datagrams():
         client.receive_datagram(datagram, 0.0)
@@ -278,14 +247,14 @@ def test_no_renegotiation_is_left_to_each_layer() -> None:
 async def test_the_server_ends_a_connection_on_a_fatal_only_warning(
     release_openssl: bool, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with serving(ServerConfig(release_openssl=release_openssl)) as served:
+    async with serving_psk(ServerConfig(release_openssl=release_openssl)) as served:
         good = await connect(served.address)
         await good.round_trip(b"ping", ack_for(good.address))
         good.transport.send_raw(
             alert(good.client._session, ALERT_LEVEL_WARNING, AlertDescription.decode_error)
         )
         await settle()
-        [failed] = served.log.with_code("connection_failed")
+        [failed] = served.events.with_code("connection_failed")
         assert failed.peer == good.address
         assert "decode_error (50) at warning level" in failed.message
         assert served.server.statistics().peers == 0
@@ -311,7 +280,7 @@ async def test_the_client_ends_a_connection_on_a_fatal_only_warning(
     release_openssl: bool, autojump_clock: trio.testing.MockClock
 ) -> None:
     handler: Callable[[DTLSConnection], Awaitable[None]] = _serve_then_alert
-    async with serving(handler=handler) as served:
+    async with serving_psk(handler=handler) as served:
         good = await connect(served.address, release_openssl=release_openssl)
         assert good.client._session.openssl_released is release_openssl
         await good.client.send(b"ping")
@@ -344,29 +313,19 @@ async def test_the_association_kept_aside_still_hears_its_clients_alerts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     config = ServerConfig(handshake_timeout=10.0, release_openssl=release_openssl)
-    async with serving(config) as served:
+    async with serving_psk(config) as served:
         good = await connect(served.address)
         await good.round_trip(b"before", ack_for(good.address))
 
         # Another client's cookie'd hello from the victim's address (a replay, or a restart
         # whose handshake will not finish): the established association goes aside.
-        attacker = new_client_session()
-        [hello] = attacker.take_datagrams()
-        good.transport.send_raw(hello)
-        await settle()
-        received = good.transport.receive_nowait(65_536)
-        assert received is not None
-        assert len(parse_hello_verify_request(received[0])) == 16
-        attacker.receive_datagram(received[0], 0.0)
-        [cookied_hello] = attacker.take_datagrams()
-        good.transport.send_raw(cookied_hello)
-        await settle()
+        await replay_a_foreign_hello(good)
         assert served.server.statistics().handshaking == 1
 
         # The real client says goodbye (or fails) with its established keys.
         good.transport.send_raw(alert(good.client._session, level, description))
         await settle()
-        [ended] = served.log.with_code(code)
+        [ended] = served.events.with_code(code)
         assert ended.peer == good.address
 
         # The new handshake never finishes; at its deadline nothing is left of either.
@@ -374,4 +333,4 @@ async def test_the_association_kept_aside_still_hears_its_clients_alerts(
         stats = served.server.statistics()
         assert stats.handshakes_failed == {"deadline": 1}
         assert (stats.peers, stats.handshaking, stats.replacements) == (0, 0, 0)
-        assert not served.log.with_code("replacement_failed")
+        assert not served.events.with_code("replacement_failed")

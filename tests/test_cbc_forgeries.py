@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import support
-from auth_support import ConnectionLog, Credentials, make_credentials, quiet
+from auth_support import ConnectionLog, Credentials, quiet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import IDENTITY, InMemoryHandshake
@@ -238,14 +238,14 @@ def test_a_resumed_cbc_session_is_guarded_too() -> None:
     server_context = support.server_context(ciphers=CBC_SUITES[0])
     server_context.set_session_id(b"cbc-resumption")
     first = support.exchange(
-        begin_pair(CBC_SUITES[0], client_context=client_context, server_context=server_context)
+        begin_pair(CBC_SUITES[0], client_ssl=client_context, server_ssl=server_context)
     )
     assert first.client.ssl_session is not None
     again = support.exchange(
         begin_pair(
             CBC_SUITES[0],
-            client_context=client_context,
-            server_context=server_context,
+            client_ssl=client_context,
+            server_ssl=server_context,
             resume=first.client.ssl_session,
         )
     )
@@ -262,7 +262,7 @@ def test_a_mac_then_encrypt_peer_gets_no_guard_and_openssl_drops_forgeries_itsel
     path discards bad records silently on its own, and our check would be wrong there."""
     client_context = support.client_context("PSK-AES128-CBC-SHA256")
     client_context.set_options(OP_NO_ENCRYPT_THEN_MAC)
-    result = support.exchange(begin_pair("PSK-AES128-CBC-SHA256", client_context=client_context))
+    result = support.exchange(begin_pair("PSK-AES128-CBC-SHA256", client_ssl=client_context))
     assert support.established(result.client, result.server)
     assert not result.server.encrypt_then_mac and not result.client.encrypt_then_mac
     authentic = support.seal_one(result.client, b"x")
@@ -304,11 +304,6 @@ def test_the_guard_screens_any_bytes_without_raising(datagram: bytes) -> None:
 # -- certificate suites, over loopback ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
-    return make_credentials(tmp_path_factory.mktemp("cbc"))
-
-
 @pytest.mark.parametrize(
     ("suite", "key_type"),
     [
@@ -347,7 +342,7 @@ async def test_certificate_cbc_suites_are_guarded_too(
 def _first_flight(client_options: int = 0, suite: str = "PSK-AES128-CBC-SHA256") -> list[bytes]:
     client_context = support.client_context(suite)
     client_context.set_options(client_options)
-    return begin_pair(suite, client_context=client_context).server.take_datagrams()
+    return begin_pair(suite, client_ssl=client_context).server.take_datagrams()
 
 
 def test_the_server_hello_says_whether_encrypt_then_mac_was_agreed() -> None:

@@ -8,7 +8,6 @@ timeout), and the server's ``handshake_failed`` event names the alert.
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,11 @@ from auth_support import (
     KEY,
     ConnectionLog,
     Credentials,
-    make_credentials,
     quiet,
+    self_signed,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 
 from trio_dtls_server import (
@@ -37,11 +34,6 @@ from trio_dtls_server import (
     HandshakeError,
 )
 from trio_dtls_server._certificates import _strong_keys_only, load_certificate_config
-
-
-@pytest.fixture(scope="module")
-def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
-    return make_credentials(tmp_path_factory.mktemp("certificates"))
 
 
 async def connect(running: support.RunningServer, **options: object) -> tuple[DTLSClient, float]:
@@ -405,27 +397,12 @@ async def test_every_handshake_failure_reaches_our_client_as_an_alert(
         assert f"fatal alert sent: {alert}" in failed.message
 
 
-def _self_signed(key: rsa.RSAPrivateKey) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak")])
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-
-
 def test_the_verify_callback_keeps_the_key_size_floor_at_any_security_level(
     credentials: Credentials,
 ) -> None:
     """With @SECLEVEL=0 (the iot profile) OpenSSL would accept a 1024-bit RSA peer; we do not."""
     weak = crypto.X509.from_cryptography(
-        _self_signed(rsa.generate_private_key(public_exponent=65537, key_size=1024))
+        self_signed(rsa.generate_private_key(public_exponent=65537, key_size=1024), "weak")
     )
     good = crypto.X509.from_cryptography(credentials.client_certificate)
     connection = SSL.Connection(SSL.Context(SSL.DTLS_METHOD), None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import support
-from auth_support import IDENTITY, KEY, ConnectionLog, Credentials, make_credentials, quiet
+from auth_support import IDENTITY, KEY, ConnectionLog, Credentials, quiet
 from OpenSSL import SSL
 
 from trio_dtls_server import (
@@ -27,11 +27,6 @@ from trio_dtls_server._openssl import _lib, install_client_psk, new_dtls_context
 from trio_dtls_server._profiles import CipherStringError, client_cipher_string
 from trio_dtls_server._session import DTLSSession, RetransmitPolicy, SessionState
 from trio_dtls_server._wire import CONTENT_HANDSHAKE, parse_initial_client_hello, parse_records
-
-
-@pytest.fixture(scope="module")
-def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
-    return make_credentials(tmp_path_factory.mktemp("profiles"))
 
 
 def client_suite(suite: str) -> str:

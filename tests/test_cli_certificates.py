@@ -19,17 +19,12 @@ import re
 from pathlib import Path
 
 import pytest
-from auth_support import Credentials, make_credentials
+from auth_support import Credentials
 from test_cli import HEX, Program, command, start_serve
 
 from trio_dtls_server._cli import main
 
 KEY = "00112233445566778899aabbccddeeff"
-
-
-@pytest.fixture(scope="module")
-def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
-    return make_credentials(tmp_path_factory.mktemp("cli-certificates"))
 
 
 @pytest.fixture(scope="module")

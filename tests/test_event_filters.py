@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import support
 import trio
-from support import KEY
+from support import KEY, drain_events
 
 import trio_dtls_server._connection as connection_module
 import trio_dtls_server._server as server_module
@@ -33,15 +33,6 @@ from trio_dtls_server._events import EventHub
 QUIET = EventFilter(frozenset({"error", "warning"}), frozenset({"listening"}))
 
 
-def drain(stream: trio.MemoryReceiveChannel[ServerEvent]) -> list[ServerEvent]:
-    events = []
-    while True:
-        try:
-            events.append(stream.receive_nowait())
-        except trio.WouldBlock:
-            return events
-
-
 async def test_a_filtered_subscriber_gets_only_what_it_asked_for() -> None:
     hub = EventHub()
     quiet = hub.subscribe(10, QUIET)
@@ -54,8 +45,8 @@ async def test_a_filtered_subscriber_gets_only_what_it_asked_for() -> None:
     ]
     for event in sent:
         hub.emit(event)
-    assert drain(quiet) == sent[1:]
-    assert drain(everything) == sent
+    assert drain_events(quiet) == sent[1:]
+    assert drain_events(everything) == sent
     assert hub.dropped == 0
 
 
@@ -115,7 +106,7 @@ async def test_a_quiet_subscriber_costs_no_info_event_per_handshake(
     server = DTLSServer(psk=KEY)
     async with trio.open_nursery() as nursery, server.events(wanted=QUIET) as stream:
         host, port = await nursery.start(server.serve, "127.0.0.1", 0)
-        assert [e.code for e in drain(stream)] == ["listening"]
+        assert [e.code for e in drain_events(stream)] == ["listening"]
         built.clear()
         client = await DTLSClient.connect(host, port, identity=support.IDENTITY, key=KEY)
         await client.send(b"ping")
@@ -124,7 +115,7 @@ async def test_a_quiet_subscriber_costs_no_info_event_per_handshake(
         with trio.fail_after(5):  # the server's side of the goodbye, on real sockets
             while server.statistics().remote_closed < 1:
                 await trio.sleep(0.01)
-        assert drain(stream) == []
+        assert drain_events(stream) == []
         assert server.statistics().handshakes_completed == 1
         # Not one info event was built for the handshake, the message or the goodbye.
         assert built == []

@@ -13,7 +13,8 @@ import logging
 import pytest
 import trio
 import trio.testing
-from hostile_support import KEY, LOOPBACK, EventLog
+from hostile_support import KEY, LOOPBACK
+from support import EventRecorder
 
 from trio_dtls_server import DTLSClient, DTLSServer, ServerEvent
 
@@ -79,9 +80,8 @@ async def test_on_event_sees_each_datagram_before_its_reply_and_the_identity_fir
 async def test_on_event_and_subscribers_see_the_same_events() -> None:
     observed: list[ServerEvent] = []
     server = DTLSServer(KEY, on_event=observed.append)
-    log = EventLog()
     async with trio.open_nursery() as nursery:
-        await nursery.start(log.record, server)
+        log = await EventRecorder.start(nursery, server)
         await _ping_pong(server, [], clients=1, pings=2)
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()

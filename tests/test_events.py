@@ -8,7 +8,7 @@ import pytest
 import support
 import trio
 import trio.testing
-from support import KEY, RawSocket, serving
+from support import KEY, RawSocket, drain_events, serving
 
 from trio_dtls_server import (
     DatagramReceived,
@@ -37,16 +37,6 @@ class FakeClock:
 
 def hub_with(clock: FakeClock, *, rate: float = 1.0, burst: float = 3.0) -> EventHub:
     return EventHub(clock=clock, warning_rate=rate, warning_burst=burst)
-
-
-def drain(stream: trio.MemoryReceiveChannel[ServerEvent]) -> list[ServerEvent]:
-    """Every event waiting in ``stream`` now."""
-    events = []
-    while True:
-        try:
-            events.append(stream.receive_nowait())
-        except trio.WouldBlock:
-            return events
 
 
 def warning(number: int, code: str = "unexpected_datagram") -> WarningEvent:
@@ -96,8 +86,8 @@ async def test_every_subscriber_gets_every_event_in_order() -> None:
     sent = [InfoEvent("a", "one"), ErrorEvent("b", "two"), warning(3)]
     for event in sent:
         hub.emit(event)
-    assert drain(first) == sent
-    assert drain(second) == sent
+    assert drain_events(first) == sent
+    assert drain_events(second) == sent
     assert hub.dropped == 0
 
 
@@ -108,12 +98,12 @@ async def test_a_full_subscriber_loses_events_and_they_are_counted() -> None:
     sent = [InfoEvent("info", f"event {n}") for n in range(7)]
     for event in sent:
         hub.emit(event)  # never blocks, never raises
-    assert drain(slow) == sent[:2]
-    assert drain(fast) == sent
+    assert drain_events(slow) == sent[:2]
+    assert drain_events(fast) == sent
     assert hub.dropped == 5
     # Once it has room again it gets new events.
     hub.emit(InfoEvent("info", "later"))
-    assert drain(slow) == [InfoEvent("info", "later")]
+    assert drain_events(slow) == [InfoEvent("info", "later")]
     assert hub.dropped == 5
 
 
@@ -126,7 +116,7 @@ async def test_a_subscriber_that_went_away_is_forgotten() -> None:
         hub.emit(InfoEvent("info", f"event {number}"))
     # Not counted as drops: nobody was there to lose them.
     assert hub.dropped == 0
-    assert len(drain(staying)) == 3
+    assert len(drain_events(staying)) == 3
 
 
 async def test_close_ends_every_subscription() -> None:
@@ -153,17 +143,17 @@ async def test_rate_limit_lets_a_burst_through_then_holds_back(
 
     for number in range(5):
         hub.emit(warning(number), rate_limited=True)
-    assert drain(stream) == [warning(0), warning(1), warning(2)]
+    assert drain_events(stream) == [warning(0), warning(1), warning(2)]
     assert hub.suppressed == 2
 
     clock.now = 0.5  # half a token: still held back
     hub.emit(warning(5), rate_limited=True)
-    assert drain(stream) == []
+    assert drain_events(stream) == []
     assert hub.suppressed == 3
 
     clock.now = 1.0  # a whole token again: the next one passes and says what was held back
     hub.emit(warning(6), rate_limited=True)
-    assert drain(stream) == [warning(6)]
+    assert drain_events(stream) == [warning(6)]
     assert hub.suppressed == 3
     messages = [record.getMessage() for record in caplog.records]
     assert messages == [
@@ -181,11 +171,11 @@ async def test_rate_limit_refills_up_to_the_burst_only() -> None:
     clock.now = 1_000.0  # a long quiet spell does not bank more than the burst
     for number in range(10):
         hub.emit(warning(number), rate_limited=True)
-    assert len(drain(stream)) == 3
+    assert len(drain_events(stream)) == 3
     clock.now += 0.2  # 10 per second: two more tokens
     for number in range(10):
         hub.emit(warning(number), rate_limited=True)
-    assert len(drain(stream)) == 2
+    assert len(drain_events(stream)) == 2
     assert hub.suppressed == 15
 
 
@@ -197,7 +187,7 @@ async def test_each_code_has_its_own_budget_and_unlimited_events_always_pass() -
     hub.emit(warning(3, "oversized_datagram"), rate_limited=True)  # another code: passes
     for number in range(5):
         hub.emit(ErrorEvent("handshake_failed", f"failure {number}"))  # not rate limited
-    received = drain(stream)
+    received = drain_events(stream)
     assert [event.code for event in received] == ["empty_datagram", "oversized_datagram"] + [
         "handshake_failed"
     ] * 5
@@ -236,7 +226,7 @@ async def test_a_quiet_logger_still_feeds_subscribers(caplog: pytest.LogCaptureF
     hub.emit(InfoEvent("verified", "not logged at WARNING"))
     hub.emit(WarningEvent("empty_datagram", "logged"))
     assert [r.getMessage() for r in caplog.records] == ["logged"]
-    assert len(drain(stream)) == 2
+    assert len(drain_events(stream)) == 2
 
 
 # -- the server's events, end to end ----------------------------------------------------------

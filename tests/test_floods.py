@@ -27,12 +27,12 @@ from hostile_support import (
     forged_record,
     live_ssl_connections,
     real_client_hello,
-    serving,
-    settle,
+    serving_psk,
     smallest_client_hello,
     udp_sockets,
     with_random,
 )
+from support import settle
 
 from trio_dtls_server import ServerConfig
 from trio_dtls_server._wire import (
@@ -45,7 +45,7 @@ from trio_dtls_server._wire import (
 async def test_cookieless_hello_flood_creates_no_state_and_is_not_amplified() -> None:
     rng = random.Random(44_001)
     senders, rounds = 200, 50
-    async with serving() as served:
+    async with serving_psk() as served:
         good = await connect(served.address)
         await good.round_trip(b"before", ack_for(good.address))
         before = served.server.statistics()
@@ -135,7 +135,7 @@ async def test_verified_hellos_that_go_silent_are_all_released_by_the_deadline(
 ) -> None:
     attackers, cap, deadline = 1_000, 200, 10.0
     config = ServerConfig(max_handshakes=cap, handshake_timeout=deadline)
-    async with serving(config) as served:
+    async with serving_psk(config) as served:
         good = await connect(served.address)
         ssl_before = live_ssl_connections()
         with udp_sockets(attackers) as sockets:
@@ -174,9 +174,9 @@ async def test_verified_hellos_that_go_silent_are_all_released_by_the_deadline(
         assert (stats.handshaking, stats.peers) == (0, 1)
         # Every failure is counted, but the error events are rate-limited (50 at once, then
         # 10 a second) so that an attacker holding the handshake slots cannot flood the log.
-        reported = len(served.log.with_code("handshake_failed"))
+        reported = len(served.events.with_code("handshake_failed"))
         assert 50 <= reported < attackers
-        assert served.log.messages("handshake_failed")[0].endswith(
+        assert served.events.messages("handshake_failed")[0].endswith(
             "handshake failed: handshake not finished within 10 s"
         )
         assert live_ssl_connections() == ssl_before
@@ -192,7 +192,7 @@ async def test_a_burst_of_forged_records_is_counted_and_never_silences_the_peer(
     # authenticates is always accepted (RFC 6347 §4.1.2.7); max_auth_failures per
     # auth_failure_window only bounds the log.
     config = ServerConfig(max_auth_failures=32, auth_failure_window=10.0)
-    async with serving(config) as served:
+    async with serving_psk(config) as served:
         victim = await connect(served.address, identity="victim")
         bystander = await connect(served.address, identity="bystander")
         await victim.round_trip(b"hello", ack_for(victim.address))
@@ -207,8 +207,8 @@ async def test_a_burst_of_forged_records_is_counted_and_never_silences_the_peer(
         assert (stats.forgery_alarms, stats.throttles) == (1, 0)
         assert stats.drops == {"record failed authentication": 32}
         # One warning per forgery up to the threshold, then one saying what is going on.
-        assert len(served.log.with_code("authentication_failed")) == 31
-        [warning] = served.log.with_code("forged_records")
+        assert len(served.events.with_code("authentication_failed")) == 31
+        [warning] = served.events.with_code("forged_records")
         assert warning.severity == "warning"
         assert warning.message == (
             f"(127.0.0.1:{victim.address[1]}): 32 records failed authentication within 10 s: "
@@ -230,8 +230,8 @@ async def test_a_burst_of_forged_records_is_counted_and_never_silences_the_peer(
         stats = served.server.statistics()
         assert stats.drops == {"record failed authentication": 52}
         assert (stats.forgery_alarms, stats.messages_received) == (1, 4)
-        assert len(served.log.with_code("authentication_failed")) == 31
-        assert "peer_throttled" not in served.log.codes()
+        assert len(served.events.with_code("authentication_failed")) == 31
+        assert "peer_throttled" not in served.events.codes()
 
         # Once the window has passed, each failure is logged again.
         await trio.sleep(alarm_at + 10.0 - trio.current_time() + 0.01)
@@ -240,14 +240,14 @@ async def test_a_burst_of_forged_records_is_counted_and_never_silences_the_peer(
         await settle()
         stats = served.server.statistics()
         assert stats.drops == {"record failed authentication": 53}
-        assert len(served.log.with_code("authentication_failed")) == 32
+        assert len(served.events.with_code("authentication_failed")) == 32
         assert (stats.messages_received, stats.peers, stats.forgery_alarms) == (5, 2, 1)
         await victim.client.aclose()
         await bystander.client.aclose()
 
 
 async def test_a_replayed_application_record_is_dropped_counted_and_not_answered() -> None:
-    async with serving() as served:
+    async with serving_psk() as served:
         client = await connect(served.address)
         bystander = await connect(served.address, identity="bystander")
         for index in range(5):
@@ -276,8 +276,8 @@ async def test_a_replayed_application_record_is_dropped_counted_and_not_answered
             "not a ClientHello from an unknown peer": 1,
         }
         assert after.forgery_alarms == 0  # a replay is not a forgery
-        assert len(served.log.with_code("replayed_record")) == 7
-        assert served.log.messages("replayed_record")[0] == (
+        assert len(served.events.with_code("replayed_record")) == 7
+        assert served.events.messages("replayed_record")[0] == (
             f"(127.0.0.1:{client.address[1]}): replayed record, dropped"
         )
         # The client's session is intact: its next message is answered, once.

@@ -17,18 +17,17 @@ import trio
 import trio.testing
 from hostile_support import (
     KEY,
-    RecordingTransport,
     WatchedClient,
     ack_for,
     connect,
     cookie_round_trip,
     drain,
     real_client_hello,
-    serving,
-    settle,
+    serving_psk,
     udp_socket,
     udp_sockets,
 )
+from support import RecordingTransport, settle
 
 from trio_dtls_server import DTLSClient, HandshakeError, StatisticsSnapshot
 
@@ -58,7 +57,7 @@ async def test_the_report_has_every_field_serialises_and_counts_traffic_exactly(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     keys = {"good": KEY, "wrong-key": KEY}
-    async with serving(psk=keys) as served:
+    async with serving_psk(psk=keys) as served:
         empty = served.server.statistics().as_dict()
         assert json.loads(json.dumps(empty)) == empty
         assert {name: type(empty[name]) for name in ISSUE_FIELDS} == ISSUE_FIELDS
@@ -69,7 +68,7 @@ async def test_the_report_has_every_field_serialises_and_counts_traffic_exactly(
             await good.round_trip(f"reading {index}".encode(), ack_for(good.address))
         failures: list[RecordingTransport] = []
         for identity, key in (("stranger", KEY), ("wrong-key", b"not the right key")):
-            transport = RecordingTransport(udp_socket(), served.address)
+            transport = RecordingTransport.over_socket(udp_socket(), served.address)
             failures.append(transport)
             with pytest.raises(HandshakeError):
                 await DTLSClient.connect_over(transport, served.address, identity=identity, key=key)
@@ -125,7 +124,7 @@ async def test_the_report_has_every_field_serialises_and_counts_traffic_exactly(
 
 
 async def test_peers_now_and_at_peak() -> None:
-    async with serving() as served:
+    async with serving_psk() as served:
         clients: list[WatchedClient] = [await connect(served.address) for _ in range(3)]
         assert (served.server.statistics().peers, served.server.statistics().peak_peers) == (3, 3)
         for watched in clients[:2]:
@@ -138,7 +137,7 @@ async def test_peers_now_and_at_peak() -> None:
 
 
 async def test_a_snapshot_is_a_frozen_copy() -> None:
-    async with serving() as served:
+    async with serving_psk() as served:
         watched = await connect(served.address)
         snapshot = served.server.statistics()
         with pytest.raises(dataclasses.FrozenInstanceError):

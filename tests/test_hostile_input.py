@@ -36,14 +36,13 @@ from hostile_support import (
     drain,
     live_ssl_connections,
     real_client_hello,
-    serving,
-    settle,
+    serving_psk,
     udp_sockets,
     with_random,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import IDENTITY, handshake_in_memory
+from support import IDENTITY, handshake_in_memory, settle
 
 from trio_dtls_server import ServerConfig
 from trio_dtls_server._cookie import CookieJar
@@ -356,7 +355,7 @@ async def test_a_storm_of_garbage_leaves_the_server_serving_and_its_memory_where
     ssl_at_start = live_ssl_connections()
     tracemalloc.start()
     try:
-        async with serving(config, keep_events=False) as served:
+        async with serving_psk(config, keep_events=False) as served:
             good = await connect(served.address)
             for index in range(3):
                 await good.round_trip(f"hello {index}".encode(), ack_for(good.address))

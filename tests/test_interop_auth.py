@@ -25,7 +25,6 @@ from auth_support import (
     KEY,
     ConnectionLog,
     Credentials,
-    make_credentials,
 )
 
 from trio_dtls_server import CertificateConfig, DTLSServer, ServerConfig
@@ -40,11 +39,6 @@ pytestmark = pytest.mark.interop
 
 #: Longest any one external client may run.
 CLIENT_LIMIT = 20.0
-
-
-@pytest.fixture(scope="module")
-def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
-    return make_credentials(tmp_path_factory.mktemp("interop"))
 
 
 async def converse(

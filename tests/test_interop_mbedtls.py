@@ -185,7 +185,7 @@ async def test_mbedtls_default_offer_gets_acks_through_our_record_layer(host: st
 
         # Mbed TLS answered our HelloVerifyRequest itself: the same hello again (same
         # random), now carrying our cookie.
-        hellos = client_hellos(transport.received, connection.peer)
+        hellos = client_hellos(transport.received_from, connection.peer)
         first, cookied = hellos[0], [hello for hello in hellos if hello.cookie]
         assert first.cookie == b""
         assert cookied, hellos
@@ -317,10 +317,10 @@ async def test_mbedtls_with_refused_credentials_gets_our_fatal_alert_at_once(
         await support.settle()
         # Three flights from Mbed TLS, each once: the hello, the hello with the cookie, and
         # ClientKeyExchange + ChangeCipherSpec + Finished.  No retransmission was needed.
-        sources = {source for _, source in transport.received}
+        sources = {source for _, source in transport.received_from}
         assert len(sources) == 1, sources
         assert len(transport.received) == 3, [
-            datagram[:14].hex() for datagram, _ in transport.received
+            datagram[:14].hex() for datagram, _ in transport.received_from
         ]
 
 
@@ -403,7 +403,7 @@ async def test_mbedtls_with_a_64_byte_mtu_fragments_its_flight_and_we_reassemble
         assert reply_lines(run) == [ack_for(connection.peer)] * 2
         after_hellos = [
             datagram
-            for datagram, _ in transport.received
+            for datagram, _ in transport.received_from
             if not handshake_fragments(datagram, CLIENT_HELLO)
         ]
         assert max(len(datagram) for datagram in after_hellos) <= 64

@@ -16,17 +16,16 @@ import trio.testing
 from hostile_support import (
     KEY,
     ChannelRecord,
-    RecordingTransport,
     WatchedClient,
     ack_for,
     connect,
     cookie_round_trip,
     record_memory_channels,
-    serving,
-    settle,
+    serving_psk,
     udp_socket,
     udp_sockets,
 )
+from support import RecordingTransport, settle
 
 from trio_dtls_server import (
     ConnectionClosed,
@@ -52,7 +51,7 @@ async def test_full_table_evicts_the_least_recently_active_idle_peer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     config = ServerConfig(max_peers=2, evict_idle_after=60.0)
-    async with serving(config) as served:
+    async with serving_psk(config) as served:
         oldest = await connect(served.address)
         await oldest.round_trip(b"oldest", ack_for(oldest.address))
         await trio.sleep(10)
@@ -65,7 +64,7 @@ async def test_full_table_evicts_the_least_recently_active_idle_peer(
 
         stats = served.server.statistics()
         assert (stats.evictions, stats.peers, stats.peak_peers) == (1, 2, 2)
-        assert served.log.messages("peer_ended") == [
+        assert served.events.messages("peer_ended") == [
             f"(127.0.0.1:{oldest.address[1]}): evicted to make room (idle for 80 s)"
         ]
         # The evicted client was told: its next read finds the server's close_notify.
@@ -81,12 +80,12 @@ async def test_full_table_refuses_when_nobody_is_idle_enough(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     config = ServerConfig(max_peers=2, evict_idle_after=60.0)
-    async with serving(config) as served:
+    async with serving_psk(config) as served:
         first = await connect(served.address)
         second = await connect(served.address)
         await trio.sleep(30)  # idle, but not long enough (50 s when the refused client gives up)
         start = trio.current_time()
-        refused = RecordingTransport(udp_socket(), served.address)
+        refused = RecordingTransport.over_socket(udp_socket(), served.address)
         with pytest.raises(HandshakeError, match="handshake not finished within 20 s"):
             await DTLSClient.connect_over(
                 refused, served.address, identity="late", key=KEY, handshake_timeout=20
@@ -101,7 +100,7 @@ async def test_full_table_refuses_when_nobody_is_idle_enough(
         assert stats.handshakes_refused == verified_hellos_sent(refused) == 5
         assert stats.cookies_verified == 2 + 5
         assert stats.peers == 2
-        refusals = served.log.with_code("handshake_refused")
+        refusals = served.events.with_code("handshake_refused")
         assert len(refusals) == stats.handshakes_refused
         assert {event.severity for event in refusals} == {"warning"}
         assert refusals[0].message.endswith("handshake refused: the peer table is full (2 peers)")
@@ -112,10 +111,10 @@ async def test_full_table_refuses_when_nobody_is_idle_enough(
 
 async def test_no_eviction_when_disabled(autojump_clock: trio.testing.MockClock) -> None:
     config = ServerConfig(max_peers=1, evict_idle_after=None, idle_timeout=None)
-    async with serving(config) as served:
+    async with serving_psk(config) as served:
         sleeper = await connect(served.address)
         await trio.sleep(10_000)
-        refused = RecordingTransport(udp_socket(), served.address)
+        refused = RecordingTransport.over_socket(udp_socket(), served.address)
         with pytest.raises(HandshakeError):
             await DTLSClient.connect_over(
                 refused, served.address, identity="late", key=KEY, handshake_timeout=5
@@ -131,7 +130,7 @@ async def test_handshakes_beyond_the_cap_are_refused_then_admitted_once_slots_fr
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     config = ServerConfig(max_handshakes=2, handshake_timeout=10.0)
-    async with serving(config) as served:
+    async with serving_psk(config) as served:
         with udp_sockets(2) as silent:
             # Two clients that pass the cookie check and then never speak again hold both
             # handshake slots until the deadline.
@@ -164,9 +163,9 @@ async def test_handshakes_beyond_the_cap_are_refused_then_admitted_once_slots_fr
         assert stats.handshakes_refused == verified_hellos_sent(late.transport) - 1
         assert all(
             message.endswith("handshake refused: 2 handshakes already in flight")
-            for message in served.log.messages("handshake_refused")
+            for message in served.events.messages("handshake_refused")
         )
-        assert len(served.log.with_code("handshake_refused")) == stats.handshakes_refused
+        assert len(served.events.with_code("handshake_refused")) == stats.handshakes_refused
         await late.round_trip(b"in at last", ack_for(late.address))
         assert served.server.statistics().handshaking == 0
 
@@ -180,7 +179,7 @@ async def test_per_peer_queue_overflow_drops_and_counts() -> None:
             await connection.send(b"echo " + data)
 
     config = ServerConfig(peer_queue_size=8)
-    async with serving(config, handler=slow_handler) as served:
+    async with serving_psk(config, handler=slow_handler) as served:
         watched = await connect(served.address)
         for index in range(40):
             await watched.client.send(f"m{index}".encode())
@@ -189,7 +188,7 @@ async def test_per_peer_queue_overflow_drops_and_counts() -> None:
         stats = served.server.statistics()
         assert stats.queue_overflows == 32
         assert stats.drops == {"peer queue full": 32}
-        overflow_warnings = served.log.with_code("queue_overflow")
+        overflow_warnings = served.events.with_code("queue_overflow")
         assert len(overflow_warnings) == 32
         assert overflow_warnings[0].message == (
             f"(127.0.0.1:{watched.address[1]}): inbound queue full (8), dropped"
@@ -207,7 +206,7 @@ async def test_per_peer_queue_overflow_drops_and_counts() -> None:
 
 async def test_idle_timeout_closes_a_quiet_peer(autojump_clock: trio.testing.MockClock) -> None:
     config = ServerConfig(idle_timeout=30.0)
-    async with serving(config) as served:
+    async with serving_psk(config) as served:
         watched = await connect(served.address)
         for message in (b"t0", b"t20", b"t40"):
             await watched.round_trip(message, ack_for(watched.address))
@@ -235,7 +234,7 @@ async def test_idle_timeout_closes_a_quiet_peer(autojump_clock: trio.testing.Moc
             "record failed authentication": 1,
             "not a ClientHello from an unknown peer": 1,
         }
-        assert served.log.messages("idle_timeout") == [
+        assert served.events.messages("idle_timeout") == [
             f"(127.0.0.1:{watched.address[1]}): no authentic datagram for 30 s, "
             "closing the connection"
         ]
@@ -244,7 +243,7 @@ async def test_idle_timeout_closes_a_quiet_peer(autojump_clock: trio.testing.Moc
 
 async def test_datagram_size_limit() -> None:
     limit = 1_200
-    async with serving(ServerConfig(max_datagram_size=limit)) as served:
+    async with serving_psk(ServerConfig(max_datagram_size=limit)) as served:
         watched = await connect(served.address)
         await watched.round_trip(b"x", ack_for(watched.address))
         overhead = len(watched.transport.sent[-1]) - 1  # record header + AEAD tag
@@ -263,7 +262,7 @@ async def test_datagram_size_limit() -> None:
         stats = served.server.statistics()
         assert stats.drops == {"oversized datagram": 2}
         assert stats.messages_received == 3
-        assert served.log.messages("oversized_datagram")[0].endswith(
+        assert served.events.messages("oversized_datagram")[0].endswith(
             f"datagram larger than {limit} bytes"
         )
 
@@ -271,7 +270,7 @@ async def test_datagram_size_limit() -> None:
 async def test_no_queue_in_the_server_is_unbounded(monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[ChannelRecord] = record_memory_channels(monkeypatch)
     config = ServerConfig(peer_queue_size=16, event_buffer=100)
-    async with serving(config) as served:
+    async with serving_psk(config) as served:
         clients = [await connect(served.address) for _ in range(3)]
         for watched in clients:
             await watched.round_trip(b"hi", ack_for(watched.address))
@@ -306,7 +305,7 @@ async def test_idle_timeout_holds_even_when_the_handler_stops_reading(
         await trio.sleep_forever()  # stuck on something else, say a backend that never answers
 
     config = ServerConfig(idle_timeout=30.0)
-    async with serving(config, handler=stuck_handler) as served:
+    async with serving_psk(config, handler=stuck_handler) as served:
         watched = await connect(served.address)
         await watched.round_trip(b"x", b"got x")
         last_authentic = trio.current_time()
@@ -321,7 +320,7 @@ async def test_idle_timeout_holds_even_when_the_handler_stops_reading(
         await settle()
         stats = served.server.statistics()
         assert (stats.idle_closed, stats.peers) == (1, 0)
-        assert served.log.messages("idle_timeout") == [
+        assert served.events.messages("idle_timeout") == [
             f"(127.0.0.1:{watched.address[1]}): no authentic datagram for 30 s, "
             "closing the connection (the handler was not reading)"
         ]

@@ -11,18 +11,16 @@ logs or hands out holds an unprintable character at all.
 from __future__ import annotations
 
 import ast
-import datetime
 import logging
 
 import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
+from auth_support import self_signed
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from hostile_support import KEY, serving
+from hostile_support import KEY, serving_psk
 from hypothesis import given
 
 from trio_dtls_server import DTLSClient, DTLSServer, HandshakeError, InfoEvent, ServerEvent
@@ -146,14 +144,14 @@ async def test_a_hostile_psk_identity_cannot_forge_a_log_line(
     caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    async with serving() as served:
+    async with serving_psk() as served:
         client = await DTLSClient.connect(*served.address, identity=HOSTILE_IDENTITY, key=KEY)
         async with client:
             await client.send(b"hello")
             with trio.fail_after(5):
                 await client.receive()
         await trio.sleep(1)
-        events = served.log.events
+        events = served.events.events
     [identity_event] = [event for event in events if event.code == "psk_identity"]
     assert identity_event.message == (
         f"PSK callback, received a client's identity: {HOSTILE_QUOTED}"
@@ -170,11 +168,11 @@ async def test_an_unknown_hostile_identity_is_quoted_in_every_failure_message(
     caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    async with serving(psk={b"the only one": KEY}) as served:
+    async with serving_psk(psk={b"the only one": KEY}) as served:
         with pytest.raises(HandshakeError):
             await DTLSClient.connect(*served.address, identity=HOSTILE_IDENTITY, key=KEY)
         await trio.sleep(1)
-        events = served.log.events
+        events = served.events.events
     [unknown] = [event for event in events if event.code == "unknown_identity"]
     assert unknown.message.endswith(f": unknown PSK identity {HOSTILE_QUOTED}")
     [failed] = [event for event in events if event.code == "handshake_failed"]
@@ -188,24 +186,7 @@ async def test_an_unknown_hostile_identity_is_quoted_in_every_failure_message(
 
 
 def _certificate_named(common_name: str) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example, Inc."),
-        ]
-    )
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    return self_signed(ec.generate_private_key(ec.SECP256R1()), common_name, "Example, Inc.")
 
 
 def test_a_certificate_subject_is_safe_to_log_and_still_rfc_4514() -> None:

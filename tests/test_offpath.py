@@ -28,10 +28,11 @@ import pytest
 import trio
 import trio.testing
 from fakenet import Address, FakeNetwork
-from hostile_support import ack_for, connect, forged_record, serving, settle
+from hostile_support import ack_for, connect, forged_record, serving_psk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from spoofing import SpoofingSocket, needs_raw_socket, udp_over_ipv4
+from support import settle
 
 from trio_dtls_server import (
     ConnectionClosed,
@@ -269,7 +270,7 @@ async def settle_fake() -> None:
 
 @needs_raw_socket
 async def test_spoofed_junk_over_real_udp_costs_the_peer_nothing() -> None:
-    async with serving(ServerConfig(max_auth_failures=32)) as served:
+    async with serving_psk(ServerConfig(max_auth_failures=32)) as served:
         victim = await connect(served.address, identity="victim")
         ack = ack_for(victim.address)
         await victim.round_trip(b"ping 0", ack)

@@ -21,22 +21,20 @@ a mixed pair (one side released, one not) are built directly with ``DTLSSession.
 
 from __future__ import annotations
 
-import datetime
 import hmac
 import random
 from collections import Counter
+from typing import Unpack
 
 import pytest
 import support
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from auth_support import self_signed
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
-from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
-from support import IDENTITY, KEY, InMemoryHandshake, carry, protection_of, seal_one
+from support import IDENTITY, InMemoryHandshake, carry, protection_of, seal_one
 
 from trio_dtls_server import RetransmitPolicy
 from trio_dtls_server._openssl import (
@@ -48,6 +46,7 @@ from trio_dtls_server._openssl import (
 )
 from trio_dtls_server._records import (
     MAX_SEQUENCE,
+    AeadSuite,
     RecordProtection,
     ReplayWindow,
     aead_suite,
@@ -121,51 +120,11 @@ def cipher_string(suite: str) -> str:
 
 
 def begin_pair(
-    ciphers: str = GCM,
-    *,
-    server_releases: bool = True,
-    client_releases: bool = True,
-    policy: RetransmitPolicy | None = None,
-    server_context: SSL.Context | None = None,
-    client_context: SSL.Context | None = None,
-    resume: SSL.Session | None = None,
+    ciphers: str = GCM, /, **options: Unpack[support.HandshakeOptions]
 ) -> InMemoryHandshake:
-    """Like ``support.begin_handshake_in_memory``, with ``release_openssl`` for each side.
-
-    The contexts may be given (resumption needs the same ones twice); ``resume`` is a session
-    from an earlier handshake of ``client_context``.
-    """
-    chosen_policy = policy or RetransmitPolicy()
-    client = DTLSSession.client(
-        client_context or support.client_context(ciphers),
-        now=NOW,
-        mtu=1400,
-        policy=chosen_policy,
-        identity=IDENTITY_BYTES,
-        key=KEY,
-        session=resume,
-        release_openssl=client_releases,
-    )
-    client_events = list(client.startup_events)
-    first = client.take_datagrams()
-    client_events += client.receive_datagram(support.hello_verify_request_for(first[0]), NOW)
-    second = client.take_datagrams()
-    server = DTLSSession.server(
-        server_context or support.server_context(ciphers=ciphers),
-        second[0],
-        now=NOW,
-        mtu=1400,
-        policy=chosen_policy,
-        psk_lookup={IDENTITY_BYTES: KEY}.get,
-        release_openssl=server_releases,
-    )
-    return InMemoryHandshake(
-        client,
-        server,
-        client_events=client_events,
-        server_events=list(server.startup_events),
-        client_datagrams=first + second,
-    )
+    """``support.begin_handshake_in_memory`` with the suite first, :data:`GCM` by default."""
+    options["ciphers"] = ciphers
+    return support.begin_handshake_in_memory(now=NOW, **options)
 
 
 def handshake_pair(
@@ -316,18 +275,7 @@ def test_aead_suite_answers_none_for_short_names(name: str) -> None:
 def _self_signed_rsa_server_context(ciphers: str) -> SSL.Context:
     """A DTLS server context with a throwaway RSA certificate (plain-RSA suites need one)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "records test")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    certificate = self_signed(key, "records test")
     context = new_dtls_context(server=True, ciphers=ciphers)
     context.use_certificate(certificate)
     context.use_privatekey(key)
@@ -491,15 +439,7 @@ def test_seal_writes_the_documented_record_format(suite_name: str) -> None:
 def test_decrypt_refuses_impossible_fragment_lengths_without_raising(suite_name: str) -> None:
     suite = aead_suite(suite_name)
     assert suite is not None
-    protection = RecordProtection(
-        suite,
-        epoch=1,
-        read_key=bytes(suite.key_length),
-        read_iv=bytes(suite.implicit_iv_length),
-        write_key=bytes(suite.key_length),
-        write_iv=bytes(suite.implicit_iv_length),
-        next_sequence=0,
-    )
+    protection = zero_key_protection(suite, next_sequence=0)
     for fragment_length in [0, 1, suite.overhead - 1, suite.overhead + 2**14 + 1]:
         fragment = bytes(fragment_length)
         assert protection.decrypt(CONTENT_APPLICATION_DATA, DTLS_1_2, 0, fragment) is None
@@ -558,6 +498,19 @@ def test_record_protection_for_refuses_what_it_cannot_check() -> None:
 
 
 # -- what mutation testing found unpinned (``nox -s mutants``) -----------------------------------
+
+
+def zero_key_protection(suite: AeadSuite, next_sequence: int) -> RecordProtection:
+    """A :class:`RecordProtection` with all-zero keys and IVs: it opens what it sealed itself."""
+    return RecordProtection(
+        suite,
+        epoch=1,
+        read_key=bytes(suite.key_length),
+        read_iv=bytes(suite.implicit_iv_length),
+        write_key=bytes(suite.key_length),
+        write_iv=bytes(suite.implicit_iv_length),
+        next_sequence=next_sequence,
+    )
 
 
 def _mirror_pair(suite_name: str) -> tuple[RecordProtection, RecordProtection]:
@@ -1191,13 +1144,11 @@ def _resumption_contexts() -> tuple[SSL.Context, SSL.Context]:
 def _begin_resumed() -> InMemoryHandshake:
     """A full handshake (both released), then a second one resuming its session, begun."""
     server_context, client_context = _resumption_contexts()
-    first = support.exchange(
-        begin_pair(server_context=server_context, client_context=client_context)
-    )
+    first = support.exchange(begin_pair(server_ssl=server_context, client_ssl=client_context))
     assert first.client.openssl_released and first.server.openssl_released
     saved = first.client.ssl_session
     assert saved is not None
-    return begin_pair(server_context=server_context, client_context=client_context, resume=saved)
+    return begin_pair(server_ssl=server_context, client_ssl=client_context, resume=saved)
 
 
 def test_a_released_client_resends_its_lost_final_flight_after_resumption() -> None:
@@ -1268,7 +1219,7 @@ def test_openssl_renegotiating_with_a_released_server_gets_refused() -> None:
     context.set_options(SSL.OP_NO_QUERY_MTU)
     context.set_cipher_list(GCM.encode("ascii"))
     install_client_psk(context)
-    result = support.exchange(begin_pair(client_context=context, client_releases=False))
+    result = support.exchange(begin_pair(client_ssl=context, client_releases=False))
     assert support.established(result.client, result.server)
     connection = result.client.connection
     assert connection is not None

@@ -18,7 +18,6 @@ from auth_support import (
     KEY,
     ConnectionLog,
     Credentials,
-    make_credentials,
     quiet,
 )
 
@@ -29,11 +28,6 @@ from trio_dtls_server import (
     DTLSServer,
     ServerConfig,
 )
-
-
-@pytest.fixture(scope="module")
-def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
-    return make_credentials(tmp_path_factory.mktemp("resumption"))
 
 
 async def talk(client: DTLSClient, text: bytes = b"ping") -> bytes:

@@ -144,7 +144,7 @@ async def test_unknown_identity_fails_fast_on_both_sides(host: str) -> None:
         # Generous: the first retransmission alone would take 1 s; the deadline is 120 s.
         assert elapsed < 10.0
         # What ended it: the server's last datagram is OpenSSL's fatal unknown_psk_identity alert.
-        last_datagram, source = transport.received[-1]
+        last_datagram, source = transport.received_from[-1]
         assert source == running.address
         (alert,) = parse_records(last_datagram)
         assert (alert.content_type, alert.epoch, alert.fragment) == (CONTENT_ALERT, 0, b"\x02\x73")
@@ -187,7 +187,7 @@ async def test_wrong_key_fails_fast_on_both_sides(host: str) -> None:
             f"{IDENTITY}: handshake error - tls alert bad record mac"
         )
         assert elapsed < 10.0  # generous; without the alert it would take the full 120 s
-        last_datagram, source = transport.received[-1]
+        last_datagram, source = transport.received_from[-1]
         assert source == running.address
         (alert,) = parse_records(last_datagram)
         assert (alert.content_type, alert.epoch, alert.fragment) == (CONTENT_ALERT, 0, b"\x02\x14")
@@ -690,7 +690,7 @@ async def test_datagram_events_carry_the_exact_ciphertext_and_plaintext() -> Non
         messages = [ping(0), b"\x00binary\xffbytes", b"x" * 16_384]
         for number, message in enumerate(messages, start=1):
             await client.send(message)
-            sent, destination = transport.sent[-1]
+            sent, destination = transport.sent_to[-1]
             assert destination == running.address
             event = await running.events.wait_for("datagram", count=number)
             assert isinstance(event, DatagramReceived)
@@ -902,7 +902,7 @@ async def test_no_server_datagram_exceeds_the_configured_mtu(mtu: int) -> None:
         for number in range(3):
             await assert_round_trip(client, "127.0.0.1", number)
         await client.aclose()
-    from_server = [d for d, source in transport.received if source == running.address]
+    from_server = [d for d, source in transport.received_from if source == running.address]
     sizes = [len(d) for d in from_server]
     assert max(sizes) <= mtu, sizes
     handshake_fragments = [

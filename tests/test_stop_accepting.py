@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from hostile_support import ack_for, connect, serving, settle
+from hostile_support import ack_for, connect, serving_psk
+from support import settle
 
 from trio_dtls_server import HandshakeError
 
@@ -13,7 +14,7 @@ from trio_dtls_server import HandshakeError
 async def test_stop_accepting_ignores_new_clients_and_keeps_known_ones(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with serving() as served:
+    async with serving_psk() as served:
         server = served.server
         known = await connect(served.address)
         assert server.is_listening()
@@ -21,7 +22,9 @@ async def test_stop_accepting_ignores_new_clients_and_keeps_known_ones(
         server.stop_accepting()
         assert not server.is_listening()
         await settle()  # the event log is a subscriber task
-        assert served.log.messages("not_accepting") == ["Server is not accepting new connections"]
+        assert served.events.messages("not_accepting") == [
+            "Server is not accepting new connections"
+        ]
         cookies_before = server.statistics().cookies_sent
         with pytest.raises(HandshakeError, match="not finished within 5 s"):
             await connect(served.address, handshake_timeout=5.0)

@@ -1,6 +1,7 @@
-"""An adversarial review of the record layer hand-over (``_records.py`` and its callers).
+"""The hand-over from OpenSSL to our record layer (``_records.py`` and its callers), at its edges.
 
-Four findings of the review, each fixed, each pinned here by the test that showed it:
+They came from an adversarial review of the hand-over.  Four of its findings, each fixed,
+each pinned here by the test that showed it:
 
 * **max_fragment_length** (RFC 6066 §4): a peer that negotiated 512-byte records (constrained
   devices do, RFC 7925) must never get a longer one, whether our record layer or OpenSSL
@@ -32,14 +33,14 @@ import pytest
 import support
 import trio
 import trio.testing
-from OpenSSL import SSL
 from support import IDENTITY, KEY, InMemoryHandshake, carry, protection_of, seal_one
+from test_records import begin_pair, zero_key_protection
 
 from trio_dtls_server import DatagramReceived, DTLSServer, RetransmitPolicy, ServerEvent
 from trio_dtls_server._connection import ConnectionClosed, DTLSConnection, PeerSlot
 from trio_dtls_server._openssl import configure_session_resumption
 from trio_dtls_server._peers import PeerState
-from trio_dtls_server._records import RecordProtection, aead_suite
+from trio_dtls_server._records import aead_suite
 from trio_dtls_server._session import (
     DROP_AUTHENTICATION,
     DROP_HANDSHAKE_RETRANSMISSION,
@@ -69,45 +70,8 @@ PEER_ADDRESS = ("127.0.0.1", 40_000)
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def start_pair(
-    ciphers: str = GCM,
-    *,
-    server_releases: bool = True,
-    client_releases: bool = True,
-    policy: RetransmitPolicy | None = None,
-    server_context: SSL.Context | None = None,
-    client_context: SSL.Context | None = None,
-    resume: SSL.Session | None = None,
-) -> InMemoryHandshake:
-    """A client and a server session, up to the server's first flight."""
-    chosen = policy or RetransmitPolicy()
-    client = DTLSSession.client(
-        client_context or support.client_context(ciphers),
-        now=NOW,
-        mtu=1400,
-        policy=chosen,
-        identity=IDENTITY_BYTES,
-        key=KEY,
-        session=resume,
-        release_openssl=client_releases,
-    )
-    first = client.take_datagrams()
-    client.receive_datagram(support.hello_verify_request_for(first[0]), NOW)
-    (hello,) = client.take_datagrams()
-    server = DTLSSession.server(
-        server_context or support.server_context(ciphers=ciphers),
-        hello,
-        now=NOW,
-        mtu=1400,
-        policy=chosen,
-        psk_lookup={IDENTITY_BYTES: KEY}.get,
-        release_openssl=server_releases,
-    )
-    return InMemoryHandshake(client, server)
-
-
 def established_pair(ciphers: str = GCM, *, server_releases: bool = True) -> InMemoryHandshake:
-    result = support.exchange(start_pair(ciphers, server_releases=server_releases))
+    result = support.exchange(begin_pair(ciphers, server_releases=server_releases))
     assert support.established(result.client, result.server)
     assert result.client.openssl_released
     assert result.server.openssl_released is server_releases
@@ -123,16 +87,14 @@ def resumed_client_finished_first() -> tuple[InMemoryHandshake, bytes]:
     """
     server_context = support.server_context(ciphers=GCM)
     configure_session_resumption(
-        server_context, enabled=True, lifetime=60.0, session_id_context=b"records_review"
+        server_context, enabled=True, lifetime=60.0, session_id_context=b"record_handover"
     )
     client_context = support.client_context(GCM)
-    first = support.exchange(
-        start_pair(server_context=server_context, client_context=client_context)
-    )
+    first = support.exchange(begin_pair(server_ssl=server_context, client_ssl=client_context))
     assert support.established(first.client, first.server)
-    result = start_pair(
-        server_context=server_context,
-        client_context=client_context,
+    result = begin_pair(
+        server_ssl=server_context,
+        client_ssl=client_context,
         resume=first.client.ssl_session,
     )
     assert carry(result.server.take_datagrams(), result.client) == [
@@ -361,7 +323,7 @@ def test_a_close_notify_that_overtook_the_servers_finished_is_not_lost(
     client_releases: bool,
 ) -> None:
     """A handler that greets and returns: data and close_notify follow the final flight."""
-    result = start_pair(client_releases=client_releases)
+    result = begin_pair(client_releases=client_releases)
     carry(result.server.take_datagrams(), result.client)
     carry(result.client.take_datagrams(), result.server)
     assert result.server.state is SessionState.ESTABLISHED
@@ -415,15 +377,7 @@ def test_impossible_fragments_and_odd_buffer_types_are_refused_without_raising(
     """CCM has limits of its own in ``cryptography`` (nonce and data lengths); none leaks out."""
     suite = aead_suite(suite_name)
     assert suite is not None
-    protection = RecordProtection(
-        suite,
-        epoch=1,
-        read_key=bytes(suite.key_length),
-        read_iv=bytes(suite.implicit_iv_length),
-        write_key=bytes(suite.key_length),
-        write_iv=bytes(suite.implicit_iv_length),
-        next_sequence=1,
-    )
+    protection = zero_key_protection(suite, next_sequence=1)
     lengths = [0, 1, 8, suite.overhead - 1, suite.overhead, suite.overhead + 1]
     lengths += [suite.overhead + 2**14, suite.overhead + 2**14 + 1, 65_535]
     refused = 0
@@ -443,15 +397,7 @@ def test_impossible_fragments_and_odd_buffer_types_are_refused_without_raising(
     assert protection.replay.seen(2**48 - 1) is False  # no forgery moved the window
     # A genuine record of the largest size still opens: the refusals were about the bytes.
     largest = protection.seal(CONTENT_APPLICATION_DATA, bytes(2**14))
-    mirror = RecordProtection(
-        suite,
-        epoch=1,
-        read_key=bytes(suite.key_length),
-        read_iv=bytes(suite.implicit_iv_length),
-        write_key=bytes(suite.key_length),
-        write_iv=bytes(suite.implicit_iv_length),
-        next_sequence=1,
-    )
+    mirror = zero_key_protection(suite, next_sequence=1)
     (record,) = parse_records(largest)
     assert mirror.open_record(
         record.content_type, record.version, record.sequence_number, record.fragment
@@ -460,7 +406,7 @@ def test_impossible_fragments_and_odd_buffer_types_are_refused_without_raising(
 
 def test_forged_handshake_records_do_not_use_up_the_final_flight_resends() -> None:
     """With one resend allowed, ten forged "Finished" records must not take it."""
-    result = start_pair(policy=RetransmitPolicy(max_retransmissions=1))
+    result = begin_pair(policy=RetransmitPolicy(max_retransmissions=1))
     carry(result.server.take_datagrams(), result.client)
     carry(result.client.take_datagrams(), result.server)
     assert result.server.state is SessionState.ESTABLISHED and result.server.openssl_released
@@ -485,7 +431,7 @@ def test_forged_handshake_records_do_not_use_up_the_final_flight_resends() -> No
 
 
 def test_forged_handshake_records_do_not_use_up_the_renegotiation_answers() -> None:
-    result = support.exchange(start_pair(policy=RetransmitPolicy(max_retransmissions=1)))
+    result = support.exchange(begin_pair(policy=RetransmitPolicy(max_retransmissions=1)))
     assert support.established(result.client, result.server)
     for seed in range(10):
         forged = support.garbage_record(
