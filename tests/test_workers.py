@@ -92,6 +92,26 @@ async def ping(client: DTLSClient, message: bytes = b"ping") -> bytes:
         return await client.receive()
 
 
+def pinging_clients(port: int, count: int) -> Program:
+    """``client`` with ``count`` associations pinging the server on ``port`` five times a second;
+    returned once every association has had its first ACK."""
+    client = Program(
+        command(
+            "client", "127.0.0.1", str(port), "--connections", str(count), "--pings", "100000",
+            "--interval", "0.2",
+        )
+    )  # fmt: skip
+    try:
+        for number in range(count):
+            client.stdout.wait_for(
+                rf"^Alice \(clone number {number}\) received a DTLS datagram: .* ACK$"
+            )
+    except BaseException:
+        client.stop()
+        raise
+    return client
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 
@@ -156,16 +176,7 @@ def test_two_workers_answer_40_clients_and_both_workers_serve_some() -> None:
 
 def test_sigterm_to_the_supervisor_closes_every_peer_of_every_worker_and_exits_0() -> None:
     server, port = start_serve("--workers", "2", "--psk-hex", KEY_HEX)
-    with server, Program(
-        command(
-            "client", "127.0.0.1", str(port), "--connections", "16", "--pings", "100000",
-            "--interval", "0.2",
-        )
-    ) as client:  # fmt: skip
-        for number in range(16):
-            client.stdout.wait_for(
-                rf"^Alice \(clone number {number}\) received a DTLS datagram: .* ACK$"
-            )
+    with server, pinging_clients(port, 16) as client:
         assert {worker_of(server, port) for port in acked_ports(client.stdout.text)} == {1, 2}
         server.send_signal(signal.SIGTERM)
         assert server.wait() == 0
@@ -352,16 +363,7 @@ def test_a_supervisor_killed_with_sigkill_leaves_no_worker_behind() -> None:
     # Each worker watches its stdin, which only the supervisor holds open: when the kernel
     # closes it (however the supervisor ended), the worker stops as on SIGTERM.
     server, port = start_serve("--workers", "2", "--psk-hex", KEY_HEX)
-    with server, Program(
-        command(
-            "client", "127.0.0.1", str(port), "--connections", "8", "--pings", "100000",
-            "--interval", "0.2",
-        )
-    ) as client:  # fmt: skip
-        for number in range(8):
-            client.stdout.wait_for(
-                rf"^Alice \(clone number {number}\) received a DTLS datagram: .* ACK$"
-            )
+    with server, pinging_clients(port, 8) as client:
         server.process.kill()
         assert server.process.wait(TIMEOUT) == -signal.SIGKILL
         # The workers wrote to the same stdout: it reaches its end once both have exited.
