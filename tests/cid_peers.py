@@ -13,8 +13,9 @@ and, when it cannot run here, why.  :func:`running_peer` starts it and yields a
 on the way out it closes the client's stdin (a clean ``quit``) and kills the process by its
 handle if it has not exited soon after.
 
-The clients are built by ``.ci/run`` into ``build/peers/`` (ignored by git):
-``cd tests/peers/pion_client && go build -o ../../../build/peers/pion_client .``
+``.ci/run`` builds the clients (both outputs are ignored by git): pion's into ``build/peers/``
+(``cd tests/peers/pion_client && go build -o ../../../build/peers/pion_client .``), Scandium's
+jar into its Maven ``target/``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,17 @@ PION = PeerCommand(
     needs=(BUILD / "pion_client",),
     build_hint="run .ci/run, or: cd tests/peers/pion_client && go build -o "
     "../../../build/peers/pion_client .",
+)
+
+#: Californium Scandium's client (``tests/peers/scandium_client``, a shaded jar that Maven
+#: builds into its ``target/``).
+SCANDIUM_JAR = ROOT / "tests" / "peers" / "scandium_client" / "target" / "scandium-client.jar"
+SCANDIUM = PeerCommand(
+    "scandium",
+    ("java", "-jar", str(SCANDIUM_JAR)),
+    needs=(SCANDIUM_JAR,),
+    build_hint="run .ci/run, or: cd tests/peers/scandium_client && mvn -q package",
+    programs=("java",),
 )
 
 

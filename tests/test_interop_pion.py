@@ -23,7 +23,7 @@ from __future__ import annotations
 import pytest
 import support
 import trio
-from cid_peers import PION, PeerProcess, running_peer
+from cid_peers import LINE_TIMEOUT, PION, PeerProcess, running_peer
 from relay import open_relay
 
 from trio_dtls_server import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY, DTLSServer
@@ -133,3 +133,26 @@ async def test_with_cid_the_association_follows_the_client(
         assert server.statistics().handshakes_completed == 1  # no new handshake
         assert server.statistics().drops[DROPPED_UNKNOWN_PEER] == 0
     report(capsys, f"--cid {cid}", elapsed)
+
+
+async def test_a_wrong_key_ends_in_an_error_line() -> None:
+    """The client reports a failed handshake on stdout and exits 1 (what the harness relies on)."""
+    server = ack_server()
+    async with support.serving(server) as running:
+        argv = PION.argv(running.address, IDENTITY, bytes(16))
+        async with running_peer(PION, argv, connect=False) as peer:
+            message = await peer.expect("error")
+            assert "handshake" in message
+            with trio.fail_after(LINE_TIMEOUT):
+                assert await peer.process.wait() == 1
+        await running.events.wait_for("handshake_failed")
+    assert server.statistics().handshakes_completed == 0
+
+
+async def test_a_bad_cid_option_is_refused() -> None:
+    async with running_peer(
+        PION, PION.argv(("127.0.0.1", 9), IDENTITY, QT_DEMO_KEY, "0"), connect=False
+    ) as peer:
+        assert "--cid" in await peer.expect("error")
+        with trio.fail_after(LINE_TIMEOUT):
+            assert await peer.process.wait() == 1
