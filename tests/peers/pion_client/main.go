@@ -8,7 +8,8 @@
 //
 // stdout: "connected" after each handshake, "received <text>" per datagram, "error <message>"
 // before exiting 1.  stdin: "send <text>", "reconnect" (close, then a new handshake on a new
-// socket), "quit" or EOF (close_notify, exit 0).
+// socket; always a full handshake: without a SessionStore pion never resumes), "quit" or EOF
+// (close_notify, exit 0).
 package main
 
 import (
