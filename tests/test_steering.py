@@ -38,7 +38,7 @@ import pytest
 import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from support import KEY
+from support import KEY, LOOPBACK_HOSTS
 
 from trio_dtls_server import ServerConfig, ServerEvent, Supervisor
 from trio_dtls_server._steering import (
@@ -126,9 +126,11 @@ CLIENT_HELLO = bytes([22]) + b"\xfe\xfd" + bytes(8) + b"\x02" + bytes(40)
 
 
 @contextmanager
-def socket_group(count: int = GROUP) -> Iterator[list[stdlib_socket.socket]]:
+def socket_group(
+    count: int = GROUP, host: str = "127.0.0.1"
+) -> Iterator[list[stdlib_socket.socket]]:
     """``count`` sockets bound as the supervisor binds them (in its order), non-blocking."""
-    sockets = trio.run(bind_reuseport_group, "127.0.0.1", 0, count)
+    sockets = trio.run(bind_reuseport_group, host, 0, count)
     try:
         for sock in sockets:
             sock.setblocking(False)
@@ -139,14 +141,16 @@ def socket_group(count: int = GROUP) -> Iterator[list[stdlib_socket.socket]]:
 
 
 @contextmanager
-def client_sockets(count: int = SOURCES) -> Iterator[list[stdlib_socket.socket]]:
+def client_sockets(
+    count: int = SOURCES, host: str = "127.0.0.1"
+) -> Iterator[list[stdlib_socket.socket]]:
+    """``count`` client sockets on ``host``, each with a source port of its own."""
+    family = stdlib_socket.AF_INET6 if ":" in host else stdlib_socket.AF_INET
     with ExitStack() as stack:
         clients = []
         for _ in range(count):
-            client = stack.enter_context(
-                stdlib_socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_DGRAM)
-            )
-            client.bind(("127.0.0.1", 0))
+            client = stack.enter_context(stdlib_socket.socket(family, stdlib_socket.SOCK_DGRAM))
+            client.bind((host, 0))
             clients.append(client)
         yield clients
 
@@ -169,8 +173,11 @@ def hashed(group: list[stdlib_socket.socket], clients: list[stdlib_socket.socket
 # -- the program through the kernel ------------------------------------------------------------
 
 
-def test_a_cid_record_reaches_the_socket_its_first_cid_byte_names_from_any_source() -> None:
-    with socket_group() as group, client_sockets() as clients:
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+def test_a_cid_record_reaches_the_socket_its_first_cid_byte_names_from_any_source(
+    host: str,
+) -> None:
+    with socket_group(host=host) as group, client_sockets(host=host) as clients:
         attach_program(group[0], build_program(GROUP, CID_LENGTH))
         for index in range(GROUP):
             reached = Counter(where(group, client, cid_record(index)) for client in clients)
@@ -180,8 +187,9 @@ def test_a_cid_record_reaches_the_socket_its_first_cid_byte_names_from_any_sourc
         assert {where(group, client, shortest) for client in clients} == {3}
 
 
-def test_everything_else_is_delivered_where_the_hash_puts_it() -> None:
-    with socket_group() as group, client_sockets() as clients:
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+def test_everything_else_is_delivered_where_the_hash_puts_it(host: str) -> None:
+    with socket_group(host=host) as group, client_sockets(host=host) as clients:
         attach_program(group[0], build_program(GROUP, CID_LENGTH))
         home = hashed(group, clients)
         # Spread over the sockets as without a program: 64 sources leave none out (each is
@@ -458,24 +466,43 @@ async def test_only_the_worker_a_cid_names_counts_its_records_also_after_a_resta
             expected = [PER_WORKER if i <= index else 0 for i in range(WORKERS)]
             assert await wait_for_counts(supervisor, PER_WORKER * (index + 1)) == expected
 
-        # Worker 2 (index 1) killed and restarted: its socket keeps index 1.
-        pids = supervisor.worker_pids()
-        await _restart(supervisor, stream, 1)
-        assert supervisor.worker_pids()[1] not in (None, pids[1])
+        # Worker 2 (index 1) killed and restarted on its socket, which keeps index 1.
+        pid = supervisor.worker_pids()[1]
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with trio.fail_after(30):
+            await _next_event(stream, "worker_restarted")
+            # While no process reads it, what is steered to socket 1 waits in its buffer.
+            await send_round(port, [1])
+            await _next_event(stream, "worker_started")
+        assert supervisor.worker_pids()[1] not in (None, pid)
         assert supervisor._spec_for(supervisor._workers[1], -1).connection_id_prefix == b"\x01"
         await send_round(port, [1, 1, 0])
-        # The replacement counts from zero; the others kept their counts.
-        expected = [PER_WORKER * 2, PER_WORKER * 2, PER_WORKER]
+        # The replacement counts from zero: the round sent while it was down, and the 2 after;
+        # the others kept their counts, and only worker 1 (index 0) had more.
+        expected = [PER_WORKER * 2, PER_WORKER * 3, PER_WORKER]
         assert await wait_for_counts(supervisor, sum(expected)) == expected
         nursery.cancel_scope.cancel()
 
 
-async def _restart(
-    supervisor: Supervisor, stream: trio.MemoryReceiveChannel[ServerEvent], index: int
-) -> None:
-    pid = supervisor.worker_pids()[index]
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    with trio.fail_after(30):
-        await _next_event(stream, "worker_restarted")
-        await _next_event(stream, "worker_started")
+async def test_a_group_that_cannot_steer_says_why_and_serves() -> None:
+    supervisor = Supervisor(KEY, workers=2, statistics_interval=0.1)
+    supervisor._steering = plan_steering(2, 3)  # CIDs too short to spare a byte
+    async with trio.open_nursery() as nursery, supervisor.events() as stream:
+        _, port = await nursery.start(supervisor.serve, "127.0.0.1", 0)
+        with trio.fail_after(30):
+            event = await _next_event(stream, "connection_id_steering")
+        assert event.severity == "warning"
+        assert event.message.startswith("connection ids of 3 byte(s) are too short to name the")
+        assert not supervisor.steering.enabled
+        assert [supervisor._spec_for(w, -1).connection_id_prefix for w in supervisor._workers] == [
+            b"",
+            b"",
+        ]
+        # No program: records naming worker 1 spread over the group by the hash.
+        await send_round(port, [0, 0, 0, 0])
+        with trio.fail_after(30):
+            while sum(s.datagrams_in for s in supervisor.worker_statistics()) < 4 * PER_WORKER:
+                await trio.sleep(0.05)
+        assert all(s.datagrams_in for s in supervisor.worker_statistics())
+        nursery.cancel_scope.cancel()
