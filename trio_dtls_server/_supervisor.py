@@ -17,6 +17,11 @@ on one socket.  Here:
 * the **cookie secret** is shared: the supervisor draws one master key and gives it to every
   worker and every replacement, and each derives the rotating secret from it and the clock
   (:mod:`._cookie`), so any worker accepts a cookie any other made, also across a restart;
+* with Connection IDs (RFC 9146), worker K puts its index (K - 1) first in every CID it
+  issues and the supervisor attaches a BPF program to the group that steers each CID record
+  to the socket of the worker its CID names (:mod:`._steering`): a client that changes
+  address still reaches its association.  The program belongs to the group and the indices
+  are the sockets' places in it, which never change while the supervisor holds every socket;
 * SIGTERM/SIGINT to the supervisor (:meth:`Supervisor.aclose`) stop every worker gracefully:
   each sends close_notify to its peers.  SIGHUP (:meth:`Supervisor.reload_psk`) is forwarded,
   and every worker re-reads its PSK file.
@@ -58,6 +63,7 @@ from ._events import EventHub, InfoEvent, ServerEvent, WarningEvent
 from ._psk import PskFileStore, PskSource
 from ._server import DTLSServer, Handler, ServerBindError, qt_ack_handler
 from ._stats import ServerStatistics, StatisticsSnapshot
+from ._steering import SteeringPlan, attach_program, plan_steering
 from ._transport import bind_reuseport_group, reuseport_balances
 from ._worker import (
     SPEC_LENGTH_BYTES,
@@ -134,6 +140,15 @@ def describe_exit(status: int) -> str:
             name = f"signal {-status}"
         return f"was killed by {name}"
     return f"exited with code {status}"
+
+
+def connection_id_length_of(config: ServerConfig) -> int:
+    """The length of the CIDs the workers' servers issue; 0 when they issue none.
+
+    ``ServerConfig.connection_id_length`` arrives with the core CID work (issue 12, item 1);
+    until then a configuration has none, and no group is steered.
+    """
+    return int(getattr(config, "connection_id_length", 0) or 0)
 
 
 def _zero_snapshot() -> StatisticsSnapshot:
@@ -239,6 +254,10 @@ class Supervisor:
             statistics_interval=statistics_interval,
         )
         _check_picklable(self._template)
+        #: Steering by CID, as the configuration asks for it; ``_steering_now`` is what
+        #: :meth:`serve` achieved (the program may fail to attach).
+        self._steering = plan_steering(workers, connection_id_length_of(config))
+        self._steering_now = self._steering
         self._stop_timeout = stop_timeout
         self._start_timeout = start_timeout
         self._restart_delay = restart_delay
@@ -265,6 +284,12 @@ class Supervisor:
     def reloads_psk(self) -> bool:
         """Whether the workers have a PSK file to re-read (:meth:`reload_psk`)."""
         return self._psk_file is not None
+
+    @property
+    def steering(self) -> SteeringPlan:
+        """Whether CID records are steered to their worker (see :mod:`._steering`): as
+        planned before :meth:`serve`, as achieved once it has bound the group."""
+        return self._steering_now
 
     def worker_pids(self) -> list[int | None]:
         """Each worker's process id (None while it is being restarted), worker 1 first."""
@@ -350,6 +375,9 @@ class Supervisor:
         self._stopping = False
         self.restarts = 0
         self._workers = [_Worker(number, sock) for number, sock in enumerate(sockets, 1)]
+        self._steering_now = self._attach_steering(sockets[0])
+        if self._steering_now.warning is not None:
+            self._hub.emit(WarningEvent("connection_id_steering", self._steering_now.warning))
         bound = sockets[0].getsockname()
         self._local_address = (bound[0], bound[1])
         start_error: WorkerStartError | None = None
@@ -386,6 +414,26 @@ class Supervisor:
             self._stopped.set()
 
     # -- inside ---------------------------------------------------------------------------------
+
+    def _attach_steering(self, sock: stdlib_socket.socket) -> SteeringPlan:
+        """Attach the steering program to the group, before any worker reads; what it achieved.
+
+        A kernel that refuses (not Linux, before 4.5, ``optmem_max`` too small) costs the group
+        its steering, not its start: the workers then issue CIDs without a prefix and a client
+        that changes address may reach another worker and handshake again, as without CIDs.
+        """
+        plan = self._steering
+        if not plan.enabled:
+            return plan
+        try:
+            attach_program(sock, plan.program())
+        except OSError as error:
+            return plan.disabled(
+                "cannot steer connection ids to their workers (SO_ATTACH_REUSEPORT_CBPF: "
+                f"{error.strerror or error}): a client that changes address may reach another "
+                "worker and must handshake again"
+            )
+        return plan
 
     async def _wait_until_ready(self, failed: list[str]) -> WorkerStartError | None:
         """Wait until every worker serves; the error if one ended first or time ran out."""
@@ -445,19 +493,25 @@ class Supervisor:
     def _workers_all_ready(self) -> bool:
         return all(w.ready.is_set() for w in self._workers)
 
+    def _spec_for(self, worker: _Worker, status_fd: int) -> WorkerSpec:
+        """What worker ``number``'s process (the first one or a replacement) is told."""
+        return dataclasses.replace(
+            self._template,
+            number=worker.number,
+            socket_fd=worker.sock.fileno(),
+            status_fd=status_fd,
+            # The index is the socket's place in the group: the order bind_reuseport_group
+            # bound them, unchanged while this process holds them all (also across restarts).
+            connection_id_prefix=self._steering_now.prefix(worker.number - 1),
+        )
+
     async def _run_once(self, worker: _Worker) -> tuple[int, int, bool]:
         """Start the worker's process, follow its status pipe, wait for it to end.
 
         Returns (exit status, pid, whether it became ready).
         """
         read_end, write_end = os.pipe()
-        spec = dataclasses.replace(
-            self._template,
-            number=worker.number,
-            socket_fd=worker.sock.fileno(),
-            status_fd=write_end,
-        )
-        payload = pickle.dumps(spec)
+        payload = pickle.dumps(self._spec_for(worker, write_end))
         environment = dict(os.environ)
         # The workers import what the supervisor can import (the handler's module above all).
         environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)

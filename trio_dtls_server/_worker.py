@@ -96,6 +96,10 @@ class WorkerSpec:
     #: None: events go to :mod:`logging` only (in the worker's process).
     display: DisplaySettings | None
     statistics_interval: float
+    #: What this worker's server puts first in every Connection ID it issues: its index in the
+    #: socket group (``number - 1``) when the supervisor steers CID records to their worker
+    #: (:mod:`._steering`), empty when it does not (one worker, no CIDs, no program).
+    connection_id_prefix: bytes = b""
 
 
 def resolve_handler(handler: Handler | str) -> Handler:
@@ -222,6 +226,8 @@ async def serve_worker(spec: WorkerSpec) -> int:
         certificate=spec.certificate,
         cookie_secret=spec.cookie_secret,
     )
+    # CID-STEERING HOOK (issue 12 item 4; the coordinator enables it once DTLSServer issues CIDs):
+    # server._connection_id_prefix = spec.connection_id_prefix
     sock = stdlib_socket.socket(fileno=spec.socket_fd)
     transport = UDPTransport(sock)
     status = _StatusPipe(spec.status_fd)
