@@ -5,7 +5,8 @@
  *
  *   argv:   --host H --port P --identity ID --key HEX [--cid none|send-only|N]
  *           none: no connection_id extension; send-only: offer an empty CID ("I send yours,
- *           send me none"); N > 0: ask the server to put an N-byte CID in the records it sends.
+ *           send me none"); N > 0: ask the server to put an N-byte CID in the records it sends
+ *           (1..254: Scandium cannot encode a 255-byte CID).
  *   stdout: "connected" after a finished handshake; "received <text>" for each datagram
  *           received (UTF-8, malformed bytes replaced); "error <message>" before exiting 1.
  *   stdin:  "send <text>" sends <text> as one datagram; "reconnect" sends close_notify and does
@@ -205,8 +206,10 @@ public final class ScandiumClient {
             } catch (NumberFormatException e) {
                 cidLength = -1;
             }
-            if (cidLength < 1 || cidLength > 255) {
-                fail("--cid must be none, send-only or 1..255, not " + cid);
+            // RFC 9146 allows 255; Scandium 3.14 stops at 254 (its DatagramWriter keeps 0xff
+            // as a "null" length) and would only fail when the handshake starts.
+            if (cidLength < 1 || cidLength > 254) {
+                fail("--cid must be none, send-only or 1..254 (Scandium's limit), not " + cid);
             }
         }
 
