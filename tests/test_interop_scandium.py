@@ -159,6 +159,12 @@ class LineClient:
     async def send(self, text: str) -> None:
         await self.command(f"send {text}")
 
+    async def end_of_input(self, limit: float = support.WAIT_LIMIT) -> int:
+        """Close the client's stdin (the protocol's EOF = ``quit``); returns the exit status."""
+        await self._stdin.aclose()
+        with trio.fail_after(limit):
+            return await self.process.wait()
+
     async def quit(self, limit: float = support.WAIT_LIMIT) -> int:
         """``quit``: close_notify and exit; returns the exit status (0 when all went well)."""
         await self.command("quit")
@@ -302,7 +308,10 @@ async def test_scandium_offering_a_cid_is_served_without_one_today(
 
 @needs_scandium
 async def test_scandium_reconnect_is_a_new_full_handshake() -> None:
-    """``reconnect``: close_notify, then a full handshake (Scandium would rather resume)."""
+    """``reconnect``: close_notify, then a full handshake (Scandium would rather resume).
+
+    The client ends on EOF here (the protocol's other way to quit): close_notify again.
+    """
     server = DTLSServer(QT_DEMO_KEY)
     async with support.serving(server) as running:
         async with scandium(running.port, cid="none") as client:
@@ -311,7 +320,7 @@ async def test_scandium_reconnect_is_a_new_full_handshake() -> None:
             await running.events.wait_for("remote_closed")
             await client.expect("connected", limit=SCANDIUM.startup_limit)
             second = await exchange(running, client, 2)
-            assert await client.quit() == 0, client.lines
+            assert await client.end_of_input() == 0, client.lines  # EOF: quit
             await running.events.wait_for("remote_closed", count=2)
         assert first == second  # same socket: the server saw the same address twice
         statistics = server.statistics()
@@ -378,3 +387,29 @@ async def test_scandium_refuses_a_cid_it_cannot_encode() -> None:
         assert line == "error --cid must be none, send-only or 1..254 (Scandium's limit), not 255"
         with trio.fail_after(support.WAIT_LIMIT):
             assert await client.process.wait() == 1
+
+
+@needs_scandium
+async def test_scandium_says_connected_only_after_the_handshake() -> None:
+    """Scandium connects lazily; the client's ``connected`` must wait for the real handshake.
+
+    A server that never answers: the client sends its ClientHello and, a retransmission timer
+    later, sends it again -- and has printed nothing in between (no ``connected``).
+    """
+    with support.RawSocket.bind() as silent_server:
+        command = SCANDIUM.command(
+            "127.0.0.1", silent_server.address[1], IDENTITY, QT_DEMO_KEY, "none"
+        )
+        async with LineClient.running(command) as client, trio.open_nursery() as nursery:
+
+            async def fail_on_any_line() -> None:
+                line = await client.line(SCANDIUM.startup_limit)
+                raise ClientFailed(f"the client said {line!r} to a server that never answered")
+
+            nursery.start_soon(fail_on_any_line)
+            first, _ = await silent_server.receive(SCANDIUM.startup_limit)
+            again, _ = await silent_server.receive(SCANDIUM.startup_limit)
+            nursery.cancel_scope.cancel()
+    first_hello = parse_initial_client_hello(first).hello
+    assert parse_initial_client_hello(again).hello.random == first_hello.random  # a retransmission
+    assert client.lines == []
