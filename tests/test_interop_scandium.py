@@ -270,6 +270,10 @@ async def test_scandium_without_cid_gets_acks_and_its_close_reaches_us(host: str
             closed = await running.events.wait_for("remote_closed")
         assert closed.peer == peer
         assert client.lines == ["connected", *[f"received to ({host}:{peer[1]}): ACK"] * 3]
+        # Scandium offers ECDHE-PSK (RFC 8442 GCM/CCM, which OpenSSL lacks) and plain-PSK
+        # AES-GCM/CCM/CCM_8; the server's order picks plain-PSK AES-256-GCM.
+        [complete] = running.events.messages("handshake_complete")
+        assert "Session cipher: PSK-AES256-GCM-SHA384; session protocol: DTLS 1.2." in complete
         hellos = client_hellos(transport.received_from)
         assert hellos and connection_id_offers(hellos) == [None] * len(hellos)
         statistics = server.statistics()
