@@ -57,7 +57,7 @@ class JavaPeer:
     #: JVM flags for a quick start: C1 only (a short-lived client never needs C2) and the
     #: JDK's class-data-sharing archive where it has one.
     jvm_flags: tuple[str, ...] = ("-XX:TieredStopAtLevel=1", "-Xshare:auto")
-    #: How long the JVM may take to start and finish its first handshake (about 1 s here; the
+    #: How long the JVM may take to start and finish its first handshake (0.3 s here; the
     #: machine is shared, and hitting this limit is a failure, not a measurement).
     startup_limit: float = 30.0
 
