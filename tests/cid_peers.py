@@ -88,7 +88,8 @@ PION = PeerCommand(
 SCANDIUM_JAR = ROOT / "tests" / "peers" / "scandium_client" / "target" / "scandium-client.jar"
 SCANDIUM = PeerCommand(
     "scandium",
-    ("java", "-jar", str(SCANDIUM_JAR)),
+    # C1 only (a short-lived client never needs C2), and the JDK's class-data-sharing archive.
+    ("java", "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-jar", str(SCANDIUM_JAR)),
     needs=(SCANDIUM_JAR,),
     build_hint="run .ci/run, or: cd tests/peers/scandium_client && mvn -q package",
     programs=("java",),
