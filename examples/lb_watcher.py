@@ -87,7 +87,11 @@ from pathlib import Path
 
 import trio
 
-from trio_dtls_server import QT_DEMO_KEY, ProbeResult, probe
+from trio_dtls_server import (
+    ProbeResult,
+    probe,
+)
+from trio_dtls_server.qt import QT_DEMO_KEY
 
 #: A backend's address, as nginx writes it: ``host:port`` (``[v6]:port`` for IPv6).
 Address = tuple[str, int]

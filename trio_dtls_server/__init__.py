@@ -15,13 +15,7 @@ Start here:
 
 from ._certificates import CertificateConfig, CertificateError, ClientCertificateMode
 from ._client import DTLSClient, HandshakeError
-from ._config import (
-    DEFAULT_CIPHERS,
-    DEFAULT_PORT,
-    QT_DEMO_IDENTITY_HINT,
-    QT_DEMO_KEY,
-    ServerConfig,
-)
+from ._config import DEFAULT_CIPHERS, DEFAULT_PORT, ServerConfig
 from ._connection import ConnectionClosed, DTLSConnection
 from ._errors import ConfigError, DTLSError
 from ._events import (
@@ -49,7 +43,7 @@ from ._psk import (
     parse_psk_hex,
     reload_on_signal,
 )
-from ._server import DTLSServer, Handler, ServerBindError, qt_ack_handler
+from ._server import DTLSServer, Handler, ServerBindError
 from ._session import RetransmitPolicy
 from ._stats import StatisticsSnapshot
 from ._supervisor import (
@@ -80,8 +74,6 @@ __all__ = [
     "reload_on_signal",
     "serve_metrics",
     "DEFAULT_PORT",
-    "QT_DEMO_IDENTITY_HINT",
-    "QT_DEMO_KEY",
     "ConnectionClosed",
     "DTLSClient",
     "DTLSConnection",
@@ -117,6 +109,5 @@ __all__ = [
     "parse_psk_hex",
     "peer_info",
     "probe",
-    "qt_ack_handler",
     "serve_workers",
 ]
