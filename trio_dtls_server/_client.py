@@ -115,8 +115,13 @@ def _log_event(event: ServerEvent) -> None:
     logger.log(level, "%s", printable(event.message), exc_info=exception)
 
 
-class DTLSClient:
-    """One DTLS association to a server.  Build it with :meth:`connect`."""
+class DTLSClient(trio.abc.Channel[bytes]):
+    """One DTLS association to a server.  Build it with :meth:`connect`.
+
+    A ``trio.abc.Channel[bytes]``, like :class:`DTLSConnection`: ``send`` encrypts one
+    datagram, ``receive`` returns one, ``async for`` reads until the association ends and
+    ``aclose`` (or leaving ``async with``) sends close_notify.
+    """
 
     def __init__(
         self,

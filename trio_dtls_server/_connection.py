@@ -165,7 +165,7 @@ class PeerSlot(Peer):
         return datagram
 
 
-class DTLSConnection:
+class DTLSConnection(trio.abc.Channel[bytes]):
     """An encrypted association with one peer.
 
     * ``await receive()`` returns the next decrypted datagram; ``async for data in connection``
@@ -175,6 +175,11 @@ class DTLSConnection:
 
     :attr:`peer`, :attr:`psk_identity`, :attr:`peer_certificate`, :attr:`peer_subject`,
     :attr:`cipher`, :attr:`protocol` and :attr:`resumed` describe the peer.
+
+    It is a ``trio.abc.Channel[bytes]``, like ``trio.DTLSChannel``: code written for any
+    channel of bytes drives it (see "Channels" in the API reference for the two differences:
+    every end is a :class:`ConnectionClosed`, never ``EndOfChannel``, and ``async for`` ends
+    quietly on any end).
     """
 
     def __init__(
