@@ -275,7 +275,7 @@ class DTLSConnection(trio.abc.Channel[bytes]):
             self._session.close()
             await self._transmit(self._session.take_datagrams())
 
-    async def take_early_events(self) -> None:
+    async def _take_early_events(self) -> None:
         """Take in what the peer sent ahead of its Finished (the server calls this first).
 
         Its data is delivered before anything later, counted and reported like any other; a

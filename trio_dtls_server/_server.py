@@ -1152,7 +1152,7 @@ class DTLSServer:
             auth_failure_window=self.config.auth_failure_window,
             ready_limit=self.config.peer_queue_size,
         )
-        await connection.take_early_events()
+        await connection._take_early_events()
         idle = self.config.idle_timeout
         if idle is not None:
             slot.idle_watch.deadline = slot.last_activity + idle + IDLE_WATCH_GRACE
