@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from trio_dtls_server import DTLSConnection, DTLSServer, ServerConfig
-from trio_dtls_server._server import qt_ack_handler
+from trio_dtls_server.qt import qt_ack_handler
 
 from .common import BENCH_IDENTITY, BENCH_KEY, BENCH_MTU
 from .server_harness import run_server_main

@@ -140,7 +140,7 @@ def summarise_cprofile(path: Path, top: int = 15) -> dict[str, Any]:
 
 
 def format_profile(summary: dict[str, Any], *, top: int = 12) -> list[str]:
-    """Plain-text lines for the console and the README."""
+    """Plain-text lines for the console and docs/performance.md."""
     lines: list[str] = []
     if summary.get("tool") == "py-spy":
         lines.append(f"py-spy, {summary.get('samples', 0)} busy samples")

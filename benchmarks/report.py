@@ -2,7 +2,7 @@
 
 All figures come from the results dictionary :func:`benchmarks.runner.run_benchmarks` returns,
 so a saved JSON file can be re-rendered later (``python -m benchmarks --render FILE``).
-The table is Markdown so the same text goes to the console and into the README.
+The table is Markdown so the same text goes to the console and into docs/performance.md.
 """
 
 from __future__ import annotations

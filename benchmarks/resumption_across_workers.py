@@ -20,7 +20,13 @@ from functools import partial
 import trio
 from OpenSSL import SSL
 
-from trio_dtls_server import QT_DEMO_KEY, DTLSClient, DTLSConnection, Supervisor, serve_workers
+from trio_dtls_server import (
+    DTLSClient,
+    DTLSConnection,
+    Supervisor,
+    serve_workers,
+)
+from trio_dtls_server.qt import QT_DEMO_KEY
 
 IDENTITY = "bench"
 
@@ -32,7 +38,7 @@ async def _connect(port: int, session: SSL.Session | None = None) -> tuple[float
         port,
         identity=IDENTITY,
         key=QT_DEMO_KEY,
-        session=session,
+        tls_session=session,
     )
     return (trio.current_time() - start) * 1000.0, client
 
@@ -61,7 +67,7 @@ async def measure(rounds: int) -> dict[str, list[float]]:
             elapsed, first = await _connect(port)
             async with first:
                 home = await _pid_of(first)
-                session = first.session
+                session = first.tls_session
             times["full"].append(elapsed)
             elapsed, again = await _connect(port, session)
             async with again:

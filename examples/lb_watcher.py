@@ -24,7 +24,7 @@ What it does
     is one line on standard output.  At start every ``--backend`` is in the list (the file is
     written, and nginx reloaded, only if that differs from what the file already says).
 
-    The nginx side looks like this (see the README for the whole file)::
+    The nginx side looks like this (see docs/deployment.md for the whole file)::
 
         stream {
             upstream dtls_backends {
@@ -87,7 +87,11 @@ from pathlib import Path
 
 import trio
 
-from trio_dtls_server import QT_DEMO_KEY, ProbeResult, probe
+from trio_dtls_server import (
+    ProbeResult,
+    probe,
+)
+from trio_dtls_server.qt import QT_DEMO_KEY
 
 #: A backend's address, as nginx writes it: ``host:port`` (``[v6]:port`` for IPv6).
 Address = tuple[str, int]

@@ -27,12 +27,11 @@ from secure_udp_client import run_association
 from secure_udp_server import describe as describe_server_event
 
 from trio_dtls_server import (
-    QT_DEMO_IDENTITY_HINT,
-    QT_DEMO_KEY,
     DTLSServer,
     HandshakeError,
     ServerEvent,
 )
+from trio_dtls_server.qt import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY
 
 #: Enough of each DTLS datagram to see its record header (type, version, epoch, sequence).
 HEX_BYTES = 13

@@ -21,12 +21,12 @@ import trio
 
 from trio_dtls_server import (
     DEFAULT_PORT,
-    QT_DEMO_KEY,
     DatagramReceived,
     DTLSClient,
     HandshakeError,
     ServerEvent,
 )
+from trio_dtls_server.qt import QT_DEMO_KEY
 
 
 def describe(event: ServerEvent, *, hex_bytes: int | None = None) -> str:

@@ -26,12 +26,11 @@ import trio
 
 from trio_dtls_server import (
     DEFAULT_PORT,
-    QT_DEMO_IDENTITY_HINT,
-    QT_DEMO_KEY,
     DatagramReceived,
     DTLSServer,
     ServerEvent,
 )
+from trio_dtls_server.qt import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY
 
 
 def describe(event: ServerEvent, *, hex_bytes: int | None = None) -> str:

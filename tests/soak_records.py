@@ -14,13 +14,13 @@ the control).  The scenarios:
 ``lossy``
     clients handshake and get messages answered over loss, duplication, reordering and delay.
 ``resume``
-    each client talks, says goodbye, then reconnects from a new port with ``session=``: a
+    each client talks, says goodbye, then reconnects from a new port with ``tls_session=``: a
     resumed handshake under loss, where the client finishes first and its data can overtake its
     Finished.
 ``restart`` / ``restart-resume``
     each client talks, sends one more message and "crashes" (its socket closes, no goodbye)
     while that message (or its answer) is in flight, then restarts on the *same* address and
-    port, without or with ``session=``.  The server keeps the old association aside until the
+    port, without or with ``tls_session=``.  The server keeps the old association aside until the
     new handshake completes, and hands protected application data to both meanwhile.
 ``client-close``
     clients say close_notify under loss; a lost goodbye leaves the server to its idle timeout.
@@ -42,7 +42,7 @@ and SHA-384, AES-CCM_8, AES-256-CCM): every nonce construction and both tag leng
 How a run is judged (everything below is a *problem*, listed in the report):
 
 * **handshakes**: every one completes (lossy network, generous retransmission budget), within
-  its deadline; every ``session=`` reconnect resumes; the server counts them all exactly.
+  its deadline; every ``tls_session=`` reconnect resumes; the server counts them all exactly.
 * **exactly once**: every plaintext is unique (association, message, attempt), so the server
   must decrypt each at most once, answer each it decrypted once, and each client must get each
   answer at most once and only its own.
@@ -389,7 +389,7 @@ class Harness:
                 mtu=self.spec.mtu,
                 retransmit=RETRANSMIT,
                 handshake_timeout=HANDSHAKE_TIMEOUT,
-                session=association.resume_from,
+                tls_session=association.resume_from,
                 on_event=_silence,
             )
         except HandshakeError as error:
@@ -524,7 +524,7 @@ async def _resume(h: Harness) -> None:
         await h.say_goodbye(first)
         await trio.sleep(rng.uniform(0.0, 4.0))
         second = h.new_association(number, 1, first.identity)
-        second.resume_from = first.client.session if first.client is not None else None
+        second.resume_from = first.client.tls_session if first.client is not None else None
         if await h.handshake(second):
             await h.converse(second, range(half, h.spec.messages))
 
@@ -552,7 +552,7 @@ def _restart(resume: bool) -> Callable[[Harness], Awaitable[None]]:
             identity = old.identity if resume else f"dev-{number:02d}-restarted"
             new = h.new_association(number, 1, identity, address=old.address)
             if resume and old.client is not None:
-                new.resume_from = old.client.session
+                new.resume_from = old.client.tls_session
             if await h.handshake(new):
                 h.restarts += 1
                 await h.converse(new, range(half + 1, h.spec.messages + 1))
@@ -650,7 +650,7 @@ async def _burst_resume(h: Harness) -> None:
         await trio.sleep(rng.uniform(0.0, SETTLE))
         await h.say_goodbye(first)
         second = h.new_association(number, 1, first.identity)
-        second.resume_from = first.client.session if first.client is not None else None
+        second.resume_from = first.client.tls_session if first.client is not None else None
         if await h.handshake(second):
             await h.converse(second, range(burst, 2 * burst), burst=burst)
 
@@ -678,7 +678,7 @@ async def _restart_anytime(h: Harness) -> None:
                 association = h.new_association(
                     number, incarnation, resumable.identity, address=address
                 )
-                association.resume_from = resumable.client.session
+                association.resume_from = resumable.client.tls_session
                 resumable = None  # one resumption per session keeps server connections apart
             else:
                 identity = f"dev-{number:02d}-{incarnation}"

@@ -46,7 +46,6 @@ from OpenSSL import SSL
 
 from trio_dtls_server import (
     DEFAULT_CIPHERS,
-    QT_DEMO_KEY,
     DTLSServer,
     RetransmitPolicy,
     ServerEvent,
@@ -76,6 +75,7 @@ from trio_dtls_server._wire import (
     parse_initial_client_hello,
     split_records,
 )
+from trio_dtls_server.qt import QT_DEMO_KEY
 
 __all__ = [
     "IDENTITY",

@@ -32,7 +32,6 @@ from types import TracebackType
 import pytest
 
 from trio_dtls_server import (
-    QT_DEMO_IDENTITY_HINT,
     DatagramReceived,
     ErrorEvent,
     InfoEvent,
@@ -48,6 +47,7 @@ from trio_dtls_server._display import (
     escape_control_characters,
     hex_dump,
 )
+from trio_dtls_server.qt import QT_DEMO_IDENTITY_HINT
 
 #: Longest wait for any one expected output (the machine may be loaded: it is generous).
 TIMEOUT = 30.0

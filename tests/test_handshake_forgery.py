@@ -319,7 +319,7 @@ def forged_records(draw: st.DrawFn) -> bytes:
 
 
 def _can_end_a_handshake(forged: bytes) -> bool:
-    """What a stranger can still do (see the README): a plaintext alert, and a message in the
+    """What a stranger can still do (see docs/security.md): a plaintext alert, and a message in the
     place of the client's ClientKeyExchange (number 2), which DTLS 1.2 cannot tell apart."""
     for r in parse_records(forged):
         if r.epoch == 0 and r.content_type == CONTENT_ALERT and len(r.fragment) == 2:

@@ -55,8 +55,6 @@ from test_interop_stacks import (
 )
 
 from trio_dtls_server import (
-    QT_DEMO_IDENTITY_HINT,
-    QT_DEMO_KEY,
     DatagramReceived,
     DTLSConnection,
     DTLSServer,
@@ -70,6 +68,7 @@ from trio_dtls_server._wire import (
     parse_handshake_fragment,
     parse_records,
 )
+from trio_dtls_server.qt import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY
 
 pytestmark = pytest.mark.interop
 

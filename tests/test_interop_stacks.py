@@ -43,16 +43,14 @@ import support
 import trio
 
 from trio_dtls_server import (
-    QT_DEMO_IDENTITY_HINT,
-    QT_DEMO_KEY,
     DatagramReceived,
     DTLSConnection,
     DTLSServer,
     ServerConfig,
-    qt_ack_handler,
 )
 from trio_dtls_server._transport import Address
 from trio_dtls_server._wire import ClientHello, MalformedDatagram, parse_initial_client_hello
+from trio_dtls_server.qt import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY, qt_ack_handler
 
 pytestmark = pytest.mark.interop
 

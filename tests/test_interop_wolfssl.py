@@ -27,7 +27,12 @@ import pytest
 import support
 from test_interop_stacks import PEERS, AckLog, ack_for, run_peer
 
-from trio_dtls_server import QT_DEMO_KEY, DatagramReceived, DTLSServer, ServerConfig
+from trio_dtls_server import (
+    DatagramReceived,
+    DTLSServer,
+    ServerConfig,
+)
+from trio_dtls_server.qt import QT_DEMO_KEY
 
 pytestmark = pytest.mark.interop
 

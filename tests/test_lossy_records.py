@@ -157,7 +157,12 @@ async def resumed_with_early_data(
         network.lose_if(first_finished_of_second)
         endpoint = network.endpoint(SECOND)
         second = await DTLSClient.connect_over(
-            endpoint, SERVER, identity="sensor", key=KEY, session=first.session, on_event=quiet
+            endpoint,
+            SERVER,
+            identity="sensor",
+            key=KEY,
+            tls_session=first.tls_session,
+            on_event=quiet,
         )
         assert second.resumed and len(lost) == 1
         for number in range(messages):

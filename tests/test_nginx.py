@@ -1,6 +1,6 @@
 """Two ``serve`` backends behind nginx's stream module, on loopback, with and without a watcher.
 
-The deployment of the README's "Behind nginx" section, for real: Debian's ``nginx`` with
+The deployment of docs/deployment.md's nginx section, for real: Debian's ``nginx`` with
 ``libnginx-mod-stream`` (``.ci/run`` installs both), started by the test as a child process with
 a configuration in the test's temporary folder, in front of two ``trio-dtls-server serve``
 processes.  Clients are :class:`DTLSClient` objects, each on its own port, so nginx's
@@ -58,7 +58,7 @@ needs_nginx = pytest.mark.skipif(
 KEY_HEX = "1a2b3c4d5e6f"
 KEY = bytes.fromhex(KEY_HEX)
 
-#: The watcher's settings in this test, and the recovery bound they give (the README states it):
+#: The watcher's settings in this test, and the recovery bound they give (docs/deployment.md):
 #: ``T + FALL * (INTERVAL + T)`` until the dead backend is out of the list (the round running
 #: when it died may take T, then FALL failing rounds of at most T each, INTERVAL apart), plus
 #: 1 s for nginx's reload (the watcher waits until the old worker stops reading) and the new
@@ -66,7 +66,7 @@ KEY = bytes.fromhex(KEY_HEX)
 INTERVAL, PROBE_TIMEOUT, FALL = 0.5, 2.0, 2
 RECOVERY_BOUND = PROBE_TIMEOUT + FALL * (INTERVAL + PROBE_TIMEOUT) + 1.0
 
-#: The configuration the README shows, with the test's paths and port.  ``proxy_timeout`` is
+#: The configuration docs/deployment.md shows, with the test's paths and port.  ``proxy_timeout`` is
 #: how long nginx keeps a client's UDP session (and so its upstream socket, the address the
 #: backend knows the client by) without traffic: longer than the clients' quiet periods.
 #: ``worker_shutdown_timeout``: after a reload the old worker's UDP sessions are of no use

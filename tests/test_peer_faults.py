@@ -178,7 +178,7 @@ async def test_a_psk_store_that_raises_fails_only_that_handshake(
         if handshake == "resumed":
             async with await connect(running, FAULTY, OTHER_KEY) as first:
                 assert await talk(first) == b"echo: ping"
-                session = first.session
+                session = first.tls_session
         store.broken = True
         if handshake == "full":
             with pytest.raises(HandshakeError) as refused:
@@ -188,7 +188,7 @@ async def test_a_psk_store_that_raises_fails_only_that_handshake(
         else:
             # The abbreviated handshake finishes on the client first; then the server, unable
             # to confirm the identity, says goodbye.
-            async with await connect(running, FAULTY, OTHER_KEY, session=session) as resumed:
+            async with await connect(running, FAULTY, OTHER_KEY, tls_session=session) as resumed:
                 assert resumed.resumed is True
                 with trio.fail_after(support.WAIT_LIMIT), pytest.raises(ConnectionClosed):
                     await resumed.receive()

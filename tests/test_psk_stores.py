@@ -203,7 +203,7 @@ async def test_hot_reload_on_sighup_keeps_established_peers(tmp_path: Path) -> N
         established = await DTLSClient.connect(
             running.host, running.port, identity=IDENTITY, key=KEY, on_event=quiet
         )
-        old_session = established.session
+        old_session = established.tls_session
         # The device's key is replaced and a new device appears.
         write_keys(path, {IDENTITY: OTHER_KEY, "device-2": KEY})
         os.kill(os.getpid(), signal.SIGHUP)
@@ -225,7 +225,7 @@ async def test_hot_reload_on_sighup_keeps_established_peers(tmp_path: Path) -> N
                 running.port,
                 identity=IDENTITY,
                 key=KEY,
-                session=old_session,
+                tls_session=old_session,
                 on_event=quiet,
             )
         for identity, key in ((IDENTITY, OTHER_KEY), ("device-2", KEY)):

@@ -351,7 +351,7 @@ async def test_data_that_overtook_the_finished_is_reported_like_any_other_datagr
         HandshakeComplete(GCM, "DTLSv1.2", resumed=True)
     ]
     harness = connection_harness(result.server)
-    await harness.connection.take_early_events()  # what DTLSServer does before the handler
+    await harness.connection._take_early_events()  # what DTLSServer does before the handler
     with trio.fail_after(5):
         assert await harness.connection.receive() == b"overtook the Finished"
     harness.deliver(seal_one(result.client, b"in its turn"))
@@ -528,7 +528,7 @@ async def test_a_handler_gets_the_data_that_overtook_the_finished_then_the_goodb
     ]
 
     harness = connection_harness(result.server)
-    await harness.connection.take_early_events()
+    await harness.connection._take_early_events()
     # Our close_notify answers the peer's, once.
     assert [(r.content_type, r.epoch) for d in harness.transmitted for r in parse_records(d)] == [
         (CONTENT_ALERT, 1)

@@ -1,5 +1,5 @@
 """Session resumption: on by default, counted, bounded in lifetime, and never a way around a
-revoked key.  Shown with our client (``session=``) and with ``openssl s_client -sess_out`` /
+revoked key.  Shown with our client (``tls_session=``) and with ``openssl s_client -sess_out`` /
 ``-sess_in``, which prints ``Reused`` when the server resumed.
 """
 
@@ -44,13 +44,13 @@ async def test_our_client_resumes_and_the_server_counts_it() -> None:
         ) as first:
             assert await talk(first) == b"echo: ping"
             assert first.resumed is False
-            assert first.session is not None
+            assert first.tls_session is not None
         async with await DTLSClient.connect(
             running.host,
             running.port,
             identity=IDENTITY,
             key=KEY,
-            session=first.session,
+            tls_session=first.tls_session,
             on_event=quiet,
         ) as second:
             assert await talk(second) == b"echo: ping"
@@ -80,7 +80,7 @@ async def test_resumption_can_be_turned_off() -> None:
             running.port,
             identity=IDENTITY,
             key=KEY,
-            session=first.session,
+            tls_session=first.tls_session,
             on_event=quiet,
         ) as second:
             assert await talk(second) == b"echo: ping"
@@ -111,7 +111,7 @@ async def test_a_session_from_another_server_is_not_resumed() -> None:
             second_server.port,
             identity=IDENTITY,
             key=KEY,
-            session=first.session,
+            tls_session=first.tls_session,
             on_event=quiet,
         ) as second:
             assert second.resumed is False
@@ -134,7 +134,7 @@ async def test_certificate_sessions_resume_with_their_verified_certificate(
         async with await DTLSClient.connect(
             running.host,
             running.port,
-            session=first.session,
+            tls_session=first.tls_session,
             **options,  # type: ignore[arg-type]
         ) as second:
             assert await talk(second) == b"echo: ping"
@@ -180,7 +180,7 @@ async def test_a_revoked_identity_cannot_live_on_through_resumption(
             running.port,
             identity=IDENTITY,
             key=KEY,
-            session=first.session,
+            tls_session=first.tls_session,
             on_event=quiet,
         ) as second:
             assert second.resumed is True

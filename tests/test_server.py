@@ -359,7 +359,7 @@ async def test_a_client_that_restarts_and_resumes_on_the_same_port_is_answered_a
         )
         port = first.local_address[1]
         await assert_round_trip(first, host)
-        saved = first.session
+        saved = first.tls_session
         crashed_transport.close()
 
         async with await DTLSClient.connect(
@@ -368,7 +368,7 @@ async def test_a_client_that_restarts_and_resumes_on_the_same_port_is_answered_a
             identity=IDENTITY,
             key=KEY,
             local_port=port,
-            session=saved,
+            tls_session=saved,
         ) as second:
             assert second.resumed
             with trio.fail_after(5):

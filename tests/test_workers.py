@@ -566,11 +566,11 @@ async def test_a_resumption_that_lands_on_another_worker_becomes_a_full_handshak
         first = await DTLSClient.connect("127.0.0.1", port, identity=IDENTITY, key=KEY)
         async with first:
             home = int((await ping(first)).partition(b" ")[0])
-            session = first.session
+            session = first.tls_session
         outcomes: Counter[bool] = Counter()
         for _ in range(MAX_TRIES):
             client = await DTLSClient.connect(
-                "127.0.0.1", port, identity=IDENTITY, key=KEY, session=session
+                "127.0.0.1", port, identity=IDENTITY, key=KEY, tls_session=session
             )
             async with client:
                 pid = int((await ping(client)).partition(b" ")[0])

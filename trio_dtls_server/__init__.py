@@ -9,19 +9,18 @@ Start here:
 * :func:`serve_workers` / :class:`Supervisor` — several worker processes on one port (Linux);
 * PSK stores (:class:`MappingStore`, :class:`PskFileStore`, :class:`AsyncFunctionStore`, ...)
   and :class:`CertificateConfig` — the credentials;
+* :mod:`trio_dtls_server.qt` -- the Qt example's demo key, identity hint and ACK handler;
 * the events (:class:`InfoEvent`, :class:`WarningEvent`, :class:`ErrorEvent`,
   :class:`DatagramReceived`) and :meth:`DTLSServer.statistics`.
 """
 
+import typing as _typing
+import warnings as _warnings
+
+from . import qt
 from ._certificates import CertificateConfig, CertificateError, ClientCertificateMode
 from ._client import DTLSClient, HandshakeError
-from ._config import (
-    DEFAULT_CIPHERS,
-    DEFAULT_PORT,
-    QT_DEMO_IDENTITY_HINT,
-    QT_DEMO_KEY,
-    ServerConfig,
-)
+from ._config import DEFAULT_CIPHERS, DEFAULT_PORT, ServerConfig
 from ._connection import ConnectionClosed, DTLSConnection
 from ._errors import ConfigError, DTLSError
 from ._events import (
@@ -49,7 +48,7 @@ from ._psk import (
     parse_psk_hex,
     reload_on_signal,
 )
-from ._server import DTLSServer, Handler, ServerBindError, qt_ack_handler
+from ._server import DTLSServer, Handler, ServerBindError
 from ._session import RetransmitPolicy
 from ._stats import StatisticsSnapshot
 from ._supervisor import (
@@ -60,8 +59,26 @@ from ._supervisor import (
     serve_workers,
 )
 from ._transport import DatagramTransport
+from ._worker import DisplaySettings
 
 __version__ = "0.1.0"
+
+#: Names that left the top level for :mod:`trio_dtls_server.qt`; still reachable here, with a
+#: DeprecationWarning, until the next minor release.
+_MOVED_TO_QT = frozenset(qt.__all__)
+
+if not _typing.TYPE_CHECKING:  # type checkers should report the old names as missing
+
+    def __getattr__(name: str) -> object:
+        if name in _MOVED_TO_QT:
+            _warnings.warn(
+                f"trio_dtls_server.{name} is deprecated: import it from trio_dtls_server.qt",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return getattr(qt, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_CIPHERS",
@@ -80,8 +97,6 @@ __all__ = [
     "reload_on_signal",
     "serve_metrics",
     "DEFAULT_PORT",
-    "QT_DEMO_IDENTITY_HINT",
-    "QT_DEMO_KEY",
     "ConnectionClosed",
     "DTLSClient",
     "DTLSConnection",
@@ -89,6 +104,7 @@ __all__ = [
     "DTLSServer",
     "DatagramReceived",
     "DatagramTransport",
+    "DisplaySettings",
     "ErrorEvent",
     "EventFilter",
     "Handler",
@@ -117,6 +133,5 @@ __all__ = [
     "parse_psk_hex",
     "peer_info",
     "probe",
-    "qt_ack_handler",
     "serve_workers",
 ]

@@ -52,8 +52,6 @@ from ._certificates import (
 from ._client import DTLSClient, HandshakeError
 from ._config import (
     DEFAULT_PORT,
-    QT_DEMO_IDENTITY_HINT,
-    QT_DEMO_KEY,
     ServerConfig,
 )
 from ._connection import ConnectionClosed
@@ -70,6 +68,7 @@ from ._session import RetransmitPolicy
 from ._supervisor import Supervisor, WorkerStartError, available_cpus, unsupported_message
 from ._transport import reuseport_balances
 from ._worker import DisplaySettings
+from .qt import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY
 
 __all__ = ["build_parser", "main"]
 

@@ -11,8 +11,14 @@ does that inside the handshake), retransmits its flights on the same schedule as
 
 Certificates: ``ca=`` (a PEM bundle) makes the client offer certificate suites and verify the
 server's certificate against it; ``certificate=``/``private_key=`` present a client certificate.
-Resumption: pass an earlier client's :attr:`DTLSClient.session` as ``session=`` and the server
-may skip the key exchange (:attr:`DTLSClient.resumed` tells).
+Resumption: pass an earlier client's :attr:`DTLSClient.tls_session` as ``tls_session=`` and the
+server may skip the key exchange (:attr:`DTLSClient.resumed` tells).
+
+Words: the *association* is the secured exchange with the server, which the client object
+itself stands for; the *TLS session* (:attr:`DTLSClient.tls_session`, OpenSSL's
+``SSL_SESSION``) is the resumable master secret and parameters an association was built from,
+which a later association may resume.  ``DTLSClient.session`` and ``session=`` are the old,
+deprecated names of the TLS session.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import functools
 import logging
 import math
 import socket as stdlib_socket
+import warnings
 from collections import deque
 from collections.abc import Callable
 from pathlib import PurePath
@@ -108,8 +115,13 @@ def _log_event(event: ServerEvent) -> None:
     logger.log(level, "%s", printable(event.message), exc_info=exception)
 
 
-class DTLSClient:
-    """One DTLS association to a server.  Build it with :meth:`connect`."""
+class DTLSClient(trio.abc.Channel[bytes]):
+    """One DTLS association to a server.  Build it with :meth:`connect`.
+
+    A ``trio.abc.Channel[bytes]``, like :class:`DTLSConnection`: ``send`` encrypts one
+    datagram, ``receive`` returns one, ``async for`` reads until the association ends and
+    ``aclose`` (or leaving ``async with``) sends close_notify.
+    """
 
     def __init__(
         self,
@@ -135,9 +147,10 @@ class DTLSClient:
         self.local_address: Address = transport.local_address
         #: Datagrams that came from somewhere other than the server (dropped unread).
         self.foreign_datagrams = 0
-        #: The session, for ``DTLSClient.connect(..., session=client.session)`` later.
-        self.session: SSL.Session | None = None
-        #: True if the handshake resumed the ``session=`` given (an abbreviated handshake).
+        #: The resumable TLS session (not the association: that is this client), for
+        #: ``DTLSClient.connect(..., tls_session=client.tls_session)`` later.
+        self.tls_session: SSL.Session | None = None
+        #: True if the handshake resumed the ``tls_session=`` given (an abbreviated handshake).
         self.resumed = False
         #: The server's certificate (verified against ``ca``), or None for PSK suites.
         self.peer_certificate: x509.Certificate | None = None
@@ -182,7 +195,7 @@ class DTLSClient:
         ca: str | PurePath | None = None,
         certificate: str | PurePath | None = None,
         private_key: str | PurePath | None = None,
-        session: SSL.Session | None = None,
+        tls_session: SSL.Session | None = None,
         mtu: int | None = None,
         retransmit: RetransmitPolicy | None = None,
         handshake_timeout: float = 30.0,
@@ -190,6 +203,7 @@ class DTLSClient:
         display_name: str | None = None,
         server_hostname: str | None = None,
         release_openssl: bool = True,
+        session: SSL.Session | None = None,
     ) -> DTLSClient:
         """Run the handshake over ``transport`` (which the client then owns and closes).
 
@@ -197,15 +211,25 @@ class DTLSClient:
         cipher profile (``default``, ``iot``, ``compat``: its PSK suites when there is a key,
         its certificate suites when there is a ``ca``) or an OpenSSL cipher string.  ``ca``
         verifies the server's certificate; ``certificate`` and ``private_key`` (PEM; the key
-        may be in the certificate file) are the client's own.  ``session`` asks to resume an
-        earlier :attr:`session`.  ``on_event`` receives progress as the same event objects the
-        server uses (default: :mod:`logging` under ``trio_dtls_server.client``);
+        may be in the certificate file) are the client's own.  ``tls_session`` asks to resume
+        an earlier client's :attr:`tls_session`.  ``on_event`` receives progress as the same
+        event objects the server uses (default: :mod:`logging` under
+        ``trio_dtls_server.client``);
         ``display_name`` names the client in them (default: the identity, or
         ``certificate client`` without one).  ``server_hostname`` (a DNS name or an IP
         address) must match the server's certificate when there is a ``ca``; :meth:`connect`
         passes the host it was given.  ``release_openssl`` is the server's option of that name
         (:class:`ServerConfig`): after an AEAD handshake, records are protected without OpenSSL.
+        ``session`` is the deprecated name of ``tls_session`` (a :class:`DeprecationWarning`).
         """
+        if session is not None:
+            warnings.warn(
+                "DTLSClient.connect(session=...) is deprecated: use tls_session=...",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if tls_session is None:
+                tls_session = session
         if (identity is None) != (key is None):
             transport.close()
             raise ValueError("give both identity and key (a PSK client) or neither")
@@ -232,7 +256,7 @@ class DTLSClient:
                 policy=retransmit or RetransmitPolicy(),
                 identity=identity_bytes,
                 key=key,
-                session=session,
+                session=tls_session,
                 server_hostname=server_hostname if ca is not None else None,
                 release_openssl=release_openssl,
             )
@@ -263,7 +287,7 @@ class DTLSClient:
             raise
         client.cipher = dtls_session.cipher
         client.protocol = dtls_session.protocol
-        client.session = dtls_session.ssl_session
+        client.tls_session = dtls_session.ssl_session
         client.resumed = dtls_session.resumed
         client.peer_certificate = dtls_session.peer_certificate
         # What the server sent ahead of its final flight (a greeting, even a goodbye).
@@ -329,6 +353,16 @@ class DTLSClient:
             while not self._transport.send_nowait(datagram, self._server):
                 async with self._send_lock:
                     await self._transport.wait_writable()
+
+    @property
+    def session(self) -> SSL.Session | None:
+        """Deprecated: the old name of :attr:`tls_session` (a :class:`DeprecationWarning`)."""
+        warnings.warn(
+            "DTLSClient.session is deprecated: use DTLSClient.tls_session",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.tls_session
 
     # -- data -----------------------------------------------------------------------------------
 

@@ -12,17 +12,11 @@ __all__ = [
     "DEFAULT_IPV4_MTU",
     "DEFAULT_IPV6_MTU",
     "DEFAULT_PORT",
-    "QT_DEMO_IDENTITY_HINT",
-    "QT_DEMO_KEY",
     "ServerConfig",
 ]
 
 #: Qt's example port (its server and client both default to it).
 DEFAULT_PORT = 22334
-#: Qt's example key, ``1a 2b 3c 4d 5e 6f``.  It is published: for demos only.
-QT_DEMO_KEY = bytes.fromhex("1a2b3c4d5e6f")
-#: Qt's example identity hint.
-QT_DEMO_IDENTITY_HINT = "Qt DTLS example server"
 
 #: UDP payload that fits an Ethernet frame: 1500 - 20 (IPv4) - 8 (UDP).
 DEFAULT_IPV4_MTU = 1472

@@ -165,7 +165,7 @@ class PeerSlot(Peer):
         return datagram
 
 
-class DTLSConnection:
+class DTLSConnection(trio.abc.Channel[bytes]):
     """An encrypted association with one peer.
 
     * ``await receive()`` returns the next decrypted datagram; ``async for data in connection``
@@ -175,6 +175,11 @@ class DTLSConnection:
 
     :attr:`peer`, :attr:`psk_identity`, :attr:`peer_certificate`, :attr:`peer_subject`,
     :attr:`cipher`, :attr:`protocol` and :attr:`resumed` describe the peer.
+
+    It is a ``trio.abc.Channel[bytes]``, like ``trio.DTLSChannel``: code written for any
+    channel of bytes drives it (see "Channels" in the API reference for the two differences:
+    every end is a :class:`ConnectionClosed`, never ``EndOfChannel``, and ``async for`` ends
+    quietly on any end).
     """
 
     def __init__(
@@ -270,7 +275,7 @@ class DTLSConnection:
             self._session.close()
             await self._transmit(self._session.take_datagrams())
 
-    async def take_early_events(self) -> None:
+    async def _take_early_events(self) -> None:
         """Take in what the peer sent ahead of its Finished (the server calls this first).
 
         Its data is delivered before anything later, counted and reported like any other; a

@@ -8,8 +8,8 @@ scrapes it, and nothing is counted twice or kept in a second set of counters tha
 
 :func:`serve_metrics` answers ``GET /metrics`` over HTTP from a Trio task (no thread, nothing
 that outlives its nursery).  Names follow Prometheus conventions: a ``dtls_`` prefix, base
-units (seconds, bytes), ``_total`` on counters; the full list is in the README and in
-:data:`METRICS`.
+units (seconds, bytes), ``_total`` on counters; the full list is in ``docs/deployment.md``
+(Metrics) and in :data:`METRICS`.
 """
 
 from __future__ import annotations

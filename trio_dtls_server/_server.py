@@ -107,8 +107,9 @@ from ._wire import (
     build_hello_verify_request,
     parse_initial_client_hello,
 )
+from .qt import qt_ack_handler
 
-__all__ = ["DTLSServer", "Handler", "ServerBindError", "qt_ack_handler"]
+__all__ = ["DTLSServer", "Handler", "ServerBindError"]
 
 Address = tuple[str, int]
 Handler = Callable[[DTLSConnection], Awaitable[None]]
@@ -128,13 +129,6 @@ HANDSHAKE_INBOX_BUDGET = 16 * 1024
 
 class ServerBindError(DTLSError, OSError):
     """The UDP socket could not be bound; the message names the address and the OS reason."""
-
-
-async def qt_ack_handler(connection: DTLSConnection) -> None:
-    """The default handler, Qt's: answer every datagram with ``to (addr:port): ACK``."""
-    reply = f"to {connection.peer_info}: ACK".encode("latin-1")
-    async for _ in connection:
-        await connection.send(reply)
 
 
 def _looks_like_client_hello(datagram: bytes) -> bool:
@@ -165,12 +159,13 @@ class DTLSServer:
     ``config.ciphers`` picks the cipher profile; a combination that leaves no usable suite
     raises :class:`~trio_dtls_server.CipherConfigError` here, not at the first handshake.
     ``handler`` is called with a :class:`DTLSConnection` for each
-    peer whose handshake completed, in that peer's own task; the default answers each
-    datagram like Qt's example.  ``cookie_secret`` (at least 16 random bytes) is for several
-    servers on one address and host, such as the workers of
-    :func:`~trio_dtls_server.serve_workers`: servers given the same one accept each other's
-    HelloVerifyRequest cookies (see :class:`~trio_dtls_server._cookie.CookieJar`); without it
-    each server draws secrets of its own.  Events (Qt's error / warning / info / datagram
+    peer whose handshake completed, in that peer's own task; the default,
+    :func:`~trio_dtls_server.qt.qt_ack_handler`, answers each datagram like Qt's example.
+    ``cookie_secret`` (at least 16 random bytes) is for several servers on one address and
+    host, such as the workers of :func:`~trio_dtls_server.serve_workers`: servers given the
+    same one accept each other's HelloVerifyRequest cookies (see
+    :class:`~trio_dtls_server._cookie.CookieJar`); without it each server draws secrets of its
+    own.  Events (Qt's error / warning / info / datagram
     signals) go to :mod:`logging`, to :meth:`events` subscribers and to ``on_event``; counters
     to :meth:`statistics`.  ``on_event(event)`` is called at once, inside the server's tasks,
     like a Qt signal's direct connection: before the reply to a datagram or the next handshake
@@ -1157,7 +1152,7 @@ class DTLSServer:
             auth_failure_window=self.config.auth_failure_window,
             ready_limit=self.config.peer_queue_size,
         )
-        await connection.take_early_events()
+        await connection._take_early_events()
         idle = self.config.idle_timeout
         if idle is not None:
             slot.idle_watch.deadline = slot.last_activity + idle + IDLE_WATCH_GRACE

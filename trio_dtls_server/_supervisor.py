@@ -61,7 +61,7 @@ from ._config import DEFAULT_PORT, ServerConfig
 from ._errors import DTLSError
 from ._events import EventHub, InfoEvent, ServerEvent, WarningEvent
 from ._psk import PskFileStore, PskSource
-from ._server import DTLSServer, Handler, ServerBindError, qt_ack_handler
+from ._server import DTLSServer, Handler, ServerBindError
 from ._stats import ServerStatistics, StatisticsSnapshot
 from ._steering import SteeringPlan, attach_program, plan_steering
 from ._transport import bind_reuseport_group, reuseport_balances
@@ -72,6 +72,7 @@ from ._worker import (
     resolve_callable,
     resolve_handler,
 )
+from .qt import qt_ack_handler
 
 __all__ = [
     "Supervisor",
