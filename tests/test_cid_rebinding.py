@@ -28,8 +28,9 @@ import trio
 from cid_peers import PION, SCANDIUM, PeerCommand, PeerProcess, running_peer
 from relay import open_relay
 
-from trio_dtls_server import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY, DTLSServer
+from trio_dtls_server import DTLSServer
 from trio_dtls_server._events import peer_info
+from trio_dtls_server.qt import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY
 
 pytestmark = pytest.mark.interop
 

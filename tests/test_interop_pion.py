@@ -13,7 +13,8 @@ import support
 import trio
 from cid_peers import LINE_TIMEOUT, PION, running_peer
 
-from trio_dtls_server import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY, DTLSServer
+from trio_dtls_server import DTLSServer
+from trio_dtls_server.qt import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY
 
 pytestmark = [
     pytest.mark.interop,

@@ -33,9 +33,10 @@ import pytest
 import support
 import trio
 
-from trio_dtls_server import QT_DEMO_KEY, DatagramReceived, DTLSServer
+from trio_dtls_server import DatagramReceived, DTLSServer
 from trio_dtls_server._transport import Address
 from trio_dtls_server._wire import ClientHello, MalformedDatagram, parse_initial_client_hello
+from trio_dtls_server.qt import QT_DEMO_KEY
 
 pytestmark = pytest.mark.interop
 
