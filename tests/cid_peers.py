@@ -7,11 +7,14 @@ main.go``)::
     stdout: "connected" | "received <text>" | "error <message>" (then exit 1)
     stdin:  "send <text>" | "reconnect" | "quit" (EOF = quit)
 
-A :class:`PeerCommand` says how to start one stack's client (the argv before those options)
-and, when it cannot run here, why.  :func:`running_peer` starts it and yields a
-:class:`PeerProcess` whose :meth:`~PeerProcess.expect` waits for the next line with a timeout;
-on the way out it closes the client's stdin (a clean ``quit``) and kills the process by its
-handle if it has not exited soon after.
+A :class:`PeerCommand` says how to start one stack's client (the argv before those options),
+how long its first line may take (a JVM starts slower than a Go binary) and, when it cannot run
+here, why.  :func:`running_peer` starts it and yields a :class:`PeerProcess` whose
+:meth:`~PeerProcess.expect` waits for the next line with a timeout; :meth:`~PeerProcess.quit`
+and :meth:`~PeerProcess.exited` give the exit status, and :meth:`~PeerProcess.silent` fails a
+block the moment the client says anything (a client facing a server that never answers).  On
+the way out :func:`running_peer` closes the client's stdin (a clean ``quit``) and kills the
+process by its handle if it has not exited soon after.
 
 ``.ci/run`` builds the clients (both outputs are ignored by git): pion's into ``build/peers/``
 (``cd tests/peers/pion_client && go build -o ../../../build/peers/pion_client .``), Scandium's
@@ -20,6 +23,7 @@ jar into its Maven ``target/``.
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Sequence
@@ -35,7 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Where ``.ci/run`` puts the built clients.
 BUILD = ROOT / "build" / "peers"
 #: Longest wait for one line from a client (a handshake on loopback takes milliseconds; the
-#: clients give up on a handshake after 10 s and say so).
+#: clients give up on a handshake after 10 s and say so), and for a client to exit when a test
+#: asks for its exit status.
 LINE_TIMEOUT = 15.0
 #: How long a client may take to exit after its stdin closed before it is killed.
 EXIT_TIMEOUT = 5.0
@@ -58,6 +63,9 @@ class PeerCommand:
     build_hint: str = ""
     #: Programs that must be on PATH (``java``).
     programs: tuple[str, ...] = ()
+    #: Longest wait for the client's *first* line (``connected`` or ``error ...``): its own
+    #: start plus the first handshake.  Later lines get :data:`LINE_TIMEOUT`.
+    startup_timeout: float = LINE_TIMEOUT
 
     def missing(self) -> str | None:
         """Why this client cannot run here, or None."""
@@ -93,6 +101,9 @@ SCANDIUM = PeerCommand(
     needs=(SCANDIUM_JAR,),
     build_hint="run .ci/run, or: cd tests/peers/scandium_client && mvn -q package",
     programs=("java",),
+    # The JVM's start and first handshake: 0.3 s measured here, but the machine is shared, and
+    # hitting this limit is a failure, not a measurement.
+    startup_timeout=30.0,
 )
 
 
@@ -106,8 +117,14 @@ class PeerProcess:
     #: Every line the client printed so far (for failure messages and measurements).
     transcript: list[str] = field(default_factory=list)
 
-    async def next_line(self, timeout: float = LINE_TIMEOUT) -> str:
-        """The next stdout line; PeerError if the client exits or says nothing in time."""
+    async def next_line(self, timeout: float | None = None) -> str:
+        """The next stdout line; PeerError if the client exits or says nothing in time.
+
+        ``timeout`` defaults to the command's ``startup_timeout`` for the client's first line
+        and to :data:`LINE_TIMEOUT` for every later one.
+        """
+        if timeout is None:
+            timeout = LINE_TIMEOUT if self.transcript else self.command.startup_timeout
         try:
             with trio.fail_after(timeout):
                 line = await self._lines.receive()
@@ -118,7 +135,7 @@ class PeerProcess:
         self.transcript.append(line)
         return line
 
-    async def expect(self, keyword: str, timeout: float = LINE_TIMEOUT) -> str:
+    async def expect(self, keyword: str, timeout: float | None = None) -> str:
         """Wait for the next line; it must be ``keyword`` or ``keyword <text>``: return text."""
         line = await self.next_line(timeout)
         word, _, text = line.partition(" ")
@@ -148,6 +165,40 @@ class PeerProcess:
         await self.command_line("reconnect")
         await self.expect("connected")
 
+    async def exited(self, timeout: float = LINE_TIMEOUT) -> int:
+        """Wait for the client to exit; its exit status (PeerError if it is still running)."""
+        with trio.move_on_after(timeout):
+            return await self.process.wait()
+        raise PeerError(self._story(f"still running after {timeout} s"))
+
+    async def quit(self, timeout: float = LINE_TIMEOUT) -> int:
+        """``quit``: the client sends close_notify and exits; its exit status (0: all went well)."""
+        await self.command_line("quit")
+        return await self.exited(timeout)
+
+    async def end_input(self, timeout: float = LINE_TIMEOUT) -> int:
+        """Close the client's stdin (the protocol's EOF, which means ``quit``); its exit status."""
+        assert self.process.stdin is not None
+        await self.process.stdin.aclose()
+        return await self.exited(timeout)
+
+    @asynccontextmanager
+    async def silent(self) -> AsyncIterator[None]:
+        """Fail the block with PeerError as soon as the client prints a line or exits.
+
+        For a client facing a server that never answers: whatever it says then (``connected``
+        too early, an ``error``) is wrong, and the test should end at once, not at a timeout.
+        """
+        async with trio.open_nursery() as nursery:
+
+            async def fail_on_any_line() -> None:
+                line = await self.next_line(math.inf)
+                raise PeerError(self._story(f"it said {line!r} where it should say nothing"))
+
+            nursery.start_soon(fail_on_any_line)
+            yield
+            nursery.cancel_scope.cancel()
+
     def _story(self, what: str) -> str:
         lines = "\n    ".join(self.transcript) or "(nothing)"
         return f"{self.command.name} client: {what}; it printed:\n    {lines}"
@@ -168,6 +219,9 @@ async def running_peer(
     command: PeerCommand, argv: Sequence[str], *, connect: bool = True
 ) -> AsyncIterator[PeerProcess]:
     """Start the client ``argv``; with ``connect``, wait for its first ``connected``.
+
+    Without ``connect`` the test reads the first line itself (an ``error``), or none at all
+    (a client whose server never answers; see :meth:`PeerProcess.silent`).
 
     On the way out: stdin closes (the client sends close_notify and exits 0); a client still
     running after :data:`EXIT_TIMEOUT` is killed by its handle.

@@ -98,9 +98,12 @@ __all__ = [
     "fragment_client_hello",
     "garbage_record",
     "handshake_in_memory",
+    "hello_extension",
     "hello_verify_request_for",
+    "next_event",
     "server_context",
     "serving",
+    "serving_recorded",
     "settle",
     "sizes",
     "with_client_random",
@@ -248,6 +251,14 @@ def drain_events(stream: trio.MemoryReceiveChannel[ServerEvent]) -> list[ServerE
             return events
 
 
+async def next_event(stream: trio.MemoryReceiveChannel[ServerEvent], code: str) -> ServerEvent:
+    """The next event with ``code`` from ``stream``, skipping others (bound it with a timeout)."""
+    async for event in stream:
+        if event.code == code:
+            return event
+    raise AssertionError(f"no {code} event")
+
+
 @dataclass
 class RunningServer:
     """What :func:`serving` yields."""
@@ -294,6 +305,16 @@ async def serving(
             address = await nursery.start(server.serve_on, on)
         yield RunningServer(server, address, recorder, nursery)
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def serving_recorded(
+    server: DTLSServer, host: str = "127.0.0.1"
+) -> AsyncIterator[tuple[RunningServer, RecordingTransport]]:
+    """:func:`serving`, on a :class:`RecordingTransport` that keeps a copy of every datagram."""
+    transport = await RecordingTransport.bind(host, 0)
+    async with serving(server, on=transport) as running:
+        yield running, transport
 
 
 # -- raw datagrams ----------------------------------------------------------------------------
@@ -579,6 +600,22 @@ def client_hellos(
     first = client.start()
     (second,) = client.feed(hello_verify_request_for(first, cookie))
     return first, second
+
+
+def hello_extension(extensions: bytes, wanted: int) -> bytes | None:
+    """The body of extension ``wanted`` in a ClientHello's extensions block, or None.
+
+    ``extensions`` is :attr:`~trio_dtls_server._wire.ClientHello.extensions` (the parser
+    leaves the block unparsed): entries of type (2 bytes), length (2 bytes), body.
+    """
+    position = 0
+    while position + 4 <= len(extensions):
+        kind = int.from_bytes(extensions[position : position + 2], "big")
+        length = int.from_bytes(extensions[position + 2 : position + 4], "big")
+        if kind == wanted:
+            return extensions[position + 4 : position + 4 + length]
+        position += 4 + length
+    return None
 
 
 def with_client_random(client_hello: bytes, new_random: bytes) -> bytes:

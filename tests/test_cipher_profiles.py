@@ -266,21 +266,10 @@ def test_our_client_lists_p256_first() -> None:
         context, now=0.0, mtu=1400, policy=RetransmitPolicy(), identity=b"i", key=KEY
     )
     hello = parse_initial_client_hello(client.take_datagrams()[0]).hello
-    groups = _extension(hello.extensions, 10)  # supported_groups
+    groups = support.hello_extension(hello.extensions, 10)  # supported_groups
     assert groups is not None
     listed = [int.from_bytes(groups[i : i + 2], "big") for i in range(2, len(groups), 2)]
     assert listed[:2] == [SECP256R1, X25519]
-
-
-def _extension(extensions: bytes, wanted: int) -> bytes | None:
-    position = 0
-    while position + 4 <= len(extensions):
-        kind = int.from_bytes(extensions[position : position + 2], "big")
-        length = int.from_bytes(extensions[position + 2 : position + 4], "big")
-        if kind == wanted:
-            return extensions[position + 4 : position + 4 + length]
-        position += 4 + length
-    return None
 
 
 # -- misconfiguration is an error at start-up ----------------------------------------------------

@@ -51,7 +51,6 @@ from test_interop_stacks import (
     ack_for,
     client_hellos,
     run_peer,
-    serving_recorded,
 )
 
 from trio_dtls_server import (
@@ -164,7 +163,7 @@ def qt_like_server(*, ciphers: str = "default") -> tuple[DTLSServer, AckLog]:
 @pytest.mark.parametrize("host", support.LOOPBACK_HOSTS)
 async def test_mbedtls_default_offer_gets_acks_through_our_record_layer(host: str) -> None:
     server, log = qt_like_server()
-    async with serving_recorded(server, host) as (running, transport):
+    async with support.serving_recorded(server, host) as (running, transport):
         run = await run_peer(mbedtls_client(host, running.port, "ping %n from mbedtls", pings=3))
         assert run.returncode == 0, run.text
         await running.events.wait_for("remote_closed")  # Mbed TLS's close_notify
@@ -299,7 +298,7 @@ async def test_mbedtls_with_refused_credentials_gets_our_fatal_alert_at_once(
 ) -> None:
     """Mbed TLS stops at our alert: it never has to retransmit its last flight."""
     server, log = qt_like_server()
-    async with serving_recorded(server) as (running, transport):
+    async with support.serving_recorded(server) as (running, transport):
         command = mbedtls_client(
             "127.0.0.1", running.port, "never sent", key=key, identity=identity
         )
@@ -391,7 +390,7 @@ async def test_mbedtls_with_a_64_byte_mtu_fragments_its_flight_and_we_reassemble
     lets the IP layer cope, so our fragmented-hello path is not what this exercises.)
     """
     server, log = qt_like_server()
-    async with serving_recorded(server) as (running, transport):
+    async with support.serving_recorded(server) as (running, transport):
         command = mbedtls_client("127.0.0.1", running.port, "tiny link %n", pings=2)
         run = await run_peer([*command, "--mtu", "64"])
         assert run.returncode == 0, run.text

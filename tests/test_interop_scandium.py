@@ -4,8 +4,9 @@
 ``target/scandium-client.jar``.  It speaks the line protocol every Connection ID (RFC 9146)
 test client speaks (pion's too): ``--cid none|send-only|N`` on its command line, ``connected``
 / ``received <text>`` / ``error <message>`` on stdout, ``send <text>`` / ``reconnect`` /
-``quit`` on stdin.  :class:`LineClient` below drives it; :data:`SCANDIUM` holds everything that
-is Scandium's own (the java command line, the jar, how long a JVM may take).
+``quit`` on stdin.  ``tests/cid_peers.py`` drives it, as it drives pion's; its
+:data:`~cid_peers.SCANDIUM` holds everything that is Scandium's own (the java command line, the
+jar, how long a JVM may take to start).
 
 What these tests show, today (the server does not negotiate Connection IDs yet):
 
@@ -22,16 +23,12 @@ What these tests show, today (the server does not negotiate Connection IDs yet):
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 import support
-import trio
+from cid_peers import SCANDIUM, PeerProcess, running_peer
 
 from trio_dtls_server import DatagramReceived, DTLSServer
 from trio_dtls_server._transport import Address
@@ -40,163 +37,24 @@ from trio_dtls_server.qt import QT_DEMO_KEY
 
 pytestmark = pytest.mark.interop
 
-PEERS = Path(__file__).parent / "peers"
 IDENTITY = "Scandium client"
 #: TLS extension type of RFC 9146's connection_id (final codepoint; drafts used 53 and 254).
 EXTENSION_CONNECTION_ID = 54
 
-
-# -- the Scandium client: everything that is Scandium's own ------------------------------------
-
-
-@dataclass(frozen=True)
-class JavaPeer:
-    """How to start a Java test client built by ``.ci/run`` and how long it may take."""
-
-    #: The runnable jar (all dependencies inside), built by ``mvn package`` in its folder.
-    jar: Path
-    #: JVM flags for a quick start: C1 only (a short-lived client never needs C2) and the
-    #: JDK's class-data-sharing archive where it has one.
-    jvm_flags: tuple[str, ...] = ("-XX:TieredStopAtLevel=1", "-Xshare:auto")
-    #: How long the JVM may take to start and finish its first handshake (0.3 s here; the
-    #: machine is shared, and hitting this limit is a failure, not a measurement).
-    startup_limit: float = 30.0
-
-    def missing(self) -> str | None:
-        """Why the client cannot run here, or None if it can."""
-        if shutil.which("java") is None:
-            return "java is not installed (JDK 17: .ci/run builds the Scandium client with Maven)"
-        if not self.jar.is_file():
-            return (
-                f"{self.jar.relative_to(PEERS.parent.parent)} is not built: run "
-                "`mvn -q -B package` in tests/peers/scandium_client (.ci/run does)"
-            )
-        return None
-
-    def command(self, host: str, port: int, identity: str, key: bytes, cid: str) -> list[str]:
-        """The client's command line (``cid``: ``none``, ``send-only`` or a length)."""
-        return [
-            "java",
-            *self.jvm_flags,
-            "-jar",
-            str(self.jar),
-            *("--host", host, "--port", str(port)),
-            *("--identity", identity, "--key", key.hex(), "--cid", cid),
-        ]
-
-
-SCANDIUM = JavaPeer(jar=PEERS / "scandium_client" / "target" / "scandium-client.jar")
 needs_scandium = pytest.mark.skipif(SCANDIUM.missing() is not None, reason=SCANDIUM.missing() or "")
 
 
-# -- a driver for any client that speaks the CID test-client line protocol --------------------
-
-
-class ClientFailed(AssertionError):
-    """The client printed something else than the protocol line the test waited for."""
-
-
-class LineClient:
-    """One CID test-client process (pion's or Scandium's), driven by the shared line protocol.
-
-    Use :meth:`running`; it kills the process if the test ends before the client does.  Every
-    wait is bounded: a silent client fails the test with :class:`trio.TooSlowError`.
-    """
-
-    def __init__(self, process: trio.Process) -> None:
-        assert process.stdin is not None and process.stdout is not None
-        self.process = process
-        self._stdin = process.stdin
-        self._stdout = process.stdout
-        self._buffer = bytearray()
-        #: Every line the client printed so far (for assertion messages).
-        self.lines: list[str] = []
-
-    @classmethod
-    @asynccontextmanager
-    async def running(cls, command: Sequence[str]) -> AsyncIterator[LineClient]:
-        """Start ``command``; stderr goes to the test's captured output."""
-        process = await trio.lowlevel.open_process(
-            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        try:
-            yield cls(process)
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
-
-    async def line(self, limit: float = support.WAIT_LIMIT) -> str:
-        """The next stdout line; "" once the client has closed its stdout."""
-        with trio.fail_after(limit):
-            while b"\n" not in self._buffer:
-                chunk = await self._stdout.receive_some(65_536)
-                if not chunk:
-                    return ""
-                self._buffer += chunk
-        raw, _, rest = self._buffer.partition(b"\n")
-        self._buffer = bytearray(rest)
-        text = raw.decode(errors="replace").rstrip("\r")
-        self.lines.append(text)
-        return text
-
-    async def expect(self, expected: str, limit: float = support.WAIT_LIMIT) -> None:
-        """Fail unless the next line is ``expected`` (``error ...`` lines show up here)."""
-        got = await self.line(limit)
-        if got != expected:
-            raise ClientFailed(f"expected {expected!r}, client said {got!r} (all: {self.lines})")
-
-    async def received(self, limit: float = support.WAIT_LIMIT) -> str:
-        """The text of the next ``received <text>`` line."""
-        got = await self.line(limit)
-        if not got.startswith("received "):
-            raise ClientFailed(f"expected 'received ...', client said {got!r} ({self.lines})")
-        return got.removeprefix("received ")
-
-    async def command(self, text: str) -> None:
-        await self._stdin.send_all(text.encode() + b"\n")
-
-    async def send(self, text: str) -> None:
-        await self.command(f"send {text}")
-
-    async def end_of_input(self, limit: float = support.WAIT_LIMIT) -> int:
-        """Close the client's stdin (the protocol's EOF = ``quit``); returns the exit status."""
-        await self._stdin.aclose()
-        with trio.fail_after(limit):
-            return await self.process.wait()
-
-    async def quit(self, limit: float = support.WAIT_LIMIT) -> int:
-        """``quit``: close_notify and exit; returns the exit status (0 when all went well)."""
-        await self.command("quit")
-        with trio.fail_after(limit):
-            return await self.process.wait()
-
-
-@asynccontextmanager
-async def scandium(
-    port: int, *, cid: str, host: str = "127.0.0.1", key: bytes = QT_DEMO_KEY
-) -> AsyncIterator[LineClient]:
-    """A Scandium client connected to ``host``:``port`` (it has printed ``connected``)."""
-    async with LineClient.running(SCANDIUM.command(host, port, IDENTITY, key, cid)) as client:
-        await client.expect("connected", limit=SCANDIUM.startup_limit)
-        yield client
+def scandium(
+    server: Address, *, cid: str, key: bytes = QT_DEMO_KEY, connect: bool = True
+) -> AbstractAsyncContextManager[PeerProcess]:
+    """A Scandium client for ``server``; with ``connect``, it has printed ``connected``."""
+    return running_peer(SCANDIUM, SCANDIUM.argv(server, IDENTITY, key, cid), connect=connect)
 
 
 # -- what the server saw ----------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def serving_recorded(
-    server: DTLSServer, host: str = "127.0.0.1"
-) -> AsyncIterator[tuple[support.RunningServer, support.RecordingTransport]]:
-    """:func:`support.serving`, on a transport that keeps a copy of every datagram."""
-    transport = await support.RecordingTransport.bind(host, 0)
-    async with support.serving(server, on=transport) as running:
-        yield running, transport
-
-
-def client_hellos(received: list[tuple[bytes, Address]]) -> list[ClientHello]:
+def client_hellos(received: Sequence[tuple[bytes, Address]]) -> list[ClientHello]:
     """Every initial ClientHello among the datagrams the server received, in arrival order."""
     hellos: list[ClientHello] = []
     for datagram, _source in received:
@@ -207,23 +65,11 @@ def client_hellos(received: list[tuple[bytes, Address]]) -> list[ClientHello]:
     return hellos
 
 
-def extension(extensions: bytes, wanted: int) -> bytes | None:
-    """The body of extension ``wanted`` in a ClientHello's extensions block, or None."""
-    position = 0
-    while position + 4 <= len(extensions):
-        kind = int.from_bytes(extensions[position : position + 2], "big")
-        length = int.from_bytes(extensions[position + 2 : position + 4], "big")
-        if kind == wanted:
-            return extensions[position + 4 : position + 4 + length]
-        position += 4 + length
-    return None
-
-
 def connection_id_offers(hellos: list[ClientHello]) -> list[bytes | None]:
     """For each ClientHello, the CID it asks us to use (``connection_id`` body), or None."""
     offers: list[bytes | None] = []
     for hello in hellos:
-        body = extension(hello.extensions, EXTENSION_CONNECTION_ID)
+        body = support.hello_extension(hello.extensions, EXTENSION_CONNECTION_ID)
         if body is not None:
             # opaque cid<0..255>: one length byte, then the CID the client wants to receive.
             assert len(body) == 1 + body[0], body.hex()
@@ -245,12 +91,12 @@ def ack_peer(reply: str) -> Address:
 # -- the tests ------------------------------------------------------------------------------
 
 
-async def exchange(running: support.RunningServer, client: LineClient, count: int) -> Address:
+async def exchange(running: support.RunningServer, client: PeerProcess, count: int) -> Address:
     """Send ``count`` messages one at a time; each gets the ACK that names the client's address."""
     peers = set()
     for n in range(count):
         await client.send(f"hello {n}")
-        peers.add(ack_peer(await client.received()))
+        peers.add(ack_peer(await client.expect("received")))
     [peer] = peers
     await support.settle()
     received = [e for e in running.events.of_type(DatagramReceived) if e.peer == peer]
@@ -264,13 +110,13 @@ async def exchange(running: support.RunningServer, client: LineClient, count: in
 @pytest.mark.parametrize("host", support.LOOPBACK_HOSTS)
 async def test_scandium_without_cid_gets_acks_and_its_close_reaches_us(host: str) -> None:
     server = DTLSServer(QT_DEMO_KEY)
-    async with serving_recorded(server, host) as (running, transport):
-        async with scandium(running.port, cid="none", host=host) as client:
+    async with support.serving_recorded(server, host) as (running, transport):
+        async with scandium(running.address, cid="none") as client:
             peer = await exchange(running, client, 3)
-            assert await client.quit() == 0, client.lines
+            assert await client.quit() == 0, client.transcript
             closed = await running.events.wait_for("remote_closed")
         assert closed.peer == peer
-        assert client.lines == ["connected", *[f"received to ({host}:{peer[1]}): ACK"] * 3]
+        assert client.transcript == ["connected", *[f"received to ({host}:{peer[1]}): ACK"] * 3]
         # Scandium offers ECDHE-PSK (RFC 8442 GCM/CCM, which OpenSSL lacks) and plain-PSK
         # AES-GCM/CCM/CCM_8; the server's order picks plain-PSK AES-256-GCM.
         [complete] = running.events.messages("handshake_complete")
@@ -293,10 +139,10 @@ async def test_scandium_offering_a_cid_is_served_without_one_today(
 ) -> None:
     """The offer goes out (extension 54, the requested length); today's server ignores it."""
     server = DTLSServer(QT_DEMO_KEY)
-    async with serving_recorded(server) as (running, transport):
-        async with scandium(running.port, cid=cid) as client:
+    async with support.serving_recorded(server) as (running, transport):
+        async with scandium(running.address, cid=cid) as client:
             peer = await exchange(running, client, 3)
-            assert await client.quit() == 0, client.lines
+            assert await client.quit() == 0, client.transcript
             closed = await running.events.wait_for("remote_closed")
         assert closed.peer == peer
         hellos = client_hellos(transport.received_from)
@@ -319,13 +165,13 @@ async def test_scandium_reconnect_is_a_new_full_handshake() -> None:
     """
     server = DTLSServer(QT_DEMO_KEY)
     async with support.serving(server) as running:
-        async with scandium(running.port, cid="none") as client:
+        async with scandium(running.address, cid="none") as client:
             first = await exchange(running, client, 1)
-            await client.command("reconnect")
+            await client.command_line("reconnect")
             await running.events.wait_for("remote_closed")
-            await client.expect("connected", limit=SCANDIUM.startup_limit)
+            await client.expect("connected")
             second = await exchange(running, client, 2)
-            assert await client.end_of_input() == 0, client.lines  # EOF: quit
+            assert await client.end_input() == 0, client.transcript  # EOF: quit
             await running.events.wait_for("remote_closed", count=2)
         assert first == second  # same socket: the server saw the same address twice
         statistics = server.statistics()
@@ -340,12 +186,10 @@ async def test_scandium_with_a_wrong_key_reports_an_error() -> None:
     """A failed handshake is an ``error`` line and exit status 1, never a ``connected``."""
     server = DTLSServer(QT_DEMO_KEY)
     async with support.serving(server) as running:
-        command = SCANDIUM.command("127.0.0.1", running.port, IDENTITY, b"wrong key", "none")
-        async with LineClient.running(command) as client:
-            line = await client.line(SCANDIUM.startup_limit)
-            assert line.startswith("error handshake failed: "), client.lines
-            with trio.fail_after(support.WAIT_LIMIT):
-                assert await client.process.wait() == 1
+        async with scandium(running.address, cid="none", key=b"wrong key", connect=False) as client:
+            message = await client.expect("error")
+            assert message.startswith("handshake failed: "), client.transcript
+            assert await client.exited() == 1
         await running.events.wait_for("handshake_failed")
         assert server.statistics().handshakes_completed == 0
 
@@ -366,16 +210,11 @@ async def test_scandium_connection_id_offer_on_the_wire(cid: str, offer: int | N
     of the length they think (the server-side tests above see the same through the server).
     """
     with support.RawSocket.bind() as fake_server:
-        command = SCANDIUM.command("127.0.0.1", fake_server.address[1], IDENTITY, QT_DEMO_KEY, cid)
-        async with LineClient.running(command) as client, trio.open_nursery() as nursery:
-
-            async def fail_on_any_line() -> None:
-                line = await client.line(SCANDIUM.startup_limit)  # e.g. "error ..."
-                raise ClientFailed(f"no ClientHello, and the client said {line!r}")
-
-            nursery.start_soon(fail_on_any_line)
-            datagram, _ = await fake_server.receive(SCANDIUM.startup_limit)
-            nursery.cancel_scope.cancel()
+        async with (
+            scandium(fake_server.address, cid=cid, connect=False) as client,
+            client.silent(),  # e.g. an "error ..." line fails the test at once
+        ):
+            datagram, _ = await fake_server.receive(SCANDIUM.startup_timeout)
     [wanted] = connection_id_offers([parse_initial_client_hello(datagram).hello])
     if offer is None:
         assert wanted is None, wanted.hex()
@@ -386,12 +225,10 @@ async def test_scandium_connection_id_offer_on_the_wire(cid: str, offer: int | N
 @needs_scandium
 async def test_scandium_refuses_a_cid_it_cannot_encode() -> None:
     """``--cid 255`` is legal in RFC 9146 but not in Scandium 3.14: an error before any send."""
-    command = SCANDIUM.command("127.0.0.1", 9, IDENTITY, QT_DEMO_KEY, "255")
-    async with LineClient.running(command) as client:
-        line = await client.line(SCANDIUM.startup_limit)
-        assert line == "error --cid must be none, send-only or 1..254 (Scandium's limit), not 255"
-        with trio.fail_after(support.WAIT_LIMIT):
-            assert await client.process.wait() == 1
+    async with scandium(("127.0.0.1", 9), cid="255", connect=False) as client:
+        message = await client.expect("error")
+        assert message == "--cid must be none, send-only or 1..254 (Scandium's limit), not 255"
+        assert await client.exited() == 1
 
 
 @needs_scandium
@@ -402,19 +239,11 @@ async def test_scandium_says_connected_only_after_the_handshake() -> None:
     later, sends it again -- and has printed nothing in between (no ``connected``).
     """
     with support.RawSocket.bind() as silent_server:
-        command = SCANDIUM.command(
-            "127.0.0.1", silent_server.address[1], IDENTITY, QT_DEMO_KEY, "none"
-        )
-        async with LineClient.running(command) as client, trio.open_nursery() as nursery:
-
-            async def fail_on_any_line() -> None:
-                line = await client.line(SCANDIUM.startup_limit)
-                raise ClientFailed(f"the client said {line!r} to a server that never answered")
-
-            nursery.start_soon(fail_on_any_line)
-            first, _ = await silent_server.receive(SCANDIUM.startup_limit)
-            again, _ = await silent_server.receive(SCANDIUM.startup_limit)
-            nursery.cancel_scope.cancel()
+        async with scandium(silent_server.address, cid="none", connect=False) as client:
+            async with client.silent():
+                first, _ = await silent_server.receive(SCANDIUM.startup_timeout)
+                again, _ = await silent_server.receive(SCANDIUM.startup_timeout)
+            assert client.pending() == []
     first_hello = parse_initial_client_hello(first).hello
     assert parse_initial_client_hello(again).hello.random == first_hello.random  # a retransmission
-    assert client.lines == []
+    assert client.transcript == []

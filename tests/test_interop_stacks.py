@@ -33,8 +33,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,16 +116,6 @@ class AckLog:
     async def __call__(self, connection: DTLSConnection) -> None:
         self.connections.append(connection)
         await qt_ack_handler(connection)
-
-
-@asynccontextmanager
-async def serving_recorded(
-    server: DTLSServer, host: str = "127.0.0.1"
-) -> AsyncIterator[tuple[support.RunningServer, support.RecordingTransport]]:
-    """:func:`support.serving`, on a transport that keeps a copy of every datagram."""
-    transport = await support.RecordingTransport.bind(host, 0)
-    async with support.serving(server, on=transport) as running:
-        yield running, transport
 
 
 @dataclass(frozen=True)
@@ -235,7 +224,7 @@ def ack_for(peer: Address) -> str:
 @pytest.mark.parametrize("host", support.LOOPBACK_HOSTS)
 async def test_qt_client_passes_our_cookie_and_gets_qt_acks(host: str) -> None:
     server, log = qt_server()
-    async with serving_recorded(server, host) as (running, transport):
+    async with support.serving_recorded(server, host) as (running, transport):
         run = await run_peer(qt_client(host, running.port, "--pings", "3", "--interval", "50"))
         assert run.returncode == 0, run.text
         await running.events.wait_for("remote_closed")  # the example's close_notify

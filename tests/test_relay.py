@@ -32,6 +32,9 @@ async def round_trip(
         assert datagram == text
         await server.sendto(b"re: " + text, seen_from)
         reply, replied_from = await client.recvfrom(2048)
+    # The relay counts a datagram after its sendto returns, and the client may be scheduled
+    # first: let the relay's tasks finish (and count) before a test reads the counters.
+    await trio.testing.wait_all_tasks_blocked()
     assert reply == b"re: " + text
     assert replied_from == relay.front_address  # the client only ever talks to the front
     return str(seen_from[0]), int(seen_from[1])

@@ -38,9 +38,9 @@ import pytest
 import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from support import KEY, LOOPBACK_HOSTS
+from support import KEY, LOOPBACK_HOSTS, next_event
 
-from trio_dtls_server import ServerConfig, ServerEvent, Supervisor
+from trio_dtls_server import ServerConfig, Supervisor
 from trio_dtls_server._steering import (
     CID_OFFSET,
     HASH_FALLBACK,
@@ -441,13 +441,6 @@ async def wait_for_counts(supervisor: Supervisor, total: int) -> list[int]:
     return received
 
 
-async def _next_event(stream: trio.MemoryReceiveChannel[ServerEvent], code: str) -> ServerEvent:
-    async for event in stream:
-        if event.code == code:
-            return event
-    raise AssertionError(f"no {code} event")
-
-
 async def test_only_the_worker_a_cid_names_counts_its_records_also_after_a_restart() -> None:
     supervisor = steered_supervisor()
     async with trio.open_nursery() as nursery, supervisor.events() as stream:
@@ -471,10 +464,10 @@ async def test_only_the_worker_a_cid_names_counts_its_records_also_after_a_resta
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         with trio.fail_after(30):
-            await _next_event(stream, "worker_restarted")
+            await next_event(stream, "worker_restarted")
             # While no process reads it, what is steered to socket 1 waits in its buffer.
             await send_round(port, [1])
-            await _next_event(stream, "worker_started")
+            await next_event(stream, "worker_started")
         assert supervisor.worker_pids()[1] not in (None, pid)
         assert supervisor._spec_for(supervisor._workers[1], -1).connection_id_prefix == b"\x01"
         await send_round(port, [1, 1, 0])
@@ -491,7 +484,7 @@ async def test_a_group_that_cannot_steer_says_why_and_serves() -> None:
     async with trio.open_nursery() as nursery, supervisor.events() as stream:
         _, port = await nursery.start(supervisor.serve, "127.0.0.1", 0)
         with trio.fail_after(30):
-            event = await _next_event(stream, "connection_id_steering")
+            event = await next_event(stream, "connection_id_steering")
         assert event.severity == "warning"
         assert event.message.startswith("connection ids of 3 byte(s) are too short to name the")
         assert not supervisor.steering.enabled

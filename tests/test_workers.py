@@ -42,7 +42,6 @@ from trio_dtls_server import (
     Handler,
     InfoEvent,
     PskFileStore,
-    ServerEvent,
     Supervisor,
     WorkerExited,
     WorkerStartError,
@@ -469,8 +468,8 @@ async def test_serve_workers_reports_statistics_and_restarts_with_a_handler_by_n
         async with supervisor.events() as stream:
             os.kill(pids[0], signal.SIGKILL)  # type: ignore[arg-type]
             with trio.fail_after(TIMEOUT):
-                restarted = await _next_event(stream, "worker_restarted")
-                started = await _next_event(stream, "worker_started")
+                restarted = await support.next_event(stream, "worker_restarted")
+                started = await support.next_event(stream, "worker_started")
         assert isinstance(restarted, WorkerExited)
         assert (restarted.worker, restarted.pid, restarted.exit_status) == (
             1,
@@ -487,13 +486,6 @@ async def test_serve_workers_reports_statistics_and_restarts_with_a_handler_by_n
             os.kill(worker_pid, 0)  # type: ignore[arg-type]
 
 
-async def _next_event(stream: trio.MemoryReceiveChannel[ServerEvent], code: str) -> ServerEvent:
-    async for event in stream:
-        if event.code == code:
-            return event
-    raise AssertionError(f"no {code} event")
-
-
 async def test_a_worker_that_keeps_crashing_is_restarted_with_a_growing_delay() -> None:
     supervisor = Supervisor(
         KEY, workers=1, handler="worker_handlers:exit_3", restart_delay=(0.2, 0.3)
@@ -508,8 +500,8 @@ async def test_a_worker_that_keeps_crashing_is_restarted_with_a_growing_delay() 
             async with client:
                 await client.send(b"crash")  # the handler ends its worker with exit code 3
                 with trio.fail_after(TIMEOUT):
-                    event = await _next_event(stream, "worker_restarted")
-                    await _next_event(stream, "worker_started")
+                    event = await support.next_event(stream, "worker_restarted")
+                    await support.next_event(stream, "worker_started")
             assert isinstance(event, WorkerExited)
             assert (event.worker, event.exit_status, event.restarts) == (1, 3, restart)
             assert event.message.startswith(f"worker 1 (pid {event.pid}) exited with code 3: ")
