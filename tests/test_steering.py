@@ -445,7 +445,7 @@ async def test_only_the_worker_a_cid_names_counts_its_records_also_after_a_resta
     supervisor = steered_supervisor()
     async with trio.open_nursery() as nursery, supervisor.events() as stream:
         _, port = await nursery.start(supervisor.serve, "127.0.0.1", 0)
-        assert supervisor.steering.enabled
+        assert supervisor.steers_connection_ids
         # Each worker process is told its index: the prefix of the CIDs it will issue.
         assert [supervisor._spec_for(w, -1).connection_id_prefix for w in supervisor._workers] == [
             b"\x00",
@@ -487,7 +487,7 @@ async def test_a_group_that_cannot_steer_says_why_and_serves() -> None:
             event = await next_event(stream, "connection_id_steering")
         assert event.severity == "warning"
         assert event.message.startswith("connection ids of 3 byte(s) are too short to name the")
-        assert not supervisor.steering.enabled
+        assert not supervisor.steers_connection_ids
         assert [supervisor._spec_for(w, -1).connection_id_prefix for w in supervisor._workers] == [
             b"",
             b"",

@@ -287,10 +287,11 @@ class Supervisor:
         return self._psk_file is not None
 
     @property
-    def steering(self) -> SteeringPlan:
-        """Whether CID records are steered to their worker (see :mod:`._steering`): as
-        planned before :meth:`serve`, as achieved once it has bound the group."""
-        return self._steering_now
+    def steers_connection_ids(self) -> bool:
+        """Whether ``tls12_cid`` records go to the worker their connection ID names (a BPF
+        program on the socket group; see the deployment page): as planned before
+        :meth:`serve`, as achieved once it has bound the group."""
+        return self._steering_now.enabled
 
     def worker_pids(self) -> list[int | None]:
         """Each worker's process id (None while it is being restarted), worker 1 first."""
