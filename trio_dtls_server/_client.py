@@ -89,7 +89,6 @@ def _client_context(
     ca: str | None = None,
     certificate: str | None = None,
     private_key: str | None = None,
-    connection_ids: bool = False,
 ) -> SSL.Context:
     # One context per cipher list and credential files: contexts are costly to build, and the
     # PSK callback finds each connection's identity and key through the connection itself.
@@ -100,9 +99,10 @@ def _client_context(
     use_client_credentials(context, ca=ca, certificate=certificate, private_key=private_key)
     if lowers_security_level(ciphers):
         restrict_groups_and_signatures(context)
-    if connection_ids:
-        # Only connections given a CID to offer send the extension (see DTLSSession.client).
-        install_client_connection_id(context)
+    # RFC 9146: only connections given a CID to offer send the extension (see
+    # DTLSSession.client); the others' hellos are byte for byte what they were.  One context
+    # for both, so that a session of either kind may be offered for resumption by the other.
+    install_client_connection_id(context)
     return context
 
 
@@ -260,7 +260,6 @@ class DTLSClient:
                 _path_text(ca),
                 _path_text(certificate),
                 _path_text(private_key),
-                offer is not None,
             )
             dtls_session = DTLSSession.client(
                 context,
