@@ -49,7 +49,9 @@ from trio_dtls_server._session import (
     DROP_WRONG_CID,
     ApplicationData,
     DTLSSession,
+    FailureKind,
     HandshakeComplete,
+    HandshakeFailed,
     RecordsDropped,
     SessionState,
 )
@@ -78,6 +80,7 @@ VECTOR = Path(__file__).parent / "vectors" / "pion_cid_aes128gcm.json"
 
 def cid_handshake(
     *,
+    key: bytes = KEY,
     client_cid: bytes | None = CLIENT_CID,
     server_cid: bytes | None = SERVER_CID,
     ciphers: str = GCM,
@@ -101,7 +104,7 @@ def cid_handshake(
         mtu=1400,
         policy=chosen,
         identity=IDENTITY_BYTES,
-        key=KEY,
+        key=key,
         connection_id=client_cid,
     )
     first = client.take_datagrams()
@@ -238,6 +241,18 @@ def test_a_client_that_does_not_offer_gets_todays_server_hello() -> None:
     assert [len(d) for d in plain.server_datagrams] == [
         len(d) for d in with_callbacks.server_datagrams
     ]
+
+
+def test_a_wrong_key_is_still_diagnosed_when_the_finished_is_a_cid_record() -> None:
+    """The client's CID Finished does not open with the server's keys: OpenSSL gets a record
+    that fails as that Finished would have, and the server answers bad_record_mac, as for a
+    client without CID."""
+    result = cid_handshake(key=b"not the right key")
+    server = result.server
+    assert server.state is SessionState.FAILED
+    failures = [e for e in result.server_events if isinstance(e, HandshakeFailed)]
+    assert [f.kind for f in failures] == [FailureKind.WRONG_KEY]
+    assert server.alert_sent == "bad_record_mac (20)"
 
 
 def test_a_lost_final_flight_is_resent_in_the_cid_format() -> None:
