@@ -12,6 +12,7 @@ client to a new address the way a NAT rebinding does.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -842,3 +843,42 @@ def test_the_cid_length_is_validated(bad: object) -> None:
 
 def quiet(event: object) -> None:
     """Client events: not needed here."""
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def test_cid_length_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from trio_dtls_server._cli import build_parser, config_from_arguments
+
+    arguments = build_parser().parse_args(["serve", "--cid-length", "0"])
+    assert config_from_arguments(arguments).connection_id_length == 0
+    default = config_from_arguments(build_parser().parse_args(["serve"]))
+    assert default.connection_id_length == 6
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", "--cid-length", "256"])
+    assert exited.value.code == 2
+    assert "--cid-length: 256 must be at most 255" in capsys.readouterr().err
+
+
+def test_client_cid_against_serve_cid_length_over_the_command_line() -> None:
+    """``client --cid`` against ``serve --cid-length 4``: the pings the server decrypts came
+    in tls12_cid records (``19 fe fd`` ...) carrying a 4-byte CID."""
+    from test_cli import HEX, Program, command, start_serve
+
+    server, port = start_serve("--psk-hex", "1a2b3c4d5e6f", "--cid-length", "4")
+    with server:
+        with Program(
+            command("client", "127.0.0.1", str(port), "--pings", "2", "--interval", "0.1", "--cid")
+        ) as client:
+            assert client.wait() == 0, client.stdout.text + client.stderr.text
+        for ping in range(2):
+            line = server.stdout.wait_for(
+                rf"^A message from \(127\.0\.0\.1:\d+\) DTLS datagram: ({HEX}) "
+                rf"As plain text: I am Alice \(clone number 0\), please, accept our ping {ping}$"
+            )
+            # type 25, DTLS 1.2, epoch 1, a sequence number, then the 4-byte CID.
+            assert line.group(1).startswith("19 fe fd 00 01 "), line.group(1)
+            assert len(line.group(1).split()) > 13 + 4
+        server.send_signal(signal.SIGINT)
+        assert server.wait() == 0
