@@ -232,6 +232,25 @@ def test_no_cid_is_negotiated_unless_both_sides_can(
     assert server.receive_datagram(datagram, 1.0) == [ApplicationData(b"x")]
 
 
+def test_a_cid_with_a_suite_our_record_layer_cannot_protect_fails_the_handshake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Should OpenSSL choose another suite than predicted (here: forced), or a foreign server
+    answer a CID with a CBC suite, both sides fail the handshake with a reason rather than run
+    an association whose records they cannot read."""
+    monkeypatch.setattr(DTLSSession, "_predict_suite", lambda self, hello: GCM)
+    result = cid_handshake(ciphers="PSK-AES128-CBC-SHA256")
+    for session, events in (
+        (result.server, result.server_events),
+        (result.client, result.client_events),
+    ):
+        assert session.state is SessionState.FAILED
+        assert not any(isinstance(e, HandshakeComplete) for e in events)
+        (failure,) = [e for e in events if isinstance(e, HandshakeFailed)]
+        assert failure.kind is FailureKind.NO_SHARED_CIPHER
+        assert "PSK-AES128-CBC-SHA256" in failure.reason
+
+
 def test_a_client_that_does_not_offer_gets_todays_server_hello() -> None:
     """The same ServerHello extensions as from a context without the CID callbacks."""
     plain = support.handshake_in_memory(ciphers=GCM)

@@ -1796,16 +1796,16 @@ class DTLSSession:
             self._records.write_cid = self._write_cid
         elif self._read_cid or self._write_cid:
             # Only our record layer speaks RFC 9146: without it the peer's records cannot be
-            # read (our server never gets here: it only answers for suites it can protect).
-            events.append(
-                ConnectionFailed(
-                    f"a connection ID was negotiated with {self.cipher}, whose records this "
-                    "library cannot protect itself"
-                )
+            # read.  Our server answers only for suites it protects (a foreign server might
+            # not; or OpenSSL chose another suite than predicted, see connection_id_to_answer).
+            self.state = SessionState.HANDSHAKING  # so that _fail reports a failed handshake
+            kept = [e for e in events if not isinstance(e, HandshakeComplete)]
+            return kept + self._fail(
+                f"a connection ID was negotiated with {self.cipher}, whose records this "
+                "library cannot protect itself (RFC 9146 needs one of its AEAD suites)",
+                now,
+                FailureKind.NO_SHARED_CIPHER,
             )
-            self.state = SessionState.FAILED
-            self.failure_reason = "connection ID negotiated without our record layer"
-            return events
         if self._records is None:
             peer_finished = self._peer_finished
             self._etm = etm_guard_for(
