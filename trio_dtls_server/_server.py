@@ -11,7 +11,12 @@ Where things are:
   catch up, then drops and counts (:meth:`DTLSServer._let_peer_catch_up`); a ClientHello
   from anyone is answered statelessly with a HelloVerifyRequest unless its cookie
   (:mod:`._cookie`) is valid; anything else is dropped and counted.  No OpenSSL object, task
-  or table entry exists for a peer before its cookie checks.
+  or table entry exists for a peer before its cookie checks.  A datagram whose first byte is
+  25 (``tls12_cid``, RFC 9146) is routed by the connection ID in its header instead of its
+  address (:meth:`DTLSServer._on_cid_datagram`); from a new address it carries that address
+  along, and the peer task moves the association there once a record in it authenticates and
+  is the newest (:meth:`DTLSServer._follow_peer`, event ``peer_moved``).  See
+  ``docs/connection_ids.md``.
 * :meth:`DTLSServer._run_peer` is **the peer task**: it runs the handshake (with the handshake
   deadline as a cancel scope), then the application's handler with a :class:`DTLSConnection`.
   Its cancel scope is how the server replaces (client restart), evicts or shuts down a peer.

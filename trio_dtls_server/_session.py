@@ -41,6 +41,19 @@ After the handshake, a session that negotiated an AEAD suite lets go of its Open
 opened the Finished records both sides really sent; otherwise, and for CBC suites or with
 ``release_openssl=False``, OpenSSL goes on doing the work.  See ``_records.py``.
 
+Connection IDs (RFC 9146): OpenSSL negotiates the ``connection_id`` extension through the
+custom-extension callbacks (:meth:`~DTLSSession.connection_id_received`,
+:meth:`~DTLSSession.connection_id_to_answer`, :meth:`~DTLSSession.connection_id_to_offer`) but
+knows nothing of ``tls12_cid`` records.  So the session translates the two Finished records:
+the peer's ``tls12_cid`` Finished is opened with the epoch-1 keys derived from OpenSSL's master
+secret and re-sealed in the standard format, same key, epoch and sequence number, before
+OpenSSL reads it (:meth:`~DTLSSession._peer_cid_record_for_openssl`); every epoch-1 record
+OpenSSL writes is re-sealed as ``tls12_cid`` with the peer's CID
+(:meth:`~DTLSSession._cid_outgoing`).  After the handshake only our record layer runs a CID
+association (:meth:`~DTLSSession._open_cid_datagram`), and a record that authenticates and is
+the newest of its epoch sets :attr:`~DTLSSession.newest_record_authenticated`, which lets the
+owner move the association to the datagram's address (RFC 9146 §6).
+
 A CBC session with encrypt-then-MAC checks each record's MAC itself before OpenSSL sees it,
 because OpenSSL's DTLS record layer fails the association on a bad encrypt-then-MAC tag: one
 spoofed datagram would end it.  See ``_etm.py``.
