@@ -1836,6 +1836,8 @@ class DTLSSession:
         self._kept_bytes = 0
         self._early_verifier = None
         self._own_protected = []
+        # The Finished translation is over; its keys now live in self._records.
+        self._cid_translator = None
         return events
 
     def _read_early_records(self) -> None:
