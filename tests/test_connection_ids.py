@@ -901,3 +901,24 @@ def test_client_cid_against_serve_cid_length_over_the_command_line() -> None:
             assert len(line.group(1).split()) > 13 + 4
         server.send_signal(signal.SIGINT)
         assert server.wait() == 0
+
+
+async def test_the_server_counts_a_record_without_its_cid_and_serves_on() -> None:
+    server = DTLSServer({IDENTITY: KEY}, handler=echo)
+    async with support.serving(server) as running:
+        async with await DTLSClient.connect(
+            running.host, running.port, identity=IDENTITY, key=KEY, connection_id=True,
+            on_event=quiet,
+        ) as client:  # fmt: skip
+            assert await talk(client, b"one") == b"echo: one"
+            protection = client._session._records
+            assert protection is not None and protection.write_cid
+            cid, protection.write_cid = protection.write_cid, b""
+            standard = protection.seal(CONTENT_APPLICATION_DATA, b"without")
+            protection.write_cid = cid
+            await client._send_all([standard])
+            event = await running.events.wait_for("record_without_connection_id")
+            assert await talk(client, b"two") == b"echo: two"
+        stats = server.statistics()
+    assert stats.drops[DROP_MISSING_CID] == 1
+    assert event.message.endswith("record without its connection id, dropped")
