@@ -148,6 +148,14 @@ def _non_negative_int(text: str) -> int:
     return _whole_number(text, 0, "0 or more")
 
 
+def _connection_id_length(text: str) -> int:
+    """``--cid-length``: 0 (off) to 255 bytes (RFC 9146's ``opaque cid<0..255>``)."""
+    value = _whole_number(text, 0, "0 or more")
+    if value > 255:
+        raise argparse.ArgumentTypeError(f"{value} must be at most 255 (0 turns CIDs off)")
+    return value
+
+
 def _on_off(text: str) -> bool:
     value = text.lower()
     if value in {"on", "yes", "true", "1"}:
@@ -320,6 +328,14 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
         _on_off,
         "on|off",
         "after an AEAD handshake, free OpenSSL's connection and protect records ourselves",
+    ),
+    ConfigOption(
+        "--cid-length",
+        "connection_id_length",
+        _connection_id_length,
+        "BYTES",
+        "RFC 9146 connection IDs: length of the CID issued to clients that offer one (their "
+        "association then survives an address change); 0 turns them off",
     ),
     ConfigOption(
         "--event-buffer",
@@ -674,6 +690,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a cipher profile ('default', 'iot', 'compat': its PSK suites when there is a "
         "key, its certificate suites with --ca) or an OpenSSL cipher string to offer "
         "(default: 'default', the AEAD suites)",
+    )
+    client.add_argument(
+        "--cid",
+        action="store_true",
+        help="offer RFC 9146 connection IDs (send-only: we put the server's CID on our "
+        "records, so the association survives a change of our address or port) (default: off)",
     )
     _add_server_check_options(client)
     _add_display_options(client)
@@ -1044,6 +1066,8 @@ class ClientRun:
     server_name: str | None = None
     certificate: str | None = None
     private_key: str | None = None
+    #: ``--cid``: offer RFC 9146 connection IDs (send-only).
+    connection_id: bool = False
     results: list[AssociationResult] = field(default_factory=list)
 
 
@@ -1068,6 +1092,7 @@ async def _run_association(run: ClientRun, result: AssociationResult) -> None:
             handshake_timeout=run.handshake_timeout,
             on_event=show,
             display_name=name,
+            connection_id=run.connection_id,
         )
     except HandshakeError as error:  # already shown through on_event
         result.failure = str(error)
@@ -1147,6 +1172,7 @@ async def run_client(arguments: argparse.Namespace, display: Display, errors: Te
         server_name=arguments.server_name,
         certificate=arguments.certificate,
         private_key=arguments.private_key,
+        connection_id=arguments.cid,
     )
     interrupted: int | None = None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import socket as stdlib_socket
 import warnings
 from collections import deque
@@ -50,7 +51,12 @@ from ._events import (
     WarningEvent,
     describe_exception,
 )
-from ._openssl import install_client_psk, new_dtls_context, restrict_groups_and_signatures
+from ._openssl import (
+    install_client_connection_id,
+    install_client_psk,
+    new_dtls_context,
+    restrict_groups_and_signatures,
+)
 from ._profiles import client_cipher_string, lowers_security_level
 from ._session import (
     ApplicationData,
@@ -100,7 +106,25 @@ def _client_context(
     use_client_credentials(context, ca=ca, certificate=certificate, private_key=private_key)
     if lowers_security_level(ciphers):
         restrict_groups_and_signatures(context)
+    # RFC 9146: only connections given a CID to offer send the extension (see
+    # DTLSSession.client); the others' hellos are byte for byte what they were.  One context
+    # for both, so that a session of either kind may be offered for resumption by the other.
+    install_client_connection_id(context)
     return context
+
+
+def _connection_id_to_offer(connection_id: bool | int) -> bytes | None:
+    """The CID a client asks for: None (no extension), b"" (``True``: send-only, the server's
+    records stay standard, as constrained devices usually ask), or ``n`` random bytes."""
+    if connection_id is False:
+        return None
+    if connection_id is True:
+        return b""
+    if isinstance(connection_id, int) and 0 <= connection_id <= 255:
+        return os.urandom(connection_id)
+    raise ValueError(
+        f"connection_id must be True, False or a length from 0 to 255, not {connection_id!r}"
+    )
 
 
 def _path_text(path: str | PurePath | None) -> str | None:
@@ -154,6 +178,12 @@ class DTLSClient(trio.abc.Channel[bytes]):
         self.resumed = False
         #: The server's certificate (verified against ``ca``), or None for PSK suites.
         self.peer_certificate: x509.Certificate | None = None
+        #: RFC 9146: the CID the server puts on its records to us (b"" for send-only), or
+        #: None when the handshake negotiated no connection ID.
+        self.connection_id: bytes | None = None
+        #: The CID we put on our records (the server's), or None.  With one, the server
+        #: finds this association whatever our address: a new source port keeps it.
+        self.server_connection_id: bytes | None = None
 
     @classmethod
     async def connect(
@@ -204,6 +234,7 @@ class DTLSClient(trio.abc.Channel[bytes]):
         server_hostname: str | None = None,
         release_openssl: bool = True,
         session: SSL.Session | None = None,
+        connection_id: bool | int = False,
     ) -> DTLSClient:
         """Run the handshake over ``transport`` (which the client then owns and closes).
 
@@ -221,6 +252,10 @@ class DTLSClient(trio.abc.Channel[bytes]):
         passes the host it was given.  ``release_openssl`` is the server's option of that name
         (:class:`ServerConfig`): after an AEAD handshake, records are protected without OpenSSL.
         ``session`` is the deprecated name of ``tls_session`` (a :class:`DeprecationWarning`).
+        ``connection_id`` offers RFC 9146 connection IDs: ``True`` asks for none on the
+        server's records (send-only: we put the server's CID on ours, which is what keeps the
+        association when our address changes), ``n`` asks for an ``n``-byte one; the server
+        decides (:attr:`connection_id`, :attr:`server_connection_id`).
         """
         if session is not None:
             warnings.warn(
@@ -243,6 +278,7 @@ class DTLSClient(trio.abc.Channel[bytes]):
         if display_name is not None:
             name = display_name
         try:
+            offer = _connection_id_to_offer(connection_id)
             context = _client_context(
                 client_cipher_string(ciphers, psk=key is not None, verify_server=ca is not None),
                 _path_text(ca),
@@ -259,6 +295,7 @@ class DTLSClient(trio.abc.Channel[bytes]):
                 session=tls_session,
                 server_hostname=server_hostname if ca is not None else None,
                 release_openssl=release_openssl,
+                connection_id=offer,
             )
             client = cls(transport, server, dtls_session, name, on_event)
             on_event(InfoEvent("handshake_start", f"{name}: starting a handshake"))
@@ -290,6 +327,8 @@ class DTLSClient(trio.abc.Channel[bytes]):
         client.tls_session = dtls_session.ssl_session
         client.resumed = dtls_session.resumed
         client.peer_certificate = dtls_session.peer_certificate
+        client.connection_id = dtls_session.connection_id
+        client.server_connection_id = dtls_session.peer_connection_id
         # What the server sent ahead of its final flight (a greeting, even a goodbye).
         client._note_events(dtls_session.take_early_events(), None)
         await client._send_all(dtls_session.take_datagrams())

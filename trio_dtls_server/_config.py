@@ -103,6 +103,11 @@ class ServerConfig:
     #: record layer (``_records.py``), after checking its keys against both Finished records.
     #: ``False`` keeps OpenSSL for every record, as CBC suites always do.
     release_openssl: bool = True
+    #: RFC 9146 connection IDs: the length of the CID the server issues to a client that
+    #: offers the ``connection_id`` extension with an AEAD suite; its records then find their
+    #: association by CID, so a client whose address changes (a NAT rebinding) keeps it.
+    #: 0 turns CIDs off (the extension is ignored, as before); at most 255.
+    connection_id_length: int = 6
 
     def __post_init__(self) -> None:
         positive = {
@@ -131,6 +136,15 @@ class ServerConfig:
         if not 4_096 <= self.receive_buffer <= 2**31 - 1:
             raise ConfigError(
                 "receive_buffer", f"must be between 4096 and {2**31 - 1}, not {self.receive_buffer}"
+            )
+        if (
+            isinstance(self.connection_id_length, bool)
+            or not isinstance(self.connection_id_length, int)
+            or not 0 <= self.connection_id_length <= 255
+        ):
+            raise ConfigError(
+                "connection_id_length",
+                f"must be an integer from 0 (off) to 255, not {self.connection_id_length!r}",
             )
         if not 512 <= self.max_datagram_size <= 65_535:
             raise ConfigError("max_datagram_size", "must be between 512 and 65535")

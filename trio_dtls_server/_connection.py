@@ -25,7 +25,9 @@ from ._session import (
     DROP_BAD_LENGTH,
     DROP_HANDSHAKE_RETRANSMISSION,
     DROP_MALFORMED,
+    DROP_MISSING_CID,
     DROP_REPLAY,
+    DROP_WRONG_CID,
     DROP_WRONG_EPOCH,
     ApplicationData,
     ConnectionFailed,
@@ -40,6 +42,7 @@ from ._transport import ReplySource
 
 __all__ = [
     "DROP_WARNING_CODES",
+    "AddressedDatagram",
     "IDLE_WATCH_GRACE",
     "ConnectionClosed",
     "DTLSConnection",
@@ -63,7 +66,31 @@ DROP_WARNING_CODES = {
     DROP_WRONG_EPOCH: "wrong_epoch",
     DROP_BAD_LENGTH: "bad_record_length",
     DROP_MALFORMED: "malformed_record",
+    DROP_MISSING_CID: "record_without_connection_id",
+    DROP_WRONG_CID: "wrong_connection_id",
 }
+
+
+class AddressedDatagram(bytes):
+    """A datagram that found its peer by connection ID (RFC 9146), with where it came from.
+
+    The inbox carries plain ``bytes``; a ``tls12_cid`` datagram from another address than the
+    peer's travels as this subclass, so that the peer task can move the association there
+    once a record in it authenticates and is the newest (see ``DTLSConnection``).  Everything
+    else treats it as the bytes it is.
+    """
+
+    source: Address
+    reply_source: ReplySource | None
+
+    @classmethod
+    def make(
+        cls, datagram: bytes, source: Address, reply_source: ReplySource | None
+    ) -> AddressedDatagram:
+        addressed = cls(datagram)
+        addressed.source = source
+        addressed.reply_source = reply_source
+        return addressed
 
 
 def drop_warning(reason: str, peer: Address) -> WarningEvent:
@@ -194,8 +221,11 @@ class DTLSConnection(trio.abc.Channel[bytes]):
         max_auth_failures: int,
         auth_failure_window: float,
         ready_limit: int = 64,
+        follow: Callable[[Address, ReplySource | None], bool] | None = None,
     ) -> None:
         self._slot = slot
+        # The server's move of this peer to a new address (RFC 9146 §6); True if it moved.
+        self._follow = follow
         self._ready_limit = ready_limit
         self._session = session
         self._transmit = transmit
@@ -329,7 +359,19 @@ class DTLSConnection(trio.abc.Channel[bytes]):
     async def _handle_datagram(self, datagram: bytes) -> None:
         """Decrypt one datagram from the inbox, answer what needs answering, note the rest."""
         now = trio.current_time()
-        await self._note_events(self._session.receive_datagram(datagram, now), now, datagram)
+        events = self._session.receive_datagram(datagram, now)
+        if (
+            isinstance(datagram, AddressedDatagram)
+            and self._session.newest_record_authenticated
+            and datagram.source != self.peer
+            and self._follow is not None
+            and self._follow(datagram.source, datagram.reply_source)
+        ):
+            # RFC 9146 §6: an authentic record newer than any before, from a new address: the
+            # peer is there now (a NAT rebinding).  Replies, this datagram's included, go there.
+            self.peer = self._slot.address
+            self.peer_info = self._slot.info
+        await self._note_events(events, now, datagram)
 
     async def _note_events(
         self, events: list[SessionEvent], now: float, datagram: bytes | None

@@ -65,6 +65,17 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("dtls_openssl_released", "openssl_released", "Associations moved to our record layer."),
     ("dtls_events_dropped", "events_dropped", "Events a slow subscriber missed."),
     (
+        "dtls_connection_id_associations",
+        "connection_id_associations",
+        "Handshakes that negotiated an RFC 9146 connection ID.",
+    ),
+    ("dtls_peer_moves", "peer_moves", "Associations moved to a new address by a CID record."),
+    (
+        "dtls_peer_moves_refused",
+        "peer_moves_refused",
+        "CID moves refused: another association holds the new address.",
+    ),
+    (
         "dtls_forgery_alarms",
         "forgery_alarms",
         "Times one address sent max_auth_failures forged records within the window.",

@@ -30,20 +30,30 @@ from typing import Any, Protocol
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
 
-from ._wire import DTLS_1_2, AlertDescription
+from ._wire import (
+    DTLS_1_2,
+    EXTENSION_CONNECTION_ID,
+    AlertDescription,
+    MalformedDatagram,
+    encode_connection_id_extension,
+    parse_connection_id_extension,
+)
 
 __all__ = [
     "ALERT_NAMES",
     "DTLS_1_2",
     "GROUPS",
     "AlertReader",
+    "ConnectionIdResponder",
     "PskResponder",
     "alert_name",
     "cipher_name_for_suite",
     "expect_server_name",
     "configure_session_resumption",
     "drain_write_bio",
+    "install_client_connection_id",
     "install_client_psk",
+    "install_server_connection_id",
     "install_server_psk",
     "new_dtls_context",
     "openssl_error_reason",
@@ -422,3 +432,136 @@ def restrict_groups_and_signatures(context: SSL.Context) -> None:
         context._context, SAFE_SIGNATURE_ALGORITHMS.encode("ascii")
     ):
         raise SSL.Error("SSL_CTX_set1_sigalgs_list failed")
+
+
+# -- connection IDs (RFC 9146) ------------------------------------------------------------------
+
+
+class ConnectionIdResponder(Protocol):
+    """What a connection's app data must offer for the ``connection_id`` extension callbacks.
+
+    OpenSSL knows nothing of RFC 9146; the extension is a custom one (``SSL_CTX_add_*_custom_ext``,
+    OpenSSL's legacy API: TLS 1.2 ClientHello and ServerHello only, and *skipped on resumed
+    handshakes*).  Client: :meth:`connection_id_to_offer` fills the ClientHello, and
+    :meth:`connection_id_received` gets the server's answer.  Server:
+    :meth:`connection_id_received` gets the client's offer (only called if it made one), then
+    :meth:`connection_id_to_answer` decides whether the ServerHello answers.
+    """
+
+    def connection_id_to_offer(self) -> bytes | None: ...
+
+    def connection_id_received(self, cid: bytes) -> bool: ...
+
+    def connection_id_to_answer(self) -> bytes | None: ...
+
+
+_ADD_SIGNATURE = "int(SSL *, unsigned int, const unsigned char **, size_t *, int *, void *)"
+_PARSE_SIGNATURE = "int(SSL *, unsigned int, const unsigned char *, size_t, int *, void *)"
+_DECODE_ERROR = int(AlertDescription.decode_error)
+_INTERNAL_ERROR_ALERT = int(AlertDescription.internal_error)
+# The extension body handed to OpenSSL must live until OpenSSL copied it (it does so inside the
+# add callback's caller, before the next one runs: Trio runs one callback at a time).  We keep
+# the latest one alive here; no free callback is needed.
+_extension_buffer: list[Any] = [None]
+
+
+def _cid_responder(ssl: Any) -> ConnectionIdResponder | None:
+    connection = SSL.Connection._reverse_mapping.get(ssl)
+    if connection is None:
+        return None
+    responder: ConnectionIdResponder | None = connection.get_app_data()
+    return responder
+
+
+def _hand_extension(out: Any, outlen: Any, cid: bytes) -> int:
+    body = encode_connection_id_extension(cid)
+    buffer = _ffi.new("unsigned char[]", body)
+    _extension_buffer[0] = buffer
+    out[0] = buffer
+    outlen[0] = len(body)
+    return 1
+
+
+@_ffi.callback(_ADD_SIGNATURE)  # type: ignore[untyped-decorator]
+def _client_cid_add(ssl: Any, ext_type: int, out: Any, outlen: Any, al: Any, arg: Any) -> int:
+    try:
+        responder = _cid_responder(ssl)
+        cid = None if responder is None else responder.connection_id_to_offer()
+        return 0 if cid is None else _hand_extension(out, outlen, cid)
+    except BaseException:  # noqa: BLE001 - nothing may unwind through OpenSSL's C frames
+        al[0] = _INTERNAL_ERROR_ALERT
+        return -1
+
+
+@_ffi.callback(_ADD_SIGNATURE)  # type: ignore[untyped-decorator]
+def _server_cid_add(ssl: Any, ext_type: int, out: Any, outlen: Any, al: Any, arg: Any) -> int:
+    try:
+        responder = _cid_responder(ssl)
+        cid = None if responder is None else responder.connection_id_to_answer()
+        return 0 if cid is None else _hand_extension(out, outlen, cid)
+    except BaseException:  # noqa: BLE001 - nothing may unwind through OpenSSL's C frames
+        al[0] = _INTERNAL_ERROR_ALERT
+        return -1
+
+
+@_ffi.callback(_PARSE_SIGNATURE)  # type: ignore[untyped-decorator]
+def _cid_parse(ssl: Any, ext_type: int, data: Any, length: int, al: Any, arg: Any) -> int:
+    try:
+        responder = _cid_responder(ssl)
+        if responder is None:
+            return 1
+        cid = parse_connection_id_extension(bytes(_ffi.buffer(data, length)))
+        if responder.connection_id_received(cid):
+            return 1
+        al[0] = _DECODE_ERROR
+        return 0
+    except MalformedDatagram:
+        al[0] = _DECODE_ERROR
+        return 0
+    except BaseException:  # noqa: BLE001 - nothing may unwind through OpenSSL's C frames
+        al[0] = _INTERNAL_ERROR_ALERT
+        return 0
+
+
+def install_server_connection_id(context: SSL.Context) -> None:
+    """Let the context's connections negotiate RFC 9146 connection IDs as a server.
+
+    OpenSSL calls the parse callback only for a ClientHello that carries extension 54, and the
+    add callback only then; each connection's app data (a :class:`ConnectionIdResponder`)
+    answers.  On a resumed handshake OpenSSL skips both: the server must not resume a client
+    that offers the extension (see ``DTLSServer``).
+    """
+    if not _lib.SSL_CTX_add_server_custom_ext(
+        context._context,
+        EXTENSION_CONNECTION_ID,
+        _server_cid_add,
+        _ffi.NULL,
+        _ffi.NULL,
+        _cid_parse,
+        _ffi.NULL,
+    ):
+        raise SSL.Error("SSL_CTX_add_server_custom_ext(connection_id) failed")
+
+
+def install_client_connection_id(context: SSL.Context) -> None:
+    """Let the context's connections offer RFC 9146 connection IDs as a client (each
+    connection's app data decides, see :class:`ConnectionIdResponder`)."""
+    if not _lib.SSL_CTX_add_client_custom_ext(
+        context._context,
+        EXTENSION_CONNECTION_ID,
+        _client_cid_add,
+        _ffi.NULL,
+        _ffi.NULL,
+        _cid_parse,
+        _ffi.NULL,
+    ):
+        raise SSL.Error("SSL_CTX_add_client_custom_ext(connection_id) failed")
+
+
+def current_cipher_name(connection: SSL.Connection) -> str | None:
+    """OpenSSL's name of the connection's current cipher (``SSL_get_current_cipher``), or None."""
+    cipher = _lib.SSL_get_current_cipher(connection._ssl)
+    if cipher == _ffi.NULL:
+        return None
+    name: bytes = _ffi.string(_lib.SSL_CIPHER_get_name(cipher))
+    return name.decode("ascii")

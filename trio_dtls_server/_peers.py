@@ -42,6 +42,7 @@ __all__ = [
     "Completion",
     "EndReason",
     "Finish",
+    "Move",
     "Peer",
     "PeerState",
     "PeerTable",
@@ -95,6 +96,9 @@ class Peer:
     #: The established association this peer's handshake will replace once it completes
     #: (RFC 6347 §4.2.8: a client that restarted on the same address and port).
     replacing: Self | None = field(default=None, kw_only=True)
+    #: The RFC 9146 connection ID issued to this peer (its ``tls12_cid`` records find it by
+    #: this), or None.
+    connection_id: bytes | None = field(default=None, kw_only=True)
 
     @property
     def established(self) -> bool:
@@ -136,6 +140,18 @@ class Completion(Generic[P]):
 
 
 @dataclass
+class Move:
+    """What :meth:`PeerTable.move` decided."""
+
+    #: The address the peer had.
+    old: Address
+    #: True if the peer now has the new address.
+    moved: bool = False
+    #: Why it did not move (for the warning), when it did not and the address differed.
+    refused: str | None = None
+
+
+@dataclass
 class Finish(Generic[P]):
     """What :meth:`PeerTable.finished` decided."""
 
@@ -167,12 +183,55 @@ class PeerTable(Generic[P]):
         #: Handshakes in flight (peers in the HANDSHAKING state, superseded ones included
         #: until their tasks end).
         self.handshaking = 0
+        #: The peer of each connection ID issued (RFC 9146): ``tls12_cid`` records are routed
+        #: with it, whatever their source address.  A peer stays here until its task ends.
+        self.by_connection_id: dict[bytes, P] = {}
 
     def __len__(self) -> int:
         return len(self.peers)
 
     def get(self, address: Address) -> P | None:
         return self.peers.get(address)
+
+    def get_by_connection_id(self, cid: bytes) -> P | None:
+        return self.by_connection_id.get(cid)
+
+    def bind_connection_id(self, peer: P, cid: bytes) -> bool:
+        """Route ``tls12_cid`` records carrying ``cid`` to ``peer``; False if another holds it."""
+        if cid in self.by_connection_id or peer.finished:
+            return False
+        self.by_connection_id[cid] = peer
+        peer.connection_id = cid
+        return True
+
+    def unbind_connection_id(self, peer: P) -> None:
+        """``peer`` does not use its CID after all (the handshake negotiated none)."""
+        cid, peer.connection_id = peer.connection_id, None
+        if cid is not None and self.by_connection_id.get(cid) is peer:
+            del self.by_connection_id[cid]
+
+    def move(self, peer: P, address: Address) -> Move:
+        """RFC 9146 §6: ``peer`` sent an authentic, newest CID record from ``address``.
+
+        The peer takes the new address in the map (replies go there), unless another live
+        peer holds it: then nothing moves (:attr:`Move.refused`).  An off-path attacker cannot
+        make a CID record authenticate, so only the key holder moves its own association; but
+        an on-path one can replay a fresh record from a spoofed source before the real one
+        arrives (RFC 9146 §6 / RFC 9853), so a move must never end someone else's.  A peer
+        not in the map (kept aside by a §4.2.8 replacement, or ended) does not move either.
+        """
+        old = peer.address
+        if old == address:
+            return Move(old)
+        if self.peers.get(old) is not peer or peer.finished:
+            return Move(old, refused="it is not in the address map")
+        holder = self.peers.get(address)
+        if holder is not None and holder is not peer:
+            return Move(old, refused="another association holds that address")
+        del self.peers[old]
+        self.peers[address] = peer
+        peer.address = address
+        return Move(old, moved=True)
 
     def admit(self, address: Address, now: float, new_peer: Callable[[], P]) -> Admission[P]:
         """A cookie-verified hello from ``address``: start a handshake, or refuse it.
@@ -240,6 +299,9 @@ class PeerTable(Generic[P]):
             else:
                 del self.peers[peer.address]
         peer.replacing = None
+        cid = peer.connection_id
+        if cid is not None and self.by_connection_id.get(cid) is peer:
+            del self.by_connection_id[cid]
         return Finish(was_handshaking=was_handshaking, restored=restored)
 
     def _evict_one(self, now: float) -> P | None:

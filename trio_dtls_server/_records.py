@@ -40,13 +40,16 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
-from ._wire import Record
+from ._wire import CONTENT_TLS12_CID, Record, cid_record_header
 
 __all__ = [
     "AeadSuite",
     "RecordProtection",
     "ReplayWindow",
     "aead_suite",
+    "cid_additional_data",
+    "inner_plaintext",
+    "split_inner_plaintext",
     "derive_key_block",
     "key_expansion",
     "record_protection_for",
@@ -134,6 +137,46 @@ def derive_key_block(
     return keys[:k], keys[k:], ivs[:iv], ivs[iv:]
 
 
+#: RFC 9146 §5.3: the additional data of a CID record starts with eight 0xff bytes in place of
+#: the sequence number.
+_SEQ_NUM_PLACEHOLDER = b"\xff" * 8
+
+
+def cid_additional_data(
+    version: int, epoch: int, sequence: int, cid: bytes, inner_length: int
+) -> bytes:
+    """The AEAD additional data of a ``tls12_cid`` record (RFC 9146 §5.3, the final RFC)::
+
+        seq_num_placeholder(8 x 0xff) || tls12_cid(25) || cid_length(1) || tls12_cid(25) ||
+        version(2) || epoch(2) || sequence_number(6) || cid || length_of_DTLSInnerPlaintext(2)
+
+    (Draft versions and Mbed TLS 2.x used another layout; pion/dtls v3 uses this one.)
+    """
+    return (
+        _SEQ_NUM_PLACEHOLDER
+        + bytes((CONTENT_TLS12_CID, len(cid), CONTENT_TLS12_CID))
+        + version.to_bytes(2, "big")
+        + epoch.to_bytes(2, "big")
+        + sequence.to_bytes(6, "big")
+        + cid
+        + inner_length.to_bytes(2, "big")
+    )
+
+
+def inner_plaintext(content_type: int, content: bytes, padding: int = 0) -> bytes:
+    """``DTLSInnerPlaintext`` (RFC 9146 §4): content || real type || ``padding`` zero bytes."""
+    return content + bytes((content_type,)) + bytes(padding)
+
+
+def split_inner_plaintext(inner: bytes) -> tuple[int, bytes] | None:
+    """``(real content type, content)`` of a ``DTLSInnerPlaintext``, or None if it is all zeros
+    (no content type: RFC 9146 §4 makes that an error, so the record is dropped)."""
+    stripped = inner.rstrip(b"\0")
+    if not stripped:
+        return None
+    return stripped[-1], stripped[:-1]
+
+
 class ReplayWindow:
     """RFC 6347 §4.1.2.6: a 64-record sliding window of the sequence numbers already accepted.
 
@@ -146,6 +189,11 @@ class ReplayWindow:
     def __init__(self) -> None:
         self._highest = -1
         self._mask = 0
+
+    @property
+    def highest(self) -> int:
+        """The highest sequence number accepted so far (-1 before any)."""
+        return self._highest
 
     def seen(self, sequence: int) -> bool:
         """True for a sequence number already accepted, or too old for the window to tell."""
@@ -183,8 +231,10 @@ class RecordProtection:
         "_xor_nonce",
         "epoch",
         "next_sequence",
+        "read_cid",
         "replay",
         "suite",
+        "write_cid",
     )
 
     def __init__(
@@ -197,8 +247,14 @@ class RecordProtection:
         write_key: bytes,
         write_iv: bytes,
         next_sequence: int,
+        read_cid: bytes = b"",
+        write_cid: bytes = b"",
     ) -> None:
         self.suite = suite
+        #: The CID the peer's records must carry (the one we issued), or b"": standard records.
+        self.read_cid = read_cid
+        #: The CID our records carry (the one the peer asked for), or b"": standard records.
+        self.write_cid = write_cid
         self.epoch = epoch
         self.next_sequence = next_sequence
         self.replay = ReplayWindow()
@@ -220,6 +276,15 @@ class RecordProtection:
         if sequence > MAX_SEQUENCE:
             raise OverflowError("the epoch's 2^48 record sequence numbers are used up")
         self.next_sequence = sequence + 1
+        if self.write_cid:
+            return self._seal_cid(
+                self._write_aead,
+                self._write_iv,
+                self._write_iv_number,
+                sequence,
+                self.write_cid,
+                inner_plaintext(content_type, plaintext),
+            )
         number = self._epoch_high | sequence
         epoch_and_sequence = number.to_bytes(8, "big")
         header_start = bytes((content_type, 0xFE, 0xFD))
@@ -275,6 +340,138 @@ class RecordProtection:
             sequence,
             fragment,
         )
+
+    # -- RFC 9146 records --------------------------------------------------------------------
+
+    def _nonce(
+        self, implicit_iv: bytes, implicit_iv_number: int, number: int
+    ) -> tuple[bytes, bytes]:
+        """``(nonce, explicit part carried in the record)`` for epoch-and-sequence ``number``."""
+        if self._xor_nonce:
+            return (implicit_iv_number ^ number).to_bytes(12, "big"), b""
+        explicit = number.to_bytes(8, "big")
+        return implicit_iv + explicit, explicit
+
+    def _seal_cid(
+        self,
+        aead: _Aead,
+        implicit_iv: bytes,
+        implicit_iv_number: int,
+        sequence: int,
+        cid: bytes,
+        inner: bytes,
+    ) -> bytes:
+        nonce, explicit = self._nonce(implicit_iv, implicit_iv_number, self._epoch_high | sequence)
+        additional = cid_additional_data(0xFEFD, self.epoch, sequence, cid, len(inner))
+        sealed = aead.encrypt(nonce, inner, additional)
+        header = cid_record_header(0xFEFD, self.epoch, sequence, cid, len(explicit) + len(sealed))
+        return header + explicit + sealed
+
+    def _open_cid(
+        self,
+        aead: _Aead,
+        implicit_iv: bytes,
+        implicit_iv_number: int,
+        version: int,
+        sequence: int,
+        cid: bytes,
+        fragment: bytes,
+    ) -> tuple[int, bytes] | None:
+        explicit_length = self._explicit
+        inner_length = len(fragment) - explicit_length - self._tag_length
+        # The inner plaintext holds at least the content type, at most 2^14 + 1 bytes of
+        # content and type plus padding (RFC 9146 §4 bounds the whole by 2^14 + 256).
+        if inner_length < 1 or inner_length > 2**14 + 256:
+            return None
+        number = self._epoch_high | sequence
+        if self._xor_nonce:
+            nonce = (implicit_iv_number ^ number).to_bytes(12, "big")
+            sealed = fragment
+        else:
+            nonce = implicit_iv + fragment[:explicit_length]
+            sealed = fragment[explicit_length:]
+        additional = cid_additional_data(version, self.epoch, sequence, cid, inner_length)
+        try:
+            inner = aead.decrypt(nonce, sealed, additional)
+        except InvalidTag:
+            return None
+        return split_inner_plaintext(inner)
+
+    def decrypt_cid(
+        self, version: int, sequence: int, cid: bytes, fragment: bytes
+    ) -> tuple[int, bytes] | None:
+        """Open one of the peer's ``tls12_cid`` records (RFC 9146) without touching the replay
+        window: ``(real content type, content)``, or None (fails authentication, or all-zero
+        inner plaintext).  The caller has checked the CID and the epoch."""
+        return self._open_cid(
+            self._read_aead, self._read_iv, self._read_iv_number, version, sequence, cid, fragment
+        )
+
+    def open_cid_record(
+        self, version: int, sequence: int, cid: bytes, fragment: bytes
+    ) -> tuple[int, bytes] | None:
+        """:meth:`decrypt_cid`, with the replay check first and the mark once authentic."""
+        if self.replay.seen(sequence):
+            return None
+        opened = self.decrypt_cid(version, sequence, cid, fragment)
+        if opened is not None:
+            self.replay.mark(sequence)
+        return opened
+
+    def decrypt_own_cid(
+        self, version: int, sequence: int, cid: bytes, fragment: bytes
+    ) -> tuple[int, bytes] | None:
+        """Open a ``tls12_cid`` record sealed with *our* key (tests and checks)."""
+        return self._open_cid(
+            self._write_aead,
+            self._write_iv,
+            self._write_iv_number,
+            version,
+            sequence,
+            cid,
+            fragment,
+        )
+
+    def reseal_own_as_cid(self, record: Record, cid: bytes) -> bytes | None:
+        """One of *our* standard records (OpenSSL's Finished), as a ``tls12_cid`` record with
+        the same epoch and sequence number and ``cid``; None if it does not open with our key.
+
+        The nonce is the same as the standard record's (same key, same epoch and sequence), so
+        the peer must only ever get one of the two forms of a record: the caller sends only
+        this one.
+        """
+        plaintext = self.decrypt_own(
+            record.content_type, record.version, record.sequence_number, record.fragment
+        )
+        if plaintext is None:
+            return None
+        return self._seal_cid(
+            self._write_aead,
+            self._write_iv,
+            self._write_iv_number,
+            record.sequence_number,
+            cid,
+            inner_plaintext(record.content_type, plaintext),
+        )
+
+    def reseal_peer_standard(
+        self, version: int, sequence: int, cid: bytes, fragment: bytes
+    ) -> bytes | None:
+        """One of the *peer's* ``tls12_cid`` records (its Finished), resealed with the peer's
+        key in the standard format with the same epoch and sequence number, for OpenSSL to
+        read; None if it does not open."""
+        opened = self.decrypt_cid(version, sequence, cid, fragment)
+        if opened is None:
+            return None
+        content_type, content = opened
+        number = self._epoch_high | sequence
+        nonce, explicit = self._nonce(self._read_iv, self._read_iv_number, number)
+        header_start = bytes((content_type,)) + version.to_bytes(2, "big")
+        epoch_and_sequence = number.to_bytes(8, "big")
+        additional = epoch_and_sequence + header_start + len(content).to_bytes(2, "big")
+        sealed = self._read_aead.encrypt(nonce, content, additional)
+        length = (len(explicit) + len(sealed)).to_bytes(2, "big")
+        return header_start + epoch_and_sequence + length + explicit + sealed
 
     def _open(
         self,

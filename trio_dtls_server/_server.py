@@ -11,7 +11,12 @@ Where things are:
   catch up, then drops and counts (:meth:`DTLSServer._let_peer_catch_up`); a ClientHello
   from anyone is answered statelessly with a HelloVerifyRequest unless its cookie
   (:mod:`._cookie`) is valid; anything else is dropped and counted.  No OpenSSL object, task
-  or table entry exists for a peer before its cookie checks.
+  or table entry exists for a peer before its cookie checks.  A datagram whose first byte is
+  25 (``tls12_cid``, RFC 9146) is routed by the connection ID in its header instead of its
+  address (:meth:`DTLSServer._on_cid_datagram`); from a new address it carries that address
+  along, and the peer task moves the association there once a record in it authenticates and
+  is the newest (:meth:`DTLSServer._follow_peer`, event ``peer_moved``).  See
+  ``docs/connection_ids.md``.
 * :meth:`DTLSServer._run_peer` is **the peer task**: it runs the handshake (with the handshake
   deadline as a cancel scope), then the application's handler with a :class:`DTLSConnection`.
   Its cancel scope is how the server replaces (client restart), evicts or shuts down a peer.
@@ -25,6 +30,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -41,6 +47,7 @@ from ._certificates import (
 from ._config import DEFAULT_IPV4_MTU, DEFAULT_IPV6_MTU, DEFAULT_PORT, ServerConfig
 from ._connection import (
     IDLE_WATCH_GRACE,
+    AddressedDatagram,
     ConnectionClosed,
     DTLSConnection,
     PeerSlot,
@@ -61,6 +68,7 @@ from ._events import (
 from ._heap import HeapTrimmer
 from ._openssl import (
     configure_session_resumption,
+    install_server_connection_id,
     install_server_psk,
     new_dtls_context,
     restrict_groups_and_signatures,
@@ -101,10 +109,13 @@ from ._wire import (
     CONTENT_ALERT,
     CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE,
+    CONTENT_TLS12_CID,
     HANDSHAKE_CLIENT_HELLO,
     FragmentedClientHello,
     MalformedDatagram,
     build_hello_verify_request,
+    client_hello_connection_id,
+    datagram_connection_id,
     parse_initial_client_hello,
 )
 from .qt import qt_ack_handler
@@ -208,6 +219,18 @@ class DTLSServer:
         )
         self._handler = handler
         self._context = self._make_context()
+        # RFC 9146: clients that offer the connection_id extension handshake on a context of
+        # their own, which has the extension's callbacks and never resumes: OpenSSL's custom
+        # extension API skips the extension on resumed handshakes, and a client that asks
+        # for a CID must get one, so it gets a full handshake (see docs/connection_ids.md).
+        # Clients that do not offer it use self._context exactly as before.
+        self._cid_context: SSL.Context | None = (
+            self._make_context(connection_ids=True) if self.config.connection_id_length else None
+        )
+        #: The first bytes of every CID this server issues (``--workers`` sets it to the
+        #: worker's index so that a BPF program can steer CID datagrams to their worker); the
+        #: rest is random.  At most ``connection_id_length`` bytes are used.
+        self._connection_id_prefix: bytes = b""
         self._stats = ServerStatistics()
         self._hub = EventHub()
         if on_event is not None:
@@ -423,7 +446,7 @@ class DTLSServer:
 
     # -- setup ----------------------------------------------------------------------------------
 
-    def _make_context(self) -> SSL.Context:
+    def _make_context(self, *, connection_ids: bool = False) -> SSL.Context:
         selection = self._cipher_selection
         context = new_dtls_context(server=True, ciphers=selection.cipher_string)
         if self._psk_store is not None:
@@ -436,10 +459,14 @@ class DTLSServer:
             restrict_groups_and_signatures(context)
         configure_session_resumption(
             context,
-            enabled=self.config.session_resumption,
+            enabled=self.config.session_resumption and not connection_ids,
             lifetime=self.config.session_lifetime,
-            session_id_context=self._session_id_context(),
+            session_id_context=b"trio_dtls_server/cid"
+            if connection_ids
+            else self._session_id_context(),
         )
+        if connection_ids:
+            install_server_connection_id(context)
         # The real cookie check is ours and happens before any OpenSSL object exists (see
         # _on_client_hello); DTLSv1_listen only needs these to accept the verified hello.
         context.set_cookie_generate_callback(lambda connection: b"\0" * CookieJar.COOKIE_LENGTH)
@@ -584,6 +611,9 @@ class DTLSServer:
                 address,
             )
             return
+        if datagram[0] == CONTENT_TLS12_CID and self.config.connection_id_length:
+            self._on_cid_datagram(datagram, address, source)
+            return
         slot = self._peers.get(address)
         if _looks_like_client_hello(datagram):
             self._on_client_hello(datagram, address, slot, source)
@@ -607,6 +637,61 @@ class DTLSServer:
             # it and the other drops it.
             self._deliver(kept, datagram)
         self._deliver(slot, datagram)
+
+    def _on_cid_datagram(
+        self, datagram: bytes, address: Address, source: ReplySource | None
+    ) -> None:
+        """A ``tls12_cid`` datagram (RFC 9146): its peer is the one we issued its CID to,
+        whatever address it comes from.  One from another address than the peer's travels
+        with its source (:class:`AddressedDatagram`): the peer task moves the association
+        there if a record in it authenticates and is the newest (§6)."""
+        cid = datagram_connection_id(datagram, self.config.connection_id_length)
+        slot = None if cid is None else self._peers.get_by_connection_id(cid)
+        if slot is None:
+            self._drop(
+                "unknown connection id",
+                "unknown_connection_id",
+                f"{peer_info(address)}: record with an unknown connection ID, dropped",
+                address,
+            )
+            return
+        if address != slot.address:
+            datagram = AddressedDatagram.make(datagram, address, source)
+        self._deliver(slot, datagram)
+
+    def _new_connection_id(self) -> bytes | None:
+        """A CID for a new association: the prefix, then random bytes; unique among the live
+        associations (None if 16 draws all collided: then the client gets no CID)."""
+        length = self.config.connection_id_length
+        prefix = self._connection_id_prefix[:length]
+        for _ in range(16):
+            cid = prefix + os.urandom(length - len(prefix))
+            if self._peers.get_by_connection_id(cid) is None:
+                return cid
+        return None
+
+    def _follow_peer(
+        self, slot: PeerSlot, address: Address, reply_source: ReplySource | None
+    ) -> bool:
+        """RFC 9146 §6: move ``slot`` to ``address`` (its newest authentic record came from
+        there); True if it moved.  Emits ``peer_moved``, or a warning if the move is refused."""
+        old_info = slot.info
+        move = self._peers.move(slot, address)
+        if not move.moved:
+            if move.refused is not None:
+                self._stats.peer_moves_refused += 1
+                self._warn(
+                    "peer_move_refused",
+                    f"{old_info}: authentic record from {peer_info(address)} with its "
+                    f"connection ID, but not moved there: {move.refused}",
+                    address,
+                )
+            return False
+        if reply_source is not None or slot.reply_source is not None:
+            slot.reply_source = reply_source
+        self._stats.peer_moves += 1
+        self._hub.emit(InfoEvent("peer_moved", f"{old_info} moved to {slot.info}", slot.address))
+        return True
 
     def _deliver(self, slot: PeerSlot, datagram: bytes) -> None:
         """Queue a datagram for its peer's task, unless its headers show it cannot be authentic.
@@ -684,7 +769,11 @@ class DTLSServer:
             return
         if hello.cookie and self._cookies.is_valid(address, hello):
             self._stats.cookies_verified += 1
-            self._start_peer(datagram, address, hello.random, source)
+            offers_cid = False
+            if self._cid_context is not None:
+                with contextlib.suppress(MalformedDatagram):  # then OpenSSL judges it
+                    offers_cid = client_hello_connection_id(hello) is not None
+            self._start_peer(datagram, address, hello.random, source, offers_cid=offers_cid)
             return
         if hello.cookie:
             self._stats.cookies_rejected += 1
@@ -719,6 +808,8 @@ class DTLSServer:
         address: Address,
         client_random: bytes,
         source: ReplySource | None = None,
+        *,
+        offers_cid: bool = False,
     ) -> None:
         if not self.is_listening() or self._nursery is None:
             self._stats.drops["not accepting new clients"] += 1
@@ -749,7 +840,7 @@ class DTLSServer:
             self._hub.emit(
                 InfoEvent("verified", f"{slot.info}: verified, starting a handshake", address)
             )
-        self._nursery.start_soon(self._run_peer, slot, hello)
+        self._nursery.start_soon(self._run_peer, slot, hello, offers_cid)
 
     def _handshake_over(self) -> None:
         """One handshake fewer in flight (it completed or failed; the table has counted it).
@@ -767,7 +858,7 @@ class DTLSServer:
         self._stats.handshakes_refused += 1
         self._warn("handshake_refused", f"{peer_info(address)}: handshake refused: {why}", address)
 
-    async def _run_peer(self, slot: PeerSlot, hello: bytes) -> None:
+    async def _run_peer(self, slot: PeerSlot, hello: bytes, offers_cid: bool = False) -> None:
         """The peer task: handshake, then the handler; its cancel scope ends it from outside.
 
         Any :class:`Exception` raised in here ends this peer only (:meth:`_peer_failed`); Trio's
@@ -778,14 +869,20 @@ class DTLSServer:
         try:
             with slot.cancel_scope:
                 self._follow_psk_generation()
+                context, cid = self._context, None
+                if offers_cid and self._cid_context is not None:
+                    context, cid = self._cid_context, self._new_connection_id()
+                    if cid is not None and not self._peers.bind_connection_id(slot, cid):
+                        cid = None
                 session = DTLSSession.server(
-                    self._context,
+                    context,
                     hello,
                     now=trio.current_time(),
                     mtu=self._mtu,
                     policy=self.config.retransmit,
                     psk_lookup=self._sync_lookup,
                     release_openssl=self.config.release_openssl,
+                    connection_id=cid,
                 )
                 slot.session = session
                 if await self._handshake(slot, session):
@@ -1043,6 +1140,10 @@ class DTLSServer:
                     self._stats.handshakes_resumed += 1
                 if slot.session is not None and slot.session.openssl_released:
                     self._stats.openssl_released += 1
+                if slot.session is not None and slot.session.connection_id is not None:
+                    self._stats.connection_id_associations += 1
+                elif slot.connection_id is not None:
+                    self._peers.unbind_connection_id(slot)  # offered, but none negotiated
                 if hub.wants("info", "handshake_complete"):
                     protocol = "DTLS 1.2." if event.protocol == "DTLSv1.2" else "Unknown protocol."
                     self._hub.emit(
@@ -1142,9 +1243,9 @@ class DTLSServer:
         connection = DTLSConnection(
             slot=slot,
             session=session,
-            transmit=functools.partial(
-                self._transmit, address=slot.address, source=slot.reply_source
-            ),
+            # Read the address at each send: a CID association may move (RFC 9146 §6).
+            transmit=lambda datagrams: self._transmit(datagrams, slot.address, slot.reply_source),
+            follow=functools.partial(self._follow_peer, slot),
             hub=self._hub,
             stats=self._stats,
             idle_timeout=self.config.idle_timeout,

@@ -41,6 +41,19 @@ After the handshake, a session that negotiated an AEAD suite lets go of its Open
 opened the Finished records both sides really sent; otherwise, and for CBC suites or with
 ``release_openssl=False``, OpenSSL goes on doing the work.  See ``_records.py``.
 
+Connection IDs (RFC 9146): OpenSSL negotiates the ``connection_id`` extension through the
+custom-extension callbacks (:meth:`~DTLSSession.connection_id_received`,
+:meth:`~DTLSSession.connection_id_to_answer`, :meth:`~DTLSSession.connection_id_to_offer`) but
+knows nothing of ``tls12_cid`` records.  So the session translates the two Finished records:
+the peer's ``tls12_cid`` Finished is opened with the epoch-1 keys derived from OpenSSL's master
+secret and re-sealed in the standard format, same key, epoch and sequence number, before
+OpenSSL reads it (:meth:`~DTLSSession._peer_cid_record_for_openssl`); every epoch-1 record
+OpenSSL writes is re-sealed as ``tls12_cid`` with the peer's CID
+(:meth:`~DTLSSession._cid_outgoing`).  After the handshake only our record layer runs a CID
+association (:meth:`~DTLSSession._open_cid_datagram`), and a record that authenticates and is
+the newest of its epoch sets :attr:`~DTLSSession.newest_record_authenticated`, which lets the
+owner move the association to the datagram's address (RFC 9146 §6).
+
 A CBC session with encrypt-then-MAC checks each record's MAC itself before OpenSSL sees it,
 because OpenSSL's DTLS record layer fails the association on a bad encrypt-then-MAC tag: one
 spoofed datagram would end it.  See ``_etm.py``.
@@ -65,6 +78,7 @@ from ._events import describe_exception
 from ._openssl import (
     alert_name,
     cipher_name_for_suite,
+    current_cipher_name,
     drain_write_bio,
     expect_server_name,
     openssl_error_reason,
@@ -87,17 +101,21 @@ from ._wire import (
     CONTENT_APPLICATION_DATA,
     CONTENT_CHANGE_CIPHER_SPEC,
     CONTENT_HANDSHAKE,
+    CONTENT_TLS12_CID,
     DTLS_1_2,
     FATAL_ONLY_ALERTS,
     HANDSHAKE_CLIENT_KEY_EXCHANGE,
+    CidRecord,
     MalformedDatagram,
     Record,
     pack_datagrams,
     parse_alert,
     parse_handshake_messages,
+    parse_initial_client_hello,
     parse_psk_identity_from_flight,
     parse_record_headers,
     parse_records,
+    parse_records_with_cid,
     parse_server_hello,
     split_records,
 )
@@ -107,6 +125,8 @@ __all__ = [
     "DROP_BAD_LENGTH",
     "DROP_HANDSHAKE_RETRANSMISSION",
     "DROP_MALFORMED",
+    "DROP_MISSING_CID",
+    "DROP_WRONG_CID",
     "DROP_OVER_BUDGET",
     "DROP_REPLAY",
     "DROP_UNEXPECTED",
@@ -304,6 +324,12 @@ DROP_BAD_LENGTH = "record length impossible for the cipher"
 DROP_UNEXPECTED = "unexpected record during the handshake"
 #: During a handshake: a protected record that did not fit in :data:`HANDSHAKE_KEPT_BUDGET`.
 DROP_OVER_BUDGET = "handshake record budget full"
+#: RFC 9146: a protected record in the standard format on an association whose peer must put
+#: our connection ID on every protected record.
+DROP_MISSING_CID = "record without its connection id"
+#: RFC 9146: a ``tls12_cid`` record carrying another CID than the one we issued (the server's
+#: reader routes by CID, so only a client, or a session fed by hand, meets one).
+DROP_WRONG_CID = "record with another connection id"
 
 SessionEvent = (
     HandshakeProgress
@@ -454,6 +480,30 @@ class DTLSSession:
     ) -> None:
         self._openssl: SSL.Connection | None = connection
         self._is_server = is_server
+        # RFC 9146 connection IDs.  Server: the CID we issue if the client offers the
+        # extension (None: never answer); client: the CID we offer (None: no extension).
+        self._cid_to_issue: bytes | None = None
+        self._cid_to_offer: bytes | None = None
+        self._predicted_suite: str | None = None
+        # What the peer's extension said (server: the CID the client wants on our records).
+        self._peer_cid_offer: bytes | None = None
+        #: The CID negotiated for the peer's records to us (the one we issued or asked for),
+        #: or None when the handshake negotiated no CID.  Non-empty: the peer's protected
+        #: records are ``tls12_cid`` records carrying it, its Finished included.
+        self.connection_id: bytes | None = None
+        #: The CID the peer asked us to put on our records, or None (not negotiated).
+        #: Non-empty: our protected records are ``tls12_cid`` records, our Finished included.
+        self.peer_connection_id: bytes | None = None
+        # The keys of epoch 1 used to translate the Finished records between OpenSSL's format
+        # and RFC 9146's during the handshake (see _cid_keys); built once OpenSSL has them.
+        self._cid_translator: RecordProtection | None = None
+        #: Set by each :meth:`receive_datagram` of an established CID association: True when
+        #: one of its records authenticated and was the newest the peer has sent in the epoch
+        #: (RFC 9146 §6: only such a record may move the association to a new address).
+        self.newest_record_authenticated = False
+        # The sequence number of the peer's Finished (CID associations): a byte-for-byte copy
+        # of it skips the replay check, so that it still triggers the bounded resend.
+        self._peer_finished_sequence: int | None = None
         self._release_openssl = release_openssl
         #: Our own record protection once OpenSSL's connection is released (see ``_records``).
         self._records: RecordProtection | None = None
@@ -598,8 +648,13 @@ class DTLSSession:
         policy: RetransmitPolicy,
         psk_lookup: Callable[[bytes], bytes | None] | None,
         release_openssl: bool = True,
+        connection_id: bytes | None = None,
     ) -> DTLSSession:
         """A server session started from a ClientHello whose cookie the caller already verified.
+
+        ``connection_id`` (RFC 9146): the CID to issue if the client offers the extension and
+        the handshake can use it (an AEAD suite of :mod:`._records`, ``release_openssl``);
+        the context must carry ``install_server_connection_id``.  None: never answer.
 
         ``psk_lookup`` answers the PSK callback; ``None`` means keys come only from
         :attr:`prefetched_keys` (an asynchronous store) or that there is no PSK at all.
@@ -617,6 +672,9 @@ class DTLSSession:
             is_server=True,
             release_openssl=release_openssl,
         )
+        session._cid_to_issue = connection_id
+        if connection_id is not None:
+            session._predicted_suite = session._predict_suite(verified_client_hello)
         session._peer_may_limit_fragments = _MAX_FRAGMENT_LENGTH_EXTENSION in verified_client_hello
         session._may_request_certificate = bool(context.get_verify_mode() & SSL.VERIFY_PEER)
         hello_message_seq = int.from_bytes(verified_client_hello[17:19], "big")
@@ -661,8 +719,13 @@ class DTLSSession:
         session: SSL.Session | None = None,
         server_hostname: str | None = None,
         release_openssl: bool = True,
+        connection_id: bytes | None = None,
     ) -> DTLSSession:
         """A client session; its first ClientHello is ready in :meth:`take_datagrams`.
+
+        ``connection_id`` (RFC 9146): offer the extension asking for this CID on the server's
+        records (``b""``: send-only, the server's records stay standard); the context must
+        carry ``install_client_connection_id``.  None: no extension.
 
         ``identity`` and ``key`` may be None for a certificate-only client.  ``session`` (from an
         earlier connection's ``connection.get_session()``) asks the server to resume it.
@@ -678,6 +741,7 @@ class DTLSSession:
             is_server=False,
             release_openssl=release_openssl,
         )
+        client._cid_to_offer = connection_id
         if session is not None:
             client._connection.set_session(session)
         if server_hostname is not None:
@@ -734,6 +798,23 @@ class DTLSSession:
             return None
         return parse_psk_identity_from_flight(datagram, message_seq=expected)
 
+    def _predict_suite(self, verified_client_hello: bytes) -> str | None:
+        """The suite OpenSSL will choose for this ClientHello: the first of ours (server
+        preference order) that the client offers; None if none or unreadable."""
+        try:
+            hello = parse_initial_client_hello(verified_client_hello).hello
+        except MalformedDatagram:
+            return None
+        suites = hello.cipher_suites
+        offered = {
+            cipher_name_for_suite(self._connection, int.from_bytes(suites[i : i + 2], "big"))
+            for i in range(0, len(suites), 2)
+        }
+        for name in self._connection.get_cipher_list():
+            if name in offered:
+                return name
+        return None
+
     def _chosen_suite(self) -> str | None:
         """OpenSSL's name of the suite the ServerHello we just sent chose (read from our own
         bytes: OpenSSL names the suite only once the handshake is over); None if not found."""
@@ -749,6 +830,178 @@ class DTLSSession:
                     return None
                 return cipher_name_for_suite(self._connection, suite)
         return None
+
+    # -- connection_id callbacks (called by OpenSSL from inside do_handshake) -----------------
+
+    def connection_id_to_offer(self) -> bytes | None:
+        """Client: the CID our ClientHello asks for, or None (no extension)."""
+        return None if self._is_server else self._cid_to_offer
+
+    def connection_id_received(self, cid: bytes) -> bool:
+        """The peer's ``connection_id`` extension (server: in the ClientHello; client: in the
+        ServerHello, which OpenSSL only passes on if we offered one).  False fails the
+        handshake (``decode_error``)."""
+        if self._is_server:
+            self._peer_cid_offer = cid
+            return True
+        if self._cid_to_offer is None:
+            return False
+        self.connection_id = self._cid_to_offer
+        self.peer_connection_id = cid
+        return True
+
+    def connection_id_to_answer(self) -> bytes | None:
+        """Server: the CID our ServerHello names, or None to send no extension (today's bytes).
+
+        Only when the client offered the extension, we have a CID to issue, this session will
+        hand its records to :mod:`._records` (``release_openssl``) and OpenSSL chose an AEAD
+        suite that module protects: CBC suites and kept OpenSSL connections get no CID, since
+        only our own record layer speaks RFC 9146.
+        """
+        issue, wanted = self._cid_to_issue, self._peer_cid_offer
+        if not self._is_server or issue is None or wanted is None or not self._release_openssl:
+            return None
+        # OpenSSL has chosen the suite but exposes it only once the ServerHello is written
+        # (SSL_get_current_cipher is NULL here, and the bindings lack SSL_get_pending_cipher),
+        # so we predict it as OpenSSL picks it: our preference order, first suite the client
+        # offers.  Should OpenSSL skip that one (no shared group), the completed handshake
+        # checks the suite again and fails rather than run CID without our record layer.
+        cipher = current_cipher_name(self._connection) or self._predicted_suite
+        if cipher is None or aead_suite(cipher) is None:
+            return None
+        self.connection_id = issue
+        self.peer_connection_id = wanted
+        return issue
+
+    @property
+    def _read_cid(self) -> bytes:
+        """The CID the peer's protected records carry (b"": standard records)."""
+        return self.connection_id or b""
+
+    @property
+    def _write_cid(self) -> bytes:
+        """The CID our protected records carry (b"": standard records)."""
+        return self.peer_connection_id or b""
+
+    def _cid_keys(self) -> RecordProtection | None:
+        """Epoch-1 keys to translate Finished records between OpenSSL's format and RFC 9146's.
+
+        Built once OpenSSL has a master secret (it read the key exchange) and the suite is one
+        of :mod:`._records`; None before.  These keys are only ever used to re-seal a record
+        under the same key, epoch and sequence number as the form it came in, so no nonce is
+        used for two different records; if they are wrong, the peer's Finished fails inside
+        OpenSSL as a forged one would, and ours fails at the peer.
+        """
+        if self._cid_translator is not None:
+            return self._cid_translator
+        connection = self._connection
+        suite = aead_suite(current_cipher_name(connection) or "")
+        try:
+            master_secret = connection.master_key() or b""
+        except SSL.Error:  # no key exchange yet
+            return None
+        client_random = connection.client_random() or b""
+        server_random = connection.server_random() or b""
+        if suite is None or len(master_secret) != 48:
+            return None
+        if len(client_random) != 32 or len(server_random) != 32:
+            return None
+        client_key, server_key, client_iv, server_iv = derive_key_block(
+            suite, master_secret, client_random, server_random
+        )
+        if self._is_server:
+            keys = (client_key, client_iv, server_key, server_iv)
+        else:
+            keys = (server_key, server_iv, client_key, client_iv)
+        self._cid_translator = RecordProtection(
+            suite,
+            epoch=1,
+            read_key=keys[0],
+            read_iv=keys[1],
+            write_key=keys[2],
+            write_iv=keys[3],
+            next_sequence=0,
+        )
+        return self._cid_translator
+
+    def _peer_cid_record_for_openssl(self, raw: bytes) -> bytes | None:
+        """The peer's ``tls12_cid`` handshake record (its Finished), re-sealed in the standard
+        format for OpenSSL; or a standard record that fails authentication inside OpenSSL
+        (the CID record did not open: a forgery or a wrong key, which OpenSSL then judges
+        like any failed Finished); None if it is not even a record of ours."""
+        try:
+            (record,) = parse_records_with_cid(raw, len(self._read_cid))
+        except (MalformedDatagram, ValueError):
+            return None
+        if not isinstance(record, CidRecord) or record.cid != self._read_cid:
+            return None
+        keys = self._cid_keys()
+        translated = None
+        if keys is not None:
+            translated = keys.reseal_peer_standard(
+                record.version, record.sequence_number, record.cid, record.fragment
+            )
+        if translated is None or translated[0] != CONTENT_HANDSHAKE:
+            fragment = record.fragment
+            return (
+                bytes((CONTENT_HANDSHAKE,))
+                + record.version.to_bytes(2, "big")
+                + record.epoch.to_bytes(2, "big")
+                + record.sequence_number.to_bytes(6, "big")
+                + len(fragment).to_bytes(2, "big")
+                + fragment
+            )
+        return translated
+
+    def _cid_outgoing(self, records: list[bytes]) -> list[bytes]:
+        """Our protected records as RFC 9146 wants them: ``tls12_cid`` with the peer's CID,
+        when it asked for a non-empty one (OpenSSL wrote them in the standard format)."""
+        cid = self._write_cid
+        if not cid:
+            return records
+        keys = self._cid_keys()
+        out: list[bytes] = []
+        for raw in records:
+            if raw[3:5] == b"\0\0" or keys is None:
+                out.append(raw)
+                continue
+            resealed = None
+            with contextlib.suppress(MalformedDatagram):
+                (record,) = parse_records(raw)
+                resealed = keys.reseal_own_as_cid(record, cid)
+            out.append(resealed if resealed is not None else raw)
+        return out
+
+    def _handshake_records(self, datagram: bytes) -> list[Record] | None:
+        """A datagram's records during the handshake; ``tls12_cid`` ones (where we issued a
+        CID) as protected handshake records holding the raw CID record, which
+        :meth:`_feed_protected_handshake` translates once OpenSSL can read it."""
+        read_cid = self._read_cid
+        if not read_cid or CONTENT_TLS12_CID not in datagram:
+            return _records_or_none(datagram)
+        try:
+            mixed = parse_records_with_cid(datagram, len(read_cid))
+        except MalformedDatagram:
+            return None
+        records: list[Record] = []
+        for record in mixed:
+            if isinstance(record, CidRecord):
+                if record.cid != read_cid or record.epoch == 0:
+                    self.handshake_drops[DROP_WRONG_CID] += 1
+                    continue
+                records.append(
+                    Record(
+                        CONTENT_HANDSHAKE,
+                        record.version,
+                        record.epoch,
+                        record.sequence_number,
+                        record.fragment,
+                        record.raw,
+                    )
+                )
+            else:
+                records.append(record)
+        return records or None
 
     # -- alert callback (called by OpenSSL from inside read, once OpenSSL is kept) -------------
 
@@ -827,6 +1080,8 @@ class DTLSSession:
         """
         if self.state is not SessionState.ESTABLISHED or self._read_epoch is None:
             return None
+        if self._records is not None and self._records.read_cid:
+            return self._screen_cid(datagram, self._records.read_cid)
         try:
             headers = parse_record_headers(datagram)
         except MalformedDatagram:
@@ -836,6 +1091,28 @@ class DTLSSession:
             why = self._unverifiable(
                 header.content_type, header.epoch, header.sequence_number, header.length
             )
+            if why is None:
+                return None
+            reason = reason or why
+        return reason
+
+    def _screen_cid(self, datagram: bytes, read_cid: bytes) -> str | None:
+        """:meth:`screen` for an association whose peer must put our CID on its records."""
+        try:
+            records = parse_records_with_cid(datagram, len(read_cid))
+        except MalformedDatagram:
+            return DROP_MALFORMED
+        reason: str | None = None
+        for record in records:
+            why: str | None
+            if isinstance(record, Record):
+                why = DROP_HANDSHAKE_RETRANSMISSION if record.epoch == 0 else DROP_MISSING_CID
+            elif record.cid != read_cid:
+                why = DROP_WRONG_CID
+            else:
+                why = self._unverifiable(
+                    CONTENT_TLS12_CID, record.epoch, record.sequence_number, len(record.fragment)
+                )
             if why is None:
                 return None
             reason = reason or why
@@ -864,6 +1141,9 @@ class DTLSSession:
             protection is not None
             and content != CONTENT_HANDSHAKE
             and protection.replay.seen(sequence)
+            # A CID record's real type is inside: a copy of the peer's Finished must still
+            # reach _on_protected_handshake (and nothing else of that number authenticates).
+            and not (content == CONTENT_TLS12_CID and sequence == self._peer_finished_sequence)
         ):
             return DROP_REPLAY
         return None
@@ -878,6 +1158,8 @@ class DTLSSession:
             return [RecordsDropped(DROP_MALFORMED)]
         if self.state is not SessionState.HANDSHAKING:
             if self._records is not None:
+                if self._records.read_cid:
+                    return self._open_cid_datagram(self._records, datagram)
                 return self._open_datagram(self._records, datagram)
             if self._etm is not None:
                 # A record that fails its MAC would be fatal inside OpenSSL: never let it in.
@@ -888,7 +1170,7 @@ class DTLSSession:
                 datagram = screened
             self._connection.bio_write(datagram)
             return self._read_application_data(datagram)
-        records = _records_or_none(datagram)
+        records = self._handshake_records(datagram)
         if records is None:
             # Epoch-0 records are unauthenticated: a spoofed datagram of garbage sent to a
             # client's address mid-handshake would make OpenSSL abort that handshake.  What
@@ -1220,6 +1502,12 @@ class DTLSSession:
         Any other failure is dropped and counted, and the handshake goes on.
         """
         events: list[SessionEvent] = []
+        if raw[0] == CONTENT_TLS12_CID:
+            translated = self._peer_cid_record_for_openssl(raw)
+            if translated is None:
+                self.handshake_drops[DROP_WRONG_CID] += 1
+                return []
+            raw = translated
         if not self._etm_rejects(raw):
             self._connection.bio_write(raw)
             self._completing = raw
@@ -1290,7 +1578,7 @@ class DTLSSession:
             # A retransmitted Finished takes new record numbers: our own record layer must
             # start after them (a number used twice would repeat a ChaCha20 nonce).
             self._note_sent(records)
-            self._last_flight = pack_datagrams(records, self._mtu)
+            self._last_flight = pack_datagrams(self._cid_outgoing(records), self._mtu)
         self._outgoing.extend(self._last_flight)
         self._retransmissions += 1
         self.timer_deadline = now + self._policy.interval(self._retransmissions)
@@ -1399,11 +1687,13 @@ class DTLSSession:
             return []
         try:
             records = self._renumbered(split_records(raw))
-            datagrams = pack_datagrams(records, self._mtu)
         except MalformedDatagram:  # cannot happen with OpenSSL's own output; send it whole
-            records, datagrams = [], [raw]
+            records = []
         if self.state is SessionState.HANDSHAKING:
             self._note_sent(records)
+        # Every epoch-1 record OpenSSL writes (its Finished, retransmissions included) goes
+        # out in RFC 9146's format when the peer asked for a CID.
+        datagrams = pack_datagrams(self._cid_outgoing(records), self._mtu) if records else [raw]
         self._outgoing.extend(datagrams)
         return datagrams
 
@@ -1505,9 +1795,30 @@ class DTLSSession:
         suite = aead_suite(self.cipher)
         if suite is not None:
             self._fragment_lengths = (suite.overhead, MAX_PLAINTEXT + suite.overhead)
+            if self._read_cid:
+                # DTLSInnerPlaintext: at least the content type, at most 2^14 + 256 bytes
+                # with padding (RFC 9146 §4).
+                self._fragment_lengths = (suite.overhead + 1, MAX_PLAINTEXT + 256 + suite.overhead)
         self._peer_finished = self._completing
-        if self._release_openssl:
+        if self._peer_finished is not None:
+            self._peer_finished_sequence = int.from_bytes(self._peer_finished[5:11], "big")
+        if self._release_openssl or self._read_cid or self._write_cid:
             self._release_to_records()
+        if self._records is not None:
+            self._records.read_cid = self._read_cid
+            self._records.write_cid = self._write_cid
+        elif self._read_cid or self._write_cid:
+            # Only our record layer speaks RFC 9146: without it the peer's records cannot be
+            # read.  Our server answers only for suites it protects (a foreign server might
+            # not; or OpenSSL chose another suite than predicted, see connection_id_to_answer).
+            self.state = SessionState.HANDSHAKING  # so that _fail reports a failed handshake
+            kept = [e for e in events if not isinstance(e, HandshakeComplete)]
+            return kept + self._fail(
+                f"a connection ID was negotiated with {self.cipher}, whose records this "
+                "library cannot protect itself (RFC 9146 needs one of its AEAD suites)",
+                now,
+                FailureKind.NO_SHARED_CIPHER,
+            )
         if self._records is None:
             peer_finished = self._peer_finished
             self._etm = etm_guard_for(
@@ -1525,6 +1836,8 @@ class DTLSSession:
         self._kept_bytes = 0
         self._early_verifier = None
         self._own_protected = []
+        # The Finished translation is over; its keys now live in self._records.
+        self._cid_translator = None
         return events
 
     def _read_early_records(self) -> None:
@@ -1762,6 +2075,69 @@ class DTLSSession:
             elif content == CONTENT_HANDSHAKE:
                 self._on_protected_handshake(protection, plaintext)
                 drop = drop or DROP_HANDSHAKE_RETRANSMISSION
+        if not events and drop is not None:
+            events.append(RecordsDropped(drop))
+        return events
+
+    def _open_cid_datagram(
+        self, protection: RecordProtection, datagram: bytes
+    ) -> list[SessionEvent]:
+        """An established datagram on an association whose peer must use our CID (RFC 9146).
+
+        Each record must be a ``tls12_cid`` record carrying our CID; standard protected
+        records are dropped (:data:`DROP_MISSING_CID`).  Sets
+        :attr:`newest_record_authenticated` when a record authenticated and was newer than
+        any the peer sent before in the epoch (RFC 9146 §6: the owner may then move the
+        association to the datagram's source address).
+        """
+        self.newest_record_authenticated = False
+        read_cid = protection.read_cid
+        try:
+            records = parse_records_with_cid(datagram, len(read_cid))
+        except MalformedDatagram:
+            return [RecordsDropped(DROP_MALFORMED)]
+        events: list[SessionEvent] = []
+        drop: str | None = None
+        for record in records:
+            if isinstance(record, Record):
+                drop = drop or (
+                    DROP_HANDSHAKE_RETRANSMISSION if record.epoch == 0 else DROP_MISSING_CID
+                )
+                continue
+            sequence = record.sequence_number
+            if record.cid != read_cid:
+                drop = drop or DROP_WRONG_CID
+                continue
+            why = self._unverifiable(
+                CONTENT_TLS12_CID, record.epoch, sequence, len(record.fragment)
+            )
+            if why is not None:
+                drop = drop or why
+                continue
+            newest = sequence > protection.replay.highest
+            opened = protection.decrypt_cid(record.version, sequence, record.cid, record.fragment)
+            if opened is None:
+                drop = drop or DROP_AUTHENTICATION
+                continue
+            content, plaintext = opened
+            if content != CONTENT_HANDSHAKE:
+                protection.replay.mark(sequence)
+                if newest:
+                    self.newest_record_authenticated = True
+            if content == CONTENT_APPLICATION_DATA:
+                self._final_flight = []
+                if plaintext:
+                    events.append(ApplicationData(plaintext))
+            elif content == CONTENT_ALERT:
+                ending = self._on_protected_alert(plaintext)
+                if ending is not None:
+                    events.append(ending)
+                    return events
+            elif content == CONTENT_HANDSHAKE:
+                self._on_protected_handshake(protection, plaintext)
+                drop = drop or DROP_HANDSHAKE_RETRANSMISSION
+            else:
+                drop = drop or DROP_UNEXPECTED
         if not events and drop is not None:
             events.append(RecordsDropped(drop))
         return events

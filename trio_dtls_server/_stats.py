@@ -85,6 +85,14 @@ class StatisticsSnapshot:
     #: ``auth_failure_window`` (each time a ``forged_records`` warning).  The peer is still
     #: served; the drops themselves are in ``drops`` by reason.
     forgery_alarms: int = 0
+    #: Completed handshakes that negotiated an RFC 9146 connection ID (the server issued one).
+    connection_id_associations: int = 0
+    #: Times an association moved to a new address on an authentic, newest CID record
+    #: (each also a ``peer_moved`` event).
+    peer_moves: int = 0
+    #: Moves not made because another live association holds the new address (the record was
+    #: still accepted; replies stay at the old address).
+    peer_moves_refused: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready (the histogram's buckets as a list)."""
@@ -128,6 +136,9 @@ class ServerStatistics:
         default_factory=lambda: [0] * (len(HANDSHAKE_SECONDS_BUCKETS) + 1)
     )
     handshake_seconds_sum: float = 0.0
+    connection_id_associations: int = 0
+    peer_moves: int = 0
+    peer_moves_refused: int = 0
 
     def record_handshake_duration(self, seconds: float) -> None:
         """Count one completed handshake in the duration histogram."""
@@ -176,4 +187,7 @@ class ServerStatistics:
             handshake_seconds_buckets=tuple(self.handshake_seconds_buckets),
             handshake_seconds_sum=self.handshake_seconds_sum,
             forgery_alarms=self.forgery_alarms,
+            connection_id_associations=self.connection_id_associations,
+            peer_moves=self.peer_moves,
+            peer_moves_refused=self.peer_moves_refused,
         )

@@ -42,7 +42,9 @@ __all__ = [
     "CONTENT_APPLICATION_DATA",
     "CONTENT_CHANGE_CIPHER_SPEC",
     "CONTENT_HANDSHAKE",
+    "CONTENT_TLS12_CID",
     "DTLS_1_0",
+    "EXTENSION_CONNECTION_ID",
     "DTLS_1_2",
     "HANDSHAKE_CLIENT_HELLO",
     "HANDSHAKE_CLIENT_KEY_EXCHANGE",
@@ -50,10 +52,12 @@ __all__ = [
     "FATAL_ONLY_ALERTS",
     "HANDSHAKE_HELLO_VERIFY_REQUEST",
     "HANDSHAKE_SERVER_HELLO",
+    "MAX_CONNECTION_ID_LENGTH",
     "MAX_PSK_IDENTITY_LENGTH",
     "MAX_RECORD_FRAGMENT",
     "RECORD_HEADER_LENGTH",
     "AlertDescription",
+    "CidRecord",
     "ClientHello",
     "FragmentedClientHello",
     "HandshakeFragment",
@@ -63,9 +67,16 @@ __all__ = [
     "Record",
     "RecordHeader",
     "build_hello_verify_request",
+    "cid_record_header",
+    "client_hello_connection_id",
+    "datagram_connection_id",
+    "encode_connection_id_extension",
     "pack_datagrams",
     "parse_alert",
+    "parse_cid_record_at",
     "parse_client_hello",
+    "parse_connection_id_extension",
+    "parse_extension",
     "parse_first_record",
     "parse_handshake_fragment",
     "parse_handshake_messages",
@@ -75,6 +86,7 @@ __all__ = [
     "parse_psk_identity_from_flight",
     "parse_record_headers",
     "parse_records",
+    "parse_records_with_cid",
     "parse_server_hello",
     "split_records",
 ]
@@ -828,3 +840,169 @@ def parse_psk_identity_from_flight(datagram: bytes, message_seq: int | None = No
         if message_seq is None or message.message_seq == message_seq:
             return parse_psk_identity_from_client_key_exchange(message.body)
     return None
+
+
+# ---------------------------------------------------------------------------------------
+# Connection IDs (RFC 9146)
+# ---------------------------------------------------------------------------------------
+
+#: The ``connection_id`` extension (RFC 9146 §3; the drafts and Mbed TLS 2.x used 53 / 254).
+EXTENSION_CONNECTION_ID = 54
+#: The record content type of a record carrying a connection ID (RFC 9146 §4).
+CONTENT_TLS12_CID = 25
+#: A CID is ``opaque cid<0..2^8-1>``.
+MAX_CONNECTION_ID_LENGTH = 255
+
+
+class CidRecord(NamedTuple):
+    """One ``tls12_cid`` record (RFC 9146 §4)::
+
+        type(1)=25 version(2) epoch(2) sequence_number(6) cid(n) length(2) enc_content[length]
+
+    The CID length ``n`` is not on the wire: the receiver knows it (the CID it issued).
+    ``raw`` is the whole record, header included.
+    """
+
+    version: int
+    epoch: int
+    sequence_number: int
+    cid: bytes
+    fragment: bytes
+    raw: bytes
+
+
+def parse_connection_id_extension(body: bytes) -> bytes:
+    """The CID in the body of a ``connection_id`` extension: ``opaque cid<0..255>``.
+
+    The one-byte length must cover exactly the rest of the body.  An empty CID is valid (RFC
+    9146 §3: "send me none, I will send yours").
+    """
+    if not body:
+        raise MalformedDatagram("connection_id extension is empty (no length byte)")
+    if body[0] != len(body) - 1:
+        raise MalformedDatagram(
+            f"connection_id length {body[0]} does not match the {len(body) - 1} bytes left"
+        )
+    return body[1:]
+
+
+def encode_connection_id_extension(cid: bytes) -> bytes:
+    """The body of a ``connection_id`` extension naming ``cid`` (our own value: a bad length
+    is a programming error and raises a plain ValueError)."""
+    if len(cid) > MAX_CONNECTION_ID_LENGTH:
+        raise ValueError(f"a connection ID is at most {MAX_CONNECTION_ID_LENGTH} bytes")
+    return bytes((len(cid),)) + cid
+
+
+def parse_extension(extensions: bytes, extension_type: int) -> bytes | None:
+    """The body of the extension ``extension_type`` in a hello's extension block, or None.
+
+    ``extensions`` is the block without its 2-byte length (``ClientHello.extensions``).  Each
+    extension is type(2) length(2) body; the extensions must tile the block exactly.
+    """
+    position = 0
+    found: bytes | None = None
+    while position < len(extensions):
+        if position + 4 > len(extensions):
+            raise MalformedDatagram("extension header truncated")
+        kind = int.from_bytes(extensions[position : position + 2], "big")
+        length = int.from_bytes(extensions[position + 2 : position + 4], "big")
+        end = position + 4 + length
+        if end > len(extensions):
+            raise MalformedDatagram(
+                f"extension {kind} length {length} exceeds the {len(extensions) - position - 4} "
+                "bytes left"
+            )
+        if kind == extension_type:
+            if found is not None:
+                raise MalformedDatagram(f"extension {kind} appears twice")
+            found = extensions[position + 4 : end]
+        position = end
+    return found
+
+
+def client_hello_connection_id(hello: ClientHello) -> bytes | None:
+    """The CID a ClientHello asks the server to use (possibly empty), or None if it does not
+    offer the ``connection_id`` extension."""
+    body = parse_extension(hello.extensions, EXTENSION_CONNECTION_ID)
+    return None if body is None else parse_connection_id_extension(body)
+
+
+def parse_cid_record_at(data: bytes, start: int, cid_length: int) -> CidRecord:
+    """Parse the ``tls12_cid`` record at ``data[start]`` whose CID is ``cid_length`` bytes."""
+    header_length = RECORD_HEADER_LENGTH + cid_length
+    left = len(data) - start
+    if left < header_length:
+        raise MalformedDatagram(f"tls12_cid record header truncated: {left} bytes")
+    if data[start] != CONTENT_TLS12_CID:
+        raise MalformedDatagram(f"content type {data[start]} is not tls12_cid")
+    version = int.from_bytes(data[start + 1 : start + 3], "big")
+    if version >> 8 != _DTLS_MAJOR:
+        raise MalformedDatagram(f"record version {version:#06x} is not DTLS")
+    epoch = int.from_bytes(data[start + 3 : start + 5], "big")
+    sequence = int.from_bytes(data[start + 5 : start + 11], "big")
+    cid_end = start + 11 + cid_length
+    cid = data[start + 11 : cid_end]
+    length = int.from_bytes(data[cid_end : cid_end + 2], "big")
+    if length > MAX_RECORD_FRAGMENT:
+        raise MalformedDatagram(
+            f"record length {length} exceeds the maximum of {MAX_RECORD_FRAGMENT}"
+        )
+    if header_length + length > left:
+        raise MalformedDatagram(
+            f"record length {length} exceeds the {left - header_length} bytes left"
+        )
+    end = start + header_length + length
+    return CidRecord(
+        version, epoch, sequence, cid, data[start + header_length : end], data[start:end]
+    )
+
+
+def parse_records_with_cid(datagram: bytes, cid_length: int) -> list[Record | CidRecord]:
+    """Split a datagram whose records may be ``tls12_cid`` ones with ``cid_length``-byte CIDs.
+
+    Standard records are checked as by :func:`parse_records`; a record of type 25 is parsed
+    with its CID (:func:`parse_cid_record_at`).  The records must tile the datagram exactly.
+    """
+    if not datagram:
+        raise MalformedDatagram("empty datagram")
+    records: list[Record | CidRecord] = []
+    position = 0
+    total = len(datagram)
+    while position < total:
+        record: Record | CidRecord
+        if datagram[position] == CONTENT_TLS12_CID:
+            record = parse_cid_record_at(datagram, position, cid_length)
+        else:
+            record = _parse_record_at(datagram, position)
+        records.append(record)
+        position += len(record.raw)
+    return records
+
+
+def datagram_connection_id(datagram: bytes, cid_length: int) -> bytes | None:
+    """The CID of a datagram that starts with a ``tls12_cid`` record, cheaply, or None.
+
+    The reader's demultiplexing: only the first record's type and the ``cid_length`` bytes
+    after its sequence number are looked at (the peer's session checks the rest).  None for a
+    datagram of another type or too short to hold a CID record header.
+    """
+    if (
+        cid_length <= 0
+        or len(datagram) < RECORD_HEADER_LENGTH + cid_length
+        or datagram[0] != CONTENT_TLS12_CID
+    ):
+        return None
+    return datagram[11 : 11 + cid_length]
+
+
+def cid_record_header(version: int, epoch: int, sequence: int, cid: bytes, length: int) -> bytes:
+    """The header of a ``tls12_cid`` record we write (trusted values)."""
+    return (
+        bytes((CONTENT_TLS12_CID,))
+        + version.to_bytes(2, "big")
+        + epoch.to_bytes(2, "big")
+        + sequence.to_bytes(6, "big")
+        + cid
+        + length.to_bytes(2, "big")
+    )
