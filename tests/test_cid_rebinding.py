@@ -28,7 +28,7 @@ import trio
 from cid_peers import PION, SCANDIUM, PeerCommand, PeerProcess, running_peer
 from relay import open_relay
 
-from trio_dtls_server import DTLSServer
+from trio_dtls_server import DTLSServer, ServerConfig, Supervisor
 from trio_dtls_server._events import peer_info
 from trio_dtls_server.qt import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY
 
@@ -101,7 +101,6 @@ async def test_without_cid_a_rebinding_costs_a_new_handshake(
     report(capsys, f"{stack.name} without CID (drop + new handshake)", elapsed)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the server's Connection ID support (issue 12)")
 @pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize(
     ("cid", "new_host"),
@@ -148,3 +147,50 @@ async def test_with_cid_the_association_follows_the_client(
         assert statistics.handshakes_completed == 1  # no new handshake
         assert statistics.drops.get(DROPPED_UNKNOWN_PEER, 0) == 0
     report(capsys, f"{stack.name} --cid {cid}", elapsed)
+
+
+#: Workers in the group of the next test, and how often its client changes address.
+WORKERS = 4
+REBINDINGS = 6
+
+
+@pytest.mark.parametrize("stack", STACKS)
+async def test_with_workers_a_rebinding_client_stays_with_its_worker(stack: PeerCommand) -> None:
+    """``--workers 4``: each rebinding would land on a worker the kernel's hash picks (a 1 in 4
+    chance of the right one; all six right by chance: 1 in 4,096), but the CID's first byte
+    names the worker that holds the association, and the group's BPF program steers the
+    record there: one handshake in all, every message answered, every move made."""
+    supervisor = Supervisor(
+        QT_DEMO_KEY,
+        identity_hint=QT_DEMO_IDENTITY_HINT,
+        workers=WORKERS,
+        config=ServerConfig(connection_id_length=6),
+        statistics_interval=0.05,
+    )
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(supervisor.serve, "127.0.0.1", 0)
+        assert supervisor.steers_connection_ids
+        async with (
+            open_relay(address) as relay,
+            running_peer(
+                stack, stack.argv(relay.front_address, stack.name, QT_DEMO_KEY, "4")
+            ) as peer,
+        ):
+            await acked(peer, "hello")
+            for rebinding in range(REBINDINGS):
+                await relay.rebind(host="127.0.0.2" if rebinding % 2 == 0 else "127.0.0.1")
+                await acked(peer, f"after rebinding {rebinding + 1}")
+
+            def totals() -> tuple[int, int, int]:
+                workers = supervisor.worker_statistics()
+                return (
+                    sum(s.handshakes_completed for s in workers),
+                    sum(s.peer_moves for s in workers),
+                    sum(sum(s.drops.values()) for s in workers),
+                )
+
+            with trio.fail_after(10):  # the workers report their counters every 0.05 s
+                while totals()[1] < REBINDINGS:
+                    await trio.sleep(0.05)
+            assert totals() == (1, REBINDINGS, 0)
+        nursery.cancel_scope.cancel()

@@ -766,27 +766,27 @@ async def test_a_client_offering_cid_gets_a_full_handshake_and_one_without_still
             *address, identity=IDENTITY, key=KEY, on_event=quiet
         ) as plain:
             assert await talk(plain, b"a") == b"echo: a"
-        assert plain.session is not None
+        assert plain.tls_session is not None
         # The same valid session, presented by a client that also offers a CID: a full
         # handshake, with a CID (OpenSSL's custom extensions are skipped on resumption).
         async with await DTLSClient.connect(
             *address,
             identity=IDENTITY,
             key=KEY,
-            session=plain.session,
+            tls_session=plain.tls_session,
             connection_id=True,
             on_event=quiet,
         ) as with_cid:
             assert with_cid.resumed is False
             assert with_cid.server_connection_id is not None
             assert await talk(with_cid, b"b") == b"echo: b"
-        assert with_cid.session is not None
+        assert with_cid.tls_session is not None
         # Its own session, presented again with the offer: still a full handshake, with CID.
         async with await DTLSClient.connect(
             *address,
             identity=IDENTITY,
             key=KEY,
-            session=with_cid.session,
+            tls_session=with_cid.tls_session,
             connection_id=True,
             on_event=quiet,
         ) as again:
@@ -794,7 +794,7 @@ async def test_a_client_offering_cid_gets_a_full_handshake_and_one_without_still
             assert again.server_connection_id is not None
         # A client without CID still resumes.
         async with await DTLSClient.connect(
-            *address, identity=IDENTITY, key=KEY, session=plain.session, on_event=quiet
+            *address, identity=IDENTITY, key=KEY, tls_session=plain.tls_session, on_event=quiet
         ) as resumed:
             assert resumed.resumed is True
             assert resumed.server_connection_id is None

@@ -379,7 +379,8 @@ def test_the_plan_steers_only_groups_that_can_use_it() -> None:
 
 
 def test_the_supervisor_reads_the_cid_length_from_the_configuration() -> None:
-    assert connection_id_length_of(ServerConfig()) in (0, 6)  # 6 once the core CID work lands
+    assert connection_id_length_of(ServerConfig()) == 6
+    assert connection_id_length_of(ServerConfig(connection_id_length=0)) == 0
     stub = cast(ServerConfig, SimpleNamespace(connection_id_length=8))
     assert connection_id_length_of(stub) == 8
 
@@ -405,14 +406,9 @@ PER_WORKER = 8
 
 
 def steered_supervisor() -> Supervisor:
-    """A group of ``WORKERS`` that steers CIDs of ``CID_LENGTH`` bytes.
-
-    Until ``ServerConfig`` has ``connection_id_length`` (issue 12, item 1) the plan is set
-    here; afterwards ``config=ServerConfig(connection_id_length=CID_LENGTH)`` does the same.
-    """
-    supervisor = Supervisor(KEY, workers=WORKERS, statistics_interval=0.1)
-    supervisor._steering = plan_steering(WORKERS, CID_LENGTH)
-    return supervisor
+    """A group of ``WORKERS`` that steers CIDs of ``CID_LENGTH`` bytes."""
+    config = ServerConfig(connection_id_length=CID_LENGTH)
+    return Supervisor(KEY, workers=WORKERS, config=config, statistics_interval=0.1)
 
 
 def dropped(supervisor: Supervisor) -> list[int]:

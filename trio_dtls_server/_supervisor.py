@@ -144,12 +144,8 @@ def describe_exit(status: int) -> str:
 
 
 def connection_id_length_of(config: ServerConfig) -> int:
-    """The length of the CIDs the workers' servers issue; 0 when they issue none.
-
-    ``ServerConfig.connection_id_length`` arrives with the core CID work (issue 12, item 1);
-    until then a configuration has none, and no group is steered.
-    """
-    return int(getattr(config, "connection_id_length", 0) or 0)
+    """The length of the CIDs the workers' servers issue; 0 when they issue none."""
+    return config.connection_id_length
 
 
 def _zero_snapshot() -> StatisticsSnapshot:

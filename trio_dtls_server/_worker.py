@@ -226,8 +226,9 @@ async def serve_worker(spec: WorkerSpec) -> int:
         certificate=spec.certificate,
         cookie_secret=spec.cookie_secret,
     )
-    # CID-STEERING HOOK (issue 12 item 4; the coordinator enables it once DTLSServer issues CIDs):
-    # server._connection_id_prefix = spec.connection_id_prefix
+    # The first byte of every CID this worker issues is its index in the socket group, so the
+    # supervisor's BPF program steers a client that changed address back to this worker.
+    server._connection_id_prefix = spec.connection_id_prefix
     sock = stdlib_socket.socket(fileno=spec.socket_fd)
     transport = UDPTransport(sock)
     status = _StatusPipe(spec.status_fd)
