@@ -30,7 +30,10 @@ QT_DEMO_IDENTITY_HINT = "Qt DTLS example server"
 
 
 async def qt_ack_handler(connection: "DTLSConnection") -> None:
-    """The default handler, Qt's: answer every datagram with ``to (addr:port): ACK``."""
-    reply = f"to {connection.peer_info}: ACK".encode("latin-1")
+    """The default handler, Qt's: answer every datagram with ``to (addr:port): ACK``.
+
+    The address is the peer's at the time of the reply: a client with a connection ID that
+    moved (a NAT rebinding) reads its new address.
+    """
     async for _ in connection:
-        await connection.send(reply)
+        await connection.send(f"to {connection.peer_info}: ACK".encode("latin-1"))
