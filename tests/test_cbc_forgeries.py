@@ -19,10 +19,9 @@ from support import IDENTITY, InMemoryHandshake
 from test_records import begin_pair
 
 from trio_dtls_server import PROFILES, CertificateConfig, DTLSClient, DTLSServer, ServerConfig
+from trio_dtls_server._codes import DropReason
 from trio_dtls_server._etm import EtmGuard, etm_in_server_hello, mac_hash
 from trio_dtls_server._session import (
-    DROP_AUTHENTICATION,
-    DROP_MALFORMED,
     ApplicationData,
     RecordsDropped,
     SessionState,
@@ -110,7 +109,7 @@ def test_forged_records_are_dropped_by_a_cbc_session_on_both_sides(suite: str) -
     for receiver, authentic in ((result.server, from_client), (result.client, from_server)):
         for name, forged in forgeries(authentic).items():
             assert receiver.receive_datagram(forged, NOW) == [
-                RecordsDropped(DROP_AUTHENTICATION)
+                RecordsDropped(DropReason.AUTHENTICATION)
             ], name
     # Not a single forgery moved the replay window: the authentic records still open.
     assert result.server.receive_datagram(from_client, NOW) == [
@@ -203,7 +202,7 @@ def test_garbage_that_is_not_records_never_reaches_openssl() -> None:
     result = cbc_pair("PSK-AES128-CBC-SHA256")
     # A whole record, then half a header: OpenSSL would read the record and fail on it.
     garbage = record(CONTENT_APPLICATION_DATA, 1, 5, bytes(16)) + b"\x17\xfe\xfd"
-    assert result.server.receive_datagram(garbage, NOW) == [RecordsDropped(DROP_MALFORMED)]
+    assert result.server.receive_datagram(garbage, NOW) == [RecordsDropped(DropReason.MALFORMED)]
     assert_data_flows(result, b"after garbage")
 
 
@@ -229,7 +228,7 @@ def test_any_forged_record_of_the_current_epoch_is_dropped_silently(
     result = cbc_pair("PSK-AES128-CBC-SHA")
     receiver = result.client if to_client else result.server
     forged = record(content_type, 1, sequence, fragment)
-    assert receiver.receive_datagram(forged, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
+    assert receiver.receive_datagram(forged, NOW) == [RecordsDropped(DropReason.AUTHENTICATION)]
     assert_data_flows(result, b"survived")
 
 
@@ -252,8 +251,8 @@ def test_a_resumed_cbc_session_is_guarded_too() -> None:
     assert again.server.resumed and again.client.resumed
     assert again.server.encrypt_then_mac and again.client.encrypt_then_mac
     forged = record(CONTENT_APPLICATION_DATA, 1, 40, bytes(16))
-    assert again.server.receive_datagram(forged, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
-    assert again.client.receive_datagram(forged, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
+    assert again.server.receive_datagram(forged, NOW) == [RecordsDropped(DropReason.AUTHENTICATION)]
+    assert again.client.receive_datagram(forged, NOW) == [RecordsDropped(DropReason.AUTHENTICATION)]
     assert_data_flows(again, b"resumed")
 
 

@@ -31,14 +31,18 @@ from hostile_support import ack_for, forged_record
 from support import RawSocket
 
 from trio_dtls_server import DTLSClient, DTLSServer, ServerConfig, ServerEvent
-from trio_dtls_server._session import DROP_AUTHENTICATION, DROP_REPLAY
+from trio_dtls_server._codes import DropReason
 from trio_dtls_server._wire import CONTENT_TLS12_CID
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 SERVER: Address = ("127.0.0.1", 5684)
 UNKNOWN_CID = "unknown connection id"
 KINDS = ("random cid", "bad mac", "replay")
-EXPECTED_REASON = {"random cid": UNKNOWN_CID, "bad mac": DROP_AUTHENTICATION, "replay": DROP_REPLAY}
+EXPECTED_REASON = {
+    "random cid": UNKNOWN_CID,
+    "bad mac": DropReason.AUTHENTICATION,
+    "replay": DropReason.REPLAY,
+}
 
 
 def random_cid_record(rng: random.Random, cid_length: int, sequence: int) -> bytes:
@@ -209,8 +213,8 @@ async def test_cid_floods_over_loopback_udp_move_nothing_and_are_counted() -> No
         nursery.cancel_scope.cancel()
     # The pings were sent after each burst: by their answers, every forgery was judged.
     assert stats.drops[UNKNOWN_CID] == sent["random cid"]
-    assert stats.drops[DROP_AUTHENTICATION] == sent["bad mac"]
-    assert stats.drops[DROP_REPLAY] == sent["replay"]
+    assert stats.drops[DropReason.AUTHENTICATION] == sent["bad mac"]
+    assert stats.drops[DropReason.REPLAY] == sent["replay"]
     assert (stats.peer_moves, stats.peer_moves_refused) == (0, 0)
     assert [e for e in events if e.code == "peer_moved"] == []
     assert worst < 2.0, f"the canary waited {worst:.3f} s for an answer"

@@ -40,6 +40,7 @@ from trio_dtls_server import (
     WarningEvent,
 )
 from trio_dtls_server._cli import CONFIG_OPTIONS, build_parser, config_from_arguments, main
+from trio_dtls_server._codes import EventCode
 from trio_dtls_server._display import (
     ColourMode,
     Display,
@@ -820,11 +821,13 @@ def test_colour_mode(terminal: bool, environment: dict[str, str], expected: Colo
 def test_qt_colours_for_each_severity() -> None:
     stream = _FakeStream(True)
     display = Display(stream, colour=ColourMode.TRUECOLOR)
-    display.show(ErrorEvent("x", "failed"))
-    display.show(WarningEvent("x", "odd"))
-    display.show(InfoEvent("x", "fine"))
+    display.show(ErrorEvent(EventCode.SOCKET_ERROR, "failed"))
+    display.show(WarningEvent(EventCode.DROPPED, "odd"))
+    display.show(InfoEvent(EventCode.SUMMARY, "fine"))
     display.show(
-        DatagramReceived("datagram", "A message from (::1:5555)", ("::1", 5555), b"\x17\xfe", b"hi")
+        DatagramReceived(
+            EventCode.DATAGRAM, "A message from (::1:5555)", ("::1", 5555), b"\x17\xfe", b"hi"
+        )
     )
     assert stream.getvalue().splitlines() == [
         "\x1b[38;2;220;20;60mfailed\x1b[0m",  # Crimson
@@ -841,9 +844,11 @@ def test_peer_text_cannot_reach_the_terminal_raw() -> None:
     # ESC, CR/LF, a backslash, a C1 CSI (U+009B, as UTF-8) and a byte that is not UTF-8.
     hostile = b"\x1b[2Jgotcha\r\nline two\\\xc2\x9b\xff"
     display.show(
-        DatagramReceived("datagram", "Alice received a DTLS datagram", None, b"\x01", hostile)
+        DatagramReceived(
+            EventCode.DATAGRAM, "Alice received a DTLS datagram", None, b"\x01", hostile
+        )
     )
-    display.show(InfoEvent("psk_identity", "identity: 'evil\x1b]0;title\x07'"))
+    display.show(InfoEvent(EventCode.PSK_IDENTITY, "identity: 'evil\x1b]0;title\x07'"))
     assert stream.getvalue().splitlines() == [
         "Alice received a DTLS datagram: 01 As plain text: "
         "\\x1b[2Jgotcha\\r\\nline two\\\\\\x9b\ufffd",

@@ -30,6 +30,7 @@ from trio_dtls_server import (
     RetransmitPolicy,
     ServerConfig,
 )
+from trio_dtls_server._codes import DropReason, FailureKind
 from trio_dtls_server._openssl import (
     install_client_connection_id,
     install_server_connection_id,
@@ -43,14 +44,8 @@ from trio_dtls_server._records import (
     split_inner_plaintext,
 )
 from trio_dtls_server._session import (
-    DROP_AUTHENTICATION,
-    DROP_MALFORMED,
-    DROP_MISSING_CID,
-    DROP_REPLAY,
-    DROP_WRONG_CID,
     ApplicationData,
     DTLSSession,
-    FailureKind,
     HandshakeComplete,
     HandshakeFailed,
     RecordsDropped,
@@ -341,7 +336,7 @@ def test_padding_is_stripped_and_an_all_zero_inner_plaintext_is_refused() -> Non
         SERVER_CID,
         bytes(8),  # all zeros: no content type (RFC 9146 §4)
     )
-    assert server.receive_datagram(no_type, 1.0) == [RecordsDropped(DROP_AUTHENTICATION)]
+    assert server.receive_datagram(no_type, 1.0) == [RecordsDropped(DropReason.AUTHENTICATION)]
     assert split_inner_plaintext(b"ab\x17\0\0") == (23, b"ab")
     assert split_inner_plaintext(bytes(3)) is None
 
@@ -350,8 +345,10 @@ def test_a_record_with_another_cid_is_dropped_unread() -> None:
     result = cid_handshake()
     datagram = bytearray(support.seal_one(result.client, b"x"))
     datagram[11:17] = b"OTHER!"
-    assert result.server.screen(bytes(datagram)) == DROP_WRONG_CID
-    assert result.server.receive_datagram(bytes(datagram), 1.0) == [RecordsDropped(DROP_WRONG_CID)]
+    assert result.server.screen(bytes(datagram)) == DropReason.WRONG_CID
+    assert result.server.receive_datagram(bytes(datagram), 1.0) == [
+        RecordsDropped(DropReason.WRONG_CID)
+    ]
 
 
 def test_a_standard_record_on_a_cid_association_is_dropped_and_named() -> None:
@@ -360,16 +357,16 @@ def test_a_standard_record_on_a_cid_association_is_dropped_and_named() -> None:
     protection.write_cid = b""  # the client "forgets" the CID: a standard, authentic record
     datagram = protection.seal(CONTENT_APPLICATION_DATA, b"no cid")
     assert datagram[0] == CONTENT_APPLICATION_DATA
-    assert result.server.screen(datagram) == DROP_MISSING_CID
-    assert result.server.receive_datagram(datagram, 1.0) == [RecordsDropped(DROP_MISSING_CID)]
+    assert result.server.screen(datagram) == DropReason.MISSING_CID
+    assert result.server.receive_datagram(datagram, 1.0) == [RecordsDropped(DropReason.MISSING_CID)]
 
 
 def test_a_cid_record_on_an_association_without_cid_is_dropped() -> None:
     plain = cid_handshake(client_cid=None)
     forged = support.seal_one(cid_handshake().client, b"x")  # another association's record
     assert forged[0] == CONTENT_TLS12_CID
-    assert plain.server.screen(forged) == DROP_MALFORMED
-    assert plain.server.receive_datagram(forged, 1.0) == [RecordsDropped(DROP_MALFORMED)]
+    assert plain.server.screen(forged) == DropReason.MALFORMED
+    assert plain.server.receive_datagram(forged, 1.0) == [RecordsDropped(DropReason.MALFORMED)]
 
 
 def test_only_the_newest_authentic_record_may_move_the_association() -> None:
@@ -383,12 +380,14 @@ def test_only_the_newest_authentic_record_may_move_the_association() -> None:
     assert server.receive_datagram(first, 1.0) == [ApplicationData(b"1")]
     assert not server.newest_record_authenticated
     # A replay is dropped before any cryptography, and moves nothing either.
-    assert server.screen(second) == DROP_REPLAY
-    assert server.receive_datagram(second, 1.0) == [RecordsDropped(DROP_REPLAY)]
+    assert server.screen(second) == DropReason.REPLAY
+    assert server.receive_datagram(second, 1.0) == [RecordsDropped(DropReason.REPLAY)]
     assert not server.newest_record_authenticated
     forged = bytearray(support.seal_one(result.client, b"3"))
     forged[-1] ^= 1
-    assert server.receive_datagram(bytes(forged), 1.0) == [RecordsDropped(DROP_AUTHENTICATION)]
+    assert server.receive_datagram(bytes(forged), 1.0) == [
+        RecordsDropped(DropReason.AUTHENTICATION)
+    ]
     assert not server.newest_record_authenticated
 
 
@@ -713,7 +712,7 @@ async def test_a_replayed_cid_record_from_a_new_address_moves_nothing() -> None:
             assert await talk(client, b"two") == b"echo: two"
             stats = server.statistics()
     assert stats.peer_moves == 0
-    assert stats.drops.get(DROP_REPLAY, 0) >= 1
+    assert stats.drops.get(DropReason.REPLAY, 0) >= 1
     assert running.events.with_code("peer_moved") == []
 
 
@@ -740,7 +739,7 @@ async def test_forged_cid_records_from_many_addresses_move_nothing_and_are_count
             # forgery sent before it has been tried.
             assert await talk(client, b"two") == b"echo: two"
             stats = server.statistics()
-    assert stats.drops[DROP_AUTHENTICATION] == forgeries
+    assert stats.drops[DropReason.AUTHENTICATION] == forgeries
     assert stats.peer_moves == 0
     assert running.events.with_code("peer_moved") == []
 
@@ -920,5 +919,5 @@ async def test_the_server_counts_a_record_without_its_cid_and_serves_on() -> Non
             event = await running.events.wait_for("record_without_connection_id")
             assert await talk(client, b"two") == b"echo: two"
         stats = server.statistics()
-    assert stats.drops[DROP_MISSING_CID] == 1
+    assert stats.drops[DropReason.MISSING_CID] == 1
     assert event.message.endswith("record without its connection id, dropped")

@@ -27,6 +27,7 @@ from trio_dtls_server import (
     ServerEvent,
     WarningEvent,
 )
+from trio_dtls_server._codes import EventCode
 from trio_dtls_server._display import Display
 from trio_dtls_server._events import EventHub
 
@@ -38,10 +39,10 @@ async def test_a_filtered_subscriber_gets_only_what_it_asked_for() -> None:
     quiet = hub.subscribe(10, QUIET)
     everything = hub.subscribe(10)
     sent = [
-        InfoEvent("handshake_progress", "in progress"),
-        InfoEvent("listening", "listening"),
-        WarningEvent("cookie_rejected", "bad cookie"),
-        ErrorEvent("handshake_failed", "failed"),
+        InfoEvent(EventCode.HANDSHAKE_PROGRESS, "in progress"),
+        InfoEvent(EventCode.LISTENING, "listening"),
+        WarningEvent(EventCode.COOKIE_REJECTED, "bad cookie"),
+        ErrorEvent(EventCode.HANDSHAKE_FAILED, "failed"),
     ]
     for event in sent:
         hub.emit(event)
@@ -62,10 +63,12 @@ async def test_wants_follows_the_subscribers_filters(caplog: pytest.LogCaptureFi
     everything = hub.subscribe(10)
     assert hub.wants("info", "handshake_complete")
     everything.close()
-    hub.emit(InfoEvent("handshake_progress", "in progress"))  # finds it gone, forgets it
+    hub.emit(InfoEvent(EventCode.HANDSHAKE_PROGRESS, "in progress"))  # finds it gone, forgets it
     assert not hub.wants("info", "handshake_complete")
     quiet.close()
-    hub.emit(WarningEvent("cookie_rejected", "bad cookie"))  # logged; the channel is forgotten
+    hub.emit(
+        WarningEvent(EventCode.COOKIE_REJECTED, "bad cookie")
+    )  # logged; the channel is forgotten
     assert not hub.wants("info", "listening")
     caplog.set_level(logging.INFO, logger="trio_dtls_server")
     assert hub.wants("info", "handshake_complete")  # the logger takes it now
@@ -77,11 +80,11 @@ def test_the_quiet_display_subscribes_to_exactly_what_it_shows() -> None:
     wanted = display.event_filter()
     assert wanted is not None
     samples: list[ServerEvent] = [
-        InfoEvent("handshake_complete", "done"),
-        InfoEvent("listening", "listening"),
-        InfoEvent("summary", "summary"),
-        WarningEvent("cookie_rejected", "bad cookie"),
-        ErrorEvent("handshake_failed", "failed"),
+        InfoEvent(EventCode.HANDSHAKE_COMPLETE, "done"),
+        InfoEvent(EventCode.LISTENING, "listening"),
+        InfoEvent(EventCode.SUMMARY, "summary"),
+        WarningEvent(EventCode.COOKIE_REJECTED, "bad cookie"),
+        ErrorEvent(EventCode.HANDSHAKE_FAILED, "failed"),
     ]
     assert [wanted.takes(e) for e in samples] == [display.wants(e) for e in samples]
 
@@ -92,11 +95,11 @@ async def test_a_quiet_subscriber_costs_no_info_event_per_handshake(
     caplog.set_level(logging.WARNING, logger="trio_dtls_server")
     built: list[str] = []
 
-    def counting_info_event(code: str, *args: Any, **kwargs: Any) -> InfoEvent:
+    def counting_info_event(code: EventCode, *args: Any, **kwargs: Any) -> InfoEvent:
         built.append(code)
         return InfoEvent(code, *args, **kwargs)
 
-    def counting_datagram_event(code: str, *args: Any, **kwargs: Any) -> DatagramReceived:
+    def counting_datagram_event(code: EventCode, *args: Any, **kwargs: Any) -> DatagramReceived:
         built.append(code)
         return DatagramReceived(code, *args, **kwargs)
 

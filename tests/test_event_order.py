@@ -17,6 +17,7 @@ from hostile_support import KEY, LOOPBACK
 from support import EventRecorder
 
 from trio_dtls_server import DTLSClient, DTLSServer, ServerEvent
+from trio_dtls_server._codes import EventCode
 
 LOGGER = "trio_dtls_server"
 
@@ -86,7 +87,7 @@ async def test_on_event_and_subscribers_see_the_same_events() -> None:
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert observed == log.events
-    assert [e.code for e in observed].count("datagram") == 2
+    assert [e.code for e in observed].count(EventCode.DATAGRAM) == 2
 
 
 async def test_a_callback_that_raises_is_logged_and_the_server_goes_on(

@@ -20,6 +20,7 @@ from trio_dtls_server import (
     WarningEvent,
     peer_info,
 )
+from trio_dtls_server._codes import EventCode
 from trio_dtls_server._events import EventHub
 
 LOGGER = "trio_dtls_server"
@@ -39,7 +40,7 @@ def hub_with(clock: FakeClock, *, rate: float = 1.0, burst: float = 3.0) -> Even
     return EventHub(clock=clock, warning_rate=rate, warning_burst=burst)
 
 
-def warning(number: int, code: str = "unexpected_datagram") -> WarningEvent:
+def warning(number: int, code: EventCode = EventCode.UNEXPECTED_DATAGRAM) -> WarningEvent:
     return WarningEvent(code, f"garbage number {number}", ("127.0.0.1", 5000 + number))
 
 
@@ -61,16 +62,18 @@ def test_peer_info_is_qts_text(peer: tuple[str, int], text: str) -> None:
 
 
 def test_each_event_class_has_its_severity() -> None:
-    assert ErrorEvent("c", "m").severity == "error"
-    assert WarningEvent("c", "m").severity == "warning"
-    assert InfoEvent("c", "m").severity == "info"
-    assert DatagramReceived("c", "m").severity == "message"
-    assert ServerEvent("c", "m").severity == "info"
+    assert ErrorEvent(EventCode.LISTENING, "m").severity == "error"
+    assert WarningEvent(EventCode.LISTENING, "m").severity == "warning"
+    assert InfoEvent(EventCode.LISTENING, "m").severity == "info"
+    assert DatagramReceived(EventCode.LISTENING, "m").severity == "message"
+    assert ServerEvent(EventCode.LISTENING, "m").severity == "info"
 
 
 def test_events_are_frozen_values() -> None:
-    event = DatagramReceived("datagram", "A message", ("::1", 1), ciphertext=b"c", plaintext=b"p")
-    assert event == DatagramReceived("datagram", "A message", ("::1", 1), b"c", b"p")
+    event = DatagramReceived(
+        EventCode.DATAGRAM, "A message", ("::1", 1), ciphertext=b"c", plaintext=b"p"
+    )
+    assert event == DatagramReceived(EventCode.DATAGRAM, "A message", ("::1", 1), b"c", b"p")
     assert isinstance(event, ServerEvent)
     with pytest.raises(AttributeError):
         event.plaintext = b"changed"  # type: ignore[misc]
@@ -83,7 +86,11 @@ async def test_every_subscriber_gets_every_event_in_order() -> None:
     hub = hub_with(FakeClock())
     first = hub.subscribe(10)
     second = hub.subscribe(10)
-    sent = [InfoEvent("a", "one"), ErrorEvent("b", "two"), warning(3)]
+    sent = [
+        InfoEvent(EventCode.LISTENING, "one"),
+        ErrorEvent(EventCode.HANDSHAKE_FAILED, "two"),
+        warning(3),
+    ]
     for event in sent:
         hub.emit(event)
     assert drain_events(first) == sent
@@ -95,15 +102,15 @@ async def test_a_full_subscriber_loses_events_and_they_are_counted() -> None:
     hub = hub_with(FakeClock())
     slow = hub.subscribe(2)
     fast = hub.subscribe(100)
-    sent = [InfoEvent("info", f"event {n}") for n in range(7)]
+    sent = [InfoEvent(EventCode.VERIFIED, f"event {n}") for n in range(7)]
     for event in sent:
         hub.emit(event)  # never blocks, never raises
     assert drain_events(slow) == sent[:2]
     assert drain_events(fast) == sent
     assert hub.dropped == 5
     # Once it has room again it gets new events.
-    hub.emit(InfoEvent("info", "later"))
-    assert drain_events(slow) == [InfoEvent("info", "later")]
+    hub.emit(InfoEvent(EventCode.VERIFIED, "later"))
+    assert drain_events(slow) == [InfoEvent(EventCode.VERIFIED, "later")]
     assert hub.dropped == 5
 
 
@@ -113,7 +120,7 @@ async def test_a_subscriber_that_went_away_is_forgotten() -> None:
     staying = hub.subscribe(10)
     gone.close()
     for number in range(3):
-        hub.emit(InfoEvent("info", f"event {number}"))
+        hub.emit(InfoEvent(EventCode.VERIFIED, f"event {number}"))
     # Not counted as drops: nobody was there to lose them.
     assert hub.dropped == 0
     assert len(drain_events(staying)) == 3
@@ -122,11 +129,11 @@ async def test_a_subscriber_that_went_away_is_forgotten() -> None:
 async def test_close_ends_every_subscription() -> None:
     hub = hub_with(FakeClock())
     stream = hub.subscribe(10)
-    hub.emit(InfoEvent("info", "last"))
+    hub.emit(InfoEvent(EventCode.VERIFIED, "last"))
     hub.close()
     received = [event async for event in stream]
-    assert received == [InfoEvent("info", "last")]
-    hub.emit(InfoEvent("info", "after close"))  # nobody left: fine
+    assert received == [InfoEvent(EventCode.VERIFIED, "last")]
+    hub.emit(InfoEvent(EventCode.VERIFIED, "after close"))  # nobody left: fine
     assert hub.dropped == 0
 
 
@@ -182,11 +189,11 @@ async def test_rate_limit_refills_up_to_the_burst_only() -> None:
 async def test_each_code_has_its_own_budget_and_unlimited_events_always_pass() -> None:
     hub = hub_with(FakeClock(), rate=1.0, burst=1.0)
     stream = hub.subscribe(100)
-    hub.emit(warning(1, "empty_datagram"), rate_limited=True)
-    hub.emit(warning(2, "empty_datagram"), rate_limited=True)  # held back
-    hub.emit(warning(3, "oversized_datagram"), rate_limited=True)  # another code: passes
+    hub.emit(warning(1, EventCode.EMPTY_DATAGRAM), rate_limited=True)
+    hub.emit(warning(2, EventCode.EMPTY_DATAGRAM), rate_limited=True)  # held back
+    hub.emit(warning(3, EventCode.OVERSIZED_DATAGRAM), rate_limited=True)  # another code: passes
     for number in range(5):
-        hub.emit(ErrorEvent("handshake_failed", f"failure {number}"))  # not rate limited
+        hub.emit(ErrorEvent(EventCode.HANDSHAKE_FAILED, f"failure {number}"))  # not rate limited
     received = drain_events(stream)
     assert [event.code for event in received] == ["empty_datagram", "oversized_datagram"] + [
         "handshake_failed"
@@ -203,10 +210,10 @@ async def test_events_are_logged_at_their_severity_with_the_event_attached(
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     hub = hub_with(FakeClock())
     events: list[ServerEvent] = [
-        ErrorEvent("handshake_failed", "(127.0.0.1:1): handshake failed: x"),
-        WarningEvent("empty_datagram", "(127.0.0.1:1): empty datagram"),
-        InfoEvent("verified", "(127.0.0.1:1): verified, starting a handshake"),
-        DatagramReceived("datagram", "A message from (127.0.0.1:1)", plaintext=b"hi"),
+        ErrorEvent(EventCode.HANDSHAKE_FAILED, "(127.0.0.1:1): handshake failed: x"),
+        WarningEvent(EventCode.EMPTY_DATAGRAM, "(127.0.0.1:1): empty datagram"),
+        InfoEvent(EventCode.VERIFIED, "(127.0.0.1:1): verified, starting a handshake"),
+        DatagramReceived(EventCode.DATAGRAM, "A message from (127.0.0.1:1)", plaintext=b"hi"),
     ]
     for event in events:
         hub.emit(event)
@@ -223,8 +230,8 @@ async def test_a_quiet_logger_still_feeds_subscribers(caplog: pytest.LogCaptureF
     caplog.set_level(logging.WARNING, logger=LOGGER)
     hub = hub_with(FakeClock())
     stream = hub.subscribe(10)
-    hub.emit(InfoEvent("verified", "not logged at WARNING"))
-    hub.emit(WarningEvent("empty_datagram", "logged"))
+    hub.emit(InfoEvent(EventCode.VERIFIED, "not logged at WARNING"))
+    hub.emit(WarningEvent(EventCode.EMPTY_DATAGRAM, "logged"))
     assert [r.getMessage() for r in caplog.records] == ["logged"]
     assert len(drain_events(stream)) == 2
 

@@ -35,14 +35,10 @@ from hypothesis import strategies as st
 from support import IDENTITY, KEY, InMemoryHandshake, carry
 
 from trio_dtls_server import DTLSClient, DTLSConnection, DTLSServer, RetransmitPolicy, ServerConfig
+from trio_dtls_server._codes import DropReason, FailureKind
 from trio_dtls_server._session import (
-    DROP_AUTHENTICATION,
-    DROP_HANDSHAKE_RETRANSMISSION,
-    DROP_OVER_BUDGET,
-    DROP_UNEXPECTED,
     HANDSHAKE_KEPT_BUDGET,
     DTLSSession,
-    FailureKind,
     HandshakeComplete,
     HandshakeFailed,
     HandshakeProgress,
@@ -180,10 +176,10 @@ def test_a_forged_record_before_the_clients_flight_is_dropped_and_the_handshake_
     forged: bytes,
 ) -> None:
     result, flight = up_to_the_clients_flight()
-    assert result.server.receive_datagram(forged, NOW) == [RecordsDropped(DROP_UNEXPECTED)]
+    assert result.server.receive_datagram(forged, NOW) == [RecordsDropped(DropReason.UNEXPECTED)]
     assert result.server.state is SessionState.HANDSHAKING
     assert result.server.take_datagrams() == []  # no alert, no flight
-    assert result.server.handshake_drops == {DROP_UNEXPECTED: 1}
+    assert result.server.handshake_drops == {DropReason.UNEXPECTED: 1}
     events = finish(result, flight)
     assert events == [HandshakeComplete(GCM, "DTLSv1.2")]
     assert result.server.openssl_released
@@ -196,7 +192,7 @@ def test_a_change_cipher_spec_numbered_like_the_key_exchange_does_not_shadow_it(
     result, flight = up_to_the_clients_flight()
     key_exchange_number = parse_records(flight)[0].sequence_number
     forged = record(CONTENT_CHANGE_CIPHER_SPEC, 0, key_exchange_number, b"\x01")
-    assert result.server.receive_datagram(forged, NOW) == [RecordsDropped(DROP_UNEXPECTED)]
+    assert result.server.receive_datagram(forged, NOW) == [RecordsDropped(DropReason.UNEXPECTED)]
     assert finish(result, flight) == [HandshakeComplete(GCM, "DTLSv1.2")]
 
 
@@ -204,7 +200,7 @@ def test_a_retransmitted_hello_mid_handshake_is_dropped_as_a_retransmission() ->
     result, flight = up_to_the_clients_flight()
     old = record(CONTENT_HANDSHAKE, 0, 50, handshake_message(1, 1, bytes(40)))
     assert result.server.receive_datagram(old, NOW) == [
-        RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)
+        RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
     ]
     finish(result, flight)
 
@@ -221,10 +217,12 @@ def test_a_forged_protected_record_while_the_finished_is_outstanding_is_dropped(
         forged = support.garbage_record(
             content_type=CONTENT_HANDSHAKE, epoch=1, sequence=sequence, seed=sequence
         )
-        assert result.server.receive_datagram(forged, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
+        assert result.server.receive_datagram(forged, NOW) == [
+            RecordsDropped(DropReason.AUTHENTICATION)
+        ]
     assert result.server.state is SessionState.HANDSHAKING
     assert result.server.take_datagrams() == []  # no bad_record_mac to the real client
-    assert result.server.handshake_drops == {DROP_AUTHENTICATION: 3}
+    assert result.server.handshake_drops == {DropReason.AUTHENTICATION: 3}
     assert finish(result, finished) == [HandshakeComplete(GCM, "DTLSv1.2")]
     assert result.server.openssl_released
 
@@ -246,7 +244,9 @@ def test_a_wrong_key_whose_finished_comes_alone_fails_when_the_retransmissions_r
     )
     key_exchange, finished = split_flight(flight)
     carry([key_exchange], result.server)
-    assert result.server.receive_datagram(finished, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
+    assert result.server.receive_datagram(finished, NOW) == [
+        RecordsDropped(DropReason.AUTHENTICATION)
+    ]
     assert result.server.take_datagrams() == []
     deadline = result.server.timer_deadline
     assert deadline is not None
@@ -269,11 +269,15 @@ def test_a_wrong_key_in_split_datagrams_gets_bad_record_mac_when_the_flight_come
     result, flight = up_to_the_clients_flight(key=bytes(16))
     records = [r.raw for r in parse_records(flight)]
     assert carry(records[:2], result.server)[-1] == HandshakeProgress()
-    assert result.server.receive_datagram(records[2], NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
+    assert result.server.receive_datagram(records[2], NOW) == [
+        RecordsDropped(DropReason.AUTHENTICATION)
+    ]
     assert result.server.take_datagrams() == []
     # A stranger's record between two flights is not in the Finished's place: no verdict.
     forged = support.garbage_record(content_type=CONTENT_HANDSHAKE, epoch=1, sequence=5)
-    assert result.server.receive_datagram(forged, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
+    assert result.server.receive_datagram(forged, NOW) == [
+        RecordsDropped(DropReason.AUTHENTICATION)
+    ]
     deadline = result.client.timer_deadline
     assert deadline is not None
     result.client.handle_timer(deadline)
@@ -429,8 +433,8 @@ async def test_forged_records_injected_mid_handshake_on_the_network_do_not_end_i
     assert statistics.openssl_released == 1
     # Each forged plaintext record, and the protected "data" (it came before our Finished
     # went out, so it cannot be the client's).
-    assert statistics.drops[DROP_UNEXPECTED] == len(FORGED_PLAINTEXT) + 1
-    assert statistics.drops[DROP_AUTHENTICATION] == 1  # the forged "Finished"
+    assert statistics.drops[DropReason.UNEXPECTED] == len(FORGED_PLAINTEXT) + 1
+    assert statistics.drops[DropReason.AUTHENTICATION] == 1  # the forged "Finished"
 
 
 # -- item 6: forged records steer neither the hand-over nor the resends ----------------------
@@ -461,10 +465,10 @@ def test_forged_finished_records_do_not_make_a_kept_openssl_resend() -> None:
         )
         events = result.server.receive_datagram(forged, NOW)
         assert result.server.take_datagrams() == []  # no resend for a forgery
-        assert events == [RecordsDropped(DROP_AUTHENTICATION)]
+        assert events == [RecordsDropped(DropReason.AUTHENTICATION)]
     # The client's own retransmission, byte for byte (its timer, under a test clock).
     assert result.server.receive_datagram(flight, NOW) == [
-        RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)
+        RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
     ]
     assert result.server.take_datagrams() == final_flight  # the one resend is still there
     assert carry(final_flight, result.client) == [HandshakeComplete(GCM, "DTLSv1.2")]
@@ -497,7 +501,7 @@ def test_junk_protected_records_during_a_handshake_stay_within_the_budget() -> N
     assert server._kept_bytes == sum(map(len, server._held + server._early))
     assert server._kept_bytes <= HANDSHAKE_KEPT_BUDGET
     assert len(set(server._held)) == len(server._held)
-    assert server.handshake_drops[DROP_OVER_BUDGET] > 0
+    assert server.handshake_drops[DropReason.OVER_BUDGET] > 0
     # None of it was worth keeping: the handshake completes and lets go of OpenSSL.
     assert finish(result, flight) == [HandshakeComplete(GCM, "DTLSv1.2")]
     assert result.server.openssl_released

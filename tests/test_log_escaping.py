@@ -25,6 +25,7 @@ from hypothesis import given
 
 from trio_dtls_server import DTLSClient, DTLSServer, HandshakeError, InfoEvent, ServerEvent
 from trio_dtls_server._certificates import describe_subject
+from trio_dtls_server._codes import EventCode
 from trio_dtls_server._connection import PeerSlot
 from trio_dtls_server._display import ColourMode, Display
 from trio_dtls_server._events import EventHub
@@ -124,7 +125,7 @@ def test_no_message_leaves_the_hub_with_an_unprintable_character(message: str) -
     try:
         hub = EventHub(clock=lambda: 0.0)
         stream = hub.subscribe(4)
-        hub.emit(InfoEvent("psk_identity", message, ("127.0.0.1", 1)))
+        hub.emit(InfoEvent(EventCode.PSK_IDENTITY, message, ("127.0.0.1", 1)))
         event = stream.receive_nowait()
     finally:
         logger.removeHandler(handler)
@@ -209,7 +210,7 @@ def test_a_plain_certificate_subject_is_unchanged() -> None:
 def test_the_display_does_not_escape_a_quoted_identity_twice() -> None:
     display = Display(side="server", colour=ColourMode.NONE)
     message = f"PSK callback, received a client's identity: {HOSTILE_QUOTED}"
-    assert display.text_line(InfoEvent("psk_identity", message)) == message
+    assert display.text_line(InfoEvent(EventCode.PSK_IDENTITY, message)) == message
 
 
 @given(identity=st.binary(min_size=1, max_size=300), known=st.booleans())

@@ -42,14 +42,8 @@ from trio_dtls_server import (
     ServerConfig,
     ServerEvent,
 )
+from trio_dtls_server._codes import DropReason, EventCode
 from trio_dtls_server._records import aead_suite
-from trio_dtls_server._session import (
-    DROP_AUTHENTICATION,
-    DROP_BAD_LENGTH,
-    DROP_HANDSHAKE_RETRANSMISSION,
-    DROP_REPLAY,
-    DROP_WRONG_EPOCH,
-)
 from trio_dtls_server._wire import MalformedDatagram, parse_record_headers, parse_records
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
@@ -57,11 +51,11 @@ SERVER: Address = ("127.0.0.1", 5684)
 
 #: What the attacker sends, and the reason each must be counted under.
 EXPECTED_REASON = {
-    "other epoch": DROP_WRONG_EPOCH,
-    "too short": DROP_BAD_LENGTH,
-    "bad tag": DROP_AUTHENTICATION,
-    "replay": DROP_REPLAY,
-    "epoch 0": DROP_HANDSHAKE_RETRANSMISSION,
+    "other epoch": DropReason.WRONG_EPOCH,
+    "too short": DropReason.BAD_LENGTH,
+    "bad tag": DropReason.AUTHENTICATION,
+    "replay": DropReason.REPLAY,
+    "epoch 0": DropReason.HANDSHAKE_RETRANSMISSION,
 }
 KINDS = list(EXPECTED_REASON)
 
@@ -207,10 +201,10 @@ async def test_spoofed_junk_on_the_fake_network_costs_the_peer_nothing(
         assert (stats.peers, stats.idle_closed) == (1, 0)
         assert stats.forgery_alarms >= 1
         codes = Counter(event.code for event in events)
-        assert codes["forged_records"] == stats.forgery_alarms
+        assert codes[EventCode.FORGED_RECORDS] == stats.forgery_alarms
         assert "peer_throttled" not in codes
         # The log is bounded: warnings are rate-limited, counters are not.
-        assert codes["wrong_epoch"] < sent["other epoch"] // 10
+        assert codes[EventCode.WRONG_EPOCH] < sent["other epoch"] // 10
 
         # The victim falls silent; the flood goes on.  Forgeries are not activity: the idle
         # timeout ends the association on time.
@@ -255,7 +249,7 @@ async def test_a_burst_bigger_than_the_inbox_does_not_push_the_ping_out(
             with trio.fail_after(0.1):
                 assert await victim.receive() == ack
         stats = server.statistics()
-        assert stats.drops == {DROP_AUTHENTICATION: 13 * 300}
+        assert stats.drops == {DropReason.AUTHENTICATION: 13 * 300}
         assert (stats.queue_overflows, stats.messages_received) == (0, 14)
         nursery.cancel_scope.cancel()
 

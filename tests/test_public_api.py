@@ -117,7 +117,7 @@ def _members(cls: type) -> Iterator[tuple[str, Callable[..., object]]]:
             function = raw.__func__
         else:
             function = raw
-        if not callable(function) or not getattr(function, "__module__", "").startswith(
+        if not callable(function) or not (getattr(function, "__module__", None) or "").startswith(
             "trio_dtls_server"
         ):
             continue  # object's, trio.abc's, enum's: not ours to export

@@ -37,14 +37,12 @@ from support import IDENTITY, KEY, InMemoryHandshake, carry, protection_of, seal
 from test_records import begin_pair, zero_key_protection
 
 from trio_dtls_server import DatagramReceived, DTLSServer, RetransmitPolicy, ServerEvent
+from trio_dtls_server._codes import DropReason
 from trio_dtls_server._connection import ConnectionClosed, DTLSConnection, PeerSlot
 from trio_dtls_server._openssl import configure_session_resumption
 from trio_dtls_server._peers import PeerState
 from trio_dtls_server._records import aead_suite
 from trio_dtls_server._session import (
-    DROP_AUTHENTICATION,
-    DROP_HANDSHAKE_RETRANSMISSION,
-    DROP_REPLAY,
     ApplicationData,
     DTLSSession,
     HandshakeComplete,
@@ -415,7 +413,9 @@ def test_forged_handshake_records_do_not_use_up_the_final_flight_resends() -> No
         forged = support.garbage_record(
             content_type=CONTENT_HANDSHAKE, epoch=1, sequence=seed, seed=seed
         )
-        assert result.server.receive_datagram(forged, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
+        assert result.server.receive_datagram(forged, NOW) == [
+            RecordsDropped(DropReason.AUTHENTICATION)
+        ]
         assert result.server.take_datagrams() == []
 
     deadline = result.client.timer_deadline
@@ -423,7 +423,7 @@ def test_forged_handshake_records_do_not_use_up_the_final_flight_resends() -> No
     result.client.handle_timer(deadline)
     (retransmission,) = result.client.take_datagrams()
     assert result.server.receive_datagram(retransmission, deadline) == [
-        RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)
+        RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
     ]
     assert result.server.take_datagrams() == lost  # the one resend is still there
     assert carry(lost, result.client) == [HandshakeComplete(GCM, "DTLSv1.2")]
@@ -437,13 +437,15 @@ def test_forged_handshake_records_do_not_use_up_the_renegotiation_answers() -> N
         forged = support.garbage_record(
             content_type=CONTENT_HANDSHAKE, epoch=1, sequence=100 + seed, seed=seed
         )
-        assert result.server.receive_datagram(forged, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
+        assert result.server.receive_datagram(forged, NOW) == [
+            RecordsDropped(DropReason.AUTHENTICATION)
+        ]
     assert result.server.take_datagrams() == []
     # A genuine ClientHello header (type 1, message_seq 2) and four bytes of body.
     hello = bytes([1, 0, 0, 4, 0, 2, 0, 0, 0, 0, 0, 4]) + b"\x01\x02\x03\x04"
     attempt = protection_of(result.client).seal(CONTENT_HANDSHAKE, hello)
     assert result.server.receive_datagram(attempt, NOW) == [
-        RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)
+        RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
     ]
     (answer,) = result.server.take_datagrams()
     (record,) = parse_records(answer)
@@ -502,14 +504,14 @@ def test_data_around_the_finished_in_one_datagram_is_delivered_once_each() -> No
     before = seal_one(result.client, b"before the Finished")
     after = seal_one(result.client, b"after the Finished")
     assert result.server.receive_datagram(before, NOW) == [HandshakeProgress()]
-    assert result.server.receive_datagram(before, NOW) == [RecordsDropped(DROP_REPLAY)]
+    assert result.server.receive_datagram(before, NOW) == [RecordsDropped(DropReason.REPLAY)]
     events = result.server.receive_datagram(before + client_flight + after + after, NOW)
     assert events == [HandshakeComplete(GCM, "DTLSv1.2", resumed=True)]
     assert result.server.openssl_released
     assert result.server.take_early_data() == [b"before the Finished", b"after the Finished"]
     assert carry([before, after], result.server) == [
-        RecordsDropped("replayed record"),
-        RecordsDropped("replayed record"),
+        RecordsDropped(DropReason.REPLAY),
+        RecordsDropped(DropReason.REPLAY),
     ]
     assert result.server.receive_datagram(seal_one(result.client, b"next"), NOW) == [
         ApplicationData(b"next")

@@ -37,6 +37,7 @@ from OpenSSL import SSL
 from support import IDENTITY, InMemoryHandshake, carry, protection_of, seal_one
 
 from trio_dtls_server import RetransmitPolicy
+from trio_dtls_server._codes import DropReason
 from trio_dtls_server._openssl import (
     DTLS_1_2,
     configure_session_resumption,
@@ -54,12 +55,6 @@ from trio_dtls_server._records import (
     record_protection_for,
 )
 from trio_dtls_server._session import (
-    DROP_AUTHENTICATION,
-    DROP_BAD_LENGTH,
-    DROP_HANDSHAKE_RETRANSMISSION,
-    DROP_MALFORMED,
-    DROP_REPLAY,
-    DROP_WRONG_EPOCH,
     ApplicationData,
     ConnectionFailed,
     DTLSSession,
@@ -719,15 +714,15 @@ def test_the_same_datagram_twice_is_a_replay() -> None:
     result = handshake_pair()
     datagram = seal_one(result.client, b"once only")
     assert result.server.receive_datagram(datagram, NOW) == [ApplicationData(b"once only")]
-    assert result.server.receive_datagram(datagram, NOW) == [RecordsDropped(DROP_REPLAY)]
+    assert result.server.receive_datagram(datagram, NOW) == [RecordsDropped(DropReason.REPLAY)]
     assert result.server.state is SessionState.ESTABLISHED
     # And the other direction.
     reply = seal_one(result.server, b"reply once")
     assert result.client.receive_datagram(reply, NOW) == [ApplicationData(b"reply once")]
-    assert result.client.receive_datagram(reply, NOW) == [RecordsDropped(DROP_REPLAY)]
+    assert result.client.receive_datagram(reply, NOW) == [RecordsDropped(DropReason.REPLAY)]
 
 
-def _expected_tamper_outcome(position: int) -> str:
+def _expected_tamper_outcome(position: int) -> DropReason:
     """What flipping the lowest bit of byte ``position`` of the target record must cause.
 
     The target has epoch 1, sequence 3 (1 and 2 were never delivered), content type 23.
@@ -735,17 +730,17 @@ def _expected_tamper_outcome(position: int) -> str:
     if position == 4:
         # Epoch 1 -> 0: a plaintext-epoch record after the handshake is taken for the tail of
         # a retransmitted flight (the same classification OpenSSL-backed sessions give it).
-        return DROP_HANDSHAKE_RETRANSMISSION
+        return DropReason.HANDSHAKE_RETRANSMISSION
     if position == 3:
         # Epoch 1 -> 257: an epoch this association never reached, dropped without crypto
         # (until the off-path hardening it was counted as an authentication failure).
-        return DROP_WRONG_EPOCH
+        return DropReason.WRONG_EPOCH
     if position in (11, 12):
         # The length field no longer matches the datagram: the records do not tile it.
-        return DROP_MALFORMED
+        return DropReason.MALFORMED
     # Content type 23 -> 22 (authenticated in the additional data), version, sequence 3 -> 2
     # or far ahead (both unseen), explicit nonce, ciphertext, tag.
-    return DROP_AUTHENTICATION
+    return DropReason.AUTHENTICATION
 
 
 @pytest.mark.parametrize("suite_name", ["PSK-AES128-GCM-SHA256", "PSK-CHACHA20-POLY1305"])
@@ -771,12 +766,12 @@ def test_every_single_byte_tamper_is_dropped_and_changes_nothing(suite_name: str
     # Flips that break framing in other ways.
     not_a_type = bytes([target[0] ^ 0x80]) + target[1:]
     not_dtls = target[:1] + bytes([target[1] ^ 0x80]) + target[2:]
-    assert server.receive_datagram(not_a_type, NOW) == [RecordsDropped(DROP_MALFORMED)]
+    assert server.receive_datagram(not_a_type, NOW) == [RecordsDropped(DropReason.MALFORMED)]
     # A one-record datagram takes the fast path, which reads only the header fields it needs;
     # the version is then caught by authentication (it is in the additional data).
-    assert server.receive_datagram(not_dtls, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
+    assert server.receive_datagram(not_dtls, NOW) == [RecordsDropped(DropReason.AUTHENTICATION)]
     # Next to a second record the datagram is parsed in full, and a non-DTLS version is framing.
-    assert server.receive_datagram(not_dtls + target, NOW) == [RecordsDropped(DROP_MALFORMED)]
+    assert server.receive_datagram(not_dtls + target, NOW) == [RecordsDropped(DropReason.MALFORMED)]
     # No forgery consumed the genuine record's number, and the session carries on.
     assert server.receive_datagram(target, NOW) == [
         ApplicationData(b"the genuine payload, sixty-four bytes long" + bytes(22))
@@ -790,10 +785,12 @@ def test_records_of_another_epoch_are_dropped() -> None:
     genuine = seal_one(result.client, b"epoch one")
     epoch_two = genuine[:3] + b"\x00\x02" + genuine[5:]
     # Not a forgery of ours: no key of this association can open it, so no crypto is tried.
-    assert result.server.screen(epoch_two) == DROP_WRONG_EPOCH
-    assert result.server.receive_datagram(epoch_two, NOW) == [RecordsDropped(DROP_WRONG_EPOCH)]
+    assert result.server.screen(epoch_two) == DropReason.WRONG_EPOCH
+    assert result.server.receive_datagram(epoch_two, NOW) == [
+        RecordsDropped(DropReason.WRONG_EPOCH)
+    ]
     assert result.server.receive_datagram(support.garbage_record(epoch=1, sequence=40), NOW) == [
-        RecordsDropped(DROP_AUTHENTICATION)
+        RecordsDropped(DropReason.AUTHENTICATION)
     ]
     assert result.server.receive_datagram(genuine, NOW) == [ApplicationData(b"epoch one")]
 
@@ -809,7 +806,7 @@ def test_out_of_order_records_within_the_window_are_each_accepted_once() -> None
         ]
     for index in order:
         assert result.server.receive_datagram(datagrams[index], NOW) == [
-            RecordsDropped(DROP_REPLAY)
+            RecordsDropped(DropReason.REPLAY)
         ]
 
 
@@ -830,7 +827,7 @@ def test_the_window_edge_63_behind_is_accepted_64_behind_is_a_replay() -> None:
     newest = seal_one(client, b"newest again")  # sequence 129
     assert only_record(newest).sequence_number == 129
     assert server.receive_datagram(newest, NOW) == [ApplicationData(b"newest again")]
-    assert server.receive_datagram(too_old, NOW) == [RecordsDropped(DROP_REPLAY)]
+    assert server.receive_datagram(too_old, NOW) == [RecordsDropped(DropReason.REPLAY)]
 
 
 def test_a_record_older_than_the_window_is_dropped_as_a_replay() -> None:
@@ -841,7 +838,7 @@ def test_a_record_older_than_the_window_is_dropped_as_a_replay() -> None:
         assert result.server.receive_datagram(seal_one(result.client, plaintext), NOW) == [
             ApplicationData(plaintext)
         ]
-    assert result.server.receive_datagram(old, NOW) == [RecordsDropped(DROP_REPLAY)]
+    assert result.server.receive_datagram(old, NOW) == [RecordsDropped(DropReason.REPLAY)]
     assert result.server.state is SessionState.ESTABLISHED
 
 
@@ -853,7 +850,9 @@ def test_several_records_in_one_datagram_arrive_in_order() -> None:
         ApplicationData(b"second"),
     ]
     # Both numbers are now taken: the pair again, or either alone, is a replay.
-    assert result.server.receive_datagram(second + first, NOW) == [RecordsDropped(DROP_REPLAY)]
+    assert result.server.receive_datagram(second + first, NOW) == [
+        RecordsDropped(DropReason.REPLAY)
+    ]
     third = seal_one(result.client, b"third")
     # A replayed record next to a fresh one: only the fresh one counts.
     assert result.server.receive_datagram(first + third, NOW) == [ApplicationData(b"third")]
@@ -925,12 +924,12 @@ def test_a_released_server_survives_hostile_datagrams(recipes: list[Recipe]) -> 
     sent = {message(1000 + index, size): index for index, size in enumerate([1, 17, 300, 1400])}
     pool = [seal_one(client, plaintext) for plaintext in sent] + [client_flight]
     drops = {
-        DROP_AUTHENTICATION,
-        DROP_BAD_LENGTH,
-        DROP_HANDSHAKE_RETRANSMISSION,
-        DROP_MALFORMED,
-        DROP_REPLAY,
-        DROP_WRONG_EPOCH,
+        DropReason.AUTHENTICATION,
+        DropReason.BAD_LENGTH,
+        DropReason.HANDSHAKE_RETRANSMISSION,
+        DropReason.MALFORMED,
+        DropReason.REPLAY,
+        DropReason.WRONG_EPOCH,
     }
     delivered: Counter[bytes] = Counter()
     for recipe in recipes:
@@ -1050,7 +1049,7 @@ def test_a_protected_warning_alert_changes_nothing() -> None:
     assert result.server.state is SessionState.ESTABLISHED
     assert result.server.take_datagrams() == []
     # The alert's number was authenticated and taken: a replay of it is dropped.
-    assert result.server.receive_datagram(warning, NOW) == [RecordsDropped(DROP_REPLAY)]
+    assert result.server.receive_datagram(warning, NOW) == [RecordsDropped(DropReason.REPLAY)]
     assert result.server.receive_datagram(seal_one(result.client, b"still here"), NOW) == [
         ApplicationData(b"still here")
     ]
@@ -1096,7 +1095,7 @@ def test_a_released_server_resends_its_lost_final_flight() -> None:
         (CONTENT_HANDSHAKE, 1),  # Finished
     ]
     assert server.receive_datagram(retransmission, deadline) == [
-        RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)
+        RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
     ]
     assert server.take_datagrams() == lost  # the saved final flight, byte for byte
 
@@ -1113,7 +1112,7 @@ def test_a_released_server_resends_its_lost_final_flight() -> None:
     ]
     # Authentic data proved the client finished: a late retransmission gets no resend.
     assert server.receive_datagram(retransmission, deadline) == [
-        RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)
+        RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
     ]
     assert server.take_datagrams() == []
 
@@ -1165,7 +1164,7 @@ def test_a_released_client_resends_its_lost_final_flight_after_resumption() -> N
     assert result.server.handle_timer(deadline) == [Retransmitted(1, 1)]
     retransmission = result.server.take_datagrams()
     assert carry(retransmission, result.client, deadline) == [
-        RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)
+        RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
     ]
     assert result.client.take_datagrams() == lost
     assert carry(lost, result.server, deadline) == [HandshakeComplete(GCM, "DTLSv1.2", True)]
@@ -1185,7 +1184,7 @@ def test_a_renegotiation_attempt_is_answered_with_no_renegotiation() -> None:
     hello = bytes([1, 0, 0, 4, 0, 2, 0, 0, 0, 0, 0, 4]) + b"\x01\x02\x03\x04"
     attempt = protection_of(result.client).seal(CONTENT_HANDSHAKE, hello)
     assert result.server.receive_datagram(attempt, NOW) == [
-        RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)
+        RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
     ]
     assert result.server.state is SessionState.ESTABLISHED
     (answer,) = result.server.take_datagrams()
@@ -1230,7 +1229,7 @@ def test_openssl_renegotiating_with_a_released_server_gets_refused() -> None:
     assert [(r.content_type, r.epoch) for r in parse_records(hello)] == [(CONTENT_HANDSHAKE, 1)]
 
     assert result.server.receive_datagram(hello, NOW) == [
-        RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)
+        RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
     ]
     (refusal,) = result.server.take_datagrams()
     connection.bio_write(refusal)
@@ -1261,7 +1260,7 @@ def test_data_that_overtakes_the_clients_finished_reaches_a_released_server() ->
     assert result.server.openssl_released
     assert result.server.take_early_data() == [b"overtook the Finished"]
     assert result.server.take_early_data() == []
-    assert result.server.receive_datagram(early, NOW) == [RecordsDropped(DROP_REPLAY)]
+    assert result.server.receive_datagram(early, NOW) == [RecordsDropped(DropReason.REPLAY)]
     assert result.server.receive_datagram(seal_one(result.client, b"then this"), NOW) == [
         ApplicationData(b"then this")
     ]
@@ -1292,7 +1291,7 @@ def test_data_that_overtakes_the_servers_finished_reaches_a_released_client() ->
     assert result.client.openssl_released
     assert result.client.take_early_data() == [b"server speaks first"]
     assert result.client.take_early_data() == []
-    assert result.client.receive_datagram(early, NOW) == [RecordsDropped(DROP_REPLAY)]
+    assert result.client.receive_datagram(early, NOW) == [RecordsDropped(DropReason.REPLAY)]
     assert result.client.receive_datagram(seal_one(result.server, b"second"), NOW) == [
         ApplicationData(b"second")
     ]
@@ -1310,8 +1309,10 @@ def test_forged_records_before_the_finished_neither_block_release_nor_leak_in() 
     # The genuine early record went in first; send it again after 20 forgeries so it is kept.
     for index in range(20):
         forged = support.garbage_record(epoch=1, sequence=1 + index % 3, seed=index)
-        assert result.client.receive_datagram(forged, NOW) == [RecordsDropped(DROP_AUTHENTICATION)]
-    assert result.client.receive_datagram(early, NOW) == [RecordsDropped(DROP_REPLAY)]
+        assert result.client.receive_datagram(forged, NOW) == [
+            RecordsDropped(DropReason.AUTHENTICATION)
+        ]
+    assert result.client.receive_datagram(early, NOW) == [RecordsDropped(DropReason.REPLAY)]
     assert carry(final_flight, result.client) == [HandshakeComplete(GCM, "DTLSv1.2")]
     assert result.client.openssl_released
     assert result.client.take_early_data() == [b"server speaks first"]

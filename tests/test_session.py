@@ -16,16 +16,12 @@ from OpenSSL._util import ffi, lib
 from support import IDENTITY, KEY
 
 from trio_dtls_server import DEFAULT_CIPHERS, RetransmitPolicy
+from trio_dtls_server._codes import DropReason, FailureKind
 from trio_dtls_server._openssl import configure_session_resumption
 from trio_dtls_server._session import (
-    DROP_AUTHENTICATION,
-    DROP_HANDSHAKE_RETRANSMISSION,
-    DROP_MALFORMED,
-    DROP_REPLAY,
     MAX_PLAINTEXT,
     ApplicationData,
     DTLSSession,
-    FailureKind,
     HandshakeComplete,
     HandshakeFailed,
     HandshakeProgress,
@@ -311,7 +307,7 @@ def test_a_lost_final_flight_is_sent_again_when_the_client_retransmits() -> None
     dropped: list[SessionEvent] = []
     for datagram in result.client.take_datagrams():
         dropped += result.server.receive_datagram(datagram, deadline)
-    assert dropped == [RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)]
+    assert dropped == [RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)]
     again = result.server.take_datagrams()
     assert again
     for datagram in again:
@@ -344,7 +340,7 @@ def test_a_replayed_record_is_dropped_as_a_replay() -> None:
     result.client.send(b"once")
     (datagram,) = result.client.take_datagrams()
     assert result.server.receive_datagram(datagram, 0.0) == [ApplicationData(b"once")]
-    assert result.server.receive_datagram(datagram, 0.0) == [RecordsDropped(DROP_REPLAY)]
+    assert result.server.receive_datagram(datagram, 0.0) == [RecordsDropped(DropReason.REPLAY)]
     assert result.server.state is SessionState.ESTABLISHED
 
 
@@ -355,7 +351,7 @@ def test_a_tampered_record_fails_authentication_and_changes_nothing() -> None:
     tampered = bytearray(datagram)
     tampered[-1] ^= 0x01  # one bit of the authentication tag
     assert result.server.receive_datagram(bytes(tampered), 0.0) == [
-        RecordsDropped(DROP_AUTHENTICATION)
+        RecordsDropped(DropReason.AUTHENTICATION)
     ]
     # The genuine record still decrypts: the forgery did not consume its sequence number.
     assert result.server.receive_datagram(datagram, 0.0) == [ApplicationData(b"genuine")]
@@ -364,7 +360,9 @@ def test_a_tampered_record_fails_authentication_and_changes_nothing() -> None:
 def test_a_forged_record_with_a_fresh_sequence_number_fails_authentication() -> None:
     result = support.handshake_in_memory()
     forged = support.garbage_record(epoch=1, sequence=77)
-    assert result.server.receive_datagram(forged, 0.0) == [RecordsDropped(DROP_AUTHENTICATION)]
+    assert result.server.receive_datagram(forged, 0.0) == [
+        RecordsDropped(DropReason.AUTHENTICATION)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -374,15 +372,15 @@ def test_a_forged_record_with_a_fresh_sequence_number_fails_authentication() -> 
 )
 def test_junk_for_an_established_session_is_dropped_as_malformed(junk: bytes) -> None:
     result = support.handshake_in_memory()
-    assert result.server.receive_datagram(junk, 0.0) == [RecordsDropped(DROP_MALFORMED)]
-    assert result.client.receive_datagram(junk, 0.0) == [RecordsDropped(DROP_MALFORMED)]
+    assert result.server.receive_datagram(junk, 0.0) == [RecordsDropped(DropReason.MALFORMED)]
+    assert result.client.receive_datagram(junk, 0.0) == [RecordsDropped(DropReason.MALFORMED)]
     assert support.established(result.client, result.server)
 
 
 def test_an_empty_datagram_during_the_handshake_is_dropped() -> None:
     result = support.begin_handshake_in_memory()
-    assert result.client.receive_datagram(b"", 0.0) == [RecordsDropped(DROP_MALFORMED)]
-    assert result.server.receive_datagram(b"", 0.0) == [RecordsDropped(DROP_MALFORMED)]
+    assert result.client.receive_datagram(b"", 0.0) == [RecordsDropped(DropReason.MALFORMED)]
+    assert result.server.receive_datagram(b"", 0.0) == [RecordsDropped(DropReason.MALFORMED)]
     support.exchange(result)
     assert support.established(result.client, result.server)
 
@@ -475,8 +473,8 @@ def test_unframed_garbage_mid_handshake_never_reaches_openssl(garbage: bytes) ->
     """A spoofed datagram that is not even DTLS records must not abort a handshake."""
     started = support.begin_handshake_in_memory()
     events = started.client.receive_datagram(garbage, 0.0)
-    assert events == [RecordsDropped(DROP_MALFORMED)]
-    assert started.server.receive_datagram(garbage, 0.0) == [RecordsDropped(DROP_MALFORMED)]
+    assert events == [RecordsDropped(DropReason.MALFORMED)]
+    assert started.server.receive_datagram(garbage, 0.0) == [RecordsDropped(DropReason.MALFORMED)]
     result = support.exchange(started)
     assert support.established(result.client, result.server)
 

@@ -23,7 +23,7 @@ from spoofing import needs_raw_socket, send_spoofed
 from test_interop_stacks import free_udp_port
 
 from trio_dtls_server import DTLSClient, DTLSServer, ServerConfig, ServerEvent
-from trio_dtls_server._session import DROP_AUTHENTICATION
+from trio_dtls_server._codes import DropReason
 
 pytestmark = needs_raw_socket
 
@@ -83,7 +83,7 @@ async def test_spoofed_forgeries_to_the_server_do_not_end_a_cbc_association(suit
             statistics = server.statistics()
             # Every forgery reached the association (none was taken for a stranger's datagram)
             # and was dropped as what it is.
-            assert statistics.drops.get(DROP_AUTHENTICATION) == sent == 10 * ROUNDS
+            assert statistics.drops.get(DropReason.AUTHENTICATION) == sent == 10 * ROUNDS
             assert statistics.messages_received == statistics.messages_sent == ROUNDS
             assert statistics.peers == 1 and statistics.throttles == 0
             assert running.events.with_code("connection_failed") == []
@@ -111,7 +111,7 @@ async def test_spoofed_forgeries_to_the_client_do_not_end_a_cbc_association() ->
                     assert await client.receive() == f"to ({LOOPBACK}:{victim[1]}): ACK".encode()
             dropped = [e for e in client_events if e.code == "dropped"]
             assert [e.message for e in dropped] == [
-                f"{IDENTITY}: {DROP_AUTHENTICATION}, dropped"
+                f"{IDENTITY}: {DropReason.AUTHENTICATION}, dropped"
             ] * sent
             assert client.foreign_datagrams == 0  # they passed for the server's own
             assert not client.closed
@@ -168,4 +168,4 @@ async def test_a_flood_spanning_the_handshake_does_not_end_a_cbc_association() -
         assert statistics.handshakes_completed == 1
         assert statistics.messages_received == ROUNDS
         # Some forgeries met the association (the others came before it existed).
-        assert statistics.drops.get(DROP_AUTHENTICATION, 0) > 0
+        assert statistics.drops.get(DropReason.AUTHENTICATION, 0) > 0

@@ -51,6 +51,7 @@ from trio_dtls_server import (
     serve_workers,
 )
 from trio_dtls_server._cli import build_parser, main
+from trio_dtls_server._codes import EventCode
 from trio_dtls_server._display import ColourMode, Display
 
 KEY_HEX = KEY.hex()
@@ -413,7 +414,7 @@ def test_workers_auto_is_the_cpus_this_process_may_use() -> None:
 
 
 def test_worker_lines_carry_the_worker_number() -> None:
-    event = InfoEvent("verified", "(127.0.0.1:5555): verified, starting a handshake")
+    event = InfoEvent(EventCode.VERIFIED, "(127.0.0.1:5555): verified, starting a handshake")
     stream = io.StringIO()
     Display(stream, colour=ColourMode.NONE, worker=2).show(event)
     assert stream.getvalue() == "[worker 2] (127.0.0.1:5555): verified, starting a handshake\n"

@@ -20,6 +20,7 @@ import warnings as _warnings
 from . import qt
 from ._certificates import CertificateConfig, CertificateError, ClientCertificateMode
 from ._client import DTLSClient, HandshakeError
+from ._codes import DropReason, EventCode, FailureKind
 from ._config import DEFAULT_CIPHERS, DEFAULT_PORT, ServerConfig
 from ._connection import ConnectionClosed, DTLSConnection
 from ._errors import ConfigError, DTLSError
@@ -82,6 +83,7 @@ if not _typing.TYPE_CHECKING:  # type checkers should report the old names as mi
 
 __all__ = [
     "DEFAULT_CIPHERS",
+    "DEFAULT_PORT",
     "METRICS",
     "PROFILES",
     "AsyncFunctionStore",
@@ -91,12 +93,8 @@ __all__ = [
     "CipherConfigError",
     "CipherProfile",
     "CipherSelection",
-    "ConfigError",
     "ClientCertificateMode",
-    "PskFileStore",
-    "reload_on_signal",
-    "serve_metrics",
-    "DEFAULT_PORT",
+    "ConfigError",
     "ConnectionClosed",
     "DTLSClient",
     "DTLSConnection",
@@ -105,16 +103,20 @@ __all__ = [
     "DatagramReceived",
     "DatagramTransport",
     "DisplaySettings",
+    "DropReason",
     "ErrorEvent",
+    "EventCode",
     "EventFilter",
+    "FailureKind",
     "Handler",
     "HandshakeError",
     "InfoEvent",
     "MappingStore",
-    "PskFileError",
-    "PskStore",
     "ProbeFailure",
     "ProbeResult",
+    "PskFileError",
+    "PskFileStore",
+    "PskStore",
     "RetransmitPolicy",
     "ServerBindError",
     "ServerConfig",
@@ -133,5 +135,7 @@ __all__ = [
     "parse_psk_hex",
     "peer_info",
     "probe",
+    "reload_on_signal",
+    "serve_metrics",
     "serve_workers",
 ]

@@ -50,6 +50,7 @@ from ._certificates import (
     use_client_credentials,
 )
 from ._client import DTLSClient, HandshakeError
+from ._codes import EventCode
 from ._config import (
     DEFAULT_PORT,
     ServerConfig,
@@ -809,13 +810,13 @@ def _server_credentials(
         return parse_psk_hex(arguments.psk_hex), certificate, []
     if certificate is not None:
         note = InfoEvent(
-            "certificate_only",
+            EventCode.CERTIFICATE_ONLY,
             "No --psk-hex or --psk-file: serving certificate clients only (PSK clients are "
             f"refused); client certificates: {certificate.client_certificates}",
         )
         return None, certificate, [note]
     warning = WarningEvent(
-        "demo_key",
+        EventCode.DEMO_KEY,
         f"using Qt's demo key {QT_DEMO_KEY.hex()}: it is public, anyone can connect; "
         "give --psk-hex or --psk-file for anything but a demo",
     )
@@ -832,7 +833,7 @@ async def _print_events(
     scripts wait for), before whatever the server said next, so the order never varies."""
     async for event in stream:
         display.show(event)
-        if event.code == "listening":
+        if event.code == EventCode.LISTENING:
             for note in after_listening:
                 display.show(note)
             listening_shown.set()
@@ -894,7 +895,7 @@ async def run_serve(arguments: argparse.Namespace, display: Display, errors: Tex
                     name = signal.Signals(signal_number).name
                     display.show(
                         InfoEvent(
-                            "shutdown",
+                            EventCode.SHUTDOWN,
                             f"{name} received: shutting down, close_notify to "
                             f"{server.peer_count} peer(s)",
                         )
@@ -931,7 +932,7 @@ async def _start_metrics(
         return False
     display.show(
         InfoEvent(
-            "metrics",
+            EventCode.METRICS,
             f"Prometheus metrics on http://{_url_host(bound[0])}:{bound[1]}/metrics",
         )
     )
@@ -976,7 +977,7 @@ async def _run_supervisor(
             async with trio.open_nursery() as nursery:
                 listening_shown = trio.Event()
                 group_note = InfoEvent(
-                    "workers",
+                    EventCode.WORKERS,
                     f"{arguments.workers} workers on one SO_REUSEPORT port; limits are per worker",
                 )
                 nursery.start_soon(
@@ -1007,11 +1008,11 @@ async def _run_supervisor(
                             message = f"{name} received: {count} worker(s) re-read the PSK file"
                         else:
                             message = f"{name} received: no --psk-file to re-read"
-                        display.show(InfoEvent("reload", message))
+                        display.show(InfoEvent(EventCode.RELOAD, message))
                         continue
                     display.show(
                         InfoEvent(
-                            "shutdown",
+                            EventCode.SHUTDOWN,
                             f"{name} received: shutting down {arguments.workers} workers, "
                             "each sends close_notify to its peers",
                         )
@@ -1099,7 +1100,7 @@ async def _run_association(run: ClientRun, result: AssociationResult) -> None:
         return
     except OSError as error:
         result.failure = f"{name}: cannot reach {run.host}:{run.port}: {error.strerror or error}"
-        show(ErrorEvent("socket_error", result.failure))
+        show(ErrorEvent(EventCode.SOCKET_ERROR, result.failure))
         return
     result.established = True
     async with client:  # leaving it (also by cancellation) sends close_notify
@@ -1121,7 +1122,7 @@ async def _run_association(run: ClientRun, result: AssociationResult) -> None:
                 f"{name}: {missing} of {run.pings} pings not answered within "
                 f"{run.reply_timeout:g} s of the last one"
             )
-            show(ErrorEvent("reply_timeout", result.failure))
+            show(ErrorEvent(EventCode.REPLY_TIMEOUT, result.failure))
 
 
 async def _ping(
@@ -1185,7 +1186,7 @@ async def run_client(arguments: argparse.Namespace, display: Display, errors: Te
                     open_count = sum(1 for r in run.results if r.established and not r.failure)
                     display.show(
                         InfoEvent(
-                            "interrupted",
+                            EventCode.INTERRUPTED,
                             f"{signal.Signals(signal_number).name} received: closing "
                             f"{open_count} association(s) with close_notify",
                         )
@@ -1264,7 +1265,7 @@ def _client_summary(run: ClientRun, interrupted: int | None) -> int:
         f"{sum(r.established for r in results)} handshake(s), "
         f"{sent} ping(s) sent, {replies} repl(ies) received, {len(failed)} failed"
     )
-    run.display.show(InfoEvent("summary", summary))
+    run.display.show(InfoEvent(EventCode.SUMMARY, summary))
     if interrupted is not None:
         return 128 + interrupted
     if failed:

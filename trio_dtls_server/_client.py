@@ -40,6 +40,7 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from ._certificates import use_client_credentials
+from ._codes import EventCode
 from ._config import DEFAULT_IPV4_MTU, DEFAULT_IPV6_MTU
 from ._connection import ConnectionClosed
 from ._errors import DTLSError
@@ -298,7 +299,7 @@ class DTLSClient(trio.abc.Channel[bytes]):
                 connection_id=offer,
             )
             client = cls(transport, server, dtls_session, name, on_event)
-            on_event(InfoEvent("handshake_start", f"{name}: starting a handshake"))
+            on_event(InfoEvent(EventCode.HANDSHAKE_START, f"{name}: starting a handshake"))
             try:
                 with trio.move_on_after(handshake_timeout):
                     await client._handshake()
@@ -311,13 +312,13 @@ class DTLSClient(trio.abc.Channel[bytes]):
             if dtls_session.state is SessionState.HANDSHAKING:
                 dtls_session.close()
                 message = f"{name}: handshake not finished within {handshake_timeout:g} s"
-                on_event(ErrorEvent("handshake_timeout", message))
+                on_event(ErrorEvent(EventCode.HANDSHAKE_TIMEOUT, message))
                 raise HandshakeError(message)
             if dtls_session.state is not SessionState.ESTABLISHED:
                 message = f"{name}: handshake error - {dtls_session.failure_reason}"
                 if dtls_session.alert_received is not None:
                     message += f" (fatal alert from the server: {dtls_session.alert_received})"
-                on_event(ErrorEvent("handshake_failed", message))
+                on_event(ErrorEvent(EventCode.HANDSHAKE_FAILED, message))
                 raise HandshakeError(message, alert=dtls_session.alert_received)
         except BaseException:
             transport.close()
@@ -332,7 +333,9 @@ class DTLSClient(trio.abc.Channel[bytes]):
         # What the server sent ahead of its final flight (a greeting, even a goodbye).
         client._note_events(dtls_session.take_early_events(), None)
         await client._send_all(dtls_session.take_datagrams())
-        on_event(InfoEvent("handshake_complete", f"{name}: encrypted connection established!"))
+        on_event(
+            InfoEvent(EventCode.HANDSHAKE_COMPLETE, f"{name}: encrypted connection established!")
+        )
         return client
 
     async def _handshake(self) -> None:
@@ -350,7 +353,8 @@ class DTLSClient(trio.abc.Channel[bytes]):
                     if isinstance(event, Retransmitted):
                         self._on_event(
                             WarningEvent(
-                                "retransmit", f"{name}: handshake timeout, trying to re-transmit"
+                                EventCode.RETRANSMIT,
+                                f"{name}: handshake timeout, trying to re-transmit",
                             )
                         )
                 continue
@@ -358,7 +362,9 @@ class DTLSClient(trio.abc.Channel[bytes]):
             session.receive_datagram(datagram, now)
             if session.state is SessionState.HANDSHAKING:
                 self._on_event(
-                    InfoEvent("handshake_progress", f"{name}: continuing with handshake ...")
+                    InfoEvent(
+                        EventCode.HANDSHAKE_PROGRESS, f"{name}: continuing with handshake ..."
+                    )
                 )
 
     def _internal_error(self, error: Exception) -> HandshakeError:
@@ -372,7 +378,7 @@ class DTLSClient(trio.abc.Channel[bytes]):
                 self._transport.send_nowait(datagram, self._server)
         except Exception:  # noqa: BLE001 - the session may be what broke
             pass
-        self._on_event(ErrorEvent("handshake_failed", message, exception=error))
+        self._on_event(ErrorEvent(EventCode.HANDSHAKE_FAILED, message, exception=error))
         return HandshakeError(message)
 
     async def _receive_datagram(self) -> bytes:
@@ -436,7 +442,7 @@ class DTLSClient(trio.abc.Channel[bytes]):
                 # Qt's client shows each reply with the DTLS datagram it came in.
                 self._on_event(
                     DatagramReceived(
-                        "datagram",
+                        EventCode.DATAGRAM,
                         f"{self._name} received a DTLS datagram",
                         self._server,
                         ciphertext=event.record if datagram is None else datagram,
@@ -446,13 +452,17 @@ class DTLSClient(trio.abc.Channel[bytes]):
             elif isinstance(event, RemoteClosed):
                 self._closed_reason = "the server sent close_notify"
                 self._on_event(
-                    ErrorEvent("remote_closed", f"{self._name}: shutdown alert received")
+                    ErrorEvent(EventCode.REMOTE_CLOSED, f"{self._name}: shutdown alert received")
                 )
             elif isinstance(event, ConnectionFailed):
                 self._closed_reason = event.reason
-                self._on_event(ErrorEvent("connection_failed", f"{self._name}: {event.reason}"))
+                self._on_event(
+                    ErrorEvent(EventCode.CONNECTION_FAILED, f"{self._name}: {event.reason}")
+                )
             elif isinstance(event, RecordsDropped):
-                self._on_event(WarningEvent("dropped", f"{self._name}: {event.reason}, dropped"))
+                self._on_event(
+                    WarningEvent(EventCode.DROPPED, f"{self._name}: {event.reason}, dropped")
+                )
 
     def __aiter__(self) -> DTLSClient:
         return self

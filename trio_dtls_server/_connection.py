@@ -17,18 +17,11 @@ import trio
 from cryptography import x509
 
 from ._certificates import describe_subject
+from ._codes import DROP_WARNING_CODES, DropReason, EventCode
 from ._errors import DTLSError
 from ._events import DatagramReceived, ErrorEvent, EventHub, InfoEvent, WarningEvent, peer_info
 from ._peers import Peer
 from ._session import (
-    DROP_AUTHENTICATION,
-    DROP_BAD_LENGTH,
-    DROP_HANDSHAKE_RETRANSMISSION,
-    DROP_MALFORMED,
-    DROP_MISSING_CID,
-    DROP_REPLAY,
-    DROP_WRONG_CID,
-    DROP_WRONG_EPOCH,
     ApplicationData,
     ConnectionFailed,
     DTLSSession,
@@ -41,7 +34,6 @@ from ._stats import ServerStatistics
 from ._transport import ReplySource
 
 __all__ = [
-    "DROP_WARNING_CODES",
     "AddressedDatagram",
     "IDLE_WATCH_GRACE",
     "ConnectionClosed",
@@ -57,18 +49,6 @@ Address = tuple[str, int]
 #: timeout itself (and says why to the handler), so this backstop must come later: it fires
 #: between one and two grace periods after the idle timeout (it is moved on lazily).
 IDLE_WATCH_GRACE = 1.0
-
-#: The warning code for each reason a record of an established peer is dropped.
-DROP_WARNING_CODES = {
-    DROP_AUTHENTICATION: "authentication_failed",
-    DROP_REPLAY: "replayed_record",
-    DROP_HANDSHAKE_RETRANSMISSION: "handshake_retransmission",
-    DROP_WRONG_EPOCH: "wrong_epoch",
-    DROP_BAD_LENGTH: "bad_record_length",
-    DROP_MALFORMED: "malformed_record",
-    DROP_MISSING_CID: "record_without_connection_id",
-    DROP_WRONG_CID: "wrong_connection_id",
-}
 
 
 class AddressedDatagram(bytes):
@@ -93,18 +73,18 @@ class AddressedDatagram(bytes):
         return addressed
 
 
-def drop_warning(reason: str, peer: Address) -> WarningEvent:
+def drop_warning(reason: DropReason, peer: Address) -> WarningEvent:
     """The (rate-limited) warning for one dropped datagram of an established peer.
 
     Said the same way whether the reader task dropped it unread (:meth:`DTLSSession.screen`)
     or the peer task after trying it; the counter ``drops[reason]`` counts both.
     """
     info = peer_info(peer)
-    if reason == DROP_HANDSHAKE_RETRANSMISSION:
+    if reason == DropReason.HANDSHAKE_RETRANSMISSION:
         message = f"{info}: 0 byte dgram, could be a re-connect attempt?"  # Qt's words
     else:
         message = f"{info}: {reason}, dropped"
-    return WarningEvent(DROP_WARNING_CODES.get(reason, "record_dropped"), message, peer)
+    return WarningEvent(DROP_WARNING_CODES.get(reason, EventCode.RECORD_DROPPED), message, peer)
 
 
 class ConnectionClosed(DTLSError, trio.BrokenResourceError):
@@ -345,7 +325,7 @@ class DTLSConnection(trio.abc.Channel[bytes]):
             self._stats.idle_closed += 1
             self._hub.emit(
                 InfoEvent(
-                    "idle_timeout",
+                    EventCode.IDLE_TIMEOUT,
                     f"{self.peer_info}: no authentic datagram for {self._idle_timeout:g} s, "
                     "closing the connection",
                     self.peer,
@@ -393,13 +373,13 @@ class DTLSConnection(trio.abc.Channel[bytes]):
                 if len(self._ready) >= self._ready_limit:
                     # A handler that sends but does not read: bounded like the inbox.
                     self._stats.queue_overflows += 1
-                    self._stats.drops["peer queue full"] += 1
+                    self._stats.drops[DropReason.QUEUE_FULL] += 1
                     continue
                 self._ready.append(event.data)
-                if self._hub.wants("message", "datagram"):
+                if self._hub.wants("message", EventCode.DATAGRAM):
                     self._hub.emit(
                         DatagramReceived(
-                            "datagram",
+                            EventCode.DATAGRAM,
                             f"A message from {self.peer_info}",
                             self.peer,
                             ciphertext=event.record if datagram is None else datagram,
@@ -409,10 +389,10 @@ class DTLSConnection(trio.abc.Channel[bytes]):
             elif isinstance(event, RemoteClosed):
                 self._stats.remote_closed += 1
                 self._closed_reason = "the peer sent close_notify"
-                if self._hub.wants("info", "remote_closed"):
+                if self._hub.wants("info", EventCode.REMOTE_CLOSED):
                     self._hub.emit(
                         InfoEvent(
-                            "remote_closed",
+                            EventCode.REMOTE_CLOSED,
                             f"{self.peer_info}: The DTLS connection has been shutdown",
                             self.peer,
                         )
@@ -420,12 +400,14 @@ class DTLSConnection(trio.abc.Channel[bytes]):
             elif isinstance(event, ConnectionFailed):
                 self._closed_reason = event.reason
                 self._hub.emit(
-                    ErrorEvent("connection_failed", f"{self.peer_info}: {event.reason}", self.peer)
+                    ErrorEvent(
+                        EventCode.CONNECTION_FAILED, f"{self.peer_info}: {event.reason}", self.peer
+                    )
                 )
             elif isinstance(event, RecordsDropped):
                 self._record_drop(event.reason, now)
 
-    def _record_drop(self, reason: str, now: float) -> None:
+    def _record_drop(self, reason: DropReason, now: float) -> None:
         """Count a dropped datagram and say so (rate-limited).  Never more than that.
 
         RFC 6347 §4.1.2.7: invalid records are silently discarded and the association goes
@@ -436,7 +418,7 @@ class DTLSConnection(trio.abc.Channel[bytes]):
         failures in that window are counted without a warning each.
         """
         self._stats.drops[reason] += 1
-        if reason == DROP_AUTHENTICATION and self._forgeries_reported(now):
+        if reason == DropReason.AUTHENTICATION and self._forgeries_reported(now):
             return
         self._hub.emit(drop_warning(reason, self.peer), rate_limited=True)
 
@@ -459,7 +441,7 @@ class DTLSConnection(trio.abc.Channel[bytes]):
         self._stats.forgery_alarms += 1
         self._hub.emit(
             WarningEvent(
-                "forged_records",
+                EventCode.FORGED_RECORDS,
                 f"{self.peer_info}: {self._max_auth_failures} records failed authentication "
                 f"within {self._auth_failure_window:g} s: someone may be sending forged records "
                 "from this address.  The association is kept and every authentic record "

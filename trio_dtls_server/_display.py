@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
+from ._codes import EventCode
 from ._events import DatagramReceived, EventFilter, ServerEvent
 from ._stats import StatisticsSnapshot
 from ._text import escape_control_characters, printable
@@ -250,4 +251,4 @@ def _statistics_event(snapshot: StatisticsSnapshot) -> ServerEvent:
         f"{snapshot.datagrams_out} out; {drops} dropped; "
         f"{snapshot.events_dropped} events not shown"
     )
-    return ServerEvent("statistics", message)
+    return ServerEvent(EventCode.STATISTICS, message)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ._codes import EventCode
 from ._text import printable
 
 __all__ = [
@@ -73,7 +74,7 @@ def describe_exception(error: BaseException) -> str:
 class ServerEvent:
     """Base of every event. ``peer`` is the ``(host, port)`` concerned, when there is one."""
 
-    code: str
+    code: EventCode
     message: str
     peer: Address | None = None
 

@@ -28,7 +28,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ._session import DROP_AUTHENTICATION
+from ._codes import DropReason
 from ._stats import HANDSHAKE_SECONDS_BUCKETS, StatisticsSnapshot
 
 __all__ = ["METRICS", "StatisticsCollector", "metrics_registry", "serve_metrics"]
@@ -150,7 +150,7 @@ class StatisticsCollector(Collector):
         yield CounterMetricFamily(
             "dtls_mac_failures",
             "Records from known peers that failed authentication (forged or corrupted).",
-            value=drops.get(DROP_AUTHENTICATION, 0),
+            value=drops.get(DropReason.AUTHENTICATION, 0),
         )
         yield CounterMetricFamily(
             "dtls_kernel_dropped_datagrams",

@@ -44,6 +44,7 @@ from ._certificates import (
     load_certificate_config,
     use_server_certificate,
 )
+from ._codes import DropReason, EventCode, FailureKind
 from ._config import DEFAULT_IPV4_MTU, DEFAULT_IPV6_MTU, DEFAULT_PORT, ServerConfig
 from ._connection import (
     IDLE_WATCH_GRACE,
@@ -87,7 +88,6 @@ from ._psk import (
 )
 from ._session import (
     DTLSSession,
-    FailureKind,
     HandshakeComplete,
     HandshakeFailed,
     HandshakeProgress,
@@ -277,19 +277,23 @@ class DTLSServer:
         """Qt's *Stop listening*: new clients get no answer, known peers carry on.
 
         Cookieless ClientHellos get no HelloVerifyRequest and verified ones start no handshake
-        (each counted in ``drops["not accepting new clients"]``); established and handshaking
+        (each counted in ``drops[DropReason.NOT_ACCEPTING]``); established and handshaking
         peers are untouched, and a client that restarts on a known address is a new client
         too.  :meth:`resume_accepting` undoes it; :meth:`close` stops everything.
         """
         if not self._paused:
             self._paused = True
-            self._hub.emit(InfoEvent("not_accepting", "Server is not accepting new connections"))
+            self._hub.emit(
+                InfoEvent(EventCode.NOT_ACCEPTING, "Server is not accepting new connections")
+            )
 
     def resume_accepting(self) -> None:
         """Accept new clients again after :meth:`stop_accepting`."""
         if self._paused:
             self._paused = False
-            self._hub.emit(InfoEvent("accepting", "Server is accepting new connections again"))
+            self._hub.emit(
+                InfoEvent(EventCode.ACCEPTING, "Server is accepting new connections again")
+            )
 
     @property
     def peer_count(self) -> int:
@@ -320,9 +324,9 @@ class DTLSServer:
 
         def report(ok: bool, message: str) -> None:
             if ok:
-                self._hub.emit(InfoEvent("psk_reloaded", message))
+                self._hub.emit(InfoEvent(EventCode.PSK_RELOADED, message))
             else:
-                self._hub.emit(ErrorEvent("psk_reload_failed", message))
+                self._hub.emit(ErrorEvent(EventCode.PSK_RELOAD_FAILED, message))
 
         await reload_on_signal(store, signum, on_reload=report, task_status=task_status)
 
@@ -408,7 +412,10 @@ class DTLSServer:
                 nursery.start_soon(self._reader, transport)
                 host, port = self._local_address
                 self._hub.emit(
-                    InfoEvent("listening", f"Server is listening on address {host} and port {port}")
+                    InfoEvent(
+                        EventCode.LISTENING,
+                        f"Server is listening on address {host} and port {port}",
+                    )
                 )
                 self._check_receive_buffer(transport)
                 task_status.started(self._local_address)
@@ -419,7 +426,7 @@ class DTLSServer:
             transport.close()
             self._transport = None
             self._local_address = None
-            self._hub.emit(InfoEvent("stopped", "Server is not accepting new connections"))
+            self._hub.emit(InfoEvent(EventCode.STOPPED, "Server is not accepting new connections"))
             self._stopped.set()
 
     def _check_receive_buffer(self, transport: DatagramTransport) -> None:
@@ -437,7 +444,7 @@ class DTLSServer:
         # deployments never see a burst that needs more.
         self._hub.emit(
             InfoEvent(
-                "receive_buffer_clipped",
+                EventCode.RECEIVE_BUFFER_CLIPPED,
                 f"the socket's receive buffer is {granted} bytes, not the {wanted} asked for: "
                 f"{why}raise it (sysctl -w net.core.rmem_max={wanted}) or a burst of "
                 "datagrams may be lost in the kernel (statistics: kernel_drops)",
@@ -553,13 +560,13 @@ class DTLSServer:
         except trio.WouldBlock:
             self._overflow(slot)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            self._stats.drops["peer closing"] += 1
+            self._stats.drops[DropReason.PEER_CLOSING] += 1
 
     def _overflow(self, slot: PeerSlot) -> None:
         self._stats.queue_overflows += 1
         self._drop(
-            "peer queue full",
-            "queue_overflow",
+            DropReason.QUEUE_FULL,
+            EventCode.QUEUE_OVERFLOW,
             f"{slot.info}: inbound queue full ({self.config.peer_queue_size}), dropped",
             slot.address,
         )
@@ -568,10 +575,10 @@ class DTLSServer:
         """An exception nobody expected while the reader classified one datagram: that
         datagram is dropped (``drops["internal error"]``, error event with the exception); the
         reader reads on."""
-        self._stats.drops["internal error"] += 1
+        self._stats.drops[DropReason.INTERNAL_ERROR] += 1
         self._hub.emit(
             ErrorEvent(
-                "datagram_failed",
+                EventCode.DATAGRAM_FAILED,
                 f"{peer_info(address)}: internal error, datagram dropped: "
                 f"{describe_exception(error)}",
                 address,
@@ -580,10 +587,12 @@ class DTLSServer:
             rate_limited=True,
         )
 
-    def _warn(self, code: str, message: str, peer: Address | None) -> None:
+    def _warn(self, code: EventCode, message: str, peer: Address | None) -> None:
         self._hub.emit(WarningEvent(code, message, peer), rate_limited=True)
 
-    def _drop(self, reason: str, code: str, message: str, peer: Address | None) -> None:
+    def _drop(
+        self, reason: DropReason, code: EventCode, message: str, peer: Address | None
+    ) -> None:
         self._stats.drops[reason] += 1
         self._warn(code, message, peer)
 
@@ -600,13 +609,16 @@ class DTLSServer:
         stats.bytes_in += len(datagram)
         if not datagram:
             self._drop(
-                "empty datagram", "empty_datagram", f"{peer_info(address)}: empty datagram", address
+                DropReason.EMPTY,
+                EventCode.EMPTY_DATAGRAM,
+                f"{peer_info(address)}: empty datagram",
+                address,
             )
             return
         if len(datagram) >= read_size:
             self._drop(
-                "oversized datagram",
-                "oversized_datagram",
+                DropReason.OVERSIZED,
+                EventCode.OVERSIZED_DATAGRAM,
                 f"{peer_info(address)}: datagram larger than {read_size - 1} bytes",
                 address,
             )
@@ -620,8 +632,8 @@ class DTLSServer:
             return
         if slot is None:
             self._drop(
-                "not a ClientHello from an unknown peer",
-                "unexpected_datagram",
+                DropReason.NOT_A_CLIENT_HELLO,
+                EventCode.UNEXPECTED_DATAGRAM,
                 f"{peer_info(address)}: not a ClientHello and no association, dropped",
                 address,
             )
@@ -649,8 +661,8 @@ class DTLSServer:
         slot = None if cid is None else self._peers.get_by_connection_id(cid)
         if slot is None:
             self._drop(
-                "unknown connection id",
-                "unknown_connection_id",
+                DropReason.UNKNOWN_CONNECTION_ID,
+                EventCode.UNKNOWN_CONNECTION_ID,
                 f"{peer_info(address)}: record with an unknown connection ID, dropped",
                 address,
             )
@@ -681,7 +693,7 @@ class DTLSServer:
             if move.refused is not None:
                 self._stats.peer_moves_refused += 1
                 self._warn(
-                    "peer_move_refused",
+                    EventCode.PEER_MOVE_REFUSED,
                     f"{old_info}: authentic record from {peer_info(address)} with its "
                     f"connection ID, but not moved there: {move.refused}",
                     address,
@@ -690,7 +702,9 @@ class DTLSServer:
         if reply_source is not None or slot.reply_source is not None:
             slot.reply_source = reply_source
         self._stats.peer_moves += 1
-        self._hub.emit(InfoEvent("peer_moved", f"{old_info} moved to {slot.info}", slot.address))
+        self._hub.emit(
+            InfoEvent(EventCode.PEER_MOVED, f"{old_info} moved to {slot.info}", slot.address)
+        )
         return True
 
     def _deliver(self, slot: PeerSlot, datagram: bytes) -> None:
@@ -717,8 +731,8 @@ class DTLSServer:
         ):
             self._stats.queue_overflows += 1
             self._drop(
-                "peer queue full",
-                "queue_overflow",
+                DropReason.QUEUE_FULL,
+                EventCode.QUEUE_OVERFLOW,
                 f"{slot.info}: inbound queue full ({slot.queued_bytes} bytes waiting for a "
                 "handshake), dropped",
                 slot.address,
@@ -732,7 +746,7 @@ class DTLSServer:
                 return
             self._overflow(slot)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            self._stats.drops["peer closing"] += 1
+            self._stats.drops[DropReason.PEER_CLOSING] += 1
 
     def _on_client_hello(
         self,
@@ -745,8 +759,8 @@ class DTLSServer:
             initial = parse_initial_client_hello(datagram)
         except FragmentedClientHello as error:
             self._drop(
-                "fragmented ClientHello",
-                "fragmented_client_hello",
+                DropReason.FRAGMENTED_CLIENT_HELLO,
+                EventCode.FRAGMENTED_CLIENT_HELLO,
                 f"{peer_info(address)}: {error} (fragmented ClientHellos are not supported)",
                 address,
             )
@@ -756,8 +770,8 @@ class DTLSServer:
                 self._deliver(slot, datagram)  # OpenSSL judges what comes from a known peer
                 return
             self._drop(
-                "malformed ClientHello",
-                "malformed_client_hello",
+                DropReason.MALFORMED_CLIENT_HELLO,
+                EventCode.MALFORMED_CLIENT_HELLO,
                 f"{peer_info(address)}: malformed ClientHello: {error}",
                 address,
             )
@@ -778,25 +792,27 @@ class DTLSServer:
         if hello.cookie:
             self._stats.cookies_rejected += 1
             self._warn(
-                "cookie_rejected",
+                EventCode.COOKIE_REJECTED,
                 f"{peer_info(address)}: ClientHello with an invalid or expired cookie",
                 address,
             )
         if not self.is_listening():
-            self._stats.drops["not accepting new clients"] += 1
+            self._stats.drops[DropReason.NOT_ACCEPTING] += 1
             return
         reply = build_hello_verify_request(
             initial.record, self._cookies.make_cookie(address, hello)
         )
         if len(reply) > len(datagram):
             # Never answer with more bytes than came in: no amplification for spoofed sources.
-            self._stats.drops["HelloVerifyRequest would amplify"] += 1
+            self._stats.drops[DropReason.WOULD_AMPLIFY] += 1
             return
         if self._send_nowait(reply, address, source):
             self._stats.cookies_sent += 1
-            if self._hub.wants("info", "cookie_sent"):
+            if self._hub.wants("info", EventCode.COOKIE_SENT):
                 self._hub.emit(
-                    InfoEvent("cookie_sent", f"{peer_info(address)}: not verified yet", address),
+                    InfoEvent(
+                        EventCode.COOKIE_SENT, f"{peer_info(address)}: not verified yet", address
+                    ),
                     rate_limited=True,
                 )
 
@@ -812,7 +828,7 @@ class DTLSServer:
         offers_cid: bool = False,
     ) -> None:
         if not self.is_listening() or self._nursery is None:
-            self._stats.drops["not accepting new clients"] += 1
+            self._stats.drops[DropReason.NOT_ACCEPTING] += 1
             return
         now = trio.current_time()
 
@@ -836,9 +852,11 @@ class DTLSServer:
         assert slot is not None
         self._stats.handshakes_started += 1
         self._stats.peak_peers = max(self._stats.peak_peers, len(self._peers))
-        if self._hub.wants("info", "verified"):
+        if self._hub.wants("info", EventCode.VERIFIED):
             self._hub.emit(
-                InfoEvent("verified", f"{slot.info}: verified, starting a handshake", address)
+                InfoEvent(
+                    EventCode.VERIFIED, f"{slot.info}: verified, starting a handshake", address
+                )
             )
         self._nursery.start_soon(self._run_peer, slot, hello, offers_cid)
 
@@ -856,7 +874,9 @@ class DTLSServer:
 
     def _refuse(self, address: Address, why: str) -> None:
         self._stats.handshakes_refused += 1
-        self._warn("handshake_refused", f"{peer_info(address)}: handshake refused: {why}", address)
+        self._warn(
+            EventCode.HANDSHAKE_REFUSED, f"{peer_info(address)}: handshake refused: {why}", address
+        )
 
     async def _run_peer(self, slot: PeerSlot, hello: bytes, offers_cid: bool = False) -> None:
         """The peer task: handshake, then the handler; its cancel scope ends it from outside.
@@ -909,7 +929,7 @@ class DTLSServer:
             if finish.restored is not None:
                 self._hub.emit(
                     InfoEvent(
-                        "replacement_failed",
+                        EventCode.REPLACEMENT_FAILED,
                         f"{slot.info}: the new handshake from this address failed; "
                         "the established association goes on",
                         slot.address,
@@ -917,7 +937,9 @@ class DTLSServer:
                 )
             if slot.end_message:
                 self._hub.emit(
-                    InfoEvent("peer_ended", f"{slot.info}: {slot.end_message}", slot.address)
+                    InfoEvent(
+                        EventCode.PEER_ENDED, f"{slot.info}: {slot.end_message}", slot.address
+                    )
                 )
 
     async def _handshake(self, slot: PeerSlot, session: DTLSSession) -> bool:
@@ -1030,8 +1052,8 @@ class DTLSServer:
             identity = session.psk_identity_to_prefetch(datagram)
         except MalformedDatagram as error:
             self._drop(
-                "malformed ClientKeyExchange",
-                "malformed_client_key_exchange",
+                DropReason.MALFORMED_CLIENT_KEY_EXCHANGE,
+                EventCode.MALFORMED_CLIENT_KEY_EXCHANGE,
                 f"{slot.info}: malformed ClientKeyExchange: {error}; no PSK lookup",
                 slot.address,
             )
@@ -1077,24 +1099,24 @@ class DTLSServer:
         hub = self._hub
         for event in events:
             if isinstance(event, HandshakeProgress):
-                if not hub.wants("info", "handshake_progress"):
+                if not hub.wants("info", EventCode.HANDSHAKE_PROGRESS):
                     continue
                 self._hub.emit(
                     InfoEvent(
-                        "handshake_progress",
+                        EventCode.HANDSHAKE_PROGRESS,
                         f"{slot.info}: handshake is in progress ...",
                         slot.address,
                     ),
                     rate_limited=True,
                 )
             elif isinstance(event, PskIdentity):
-                if event.known and not hub.wants("info", "psk_identity"):
+                if event.known and not hub.wants("info", EventCode.PSK_IDENTITY):
                     continue
                 name = quote_peer_text(event.identity)  # the peer's bytes: never raw in a log
-                if hub.wants("info", "psk_identity"):
+                if hub.wants("info", EventCode.PSK_IDENTITY):
                     self._hub.emit(
                         InfoEvent(
-                            "psk_identity",
+                            EventCode.PSK_IDENTITY,
                             f"PSK callback, received a client's identity: {name}",
                             slot.address,
                         )
@@ -1103,7 +1125,7 @@ class DTLSServer:
                 if not event.known and failure is not None:
                     self._hub.emit(
                         ErrorEvent(
-                            "psk_lookup_failed",
+                            EventCode.PSK_LOOKUP_FAILED,
                             f"{slot.info}: PSK lookup for {name} failed: {failure}",
                             slot.address,
                         )
@@ -1111,7 +1133,7 @@ class DTLSServer:
                 elif not event.known:
                     self._hub.emit(
                         ErrorEvent(
-                            "unknown_identity",
+                            EventCode.UNKNOWN_IDENTITY,
                             f"{slot.info}: unknown PSK identity {name}",
                             slot.address,
                         )
@@ -1120,7 +1142,7 @@ class DTLSServer:
                 self._stats.retransmissions += 1
                 self._hub.emit(
                     InfoEvent(
-                        "retransmit",
+                        EventCode.RETRANSMIT,
                         f"{slot.info}: handshake timeout, re-transmitting the last flight "
                         f"(attempt {event.attempt})",
                         slot.address,
@@ -1144,20 +1166,20 @@ class DTLSServer:
                     self._stats.connection_id_associations += 1
                 elif slot.connection_id is not None:
                     self._peers.unbind_connection_id(slot)  # offered, but none negotiated
-                if hub.wants("info", "handshake_complete"):
+                if hub.wants("info", EventCode.HANDSHAKE_COMPLETE):
                     protocol = "DTLS 1.2." if event.protocol == "DTLSv1.2" else "Unknown protocol."
                     self._hub.emit(
                         InfoEvent(
-                            "handshake_complete",
+                            EventCode.HANDSHAKE_COMPLETE,
                             f"Connection with {slot.info} encrypted. Session cipher: "
                             f"{event.cipher}; session protocol: {protocol}",
                             slot.address,
                         )
                     )
-                if event.resumed and hub.wants("info", "session_resumed"):
+                if event.resumed and hub.wants("info", EventCode.SESSION_RESUMED):
                     self._hub.emit(
                         InfoEvent(
-                            "session_resumed",
+                            EventCode.SESSION_RESUMED,
                             f"{slot.info}: resumed an earlier session (abbreviated handshake)",
                             slot.address,
                         )
@@ -1175,7 +1197,7 @@ class DTLSServer:
         self._stats.handshakes_failed[kind] += 1
         self._hub.emit(
             ErrorEvent(
-                "handshake_failed",
+                EventCode.HANDSHAKE_FAILED,
                 f"{slot.info}: handshake failed: {reason}",
                 slot.address,
                 exception=exception,
@@ -1216,7 +1238,7 @@ class DTLSServer:
             return
         self._hub.emit(
             ErrorEvent(
-                "peer_failed",
+                EventCode.PEER_FAILED,
                 f"{slot.info}: internal error, the connection ends: {described}{told}",
                 slot.address,
                 exception=error,
@@ -1229,7 +1251,7 @@ class DTLSServer:
         self._stats.peer_failures["handler"] += 1
         self._hub.emit(
             ErrorEvent(
-                "handler_failed",
+                EventCode.HANDLER_FAILED,
                 f"{slot.info}: the handler raised {describe_exception(error)}; "
                 "the connection ends (close_notify)",
                 slot.address,
@@ -1272,7 +1294,7 @@ class DTLSServer:
             self._stats.idle_closed += 1
             self._hub.emit(
                 InfoEvent(
-                    "idle_timeout",
+                    EventCode.IDLE_TIMEOUT,
                     f"{slot.info}: no authentic datagram for {idle:g} s, closing the connection "
                     "(the handler was not reading)",
                     slot.address,

@@ -72,6 +72,7 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from ._certificates import UnreadablePeerCertificate, peer_certificate
+from ._codes import DropReason, FailureKind
 from ._errors import ConfigError
 from ._etm import EtmGuard, etm_guard_for, etm_in_server_hello, mac_hash, read_guard
 from ._events import describe_exception
@@ -121,17 +122,6 @@ from ._wire import (
 )
 
 __all__ = [
-    "DROP_AUTHENTICATION",
-    "DROP_BAD_LENGTH",
-    "DROP_HANDSHAKE_RETRANSMISSION",
-    "DROP_MALFORMED",
-    "DROP_MISSING_CID",
-    "DROP_WRONG_CID",
-    "DROP_OVER_BUDGET",
-    "DROP_REPLAY",
-    "DROP_UNEXPECTED",
-    "DROP_WRONG_EPOCH",
-    "FailureKind",
     "HANDSHAKE_KEPT_BUDGET",
     "MAX_PLAINTEXT",
     "ApplicationData",
@@ -208,25 +198,6 @@ class HandshakeComplete:
     resumed: bool = False
 
 
-class FailureKind(enum.StrEnum):
-    """Why a handshake failed, in a word: the bucket of ``statistics().handshakes_failed``.
-
-    Set where the failure is decided, never read back out of a message (a message may quote
-    the peer's own identity, which must not be able to pick its bucket).
-    """
-
-    DEADLINE = "deadline"
-    NO_ANSWER = "no answer"
-    UNKNOWN_IDENTITY = "unknown identity"
-    PSK_LOOKUP_FAILED = "PSK lookup failed"
-    WRONG_KEY = "wrong key"
-    BAD_CERTIFICATE = "bad certificate"
-    NO_SHARED_CIPHER = "no shared cipher"
-    ALERT_FROM_PEER = "alert from peer"
-    INTERNAL_ERROR = "internal error"
-    OTHER = "other"
-
-
 def failure_kind_of_openssl(reason: str) -> FailureKind:
     """The kind of a handshake OpenSSL failed, from OpenSSL's own reason text.
 
@@ -292,44 +263,10 @@ class ConnectionFailed:
 
 @dataclass(frozen=True, slots=True)
 class RecordsDropped:
-    """A datagram gave no plaintext. ``reason`` is one of the ``DROP_*`` strings below."""
+    """A datagram gave no plaintext, and why (a :class:`~._codes.DropReason`)."""
 
-    reason: str
+    reason: DropReason
 
-
-# Why a datagram gave no plaintext.  Only DROP_AUTHENTICATION means a record was run through
-# the cipher and failed; every other reason is decided from the record headers alone, without
-# any cryptography (see DTLSSession.screen), so that junk costs as little as possible.
-
-#: A record of the current epoch, of a possible length and not yet seen, that failed the AEAD
-#: tag (or OpenSSL's MAC check): a forgery or corruption.
-DROP_AUTHENTICATION = "record failed authentication"
-#: A record number the replay window already accepted, or one too old for it to tell.
-DROP_REPLAY = "replayed record"
-#: Only records of an older epoch (0, after the handshake): the rest of the peer's
-#: retransmitted flight, or a client that restarted on the same port.
-DROP_HANDSHAKE_RETRANSMISSION = "late handshake retransmission"
-#: Not a sequence of well-framed DTLS records.
-DROP_MALFORMED = "malformed datagram"
-#: A record of an epoch this association has not reached (there is no renegotiation): it
-#: cannot be authentic, whatever its bytes (RFC 6347 §4.1.2.7: discard it).
-DROP_WRONG_EPOCH = "record of another epoch"
-#: A fragment shorter than the cipher's explicit nonce and tag, or longer than 2^14 bytes of
-#: plaintext plus them: no key opens it.
-DROP_BAD_LENGTH = "record length impossible for the cipher"
-#: During a handshake: a record that cannot belong to the peer's next flight (a plaintext
-#: handshake message of a type or number it cannot send now, plaintext application data, a
-#: record of an epoch that does not exist yet).  Dropped before OpenSSL, which would end the
-#: handshake for it.
-DROP_UNEXPECTED = "unexpected record during the handshake"
-#: During a handshake: a protected record that did not fit in :data:`HANDSHAKE_KEPT_BUDGET`.
-DROP_OVER_BUDGET = "handshake record budget full"
-#: RFC 9146: a protected record in the standard format on an association whose peer must put
-#: our connection ID on every protected record.
-DROP_MISSING_CID = "record without its connection id"
-#: RFC 9146: a ``tls12_cid`` record carrying another CID than the one we issued (the server's
-#: reader routes by CID, so only a client, or a session fed by hand, meets one).
-DROP_WRONG_CID = "record with another connection id"
 
 SessionEvent = (
     HandshakeProgress
@@ -547,10 +484,10 @@ class DTLSSession:
         self._chained_failures = 0
         # The protected record being fed to OpenSSL (see _feed_protected_handshake).
         self._completing: bytes | None = None
-        #: Records dropped during the handshake, by ``DROP_*`` reason; the owner may take (and
-        #: clear) them for its statistics.  A datagram that OpenSSL saw nothing of is also
-        #: reported as a :class:`RecordsDropped` event.
-        self.handshake_drops: collections.Counter[str] = collections.Counter()
+        #: Records dropped during the handshake, by :class:`~._codes.DropReason`; the owner
+        #: may take (and clear) them for its statistics.  A datagram that OpenSSL saw nothing
+        #: of is also reported as a :class:`RecordsDropped` event.
+        self.handshake_drops: collections.Counter[DropReason] = collections.Counter()
         self._mtu = mtu
         self._policy = policy
         self._psk_lookup = psk_lookup
@@ -987,7 +924,7 @@ class DTLSSession:
         for record in mixed:
             if isinstance(record, CidRecord):
                 if record.cid != read_cid or record.epoch == 0:
-                    self.handshake_drops[DROP_WRONG_CID] += 1
+                    self.handshake_drops[DropReason.WRONG_CID] += 1
                     continue
                 records.append(
                     Record(
@@ -1067,16 +1004,16 @@ class DTLSSession:
         out, self._outgoing = self._outgoing, []
         return out
 
-    def screen(self, datagram: bytes) -> str | None:
+    def screen(self, datagram: bytes) -> DropReason | None:
         """Why nothing in ``datagram`` can be authentic, judged from its record headers alone.
 
-        Returns a ``DROP_*`` reason, or None when some record may be authentic (or the session
-        is not established: then everything goes to the handshake).  It reads the session and
-        changes nothing, so the server's reader task calls it before queueing a datagram for
-        an established peer: junk an off-path attacker sends from the peer's address (records
-        of another epoch, impossible lengths, replays) then never takes a place in the peer's
-        bounded inbox nor costs a decryption.  :meth:`receive_datagram` applies the same rules
-        record by record.
+        Returns a :class:`~._codes.DropReason`, or None when some record may be authentic (or the
+        session is not established: then everything goes to the handshake).  It reads the session
+        and changes nothing, so the server's reader task calls it before queueing a datagram for an
+        established peer: junk an off-path attacker sends from the peer's address (records of
+        another epoch, impossible lengths, replays) then never takes a place in the peer's bounded
+        inbox nor costs a decryption.  :meth:`receive_datagram` applies the same rules record by
+        record.
         """
         if self.state is not SessionState.ESTABLISHED or self._read_epoch is None:
             return None
@@ -1085,8 +1022,8 @@ class DTLSSession:
         try:
             headers = parse_record_headers(datagram)
         except MalformedDatagram:
-            return DROP_MALFORMED
-        reason: str | None = None
+            return DropReason.MALFORMED
+        reason: DropReason | None = None
         for header in headers:
             why = self._unverifiable(
                 header.content_type, header.epoch, header.sequence_number, header.length
@@ -1096,19 +1033,23 @@ class DTLSSession:
             reason = reason or why
         return reason
 
-    def _screen_cid(self, datagram: bytes, read_cid: bytes) -> str | None:
+    def _screen_cid(self, datagram: bytes, read_cid: bytes) -> DropReason | None:
         """:meth:`screen` for an association whose peer must put our CID on its records."""
         try:
             records = parse_records_with_cid(datagram, len(read_cid))
         except MalformedDatagram:
-            return DROP_MALFORMED
-        reason: str | None = None
+            return DropReason.MALFORMED
+        reason: DropReason | None = None
         for record in records:
             why: str | None
             if isinstance(record, Record):
-                why = DROP_HANDSHAKE_RETRANSMISSION if record.epoch == 0 else DROP_MISSING_CID
+                why = (
+                    DropReason.HANDSHAKE_RETRANSMISSION
+                    if record.epoch == 0
+                    else DropReason.MISSING_CID
+                )
             elif record.cid != read_cid:
-                why = DROP_WRONG_CID
+                why = DropReason.WRONG_CID
             else:
                 why = self._unverifiable(
                     CONTENT_TLS12_CID, record.epoch, record.sequence_number, len(record.fragment)
@@ -1118,7 +1059,9 @@ class DTLSSession:
             reason = reason or why
         return reason
 
-    def _unverifiable(self, content: int, epoch: int, sequence: int, length: int) -> str | None:
+    def _unverifiable(
+        self, content: int, epoch: int, sequence: int, length: int
+    ) -> DropReason | None:
         """Why one record of an established session cannot be authentic, without crypto; or None.
 
         The replay window is consulted only where our own record layer keeps it (it marks a
@@ -1129,11 +1072,11 @@ class DTLSSession:
         read_epoch = self._read_epoch
         if epoch != read_epoch:
             if read_epoch is not None and epoch < read_epoch:
-                return DROP_HANDSHAKE_RETRANSMISSION
-            return DROP_WRONG_EPOCH
+                return DropReason.HANDSHAKE_RETRANSMISSION
+            return DropReason.WRONG_EPOCH
         lengths = self._fragment_lengths
         if lengths is not None and not lengths[0] <= length <= lengths[1]:
-            return DROP_BAD_LENGTH
+            return DropReason.BAD_LENGTH
         # Handshake records skip the replay check: a retransmitted Finished may be byte for
         # byte the one already seen, and it must still trigger the bounded resend.
         protection = self._records
@@ -1145,7 +1088,7 @@ class DTLSSession:
             # reach _on_protected_handshake (and nothing else of that number authenticates).
             and not (content == CONTENT_TLS12_CID and sequence == self._peer_finished_sequence)
         ):
-            return DROP_REPLAY
+            return DropReason.REPLAY
         return None
 
     def receive_datagram(self, datagram: bytes, now: float) -> list[SessionEvent]:
@@ -1155,7 +1098,7 @@ class DTLSSession:
         if not datagram:
             # A zero-length BIO write raises WantReadError out of pyOpenSSL; and there is
             # nothing in it for OpenSSL anyway.
-            return [RecordsDropped(DROP_MALFORMED)]
+            return [RecordsDropped(DropReason.MALFORMED)]
         if self.state is not SessionState.HANDSHAKING:
             if self._records is not None:
                 if self._records.read_cid:
@@ -1166,7 +1109,11 @@ class DTLSSession:
                 screened = self._etm.screen(datagram)
                 if screened is None:
                     malformed = _records_or_none(datagram) is None
-                    return [RecordsDropped(DROP_MALFORMED if malformed else DROP_AUTHENTICATION)]
+                    return [
+                        RecordsDropped(
+                            DropReason.MALFORMED if malformed else DropReason.AUTHENTICATION
+                        )
+                    ]
                 datagram = screened
             self._connection.bio_write(datagram)
             return self._read_application_data(datagram)
@@ -1176,7 +1123,7 @@ class DTLSSession:
             # client's address mid-handshake would make OpenSSL abort that handshake.  What
             # does not even split into DTLS records cannot be the peer's, so OpenSSL never
             # sees it (well-framed forgeries still can; DTLS 1.2 offers no defence there).
-            return [RecordsDropped(DROP_MALFORMED)]
+            return [RecordsDropped(DropReason.MALFORMED)]
         if not self._is_server and not self._heard_server_hello:
             first = records[0]
             if first.epoch == 0 and first.content_type == CONTENT_HANDSHAKE:
@@ -1186,13 +1133,13 @@ class DTLSSession:
                     # The first ServerHello is the one OpenSSL acts on; later copies it drops.
                     self._etm_in_hello = etm_in_server_hello([datagram])
                 elif message_type != _HELLO_VERIFY_REQUEST:
-                    return [RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)]
+                    return [RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)]
             elif not (first.epoch == 0 and first.content_type == CONTENT_ALERT):
                 # Until the server answers this hello, anything else is a late datagram meant
                 # for an earlier client on this port (a device that restarted): OpenSSL would
                 # buffer its messages and mark its record numbers seen, and then drop the real
                 # ones as replays.
-                return [RecordsDropped(DROP_HANDSHAKE_RETRANSMISSION)]
+                return [RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)]
         self._last_received = datagram
         return self._handshake_datagram(records, now)
 
@@ -1217,10 +1164,10 @@ class DTLSSession:
         """
         plaintext: list[bytes] = []
         protected_handshake: list[bytes] = []
-        drop: str | None = None
+        drop: DropReason | None = None
         follows_key_exchange = False
         for record in records:
-            reason: str | None = None
+            reason: DropReason | None = None
             if record.epoch == 0:
                 reason = self._unexpected_plaintext(record, follows_key_exchange)
                 if reason is None:
@@ -1230,13 +1177,13 @@ class DTLSSession:
                         and record.fragment[:1] in _BEFORE_CHANGE_CIPHER_SPEC
                     )
             elif record.epoch != 1:
-                reason = DROP_UNEXPECTED  # no epoch but 1 exists before the handshake ends
+                reason = DropReason.UNEXPECTED  # no epoch but 1 exists before the handshake ends
             elif record.content_type == CONTENT_HANDSHAKE:
                 protected_handshake.append(record.raw)
             elif record.content_type in (CONTENT_APPLICATION_DATA, CONTENT_ALERT):
                 reason = self._keep_early(record)
             else:
-                reason = DROP_UNEXPECTED  # a protected ChangeCipherSpec
+                reason = DropReason.UNEXPECTED  # a protected ChangeCipherSpec
             if reason is not None:
                 drop = drop or reason
                 self.handshake_drops[reason] += 1
@@ -1287,7 +1234,7 @@ class DTLSSession:
                     raw, now, in_chain=self._in_flight_chain, at_once=accepted_here
                 )
                 if self._finished_failures > failures:
-                    drop = drop or DROP_AUTHENTICATION
+                    drop = drop or DropReason.AUTHENTICATION
             else:
                 reason = self._hold(raw)
                 if reason is not None:
@@ -1306,7 +1253,9 @@ class DTLSSession:
                 events.insert(0, progress[0])
         return events or [HandshakeProgress()]
 
-    def _unexpected_plaintext(self, record: Record, follows_key_exchange: bool) -> str | None:
+    def _unexpected_plaintext(
+        self, record: Record, follows_key_exchange: bool
+    ) -> DropReason | None:
         """Why a plaintext (epoch 0) record cannot be the peer's, or None to let OpenSSL see it.
 
         Server side only (the client side has its own check in :meth:`receive_datagram`).
@@ -1326,17 +1275,17 @@ class DTLSSession:
             return None
         content = record.content_type
         if content == CONTENT_ALERT:
-            return None if len(record.fragment) == 2 else DROP_UNEXPECTED
+            return None if len(record.fragment) == 2 else DropReason.UNEXPECTED
         if content == CONTENT_CHANGE_CIPHER_SPEC:
             if record.fragment != b"\x01":
-                return DROP_UNEXPECTED
+                return DropReason.UNEXPECTED
             return self._unexpected_change_cipher_spec(follows_key_exchange)
         if content != CONTENT_HANDSHAKE:
-            return DROP_UNEXPECTED  # application data never travels in plaintext
+            return DropReason.UNEXPECTED  # application data never travels in plaintext
         try:
             messages = parse_handshake_messages(record.fragment)
         except MalformedDatagram:
-            return DROP_UNEXPECTED
+            return DropReason.UNEXPECTED
         if session_reused(self._connection):
             flight: tuple[frozenset[int], ...] = ()  # the client answers with CCS + Finished
         elif self._certificate_requested:
@@ -1347,16 +1296,16 @@ class DTLSSession:
         for message in messages:
             position = message.message_seq - first
             if position < 0:
-                return DROP_HANDSHAKE_RETRANSMISSION
+                return DropReason.HANDSHAKE_RETRANSMISSION
             if (
                 position >= len(flight)
                 or message.msg_type not in flight[position]
                 or message.length > _MAX_MESSAGE_LENGTH[message.msg_type]
             ):
-                return DROP_UNEXPECTED
+                return DropReason.UNEXPECTED
         return None
 
-    def _unexpected_change_cipher_spec(self, follows_key_exchange: bool) -> str | None:
+    def _unexpected_change_cipher_spec(self, follows_key_exchange: bool) -> DropReason | None:
         """Why a ChangeCipherSpec cannot be the client's now, or None to let OpenSSL see it.
 
         The client's comes right after its ClientKeyExchange (or CertificateVerify, when it
@@ -1366,14 +1315,14 @@ class DTLSSession:
         """
         state = self._connection.get_state_string()
         if b"read change cipher spec" in state:
-            return DROP_HANDSHAKE_RETRANSMISSION  # OpenSSL has read the client's already
+            return DropReason.HANDSHAKE_RETRANSMISSION  # OpenSSL has read the client's already
         if follows_key_exchange or session_reused(self._connection):
             return None
         if b"read certificate verify" in state:
             return None
         if b"read client key exchange" in state and peer_certificate(self._connection) is None:
             return None
-        return DROP_UNEXPECTED
+        return DropReason.UNEXPECTED
 
     def _before_key_exchange(self) -> bool:
         """Server side: OpenSSL still waits for the client's key exchange."""
@@ -1387,27 +1336,27 @@ class DTLSSession:
     def _kept(self, raw: bytes) -> bool:
         return raw in self._held or raw in self._early or raw == self._peer_finished
 
-    def _hold(self, raw: bytes) -> str | None:
+    def _hold(self, raw: bytes) -> DropReason | None:
         """Keep a protected handshake record OpenSSL cannot read yet; why not, if not.
 
         It cannot be checked before OpenSSL has the keys, so when the budget is full the
         oldest held record makes room: the peer's real Finished is the one that comes last.
         """
         if self._kept(raw):
-            return DROP_REPLAY
+            return DropReason.REPLAY
         if len(raw) > HANDSHAKE_KEPT_BUDGET:
-            return DROP_OVER_BUDGET
+            return DropReason.OVER_BUDGET
         reason = None
         while self._held and self._kept_bytes + len(raw) > HANDSHAKE_KEPT_BUDGET:
             self._kept_bytes -= len(self._held.pop(0))
-            reason = DROP_OVER_BUDGET
+            reason = DropReason.OVER_BUDGET
         if self._kept_bytes + len(raw) > HANDSHAKE_KEPT_BUDGET:
-            return DROP_OVER_BUDGET  # the rest is checked data: it stays
+            return DropReason.OVER_BUDGET  # the rest is checked data: it stays
         self._held.append(raw)
         self._kept_bytes += len(raw)
         return reason
 
-    def _keep_early(self, record: Record) -> str | None:
+    def _keep_early(self, record: Record) -> DropReason | None:
         """Keep protected data or an alert that overtook the peer's Finished; why not, if not.
 
         The peer can only have sent such a record after our Finished reached it (the client of
@@ -1417,10 +1366,10 @@ class DTLSSession:
         fits; beyond the budget it is dropped, like a datagram lost on the way.
         """
         if not self._sent_protected:
-            return DROP_UNEXPECTED
+            return DropReason.UNEXPECTED
         raw = record.raw
         if self._kept(raw):
-            return DROP_REPLAY
+            return DropReason.REPLAY
         verifier = self._verifier()
         if verifier is not None and (
             verifier.decrypt(
@@ -1428,9 +1377,9 @@ class DTLSSession:
             )
             is None
         ):
-            return DROP_AUTHENTICATION
+            return DropReason.AUTHENTICATION
         if self._kept_bytes + len(raw) > HANDSHAKE_KEPT_BUDGET:
-            return DROP_OVER_BUDGET
+            return DropReason.OVER_BUDGET
         self._early.append(raw)
         self._kept_bytes += len(raw)
         return None
@@ -1505,7 +1454,7 @@ class DTLSSession:
         if raw[0] == CONTENT_TLS12_CID:
             translated = self._peer_cid_record_for_openssl(raw)
             if translated is None:
-                self.handshake_drops[DROP_WRONG_CID] += 1
+                self.handshake_drops[DropReason.WRONG_CID] += 1
                 return []
             raw = translated
         if not self._etm_rejects(raw):
@@ -1521,7 +1470,7 @@ class DTLSSession:
             self._chained_failures += 1
         if self._is_server and (at_once or self._chained_failures >= 2):
             return events + self._reject_bad_finished(now)
-        self.handshake_drops[DROP_AUTHENTICATION] += 1
+        self.handshake_drops[DropReason.AUTHENTICATION] += 1
         return [e for e in events if not isinstance(e, HandshakeProgress)]
 
     def _etm_rejects(self, raw: bytes) -> bool:
@@ -1855,7 +1804,7 @@ class DTLSSession:
         for raw in self._early:
             if self._etm is not None and self._etm.screen(raw) is None:
                 # Its MAC fails: a forgery, which OpenSSL would end the association for.
-                self.handshake_drops[DROP_AUTHENTICATION] += 1
+                self.handshake_drops[DropReason.AUTHENTICATION] += 1
                 continue
             connection.bio_write(raw)
             ending: SessionEvent | None = None
@@ -2031,23 +1980,23 @@ class DTLSSession:
             sequence = header[2]
             lengths = self._fragment_lengths
             if lengths is not None and not lengths[0] <= len(datagram) - 13 <= lengths[1]:
-                return [RecordsDropped(DROP_BAD_LENGTH)]
+                return [RecordsDropped(DropReason.BAD_LENGTH)]
             if protection.replay.seen(sequence):
-                return [RecordsDropped(DROP_REPLAY)]
+                return [RecordsDropped(DropReason.REPLAY)]
             version = int.from_bytes(datagram[1:3], "big")
             plaintext = protection.decrypt(
                 CONTENT_APPLICATION_DATA, version, sequence, datagram[13:]
             )
             if plaintext is None:
-                return [RecordsDropped(DROP_AUTHENTICATION)]
+                return [RecordsDropped(DropReason.AUTHENTICATION)]
             protection.replay.mark(sequence)
             self._final_flight = []  # authentic data: the peer has finished its handshake
             return [ApplicationData(plaintext)] if plaintext else []
         records = _records_or_none(datagram)
         if records is None:
-            return [RecordsDropped(DROP_MALFORMED)]
+            return [RecordsDropped(DropReason.MALFORMED)]
         events: list[SessionEvent] = []
-        drop: str | None = None
+        drop: DropReason | None = None
         for record in records:
             content, sequence = record.content_type, record.sequence_number
             # Epoch 0: the rest of the peer's retransmitted flight; a later one: not ours; an
@@ -2059,7 +2008,7 @@ class DTLSSession:
                 continue
             plaintext = protection.decrypt(content, record.version, sequence, record.fragment)
             if plaintext is None:
-                drop = drop or DROP_AUTHENTICATION
+                drop = drop or DropReason.AUTHENTICATION
                 continue
             if content != CONTENT_HANDSHAKE:
                 protection.replay.mark(sequence)
@@ -2074,7 +2023,7 @@ class DTLSSession:
                     return events
             elif content == CONTENT_HANDSHAKE:
                 self._on_protected_handshake(protection, plaintext)
-                drop = drop or DROP_HANDSHAKE_RETRANSMISSION
+                drop = drop or DropReason.HANDSHAKE_RETRANSMISSION
         if not events and drop is not None:
             events.append(RecordsDropped(drop))
         return events
@@ -2085,7 +2034,7 @@ class DTLSSession:
         """An established datagram on an association whose peer must use our CID (RFC 9146).
 
         Each record must be a ``tls12_cid`` record carrying our CID; standard protected
-        records are dropped (:data:`DROP_MISSING_CID`).  Sets
+        records are dropped (:data:`DropReason.MISSING_CID`).  Sets
         :attr:`newest_record_authenticated` when a record authenticated and was newer than
         any the peer sent before in the epoch (RFC 9146 §6: the owner may then move the
         association to the datagram's source address).
@@ -2095,18 +2044,20 @@ class DTLSSession:
         try:
             records = parse_records_with_cid(datagram, len(read_cid))
         except MalformedDatagram:
-            return [RecordsDropped(DROP_MALFORMED)]
+            return [RecordsDropped(DropReason.MALFORMED)]
         events: list[SessionEvent] = []
-        drop: str | None = None
+        drop: DropReason | None = None
         for record in records:
             if isinstance(record, Record):
                 drop = drop or (
-                    DROP_HANDSHAKE_RETRANSMISSION if record.epoch == 0 else DROP_MISSING_CID
+                    DropReason.HANDSHAKE_RETRANSMISSION
+                    if record.epoch == 0
+                    else DropReason.MISSING_CID
                 )
                 continue
             sequence = record.sequence_number
             if record.cid != read_cid:
-                drop = drop or DROP_WRONG_CID
+                drop = drop or DropReason.WRONG_CID
                 continue
             why = self._unverifiable(
                 CONTENT_TLS12_CID, record.epoch, sequence, len(record.fragment)
@@ -2117,7 +2068,7 @@ class DTLSSession:
             newest = sequence > protection.replay.highest
             opened = protection.decrypt_cid(record.version, sequence, record.cid, record.fragment)
             if opened is None:
-                drop = drop or DROP_AUTHENTICATION
+                drop = drop or DropReason.AUTHENTICATION
                 continue
             content, plaintext = opened
             if content != CONTENT_HANDSHAKE:
@@ -2135,9 +2086,9 @@ class DTLSSession:
                     return events
             elif content == CONTENT_HANDSHAKE:
                 self._on_protected_handshake(protection, plaintext)
-                drop = drop or DROP_HANDSHAKE_RETRANSMISSION
+                drop = drop or DropReason.HANDSHAKE_RETRANSMISSION
             else:
-                drop = drop or DROP_UNEXPECTED
+                drop = drop or DropReason.UNEXPECTED
         if not events and drop is not None:
             events.append(RecordsDropped(drop))
         return events
@@ -2228,16 +2179,16 @@ class DTLSSession:
             self._final_flight = []  # authentic data: the peer has finished its handshake
         else:
             records = _records_or_none(datagram)
-            reason = DROP_MALFORMED if records is None else self._classify_drop(records)
+            reason = DropReason.MALFORMED if records is None else self._classify_drop(records)
             if (
-                reason == DROP_HANDSHAKE_RETRANSMISSION
+                reason == DropReason.HANDSHAKE_RETRANSMISSION
                 and not reemitted
                 and records
                 and _has_protected_handshake(records)
                 and not self._resend_final_flight(records)
             ):
                 # Not a copy of its Finished, and OpenSSL did not take it as a fresh one.
-                reason = DROP_AUTHENTICATION
+                reason = DropReason.AUTHENTICATION
             events.append(RecordsDropped(reason))
         return events
 
@@ -2273,11 +2224,11 @@ class DTLSSession:
             self._final_flight_resends += 1
             self._outgoing.extend(self._final_flight)
 
-    def _classify_drop(self, records: list[Record]) -> str:
+    def _classify_drop(self, records: list[Record]) -> DropReason:
         """Why a well-framed datagram gave no plaintext (OpenSSL drops silently)."""
         protected = [r for r in records if r.epoch > 0]
         if not protected:
-            return DROP_HANDSHAKE_RETRANSMISSION
+            return DropReason.HANDSHAKE_RETRANSMISSION
         reasons = [
             self._unverifiable(r.content_type, r.epoch, r.sequence_number, len(r.fragment))
             for r in protected
@@ -2287,8 +2238,8 @@ class DTLSSession:
             return next(reason for reason in reasons if reason is not None)
         application = [r for r in protected if r.content_type == CONTENT_APPLICATION_DATA]
         if application and all(self._replay.seen(r.epoch, r.sequence_number) for r in application):
-            return DROP_REPLAY
+            return DropReason.REPLAY
         if not application:
             # Protected handshake records (a retransmitted Finished) are not forgeries.
-            return DROP_HANDSHAKE_RETRANSMISSION
-        return DROP_AUTHENTICATION
+            return DropReason.HANDSHAKE_RETRANSMISSION
+        return DropReason.AUTHENTICATION

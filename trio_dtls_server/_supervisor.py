@@ -57,6 +57,7 @@ from typing import Any
 import trio
 
 from ._certificates import CertificateConfig
+from ._codes import EventCode
 from ._config import DEFAULT_PORT, ServerConfig
 from ._errors import DTLSError
 from ._events import EventHub, InfoEvent, ServerEvent, WarningEvent
@@ -375,7 +376,9 @@ class Supervisor:
         self._workers = [_Worker(number, sock) for number, sock in enumerate(sockets, 1)]
         self._steering_now = self._attach_steering(sockets[0])
         if self._steering_now.warning is not None:
-            self._hub.emit(WarningEvent("connection_id_steering", self._steering_now.warning))
+            self._hub.emit(
+                WarningEvent(EventCode.CONNECTION_ID_STEERING, self._steering_now.warning)
+            )
         bound = sockets[0].getsockname()
         self._local_address = (bound[0], bound[1])
         start_error: WorkerStartError | None = None
@@ -391,7 +394,7 @@ class Supervisor:
                         host_text, port_number = self._local_address
                         self._hub.emit(
                             InfoEvent(
-                                "listening",
+                                EventCode.LISTENING,
                                 f"Server is listening on address {host_text} and port "
                                 f"{port_number}",
                             )
@@ -408,7 +411,9 @@ class Supervisor:
                 worker.sock.close()
             self._local_address = None
             if start_error is None:
-                self._hub.emit(InfoEvent("stopped", "Server is not accepting new connections"))
+                self._hub.emit(
+                    InfoEvent(EventCode.STOPPED, "Server is not accepting new connections")
+                )
             self._stopped.set()
 
     # -- inside ---------------------------------------------------------------------------------
@@ -472,7 +477,7 @@ class Supervisor:
             worker.statistics = _zero_snapshot()
             self._hub.emit(
                 WorkerExited(
-                    "worker_restarted",
+                    EventCode.WORKER_RESTARTED,
                     f"worker {worker.number} (pid {pid}) {describe_exit(status)}: restarting "
                     f"it on the same socket in {worker.delay:g} s (restart {worker.restarts})",
                     worker=worker.number,
@@ -548,7 +553,7 @@ class Supervisor:
                             became_ready = True
                             self._hub.emit(
                                 InfoEvent(
-                                    "worker_started",
+                                    EventCode.WORKER_STARTED,
                                     f"worker {worker.number} started (pid {process.pid})",
                                 )
                             )

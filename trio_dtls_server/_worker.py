@@ -40,6 +40,7 @@ from typing import Any, Literal
 import trio
 
 from ._certificates import CertificateConfig
+from ._codes import EventCode
 from ._config import ServerConfig
 from ._display import Display
 from ._events import InfoEvent, ServerEvent
@@ -265,7 +266,8 @@ async def serve_worker(spec: WorkerSpec) -> int:
             nursery.start_soon(_watch_supervisor, orphaned)
             reason = await _first_stop_reason(signals, orphaned)
             note = InfoEvent(
-                "shutdown", f"{reason}: shutting down, close_notify to {server.peer_count} peer(s)"
+                EventCode.SHUTDOWN,
+                f"{reason}: shutting down, close_notify to {server.peer_count} peer(s)",
             )
             if display is not None:
                 display.show(note)
