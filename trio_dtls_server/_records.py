@@ -40,7 +40,14 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
-from ._wire import CONTENT_TLS12_CID, Record, cid_record_header
+from ._wire import (
+    DTLS_1_2,
+    ContentType,
+    Record,
+    cid_record_header,
+    encode_pseudo_header,
+    encode_record_header,
+)
 
 __all__ = [
     "AeadSuite",
@@ -154,7 +161,7 @@ def cid_additional_data(
     """
     return (
         _SEQ_NUM_PLACEHOLDER
-        + bytes((CONTENT_TLS12_CID, len(cid), CONTENT_TLS12_CID))
+        + bytes((ContentType.tls12_cid, len(cid), ContentType.tls12_cid))
         + version.to_bytes(2, "big")
         + epoch.to_bytes(2, "big")
         + sequence.to_bytes(6, "big")
@@ -287,8 +294,7 @@ class RecordProtection:
             )
         number = self._epoch_high | sequence
         epoch_and_sequence = number.to_bytes(8, "big")
-        header_start = bytes((content_type, 0xFE, 0xFD))
-        additional = epoch_and_sequence + header_start + len(plaintext).to_bytes(2, "big")
+        additional = encode_pseudo_header(content_type, DTLS_1_2, number, len(plaintext))
         if self._xor_nonce:
             explicit = b""
             nonce = (self._write_iv_number ^ number).to_bytes(12, "big")
@@ -296,8 +302,10 @@ class RecordProtection:
             explicit = epoch_and_sequence
             nonce = self._write_iv + explicit
         sealed = self._write_aead.encrypt(nonce, plaintext, additional)
-        length = (len(explicit) + len(sealed)).to_bytes(2, "big")
-        return header_start + epoch_and_sequence + length + explicit + sealed
+        header = encode_record_header(
+            content_type, DTLS_1_2, self.epoch, sequence, len(explicit) + len(sealed)
+        )
+        return header + explicit + sealed
 
     def open_record(
         self, content_type: int, version: int, sequence: int, fragment: bytes
@@ -466,12 +474,12 @@ class RecordProtection:
         content_type, content = opened
         number = self._epoch_high | sequence
         nonce, explicit = self._nonce(self._read_iv, self._read_iv_number, number)
-        header_start = bytes((content_type,)) + version.to_bytes(2, "big")
-        epoch_and_sequence = number.to_bytes(8, "big")
-        additional = epoch_and_sequence + header_start + len(content).to_bytes(2, "big")
+        additional = encode_pseudo_header(content_type, version, number, len(content))
         sealed = self._read_aead.encrypt(nonce, content, additional)
-        length = (len(explicit) + len(sealed)).to_bytes(2, "big")
-        return header_start + epoch_and_sequence + length + explicit + sealed
+        header = encode_record_header(
+            content_type, version, self.epoch, sequence, len(explicit) + len(sealed)
+        )
+        return header + explicit + sealed
 
     def _open(
         self,
@@ -488,12 +496,7 @@ class RecordProtection:
         if plaintext_length < 0 or plaintext_length > 2**14:
             return None
         number = self._epoch_high | sequence
-        additional = (
-            number.to_bytes(8, "big")
-            + bytes((content_type,))
-            + version.to_bytes(2, "big")
-            + plaintext_length.to_bytes(2, "big")
-        )
+        additional = encode_pseudo_header(content_type, version, number, plaintext_length)
         if self._xor_nonce:
             nonce = (implicit_iv_number ^ number).to_bytes(12, "big")
             sealed = fragment
