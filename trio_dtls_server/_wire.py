@@ -622,8 +622,11 @@ def mac_pseudo_header(record: bytes, length: int) -> bytes:
 def encode_record_header(
     content_type: int, version: int, epoch: int, sequence: int, length: int
 ) -> bytes:
-    """The 13-byte header of a record we write (RFC 6347 section 4.1); the values are ours,
-    so one out of range is a bug and raises :class:`struct.error`."""
+    """The 13-byte header of a record we write (RFC 6347 section 4.1).
+
+    The values are ours (``sequence`` below 2^48, the others in their fields), so one out of
+    range is a bug; :class:`struct.error` says so for an epoch, a length or a version too large.
+    """
     return _RECORD_HEADER_OUT.pack(content_type, version, (epoch << 48) | sequence, length)
 
 
