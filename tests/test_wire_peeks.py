@@ -1,8 +1,8 @@
 """The record-header peeks and the encoders of ``_wire.py`` (issue 10, item 4).
 
-The peeks (``single_record_header``, ``single_application_record``, ``looks_like_client_hello``,
-``starts_with_cid_record``, ``is_protected_data_or_alert``, ``first_content_type``,
-``handshake_type``, ``mac_pseudo_header``) read untrusted bytes on the hot paths, so for *any*
+The peeks (``single_record_header``, ``single_record_epoch``, ``single_application_record``,
+``looks_like_client_hello``, ``starts_with_cid_record``, ``is_protected_data_or_alert``,
+``first_content_type``, ``handshake_type``, ``mac_pseudo_header``) read untrusted bytes on the hot paths, so for *any*
 bytes they return their result or raise MalformedDatagram, nothing else; and each gives the
 answer of the inline code it replaced (kept below as the oracle, verbatim but for names), so
 moving it into ``_wire`` changed no behaviour.  The encoders (trusted values) round-trip
@@ -45,6 +45,7 @@ from trio_dtls_server._wire import (
     read_own_record,
     renumber_plaintext_records,
     single_application_record,
+    single_record_epoch,
     single_record_header,
     split_records,
     starts_with_cid_record,
@@ -126,6 +127,8 @@ def test_peeks_agree_with_the_code_they_replaced(datagram: bytes, epoch: int) ->
         assert (header.content_type, header.epoch, header.sequence_number) == old
         assert header.length == len(datagram) - RECORD_HEADER_LENGTH
         assert header.version == int.from_bytes(datagram[1:3], "big")
+
+    assert single_record_epoch(datagram) == (None if old is None else old[1])
 
     record = single_application_record(datagram, epoch)
     if old is not None and old[0] == ContentType.application_data and old[1] == epoch:

@@ -56,7 +56,7 @@ from ._wire import (
     mac_pseudo_header,
     parse_records,
     parse_server_hello,
-    single_record_header,
+    single_record_epoch,
 )
 
 __all__ = ["EtmGuard", "etm_guard_for", "etm_in_server_hello", "mac_hash", "read_guard"]
@@ -114,9 +114,9 @@ class EtmGuard:
         Never raises; the bytes are untrusted.
         """
         # The hot path: a datagram of exactly one record.
-        header = single_record_header(datagram)
-        if header is not None:
-            if header.epoch != self.epoch or self.authentic(datagram):
+        epoch = single_record_epoch(datagram)
+        if epoch is not None:
+            if epoch != self.epoch or self.authentic(datagram):
                 return datagram
             return None
         try:

@@ -610,7 +610,7 @@ class DTLSServer:
                 address,
             )
             return
-        if starts_with_cid_record(datagram) and self.config.connection_id_length:
+        if self.config.connection_id_length and starts_with_cid_record(datagram):
             self._on_cid_datagram(datagram, address, source)
             return
         slot = self._peers.get(address)

@@ -76,6 +76,7 @@ __all__ = [
     "read_own_record",
     "renumber_plaintext_records",
     "single_application_record",
+    "single_record_epoch",
     "single_record_header",
     "starts_with_cid_record",
     "encode_connection_id_extension",
@@ -480,7 +481,24 @@ def pack_datagrams(records: list[bytes], mtu: int) -> list[bytes]:
 # Peeks: a record header judged without parsing the datagram
 # ---------------------------------------------------------------------------------------
 # These run for every datagram (the server's reader, a session's application data), so they
-# unpack with ``_RECORD_HEADER`` and compare with plain ints; they never raise.
+# unpack with ``_RECORD_HEADER``, compare with plain ints, and build their named tuples with
+# ``tuple.__new__`` (130 ns, where calling the class costs 300 ns on Python 3.11).  They never
+# raise.
+
+_new_tuple = tuple.__new__
+
+
+def single_record_epoch(datagram: bytes) -> int | None:
+    """The epoch of ``datagram`` if it is exactly one record (its length field covers the rest
+    of the datagram), else None: the cheapest look at a datagram, for the encrypt-then-MAC
+    guard, which only checks the records of one epoch."""
+    if len(datagram) < RECORD_HEADER_LENGTH:
+        return None
+    header = _RECORD_HEADER.unpack_from(datagram)
+    if header[5] != len(datagram) - RECORD_HEADER_LENGTH:
+        return None
+    epoch: int = header[2]
+    return epoch
 
 
 def single_record_header(datagram: bytes) -> RecordHeader | None:
@@ -497,7 +515,9 @@ def single_record_header(datagram: bytes) -> RecordHeader | None:
     content_type, version, epoch, seq_high, seq_low, length = _RECORD_HEADER.unpack_from(datagram)
     if length != size:
         return None
-    return RecordHeader(content_type, version, epoch, (seq_high << 32) | seq_low, length)
+    return _new_tuple(
+        RecordHeader, (content_type, version, epoch, (seq_high << 32) | seq_low, length)
+    )
 
 
 def single_application_record(datagram: bytes, epoch: int) -> Record | None:
@@ -515,7 +535,7 @@ def single_application_record(datagram: bytes, epoch: int) -> Record | None:
     )
     if length != size or content_type != _APPLICATION_DATA or record_epoch != epoch:
         return None
-    return Record(
+    fields = (
         content_type,
         version,
         epoch,
@@ -523,6 +543,7 @@ def single_application_record(datagram: bytes, epoch: int) -> Record | None:
         datagram[RECORD_HEADER_LENGTH:],
         datagram,
     )
+    return _new_tuple(Record, fields)
 
 
 def first_content_type(datagram: bytes) -> int | None:
