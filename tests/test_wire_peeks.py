@@ -2,11 +2,11 @@
 
 The peeks (``single_record_header``, ``single_record_epoch``, ``single_application_record``,
 ``looks_like_client_hello``, ``starts_with_cid_record``, ``is_protected_data_or_alert``,
-``first_content_type``, ``handshake_type``, ``mac_pseudo_header``) read untrusted bytes on the hot paths, so for *any*
-bytes they return their result or raise MalformedDatagram, nothing else; and each gives the
-answer of the inline code it replaced (kept below as the oracle, verbatim but for names), so
-moving it into ``_wire`` changed no behaviour.  The encoders (trusted values) round-trip
-through the parsers.
+``first_content_type``, ``handshake_type``, ``mac_pseudo_header``) read untrusted bytes on
+the hot paths, so for *any* bytes they return their result or raise MalformedDatagram,
+nothing else; and each gives the answer of the inline code it replaced (kept below as the
+oracle, verbatim but for names), so moving it into ``_wire`` changed no behaviour.  The
+encoders (trusted values) round-trip through the parsers.
 """
 
 from __future__ import annotations
