@@ -147,6 +147,8 @@ def derive_key_block(
 #: RFC 9146 §5.3: the additional data of a CID record starts with eight 0xff bytes in place of
 #: the sequence number.
 _SEQ_NUM_PLACEHOLDER = b"\xff" * 8
+#: Read per record: a module global, not an Enum attribute (~100 ns each on Python 3.11).
+_TLS12_CID = ContentType.tls12_cid
 
 
 def cid_additional_data(
@@ -161,7 +163,7 @@ def cid_additional_data(
     """
     return (
         _SEQ_NUM_PLACEHOLDER
-        + bytes((ContentType.tls12_cid, len(cid), ContentType.tls12_cid))
+        + bytes((_TLS12_CID, len(cid), _TLS12_CID))
         + version.to_bytes(2, "big")
         + epoch.to_bytes(2, "big")
         + sequence.to_bytes(6, "big")
@@ -370,9 +372,9 @@ class RecordProtection:
         inner: bytes,
     ) -> bytes:
         nonce, explicit = self._nonce(implicit_iv, implicit_iv_number, self._epoch_high | sequence)
-        additional = cid_additional_data(0xFEFD, self.epoch, sequence, cid, len(inner))
+        additional = cid_additional_data(DTLS_1_2, self.epoch, sequence, cid, len(inner))
         sealed = aead.encrypt(nonce, inner, additional)
-        header = cid_record_header(0xFEFD, self.epoch, sequence, cid, len(explicit) + len(sealed))
+        header = cid_record_header(DTLS_1_2, self.epoch, sequence, cid, len(explicit) + len(sealed))
         return header + explicit + sealed
 
     def _open_cid(
