@@ -50,6 +50,8 @@ from typing import Any, NamedTuple
 
 from OpenSSL import SSL
 
+from trio_dtls_server._wire import pack_datagrams, split_records
+
 from .common import (
     BENCH_MTU,
     MemoryReport,
@@ -64,7 +66,6 @@ from .common import (
 __all__ = ["main", "percentiles"]
 
 _BUFFER_SIZE = 65_536
-_RECORD_HEADER = 13
 _SSL_ERROR_WANT_READ: int = lib.SSL_ERROR_WANT_READ
 _SSL_ERROR_ZERO_RETURN: int = lib.SSL_ERROR_ZERO_RETURN
 
@@ -94,20 +95,7 @@ def _split_flight(flight: bytes, mtu: int) -> list[bytes]:
     """Pack a flight (records glued together by the memory BIO) into datagrams of <= ``mtu``."""
     if len(flight) <= mtu:
         return [flight]
-    datagrams: list[bytes] = []
-    current = b""
-    offset = 0
-    while offset + _RECORD_HEADER <= len(flight):
-        length = int.from_bytes(flight[offset + 11 : offset + 13], "big")
-        record = flight[offset : offset + _RECORD_HEADER + length]
-        offset += _RECORD_HEADER + length
-        if current and len(current) + len(record) > mtu:
-            datagrams.append(current)
-            current = b""
-        current += record
-    if current:
-        datagrams.append(current)
-    return datagrams
+    return pack_datagrams(split_records(flight), mtu)
 
 
 class Peer:

@@ -111,13 +111,13 @@ from trio_dtls_server import (
 from trio_dtls_server._records import RecordProtection
 from trio_dtls_server._session import HANDSHAKE_KEPT_BUDGET
 from trio_dtls_server._wire import (
-    CONTENT_ALERT,
-    CONTENT_APPLICATION_DATA,
-    CONTENT_HANDSHAKE,
-    HANDSHAKE_CLIENT_HELLO,
-    HANDSHAKE_HELLO_VERIFY_REQUEST,
+    AlertDescription,
+    AlertLevel,
+    ContentType,
+    HandshakeType,
     MalformedDatagram,
     Record,
+    encode_alert,
     parse_records,
 )
 
@@ -155,7 +155,7 @@ PEER_CLOSED = "the peer sent close_notify"
 SERVER_CLOSED = "the server sent close_notify"
 IDLE = "idle timeout"
 CANCELLED = "cancelled"
-CLOSE_NOTIFY = b"\x01\x00"
+CLOSE_NOTIFY = encode_alert(AlertLevel.warning, AlertDescription.close_notify)
 
 MODES = ("released", "kept")
 #: One per seed, in turn: every nonce construction (ChaCha20's XOR, GCM's and CCM's explicit
@@ -783,9 +783,9 @@ def _read_wire(h: Harness) -> _Wire:
             association, plaintext = found
             key = (direction, association.label, record.epoch, record.sequence_number)
             wire.numbers.setdefault(key, set()).add(record.raw)
-            if direction == "client" and record.content_type == CONTENT_APPLICATION_DATA:
+            if direction == "client" and record.content_type == ContentType.application_data:
                 wire.data.setdefault(association.label, []).append((datagram, plaintext))
-            elif record.content_type == CONTENT_ALERT and plaintext == CLOSE_NOTIFY:
+            elif record.content_type == ContentType.alert and plaintext == CLOSE_NOTIFY:
                 goodbyes = wire.client_goodbyes if direction == "client" else wire.server_goodbyes
                 goodbyes.setdefault(association.label, []).append(datagram)
     return wire
@@ -809,7 +809,7 @@ def _attribute(
 
 def _first_handshake_type(datagram: bytes) -> int | None:
     """The handshake message type at the start of an epoch-0 handshake datagram, else None."""
-    if len(datagram) < 14 or datagram[0] != CONTENT_HANDSHAKE or datagram[3:5] != b"\0\0":
+    if len(datagram) < 14 or datagram[0] != ContentType.handshake or datagram[3:5] != b"\0\0":
         return None
     return datagram[13]
 
@@ -834,14 +834,14 @@ def _restart_race(h: Harness, association: Association) -> str | None:
         t
         for d in h.network.sent(source=association.address, destination=SERVER)
         if d.sent_at >= start
-        and _first_handshake_type(d.data) == HANDSHAKE_CLIENT_HELLO
+        and _first_handshake_type(d.data) == HandshakeType.client_hello
         and int.from_bytes(d.data[5:11], "big") > 0
         for t in d.received_at
     ]
     new_handshake_from = min(cookied, default=math.inf)
     for datagram in h.network.sent(source=SERVER, destination=association.address):
         kind = _first_handshake_type(datagram.data)
-        if kind is None or kind == HANDSHAKE_HELLO_VERIFY_REQUEST:
+        if kind is None or kind == HandshakeType.hello_verify_request:
             continue
         if datagram.sent_at < new_handshake_from and any(t >= start for t in datagram.received_at):
             return "the server was still answering an earlier handshake from that address"
@@ -1085,7 +1085,7 @@ def _judge(h: Harness, stats: StatisticsSnapshot) -> dict[str, int]:
     finished_numbers = Counter(
         (direction, label, epoch)
         for (direction, label, epoch, sequence), raws in wire.numbers.items()
-        if any(raw[0] == CONTENT_HANDSHAKE for raw in raws)
+        if any(raw[0] == ContentType.handshake for raw in raws)
     )
     facts["Finished resent with a new number"] = sum(n - 1 for n in finished_numbers.values())
 

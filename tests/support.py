@@ -67,9 +67,9 @@ from trio_dtls_server._transport import (
     bind_udp,
 )
 from trio_dtls_server._wire import (
-    CONTENT_APPLICATION_DATA,
     HANDSHAKE_HEADER_LENGTH,
     RECORD_HEADER_LENGTH,
+    ContentType,
     build_hello_verify_request,
     pack_datagrams,
     parse_initial_client_hello,
@@ -672,7 +672,7 @@ def fragment_client_hello(client_hello: bytes, first_fragment_length: int) -> li
 
 def garbage_record(
     *,
-    content_type: int = CONTENT_APPLICATION_DATA,
+    content_type: int = ContentType.application_data,
     epoch: int = 1,
     sequence: int = 1_000,
     length: int = 48,

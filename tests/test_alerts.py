@@ -42,11 +42,10 @@ from trio_dtls_server._session import (
     SessionState,
 )
 from trio_dtls_server._wire import (
-    ALERT_LEVEL_FATAL,
-    ALERT_LEVEL_WARNING,
-    CONTENT_ALERT,
     FATAL_ONLY_ALERTS,
     AlertDescription,
+    AlertLevel,
+    ContentType,
 )
 
 IDENTITY = b"Alice (clone number 0)"
@@ -108,7 +107,7 @@ def sender_and_receiver(
 
 def alert(sender: DTLSSession, level: int, description: int) -> bytes:
     """An authentic protected alert from ``sender``, as one datagram."""
-    return protection_of(sender).seal(CONTENT_ALERT, bytes((level, description)))
+    return protection_of(sender).seal(ContentType.alert, bytes((level, description)))
 
 
 RECEIVERS = pytest.mark.parametrize(
@@ -130,7 +129,7 @@ def test_a_fatal_only_description_at_warning_level_ends_the_association(
     receiver_side: str, keeps_openssl: bool, description: AlertDescription
 ) -> None:
     sender, receiver = sender_and_receiver(receiver_side, keeps_openssl)
-    events = receiver.receive_datagram(alert(sender, ALERT_LEVEL_WARNING, description), 0.0)
+    events = receiver.receive_datagram(alert(sender, AlertLevel.warning, description), 0.0)
     assert events == [
         ConnectionFailed(
             f"the peer sent the alert {description.name} ({description.value}) at warning "
@@ -151,7 +150,7 @@ def test_alerts_that_may_be_warnings_change_nothing(
 ) -> None:
     sender, receiver = sender_and_receiver(receiver_side, keeps_openssl)
     # Nothing to report: not a drop either (the record was authentic).
-    assert receiver.receive_datagram(alert(sender, ALERT_LEVEL_WARNING, description), 0.0) == []
+    assert receiver.receive_datagram(alert(sender, AlertLevel.warning, description), 0.0) == []
     assert receiver.state is SessionState.ESTABLISHED
     assert receiver.receive_datagram(seal_one(sender, b"reading"), 0.0) == [
         ApplicationData(b"reading")
@@ -162,7 +161,7 @@ def test_alerts_that_may_be_warnings_change_nothing(
 def test_a_fatal_alert_still_ends_the_association(receiver_side: str, keeps_openssl: bool) -> None:
     sender, receiver = sender_and_receiver(receiver_side, keeps_openssl)
     events = receiver.receive_datagram(
-        alert(sender, ALERT_LEVEL_FATAL, AlertDescription.internal_error), 0.0
+        alert(sender, AlertLevel.fatal, AlertDescription.internal_error), 0.0
     )
     assert len(events) == 1 and isinstance(events[0], ConnectionFailed)
     assert receiver.state is SessionState.FAILED
@@ -174,9 +173,9 @@ def test_nothing_after_a_fatal_only_warning_in_the_same_datagram_counts(
 ) -> None:
     sender, receiver = sender_and_receiver(receiver_side, keeps_openssl)
     before = seal_one(sender, b"before")
-    warning = alert(sender, ALERT_LEVEL_WARNING, AlertDescription.bad_record_mac)
+    warning = alert(sender, AlertLevel.warning, AlertDescription.bad_record_mac)
     after = seal_one(sender, b"after")
-    goodbye = alert(sender, ALERT_LEVEL_WARNING, AlertDescription.close_notify)
+    goodbye = alert(sender, AlertLevel.warning, AlertDescription.close_notify)
     events = receiver.receive_datagram(before + warning + after + goodbye, 0.0)
     assert [type(event) for event in events] == [ApplicationData, ConnectionFailed]
     assert events[0] == ApplicationData(b"before")
@@ -197,7 +196,7 @@ def test_a_fatal_only_warning_that_overtakes_the_finished_ends_the_association(
     assert server.state is SessionState.ESTABLISHED
     final_flight = server.take_datagrams()
     early = seal_one(server, b"hello") + alert(
-        server, ALERT_LEVEL_WARNING, AlertDescription.bad_record_mac
+        server, AlertLevel.warning, AlertDescription.bad_record_mac
     )
     assert client.receive_datagram(early, 0.0) == [HandshakeProgress()]
     for datagram in final_flight:
@@ -217,7 +216,7 @@ def test_both_record_layers_agree_on_every_warning(description: int) -> None:
     outcomes: list[tuple[SessionState, list[type[SessionEvent]]]] = []
     for keeps_openssl in (False, True):
         sender, receiver = sender_and_receiver("server", keeps_openssl)
-        events = receiver.receive_datagram(alert(sender, ALERT_LEVEL_WARNING, description), 0.0)
+        events = receiver.receive_datagram(alert(sender, AlertLevel.warning, description), 0.0)
         outcomes.append((receiver.state, [type(event) for event in events]))
     assert outcomes[0] == outcomes[1]
     if description == AlertDescription.close_notify:
@@ -233,10 +232,10 @@ def test_no_renegotiation_is_left_to_each_layer() -> None:
     the connection on it (it only expects one after asking to renegotiate, which we never
     do); a peer that sends it unasked gets what its stack gives it.  Written down, not fixed."""
     sender, ours = sender_and_receiver("server", False)
-    warning = alert(sender, ALERT_LEVEL_WARNING, AlertDescription.no_renegotiation)
+    warning = alert(sender, AlertLevel.warning, AlertDescription.no_renegotiation)
     assert ours.receive_datagram(warning, 0.0) == []
     sender, openssl = sender_and_receiver("server", True)
-    warning = alert(sender, ALERT_LEVEL_WARNING, AlertDescription.no_renegotiation)
+    warning = alert(sender, AlertLevel.warning, AlertDescription.no_renegotiation)
     assert [type(e) for e in openssl.receive_datagram(warning, 0.0)] == [ConnectionFailed]
 
 
@@ -251,7 +250,7 @@ async def test_the_server_ends_a_connection_on_a_fatal_only_warning(
         good = await connect(served.address)
         await good.round_trip(b"ping", ack_for(good.address))
         good.transport.send_raw(
-            alert(good.client._session, ALERT_LEVEL_WARNING, AlertDescription.decode_error)
+            alert(good.client._session, AlertLevel.warning, AlertDescription.decode_error)
         )
         await settle()
         [failed] = served.events.with_code("connection_failed")
@@ -269,7 +268,7 @@ async def _serve_then_alert(connection: DTLSConnection) -> None:
     await connection.receive()
     session = connection._session
     datagram = protection_of(session).seal(
-        CONTENT_ALERT, bytes((ALERT_LEVEL_WARNING, AlertDescription.bad_record_mac))
+        ContentType.alert, bytes((AlertLevel.warning, AlertDescription.bad_record_mac))
     )
     await connection._transmit([datagram])
     await trio.sleep_forever()
@@ -298,9 +297,9 @@ async def test_the_client_ends_a_connection_on_a_fatal_only_warning(
 @pytest.mark.parametrize(
     ("level", "description", "code"),
     [
-        (ALERT_LEVEL_WARNING, AlertDescription.close_notify, "remote_closed"),
-        (ALERT_LEVEL_FATAL, AlertDescription.internal_error, "connection_failed"),
-        (ALERT_LEVEL_WARNING, AlertDescription.bad_record_mac, "connection_failed"),
+        (AlertLevel.warning, AlertDescription.close_notify, "remote_closed"),
+        (AlertLevel.fatal, AlertDescription.internal_error, "connection_failed"),
+        (AlertLevel.warning, AlertDescription.bad_record_mac, "connection_failed"),
     ],
     ids=["close_notify", "fatal", "fatal-only-warning"],
 )

@@ -27,9 +27,7 @@ from trio_dtls_server._session import (
     SessionState,
 )
 from trio_dtls_server._wire import (
-    CONTENT_ALERT,
-    CONTENT_APPLICATION_DATA,
-    CONTENT_HANDSHAKE,
+    ContentType,
     parse_records,
 )
 
@@ -62,17 +60,17 @@ def forgeries(authentic: bytes) -> dict[str, bytes]:
     tampered[20] ^= 1
     return {
         # The datagram of the issue: 13 bytes of header and 16 bytes, shorter than any MAC.
-        "29-byte": record(CONTENT_APPLICATION_DATA, 1, sequence, bytes(16)),
-        "empty-fragment": record(CONTENT_APPLICATION_DATA, 1, sequence, b""),
-        "wrong-mac": record(CONTENT_APPLICATION_DATA, 1, sequence, bytes(80)),
-        "fatal-alert": record(CONTENT_ALERT, 1, sequence, bytes(64)),
-        "handshake": record(CONTENT_HANDSHAKE, 1, sequence, bytes(64)),
+        "29-byte": record(ContentType.application_data, 1, sequence, bytes(16)),
+        "empty-fragment": record(ContentType.application_data, 1, sequence, b""),
+        "wrong-mac": record(ContentType.application_data, 1, sequence, bytes(80)),
+        "fatal-alert": record(ContentType.alert, 1, sequence, bytes(64)),
+        "handshake": record(ContentType.handshake, 1, sequence, bytes(64)),
         "bit-flipped": bytes(tampered),
         "truncated-mac": (
             authentic[:11] + (len(authentic) - 14).to_bytes(2, "big") + authentic[13:-1]
         ),
-        "two-forged-records": record(CONTENT_APPLICATION_DATA, 1, sequence, bytes(16))
-        + record(CONTENT_ALERT, 1, sequence + 1, bytes(48)),
+        "two-forged-records": record(ContentType.application_data, 1, sequence, bytes(16))
+        + record(ContentType.alert, 1, sequence + 1, bytes(48)),
     }
 
 
@@ -125,10 +123,10 @@ def test_forged_records_are_dropped_by_a_cbc_session_on_both_sides(suite: str) -
 
 #: Forged epoch-1 records an off-path attacker can send while a handshake runs.
 HANDSHAKE_FORGERIES = {
-    "29-byte-data": record(CONTENT_APPLICATION_DATA, 1, 5, bytes(16)),
-    "long-data": record(CONTENT_APPLICATION_DATA, 1, 6, bytes(96)),
-    "alert": record(CONTENT_ALERT, 1, 7, bytes(48)),
-    "finished": record(CONTENT_HANDSHAKE, 1, 8, bytes(64)),
+    "29-byte-data": record(ContentType.application_data, 1, 5, bytes(16)),
+    "long-data": record(ContentType.application_data, 1, 6, bytes(96)),
+    "alert": record(ContentType.alert, 1, 7, bytes(48)),
+    "finished": record(ContentType.handshake, 1, 8, bytes(64)),
 }
 
 
@@ -193,7 +191,7 @@ def test_a_wrong_key_still_gets_our_bad_record_mac_alert_with_cbc() -> None:
 def test_a_forged_record_next_to_an_authentic_one_costs_only_itself() -> None:
     result = cbc_pair("PSK-AES128-CBC-SHA256")
     authentic = support.seal_one(result.client, b"real")
-    forged = record(CONTENT_APPLICATION_DATA, 1, 99, bytes(16))
+    forged = record(ContentType.application_data, 1, 99, bytes(16))
     assert result.server.receive_datagram(forged + authentic, NOW) == [ApplicationData(b"real")]
     assert_data_flows(result, b"after")
 
@@ -201,7 +199,7 @@ def test_a_forged_record_next_to_an_authentic_one_costs_only_itself() -> None:
 def test_garbage_that_is_not_records_never_reaches_openssl() -> None:
     result = cbc_pair("PSK-AES128-CBC-SHA256")
     # A whole record, then half a header: OpenSSL would read the record and fail on it.
-    garbage = record(CONTENT_APPLICATION_DATA, 1, 5, bytes(16)) + b"\x17\xfe\xfd"
+    garbage = record(ContentType.application_data, 1, 5, bytes(16)) + b"\x17\xfe\xfd"
     assert result.server.receive_datagram(garbage, NOW) == [RecordsDropped(DropReason.MALFORMED)]
     assert_data_flows(result, b"after garbage")
 
@@ -209,7 +207,11 @@ def test_garbage_that_is_not_records_never_reaches_openssl() -> None:
 def test_records_of_other_epochs_still_go_to_openssl_which_drops_them() -> None:
     result = cbc_pair("PSK-AES256-CBC-SHA384")
     for epoch in (0, 2, 65535):
-        for content_type in (CONTENT_APPLICATION_DATA, CONTENT_ALERT, CONTENT_HANDSHAKE):
+        for content_type in (
+            ContentType.application_data,
+            ContentType.alert,
+            ContentType.handshake,
+        ):
             events = result.server.receive_datagram(record(content_type, epoch, 3, bytes(16)), NOW)
             assert len(events) == 1 and isinstance(events[0], RecordsDropped), events
     assert_data_flows(result, b"after other epochs")
@@ -217,7 +219,9 @@ def test_records_of_other_epochs_still_go_to_openssl_which_drops_them() -> None:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    content_type=st.sampled_from([CONTENT_APPLICATION_DATA, CONTENT_ALERT, CONTENT_HANDSHAKE]),
+    content_type=st.sampled_from(
+        [ContentType.application_data, ContentType.alert, ContentType.handshake]
+    ),
     sequence=st.integers(0, 2**48 - 1),
     fragment=st.binary(max_size=200),
     to_client=st.booleans(),
@@ -250,7 +254,7 @@ def test_a_resumed_cbc_session_is_guarded_too() -> None:
     )
     assert again.server.resumed and again.client.resumed
     assert again.server.encrypt_then_mac and again.client.encrypt_then_mac
-    forged = record(CONTENT_APPLICATION_DATA, 1, 40, bytes(16))
+    forged = record(ContentType.application_data, 1, 40, bytes(16))
     assert again.server.receive_datagram(forged, NOW) == [RecordsDropped(DropReason.AUTHENTICATION)]
     assert again.client.receive_datagram(forged, NOW) == [RecordsDropped(DropReason.AUTHENTICATION)]
     assert_data_flows(again, b"resumed")
@@ -357,14 +361,14 @@ def test_a_fragment_of_a_server_hello_is_not_read() -> None:
     hello = parse_records(flight)[0]
     fragment = bytearray(hello.fragment)
     fragment[9:12] = (int.from_bytes(fragment[9:12], "big") - 1).to_bytes(3, "big")
-    shortened = record(CONTENT_HANDSHAKE, 0, 1, bytes(fragment[:-1]))
+    shortened = record(ContentType.handshake, 0, 1, bytes(fragment[:-1]))
     assert etm_in_server_hello([shortened]) is None
 
 
 @given(st.binary(max_size=200))
 def test_any_bytes_as_a_server_hello_give_an_answer_not_an_exception(body: bytes) -> None:
     fragment = bytes([2]) + len(body).to_bytes(3, "big") + bytes(5) + len(body).to_bytes(3, "big")
-    assert etm_in_server_hello([record(CONTENT_HANDSHAKE, 0, 1, fragment + body)]) in (
+    assert etm_in_server_hello([record(ContentType.handshake, 0, 1, fragment + body)]) in (
         True,
         False,
         None,

@@ -32,7 +32,9 @@ from support import RawSocket
 
 from trio_dtls_server import DTLSClient, DTLSServer, ServerConfig, ServerEvent
 from trio_dtls_server._codes import DropReason
-from trio_dtls_server._wire import CONTENT_TLS12_CID
+from trio_dtls_server._wire import (
+    ContentType,
+)
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 SERVER: Address = ("127.0.0.1", 5684)
@@ -49,7 +51,7 @@ def random_cid_record(rng: random.Random, cid_length: int, sequence: int) -> byt
     """A well-framed tls12_cid record with a random CID and a random body."""
     body = rng.randbytes(rng.randrange(24, 80))
     return (
-        bytes((CONTENT_TLS12_CID, 0xFE, 0xFD, 0, 1))
+        bytes((ContentType.tls12_cid, 0xFE, 0xFD, 0, 1))
         + sequence.to_bytes(6, "big")
         + rng.randbytes(cid_length)
         + len(body).to_bytes(2, "big")
@@ -140,7 +142,7 @@ async def test_cid_floods_from_many_addresses_on_the_fake_network_cost_the_canar
         [authentic] = [
             d.data
             for d in network.sent(source=victim_address, destination=SERVER)
-            if d.data[0] == CONTENT_TLS12_CID
+            if d.data[0] == ContentType.tls12_cid
         ]
         before = server.statistics()
         sent: Counter[str] = Counter()

@@ -26,7 +26,11 @@ from trio_dtls_server._client import _client_context
 from trio_dtls_server._openssl import _lib, install_client_psk, new_dtls_context
 from trio_dtls_server._profiles import CipherStringError, client_cipher_string
 from trio_dtls_server._session import DTLSSession, RetransmitPolicy, SessionState
-from trio_dtls_server._wire import CONTENT_HANDSHAKE, parse_initial_client_hello, parse_records
+from trio_dtls_server._wire import (
+    ContentType,
+    parse_initial_client_hello,
+    parse_records,
+)
 
 
 def client_suite(suite: str) -> str:
@@ -239,7 +243,7 @@ def _group_the_server_picks(server: DTLSServer, client_groups: bytes) -> int:
     for datagram in session.take_datagrams():
         for record in parse_records(datagram):
             # A handshake message: type (1), length (3), seq (2), offset (3), fragment length (3).
-            if record.content_type == CONTENT_HANDSHAKE and record.fragment[0] == 12:
+            if record.content_type == ContentType.handshake and record.fragment[0] == 12:
                 body = record.fragment[12:]
                 # ECDHE-PSK (RFC 5489 §2): identity hint <0..2^16-1>, then curve_type
                 # named_curve (3) and the NamedGroup.

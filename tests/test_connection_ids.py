@@ -53,11 +53,9 @@ from trio_dtls_server._session import (
 )
 from trio_dtls_server._transport import Address
 from trio_dtls_server._wire import (
-    CONTENT_APPLICATION_DATA,
-    CONTENT_HANDSHAKE,
-    CONTENT_TLS12_CID,
-    EXTENSION_CONNECTION_ID,
     CidRecord,
+    ContentType,
+    ExtensionType,
     Record,
     parse_records,
     parse_records_with_cid,
@@ -128,7 +126,7 @@ def record_types(datagrams: list[bytes], cid_length: int) -> list[int]:
     for datagram in datagrams:
         for record in parse_records_with_cid(datagram, cid_length):
             types.append(
-                CONTENT_TLS12_CID if isinstance(record, CidRecord) else record.content_type
+                ContentType.tls12_cid if isinstance(record, CidRecord) else record.content_type
             )
     return types
 
@@ -147,11 +145,11 @@ def test_both_sides_negotiate_their_cids_and_both_finished_records_use_them() ->
     assert support.established(client, server)
     assert (server.connection_id, server.peer_connection_id) == (SERVER_CID, CLIENT_CID)
     assert (client.connection_id, client.peer_connection_id) == (CLIENT_CID, SERVER_CID)
-    assert EXTENSION_CONNECTION_ID in server_hello_extensions(result.server_datagrams)
+    assert ExtensionType.connection_id in server_hello_extensions(result.server_datagrams)
     # RFC 9146 §7: the Finished records are the first protected ones, and already tls12_cid;
     # the ChangeCipherSpec stays a plaintext record.
     client_flight = result.client_datagrams[2:]
-    assert record_types(client_flight, len(SERVER_CID)) == [22, 20, CONTENT_TLS12_CID]
+    assert record_types(client_flight, len(SERVER_CID)) == [22, 20, ContentType.tls12_cid]
     (client_finished,) = [
         r
         for datagram in client_flight
@@ -161,7 +159,7 @@ def test_both_sides_negotiate_their_cids_and_both_finished_records_use_them() ->
     assert (client_finished.epoch, client_finished.cid) == (1, SERVER_CID)
     server_final = result.server_datagrams[-1]
     # (NewSessionTicket, plaintext in epoch 0, may come first.)
-    assert record_types([server_final], len(CLIENT_CID))[-2:] == [20, CONTENT_TLS12_CID]
+    assert record_types([server_final], len(CLIENT_CID))[-2:] == [20, ContentType.tls12_cid]
     (server_finished,) = [
         r for r in parse_records_with_cid(server_final, 3) if isinstance(r, CidRecord)
     ]
@@ -189,10 +187,10 @@ def test_a_send_only_client_gets_standard_records_and_sends_cid_ones() -> None:
     assert support.established(client, server)
     assert (server.connection_id, server.peer_connection_id) == (SERVER_CID, b"")
     # The server's Finished and records stay in the standard format (an empty CID).
-    assert record_types([result.server_datagrams[-1]], 0)[-2:] == [20, CONTENT_HANDSHAKE]
+    assert record_types([result.server_datagrams[-1]], 0)[-2:] == [20, ContentType.handshake]
     assert parse_records(support.seal_one(server, b"ACK"))[0].content_type == 23
     datagram = support.seal_one(client, b"up")
-    assert datagram[0] == CONTENT_TLS12_CID
+    assert datagram[0] == ContentType.tls12_cid
     assert server.receive_datagram(datagram, 1.0) == [ApplicationData(b"up")]
 
 
@@ -219,11 +217,11 @@ def test_no_cid_is_negotiated_unless_both_sides_can(
     assert support.established(client, server)
     assert server.connection_id is server.peer_connection_id is None
     assert client.connection_id is client.peer_connection_id is None
-    assert EXTENSION_CONNECTION_ID not in server_hello_extensions(result.server_datagrams)
+    assert ExtensionType.connection_id not in server_hello_extensions(result.server_datagrams)
     everything = result.client_datagrams + result.server_datagrams
-    assert CONTENT_TLS12_CID not in record_types(everything, 0)
+    assert ContentType.tls12_cid not in record_types(everything, 0)
     datagram = support.seal_one(client, b"x")
-    assert datagram[0] == CONTENT_APPLICATION_DATA
+    assert datagram[0] == ContentType.application_data
     assert server.receive_datagram(datagram, 1.0) == [ApplicationData(b"x")]
 
 
@@ -281,16 +279,16 @@ def test_a_lost_final_flight_is_resent_in_the_cid_format() -> None:
         server.receive_datagram(datagram, 0.0)
     assert server.state is SessionState.ESTABLISHED
     lost = server.take_datagrams()  # the server's CCS + Finished never arrive
-    assert record_types(lost, len(CLIENT_CID))[-2:] == [20, CONTENT_TLS12_CID]
+    assert record_types(lost, len(CLIENT_CID))[-2:] == [20, ContentType.tls12_cid]
     # The client retransmits its flight (its Finished as tls12_cid again) ...
     client.handle_timer(5.0)
     again = client.take_datagrams()
-    assert CONTENT_TLS12_CID in record_types(again, len(SERVER_CID))
+    assert ContentType.tls12_cid in record_types(again, len(SERVER_CID))
     events = support.carry(again, server, 5.0)
     assert not any(isinstance(e, ApplicationData) for e in events)
     resent = server.take_datagrams()
     # ... and the server answers with its final flight, still in the CID format.
-    assert resent and record_types(resent, len(CLIENT_CID))[-2:] == [20, CONTENT_TLS12_CID]
+    assert resent and record_types(resent, len(CLIENT_CID))[-2:] == [20, ContentType.tls12_cid]
     client_events = support.carry(resent, client, 5.0)
     assert any(isinstance(e, HandshakeComplete) for e in client_events)
     assert support.established(client, server)
@@ -316,7 +314,7 @@ def seal_padded(protection: RecordProtection, content: bytes, padding: int) -> b
         protection._write_iv_number,
         sequence,
         protection.write_cid,
-        inner_plaintext(CONTENT_APPLICATION_DATA, content, padding),
+        inner_plaintext(ContentType.application_data, content, padding),
     )
 
 
@@ -355,8 +353,8 @@ def test_a_standard_record_on_a_cid_association_is_dropped_and_named() -> None:
     result = cid_handshake()
     protection = client_records(result)
     protection.write_cid = b""  # the client "forgets" the CID: a standard, authentic record
-    datagram = protection.seal(CONTENT_APPLICATION_DATA, b"no cid")
-    assert datagram[0] == CONTENT_APPLICATION_DATA
+    datagram = protection.seal(ContentType.application_data, b"no cid")
+    assert datagram[0] == ContentType.application_data
     assert result.server.screen(datagram) == DropReason.MISSING_CID
     assert result.server.receive_datagram(datagram, 1.0) == [RecordsDropped(DropReason.MISSING_CID)]
 
@@ -364,7 +362,7 @@ def test_a_standard_record_on_a_cid_association_is_dropped_and_named() -> None:
 def test_a_cid_record_on_an_association_without_cid_is_dropped() -> None:
     plain = cid_handshake(client_cid=None)
     forged = support.seal_one(cid_handshake().client, b"x")  # another association's record
-    assert forged[0] == CONTENT_TLS12_CID
+    assert forged[0] == ContentType.tls12_cid
     assert plain.server.screen(forged) == DropReason.MALFORMED
     assert plain.server.receive_datagram(forged, 1.0) == [RecordsDropped(DropReason.MALFORMED)]
 
@@ -395,11 +393,11 @@ def test_close_notify_in_the_cid_format_closes_both_sides() -> None:
     result = cid_handshake()
     result.client.close()
     (goodbye,) = result.client.take_datagrams()
-    assert goodbye[0] == CONTENT_TLS12_CID
+    assert goodbye[0] == ContentType.tls12_cid
     events = result.server.receive_datagram(goodbye, 1.0)
     assert result.server.state is SessionState.CLOSED, events
     (answer,) = result.server.take_datagrams()
-    assert answer[0] == CONTENT_TLS12_CID
+    assert answer[0] == ContentType.tls12_cid
 
 
 # -- the record format against vectors -----------------------------------------------------------
@@ -516,7 +514,7 @@ def test_our_record_layer_opens_pions_cid_records_both_ways() -> None:
     ]
     assert None not in opened
     types = [item[0] for item in opened if item is not None]
-    assert types[0] == CONTENT_HANDSHAKE and types[-1] == 21  # Finished ... close_notify
+    assert types[0] == ContentType.handshake and types[-1] == 21  # Finished ... close_notify
     data = [item[1].decode() for item in opened if item is not None and item[0] == 23]
     application = vector["application_data"]
     assert isinstance(application, dict)
@@ -532,7 +530,7 @@ def test_our_record_layer_opens_pions_cid_records_both_ways() -> None:
     # What we seal with the same keys, pion's server would open: our record of pion's
     # client's next sequence number decrypts with the server's side of the keys.
     client.next_sequence = 100
-    ours = client.seal(CONTENT_APPLICATION_DATA, b"from us")
+    ours = client.seal(ContentType.application_data, b"from us")
     (record,) = parse_records_with_cid(ours, len(server.read_cid))
     assert isinstance(record, CidRecord)
     assert server.open_cid_record(record.version, 100, record.cid, record.fragment) == (
@@ -703,7 +701,7 @@ async def test_a_replayed_cid_record_from_a_new_address_moves_nothing() -> None:
         ) as client:
             assert await talk(client, b"one") == b"echo: one"
             captured = relay.to_server[-1]
-            assert captured[0] == CONTENT_TLS12_CID
+            assert captured[0] == ContentType.tls12_cid
             with support.RawSocket.bind("127.0.0.2") as attacker:
                 attacker.send(captured, (running.host, running.port))
                 await running.events.wait_for(
@@ -913,7 +911,7 @@ async def test_the_server_counts_a_record_without_its_cid_and_serves_on() -> Non
             protection = client._session._records
             assert protection is not None and protection.write_cid
             cid, protection.write_cid = protection.write_cid, b""
-            standard = protection.seal(CONTENT_APPLICATION_DATA, b"without")
+            standard = protection.seal(ContentType.application_data, b"without")
             protection.write_cid = cid
             await client._send_all([standard])
             event = await running.events.wait_for("record_without_connection_id")

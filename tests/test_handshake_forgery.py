@@ -48,10 +48,7 @@ from trio_dtls_server._session import (
     SessionState,
 )
 from trio_dtls_server._wire import (
-    CONTENT_ALERT,
-    CONTENT_APPLICATION_DATA,
-    CONTENT_CHANGE_CIPHER_SPEC,
-    CONTENT_HANDSHAKE,
+    ContentType,
     HandshakeFragment,
     MalformedDatagram,
     parse_handshake_messages,
@@ -116,9 +113,9 @@ def up_to_the_clients_flight(
     carry(server.take_datagrams(), client)
     (flight,) = client.take_datagrams()
     assert [r.content_type for r in parse_records(flight)] == [
-        CONTENT_HANDSHAKE,
-        CONTENT_CHANGE_CIPHER_SPEC,
-        CONTENT_HANDSHAKE,
+        ContentType.handshake,
+        ContentType.change_cipher_spec,
+        ContentType.handshake,
     ]
     return result, flight
 
@@ -145,29 +142,29 @@ def finish(result: InMemoryHandshake, flight: bytes) -> list[object]:
 # The client's hello was message_seq 1: its next flight starts at 2.
 FORGED_PLAINTEXT = {
     "a Finished in plaintext": record(
-        CONTENT_HANDSHAKE, 0, 50, handshake_message(20, 2, bytes(12))
+        ContentType.handshake, 0, 50, handshake_message(20, 2, bytes(12))
     ),
-    "a ServerHello": record(CONTENT_HANDSHAKE, 0, 50, handshake_message(2, 2, bytes(40))),
+    "a ServerHello": record(ContentType.handshake, 0, 50, handshake_message(2, 2, bytes(40))),
     "a Certificate nobody asked for": record(
-        CONTENT_HANDSHAKE, 0, 50, handshake_message(11, 2, bytes(3))
+        ContentType.handshake, 0, 50, handshake_message(11, 2, bytes(3))
     ),
     "a fragment past its message": record(
-        CONTENT_HANDSHAKE, 0, 50, handshake_message(16, 2, b"ab", length=1)
+        ContentType.handshake, 0, 50, handshake_message(16, 2, b"ab", length=1)
     ),
     "a message longer than OpenSSL takes": record(
-        CONTENT_HANDSHAKE, 0, 50, handshake_message(16, 2, b"ab", length=200_000)
+        ContentType.handshake, 0, 50, handshake_message(16, 2, b"ab", length=200_000)
     ),
     "a ClientKeyExchange over 2 KiB": record(
-        CONTENT_HANDSHAKE, 0, 50, handshake_message(16, 2, b"ab", length=4_096)
+        ContentType.handshake, 0, 50, handshake_message(16, 2, b"ab", length=4_096)
     ),
     "a message numbered after the flight": record(
-        CONTENT_HANDSHAKE, 0, 50, handshake_message(16, 3, b"\x00\x03bob")
+        ContentType.handshake, 0, 50, handshake_message(16, 3, b"\x00\x03bob")
     ),
-    "a truncated handshake header": record(CONTENT_HANDSHAKE, 0, 50, b"\x10\x00\x00"),
-    "plaintext application data": record(CONTENT_APPLICATION_DATA, 0, 50, b"hello"),
-    "a ChangeCipherSpec of two bytes": record(CONTENT_CHANGE_CIPHER_SPEC, 0, 50, b"\x01\x01"),
-    "an alert of three bytes": record(CONTENT_ALERT, 0, 50, b"\x02\x28\x00"),
-    "a record of epoch 2": record(CONTENT_HANDSHAKE, 2, 0, bytes(48)),
+    "a truncated handshake header": record(ContentType.handshake, 0, 50, b"\x10\x00\x00"),
+    "plaintext application data": record(ContentType.application_data, 0, 50, b"hello"),
+    "a ChangeCipherSpec of two bytes": record(ContentType.change_cipher_spec, 0, 50, b"\x01\x01"),
+    "an alert of three bytes": record(ContentType.alert, 0, 50, b"\x02\x28\x00"),
+    "a record of epoch 2": record(ContentType.handshake, 2, 0, bytes(48)),
 }
 
 
@@ -191,14 +188,14 @@ def test_a_change_cipher_spec_numbered_like_the_key_exchange_does_not_shadow_it(
     (found by the property test below)."""
     result, flight = up_to_the_clients_flight()
     key_exchange_number = parse_records(flight)[0].sequence_number
-    forged = record(CONTENT_CHANGE_CIPHER_SPEC, 0, key_exchange_number, b"\x01")
+    forged = record(ContentType.change_cipher_spec, 0, key_exchange_number, b"\x01")
     assert result.server.receive_datagram(forged, NOW) == [RecordsDropped(DropReason.UNEXPECTED)]
     assert finish(result, flight) == [HandshakeComplete(GCM, "DTLSv1.2")]
 
 
 def test_a_retransmitted_hello_mid_handshake_is_dropped_as_a_retransmission() -> None:
     result, flight = up_to_the_clients_flight()
-    old = record(CONTENT_HANDSHAKE, 0, 50, handshake_message(1, 1, bytes(40)))
+    old = record(ContentType.handshake, 0, 50, handshake_message(1, 1, bytes(40)))
     assert result.server.receive_datagram(old, NOW) == [
         RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
     ]
@@ -215,7 +212,7 @@ def test_a_forged_protected_record_while_the_finished_is_outstanding_is_dropped(
     ]
     for sequence in (0, 1, 7):  # 0: the number of the client's own Finished
         forged = support.garbage_record(
-            content_type=CONTENT_HANDSHAKE, epoch=1, sequence=sequence, seed=sequence
+            content_type=ContentType.handshake, epoch=1, sequence=sequence, seed=sequence
         )
         assert result.server.receive_datagram(forged, NOW) == [
             RecordsDropped(DropReason.AUTHENTICATION)
@@ -274,7 +271,7 @@ def test_a_wrong_key_in_split_datagrams_gets_bad_record_mac_when_the_flight_come
     ]
     assert result.server.take_datagrams() == []
     # A stranger's record between two flights is not in the Finished's place: no verdict.
-    forged = support.garbage_record(content_type=CONTENT_HANDSHAKE, epoch=1, sequence=5)
+    forged = support.garbage_record(content_type=ContentType.handshake, epoch=1, sequence=5)
     assert result.server.receive_datagram(forged, NOW) == [
         RecordsDropped(DropReason.AUTHENTICATION)
     ]
@@ -308,7 +305,7 @@ def forged_records(draw: st.DrawFn) -> bytes:
     epoch = draw(st.sampled_from([0, 0, 1, 1, 2]))
     # Small numbers collide with the client's own records (its flight's are 2-4).
     sequence = draw(st.one_of(st.integers(0, 8), st.integers(0, 2**48 - 1)))
-    if content_type == CONTENT_HANDSHAKE and epoch == 0 and draw(st.booleans()):
+    if content_type == ContentType.handshake and epoch == 0 and draw(st.booleans()):
         body = draw(st.binary(max_size=60))
         fragment = handshake_message(
             draw(st.integers(0, 255)),
@@ -326,9 +323,9 @@ def _can_end_a_handshake(forged: bytes) -> bool:
     """What a stranger can still do (see docs/security.md): a plaintext alert, and a message in the
     place of the client's ClientKeyExchange (number 2), which DTLS 1.2 cannot tell apart."""
     for r in parse_records(forged):
-        if r.epoch == 0 and r.content_type == CONTENT_ALERT and len(r.fragment) == 2:
+        if r.epoch == 0 and r.content_type == ContentType.alert and len(r.fragment) == 2:
             return True
-        if r.epoch == 0 and r.content_type == CONTENT_HANDSHAKE:
+        if r.epoch == 0 and r.content_type == ContentType.handshake:
             try:
                 messages = parse_handshake_messages(r.fragment)
             except MalformedDatagram:
@@ -366,7 +363,9 @@ CLIENT: Address = ("127.0.0.1", 41_000)
 
 def _has_handshake_type(datagram: bytes, msg_type: int) -> bool:
     return any(
-        r.epoch == 0 and r.content_type == CONTENT_HANDSHAKE and r.fragment[:1] == bytes([msg_type])
+        r.epoch == 0
+        and r.content_type == ContentType.handshake
+        and r.fragment[:1] == bytes([msg_type])
         for r in parse_records(datagram)
     )
 
@@ -405,12 +404,12 @@ async def test_forged_records_injected_mid_handshake_on_the_network_do_not_end_i
             inject(list(FORGED_PLAINTEXT.values()))
             return False
         if sent.source == CLIENT and any(
-            r.content_type == CONTENT_CHANGE_CIPHER_SPEC for r in parse_records(sent.data)
+            r.content_type == ContentType.change_cipher_spec for r in parse_records(sent.data)
         ):
             key_exchange, finished = split_flight(sent.data)
             forged = [
-                support.garbage_record(content_type=CONTENT_HANDSHAKE, epoch=1, sequence=0),
-                support.garbage_record(content_type=CONTENT_APPLICATION_DATA, epoch=1, seed=1),
+                support.garbage_record(content_type=ContentType.handshake, epoch=1, sequence=0),
+                support.garbage_record(content_type=ContentType.application_data, epoch=1, seed=1),
             ]
             inject([key_exchange, *forged, finished])
             return True  # the flight travels as the pieces above
@@ -440,7 +439,7 @@ async def test_forged_records_injected_mid_handshake_on_the_network_do_not_end_i
 # -- item 6: forged records steer neither the hand-over nor the resends ----------------------
 
 
-@pytest.mark.parametrize("content_type", [CONTENT_HANDSHAKE, CONTENT_APPLICATION_DATA])
+@pytest.mark.parametrize("content_type", [ContentType.handshake, ContentType.application_data])
 def test_a_forgery_numbered_like_the_finished_does_not_keep_openssl(content_type: int) -> None:
     """Epoch 1, sequence 0 is the client's Finished's number: the forgery used to shadow it."""
     result, flight = up_to_the_clients_flight()
@@ -461,7 +460,7 @@ def test_forged_finished_records_do_not_make_a_kept_openssl_resend() -> None:
     final_flight = result.server.take_datagrams()  # lost on the way
     for seed in range(5):
         forged = support.garbage_record(
-            content_type=CONTENT_HANDSHAKE, epoch=1, sequence=seed, seed=seed
+            content_type=ContentType.handshake, epoch=1, sequence=seed, seed=seed
         )
         events = result.server.receive_datagram(forged, NOW)
         assert result.server.take_datagrams() == []  # no resend for a forgery
@@ -486,7 +485,7 @@ def test_junk_protected_records_during_a_handshake_stay_within_the_budget() -> N
     try:
         before = tracemalloc.get_traced_memory()[0]
         for sequence in range(200):
-            content = CONTENT_HANDSHAKE if sequence % 2 else CONTENT_APPLICATION_DATA
+            content = ContentType.handshake if sequence % 2 else ContentType.application_data
             junk = support.garbage_record(
                 content_type=content, epoch=1, sequence=sequence, length=16_000, seed=sequence
             )

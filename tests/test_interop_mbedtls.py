@@ -61,9 +61,9 @@ from trio_dtls_server import (
 )
 from trio_dtls_server._transport import Address
 from trio_dtls_server._wire import (
-    CONTENT_CHANGE_CIPHER_SPEC,
-    CONTENT_HANDSHAKE,
+    ContentType,
     HandshakeFragment,
+    HandshakeType,
     parse_handshake_fragment,
     parse_records,
 )
@@ -72,9 +72,6 @@ from trio_dtls_server.qt import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY
 pytestmark = pytest.mark.interop
 
 WRONG_KEY = bytes.fromhex("0102030405")
-#: TLS handshake message types.
-CLIENT_HELLO = 1
-CLIENT_KEY_EXCHANGE = 16
 
 
 def _mbedtls_suites() -> tuple[str | None, frozenset[str]]:
@@ -377,7 +374,7 @@ def handshake_fragments(datagram: bytes, msg_type: int) -> list[HandshakeFragmen
     return [
         parse_handshake_fragment(record.fragment)
         for record in parse_records(datagram)
-        if record.content_type == CONTENT_HANDSHAKE
+        if record.content_type == ContentType.handshake
         and record.epoch == 0
         and record.fragment[0] == msg_type
     ]
@@ -402,13 +399,13 @@ async def test_mbedtls_with_a_64_byte_mtu_fragments_its_flight_and_we_reassemble
         after_hellos = [
             datagram
             for datagram, _ in transport.received_from
-            if not handshake_fragments(datagram, CLIENT_HELLO)
+            if not handshake_fragments(datagram, HandshakeType.client_hello)
         ]
         assert max(len(datagram) for datagram in after_hellos) <= 64
         fragments = [
             fragment
             for datagram in after_hellos
-            for fragment in handshake_fragments(datagram, CLIENT_KEY_EXCHANGE)
+            for fragment in handshake_fragments(datagram, HandshakeType.client_key_exchange)
         ]
         assert len(fragments) >= 2, fragments
         assert fragments[0].fragment_offset == 0
@@ -422,7 +419,7 @@ async def test_mbedtls_with_a_64_byte_mtu_fragments_its_flight_and_we_reassemble
 def carries_ccs(datagram: bytes) -> bool:
     """Whether ``datagram`` holds a ChangeCipherSpec record (the start of a final flight)."""
     return any(
-        record.content_type == CONTENT_CHANGE_CIPHER_SPEC for record in parse_records(datagram)
+        record.content_type == ContentType.change_cipher_spec for record in parse_records(datagram)
     )
 
 
@@ -514,7 +511,7 @@ async def test_mbedtls_gets_our_final_flight_again_when_it_was_lost() -> None:
         client_final_flights = [
             datagram
             for datagram in relay.to_server
-            if handshake_fragments(datagram, CLIENT_KEY_EXCHANGE)
+            if handshake_fragments(datagram, HandshakeType.client_key_exchange)
         ]
         assert len(client_final_flights) == 2
         statistics = server.statistics()

@@ -32,14 +32,17 @@ from cid_peers import SCANDIUM, PeerProcess, running_peer
 
 from trio_dtls_server import DatagramReceived, DTLSServer
 from trio_dtls_server._transport import Address
-from trio_dtls_server._wire import ClientHello, MalformedDatagram, parse_initial_client_hello
+from trio_dtls_server._wire import (
+    ClientHello,
+    ExtensionType,
+    MalformedDatagram,
+    parse_initial_client_hello,
+)
 from trio_dtls_server.qt import QT_DEMO_KEY
 
 pytestmark = pytest.mark.interop
 
 IDENTITY = "Scandium client"
-#: TLS extension type of RFC 9146's connection_id (final codepoint; drafts used 53 and 254).
-EXTENSION_CONNECTION_ID = 54
 
 needs_scandium = pytest.mark.skipif(SCANDIUM.missing() is not None, reason=SCANDIUM.missing() or "")
 
@@ -69,7 +72,7 @@ def connection_id_offers(hellos: list[ClientHello]) -> list[bytes | None]:
     """For each ClientHello, the CID it asks us to use (``connection_id`` body), or None."""
     offers: list[bytes | None] = []
     for hello in hellos:
-        body = support.hello_extension(hello.extensions, EXTENSION_CONNECTION_ID)
+        body = support.hello_extension(hello.extensions, ExtensionType.connection_id)
         if body is not None:
             # opaque cid<0..255>: one length byte, then the CID the client wants to receive.
             assert len(body) == 1 + body[0], body.hex()

@@ -48,7 +48,12 @@ from trio_dtls_server import (
     ServerConfig,
 )
 from trio_dtls_server._transport import Address
-from trio_dtls_server._wire import ClientHello, MalformedDatagram, parse_initial_client_hello
+from trio_dtls_server._wire import (
+    ClientHello,
+    ExtensionType,
+    MalformedDatagram,
+    parse_initial_client_hello,
+)
 from trio_dtls_server.qt import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY, qt_ack_handler
 
 pytestmark = pytest.mark.interop
@@ -57,8 +62,6 @@ PEERS = Path(__file__).parent / "peers"
 IDENTITY = "Alice (clone number 0)"
 #: Longest any one peer process may live (each stops itself sooner: see its run limit).
 PEER_LIMIT = 30.0
-#: TLS extension type of RFC 7685's padding.
-EXTENSION_PADDING = 21
 
 
 # -- which stacks are here --------------------------------------------------------------------
@@ -244,10 +247,10 @@ async def test_qt_client_passes_our_cookie_and_gets_qt_acks(host: str) -> None:
         hellos = client_hellos(transport.received_from, connection.peer)
         first, cookied = hellos[0], [hello for hello in hellos if hello.cookie]
         assert first.cookie == b""
-        assert EXTENSION_PADDING not in extension_types(first.extensions)
+        assert ExtensionType.padding not in extension_types(first.extensions)
         assert cookied, hellos
         for hello in cookied:
-            assert EXTENSION_PADDING in extension_types(hello.extensions)
+            assert ExtensionType.padding in extension_types(hello.extensions)
             assert hello.random == first.random
 
         statistics = server.statistics()

@@ -38,8 +38,7 @@ from trio_dtls_server import (
     ServerEvent,
 )
 from trio_dtls_server._wire import (
-    CONTENT_APPLICATION_DATA,
-    CONTENT_CHANGE_CIPHER_SPEC,
+    ContentType,
     parse_records,
 )
 
@@ -404,7 +403,7 @@ async def test_100_clients_20_messages_each(
     to_server = [
         datagram
         for datagram in network.sent(destination=SERVER_ADDRESS)
-        if datagram.data[0] == CONTENT_APPLICATION_DATA
+        if datagram.data[0] == ContentType.application_data
         and datagram.received_at
         and datagram.received_at[0] <= finished + SETTLE
     ]
@@ -456,7 +455,7 @@ async def test_lost_final_flight_is_resent_for_a_byte_identical_retransmission(
         def first_final_flight(datagram: SentDatagram) -> bool:
             # The server's final flight is the one with its ChangeCipherSpec in it.
             records = parse_records(datagram.data)
-            is_final = any(r.content_type == CONTENT_CHANGE_CIPHER_SPEC for r in records)
+            is_final = any(r.content_type == ContentType.change_cipher_spec for r in records)
             if datagram.source == SERVER_ADDRESS and is_final and not lost:
                 lost.append(datagram)
                 return True

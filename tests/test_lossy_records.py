@@ -33,8 +33,7 @@ from trio_dtls_server import (
     ServerEvent,
 )
 from trio_dtls_server._wire import (
-    CONTENT_APPLICATION_DATA,
-    CONTENT_CHANGE_CIPHER_SPEC,
+    ContentType,
     parse_records,
 )
 
@@ -123,7 +122,9 @@ class Received:
 
 
 def carries_change_cipher_spec(datagram: SentDatagram) -> bool:
-    return any(r.content_type == CONTENT_CHANGE_CIPHER_SPEC for r in parse_records(datagram.data))
+    return any(
+        r.content_type == ContentType.change_cipher_spec for r in parse_records(datagram.data)
+    )
 
 
 async def resumed_with_early_data(
@@ -167,7 +168,9 @@ async def resumed_with_early_data(
         assert second.resumed and len(lost) == 1
         for number in range(messages):
             await second.send(b"early %02d" % number)
-        early = [d for d in network.sent(source=SECOND) if d.data[0] == CONTENT_APPLICATION_DATA]
+        early = [
+            d for d in network.sent(source=SECOND) if d.data[0] == ContentType.application_data
+        ]
         for datagram in early[len(early) - early_duplicates :]:
             endpoint.send_nowait(datagram.data, SERVER)
         with trio.fail_after(30):

@@ -21,8 +21,8 @@ from auth_support import ConnectionLog, make_credentials, quiet
 
 from trio_dtls_server import CertificateConfig, DTLSClient, DTLSServer
 from trio_dtls_server._wire import (
-    CONTENT_ALERT,
-    HANDSHAKE_CLIENT_KEY_EXCHANGE,
+    ContentType,
+    HandshakeType,
     parse_records,
     split_records,
 )
@@ -57,7 +57,7 @@ async def verified_port(
             datagram, _ = await sock.receive()
             flight = client.feed(datagram)
         records = [record for datagram in flight for record in split_records(datagram)]
-        assert records[0][13] == HANDSHAKE_CLIENT_KEY_EXCHANGE
+        assert records[0][13] == HandshakeType.client_key_exchange
         yield sock, client, records
 
 
@@ -66,7 +66,7 @@ def key_exchange_like(real: bytes, identity: bytes) -> bytes:
     ``identity``: the shape OpenSSL would process, if it had not processed ``real`` already."""
     body = len(identity).to_bytes(2, "big") + identity
     length = len(body).to_bytes(3, "big")
-    header = bytes((HANDSHAKE_CLIENT_KEY_EXCHANGE,)) + length + real[17:19] + bytes(3) + length
+    header = bytes((HandshakeType.client_key_exchange,)) + length + real[17:19] + bytes(3) + length
     message = header + body
     return real[:11] + len(message).to_bytes(2, "big") + message
 
@@ -108,7 +108,7 @@ async def test_identities_longer_than_openssl_takes_are_never_looked_up(length: 
         with trio.fail_after(support.WAIT_LIMIT):
             while True:
                 datagram, _ = await sock.receive()
-                alerts = [r for r in parse_records(datagram) if r.content_type == CONTENT_ALERT]
+                alerts = [r for r in parse_records(datagram) if r.content_type == ContentType.alert]
                 if alerts:
                     break
         assert alerts[0].fragment[0] == 2  # fatal

@@ -52,10 +52,8 @@ from trio_dtls_server._session import (
     SessionState,
 )
 from trio_dtls_server._wire import (
-    CONTENT_ALERT,
-    CONTENT_APPLICATION_DATA,
-    CONTENT_HANDSHAKE,
     DTLS_1_2,
+    ContentType,
     parse_records,
 )
 
@@ -382,7 +380,12 @@ def test_impossible_fragments_and_odd_buffer_types_are_refused_without_raising(
     for length in lengths:
         body = bytes(range(256)) * (length // 256) + bytes(range(length % 256))
         for fragment in (body, bytearray(body), memoryview(body)):
-            for content_type in (CONTENT_APPLICATION_DATA, CONTENT_ALERT, CONTENT_HANDSHAKE, 0):
+            for content_type in (
+                ContentType.application_data,
+                ContentType.alert,
+                ContentType.handshake,
+                0,
+            ):
                 outcome = protection.open_record(
                     content_type,
                     DTLS_1_2,
@@ -394,7 +397,7 @@ def test_impossible_fragments_and_odd_buffer_types_are_refused_without_raising(
     assert refused == len(lengths) * 3 * 4
     assert protection.replay.seen(2**48 - 1) is False  # no forgery moved the window
     # A genuine record of the largest size still opens: the refusals were about the bytes.
-    largest = protection.seal(CONTENT_APPLICATION_DATA, bytes(2**14))
+    largest = protection.seal(ContentType.application_data, bytes(2**14))
     mirror = zero_key_protection(suite, next_sequence=1)
     (record,) = parse_records(largest)
     assert mirror.open_record(
@@ -411,7 +414,7 @@ def test_forged_handshake_records_do_not_use_up_the_final_flight_resends() -> No
     lost = result.server.take_datagrams()  # the server's final flight never arrives
     for seed in range(10):  # numbers 0-9: the client's Finished itself took number 0
         forged = support.garbage_record(
-            content_type=CONTENT_HANDSHAKE, epoch=1, sequence=seed, seed=seed
+            content_type=ContentType.handshake, epoch=1, sequence=seed, seed=seed
         )
         assert result.server.receive_datagram(forged, NOW) == [
             RecordsDropped(DropReason.AUTHENTICATION)
@@ -435,7 +438,7 @@ def test_forged_handshake_records_do_not_use_up_the_renegotiation_answers() -> N
     assert support.established(result.client, result.server)
     for seed in range(10):
         forged = support.garbage_record(
-            content_type=CONTENT_HANDSHAKE, epoch=1, sequence=100 + seed, seed=seed
+            content_type=ContentType.handshake, epoch=1, sequence=100 + seed, seed=seed
         )
         assert result.server.receive_datagram(forged, NOW) == [
             RecordsDropped(DropReason.AUTHENTICATION)
@@ -443,13 +446,13 @@ def test_forged_handshake_records_do_not_use_up_the_renegotiation_answers() -> N
     assert result.server.take_datagrams() == []
     # A genuine ClientHello header (type 1, message_seq 2) and four bytes of body.
     hello = bytes([1, 0, 0, 4, 0, 2, 0, 0, 0, 0, 0, 4]) + b"\x01\x02\x03\x04"
-    attempt = protection_of(result.client).seal(CONTENT_HANDSHAKE, hello)
+    attempt = protection_of(result.client).seal(ContentType.handshake, hello)
     assert result.server.receive_datagram(attempt, NOW) == [
         RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
     ]
     (answer,) = result.server.take_datagrams()
     (record,) = parse_records(answer)
-    assert (record.content_type, record.epoch) == (CONTENT_ALERT, 1)
+    assert (record.content_type, record.epoch) == (ContentType.alert, 1)
     plaintext = protection_of(result.client).decrypt(
         record.content_type, record.version, record.sequence_number, record.fragment
     )
@@ -474,17 +477,20 @@ def test_no_nonce_repeats_across_openssls_finished_and_every_kind_of_our_records
         for record in parse_records(datagram)
         if record.epoch == 1
     ]
-    assert [record.content_type for record in server_records] == [CONTENT_HANDSHAKE]  # Finished
+    assert [record.content_type for record in server_records] == [ContentType.handshake]  # Finished
     for index in range(5):
         server_records += parse_records(seal_one(server, b"data %d" % index))
     hello = bytes([1, 0, 0, 4, 0, 2, 0, 0, 0, 0, 0, 4]) + b"\x01\x02\x03\x04"
-    server.receive_datagram(protection_of(client).seal(CONTENT_HANDSHAKE, hello), NOW)
+    server.receive_datagram(protection_of(client).seal(ContentType.handshake, hello), NOW)
     server_records += [r for d in server.take_datagrams() for r in parse_records(d)]
     server.close()
     server_records += [r for d in server.take_datagrams() for r in parse_records(d)]
 
     kinds = [record.content_type for record in server_records]
-    assert kinds == [CONTENT_HANDSHAKE] + [CONTENT_APPLICATION_DATA] * 5 + [CONTENT_ALERT] * 2
+    assert (
+        kinds
+        == [ContentType.handshake] + [ContentType.application_data] * 5 + [ContentType.alert] * 2
+    )
     if "CHACHA20" in suite_name:
         nonces = {
             (record.epoch << 48 | record.sequence_number).to_bytes(8, "big")
@@ -533,7 +539,7 @@ async def test_a_handler_gets_the_data_that_overtook_the_finished_then_the_goodb
     await harness.connection._take_early_events()
     # Our close_notify answers the peer's, once.
     assert [(r.content_type, r.epoch) for d in harness.transmitted for r in parse_records(d)] == [
-        (CONTENT_ALERT, 1)
+        (ContentType.alert, 1)
     ]
     with trio.fail_after(5):
         assert await harness.connection.receive() == b"reading 42"

@@ -67,9 +67,7 @@ from trio_dtls_server._session import (
     SessionState,
 )
 from trio_dtls_server._wire import (
-    CONTENT_ALERT,
-    CONTENT_APPLICATION_DATA,
-    CONTENT_HANDSHAKE,
+    ContentType,
     Record,
     parse_records,
 )
@@ -144,7 +142,7 @@ def only_record(datagram: bytes) -> Record:
 def plaintext_of_alert(receiver_side: DTLSSession, datagram: bytes) -> bytes | None:
     """Open an alert datagram with the released session it was meant for, without side effects."""
     record = only_record(datagram)
-    assert (record.content_type, record.epoch) == (CONTENT_ALERT, 1)
+    assert (record.content_type, record.epoch) == (ContentType.alert, 1)
     return protection_of(receiver_side).decrypt(
         record.content_type, record.version, record.sequence_number, record.fragment
     )
@@ -397,7 +395,7 @@ def test_seal_writes_the_documented_record_format(suite_name: str) -> None:
         write_iv=write_iv,
         next_sequence=0x0102030405,
     )
-    datagram = sender.seal(CONTENT_APPLICATION_DATA, b"hello, record")
+    datagram = sender.seal(ContentType.application_data, b"hello, record")
     assert sender.next_sequence == 0x0102030406
     length = explicit_length + len(b"hello, record") + tag_length
     header = b"\x17\xfe\xfd" + b"\x00\x01" + bytes.fromhex("000102030405") + length.to_bytes(2)
@@ -425,7 +423,7 @@ def test_seal_writes_the_documented_record_format(suite_name: str) -> None:
     # decrypt() alone never consults the window.
     assert receiver.decrypt(*arguments) == b"hello, record"
     # The content type, version and sequence number are authenticated.
-    assert receiver.decrypt(CONTENT_HANDSHAKE, *arguments[1:]) is None
+    assert receiver.decrypt(ContentType.handshake, *arguments[1:]) is None
     assert receiver.decrypt(record.content_type, 0xFEFF, *arguments[2:]) is None
     assert receiver.decrypt(record.content_type, record.version, 7, record.fragment) is None
 
@@ -437,8 +435,8 @@ def test_decrypt_refuses_impossible_fragment_lengths_without_raising(suite_name:
     protection = zero_key_protection(suite, next_sequence=0)
     for fragment_length in [0, 1, suite.overhead - 1, suite.overhead + 2**14 + 1]:
         fragment = bytes(fragment_length)
-        assert protection.decrypt(CONTENT_APPLICATION_DATA, DTLS_1_2, 0, fragment) is None
-        assert protection.open_record(CONTENT_APPLICATION_DATA, DTLS_1_2, 0, fragment) is None
+        assert protection.decrypt(ContentType.application_data, DTLS_1_2, 0, fragment) is None
+        assert protection.open_record(ContentType.application_data, DTLS_1_2, 0, fragment) is None
     # The window was not moved by any of them.
     assert protection.replay.seen(0) is False
 
@@ -539,7 +537,7 @@ def _mirror_pair(suite_name: str) -> tuple[RecordProtection, RecordProtection]:
 def test_an_authentic_record_with_an_empty_plaintext_opens(suite_name: str) -> None:
     """Zero bytes of plaintext is a legal record (RFC 5246 §6.2.1 allows empty application data)."""
     sender, receiver = _mirror_pair(suite_name)
-    record = only_record(sender.seal(CONTENT_APPLICATION_DATA, b""))
+    record = only_record(sender.seal(ContentType.application_data, b""))
     assert len(record.fragment) == sender.suite.overhead
     arguments = (record.content_type, record.version, record.sequence_number, record.fragment)
     assert receiver.decrypt(*arguments) == b""
@@ -556,8 +554,8 @@ def test_an_authentic_record_over_2_14_bytes_of_plaintext_is_refused(suite_name:
     nothing about the length check.
     """
     sender, receiver = _mirror_pair(suite_name)
-    largest = only_record(sender.seal(CONTENT_APPLICATION_DATA, message(1, 2**14)))
-    too_big = only_record(sender.seal(CONTENT_APPLICATION_DATA, message(2, 2**14 + 1)))
+    largest = only_record(sender.seal(ContentType.application_data, message(1, 2**14)))
+    too_big = only_record(sender.seal(ContentType.application_data, message(2, 2**14 + 1)))
     for record, expected in [(largest, message(1, 2**14)), (too_big, None)]:
         arguments = (record.content_type, record.version, record.sequence_number, record.fragment)
         assert receiver.decrypt(*arguments) == expected
@@ -674,7 +672,7 @@ def test_records_interoperate_with_openssl(suite_name: str, mode: str) -> None:
             assert len(datagram) == 13 + explicit_length + size + tag_length
             record = only_record(datagram)
             assert (record.content_type, record.epoch, record.sequence_number) == (
-                CONTENT_APPLICATION_DATA,
+                ContentType.application_data,
                 1,
                 sequence,
             )
@@ -977,13 +975,13 @@ def test_close_notify_is_understood_across_record_layers(closer_role: str, relea
     assert closer.state is SessionState.CLOSED
     (goodbye,) = closer.take_datagrams()
     record = only_record(goodbye)
-    assert (record.content_type, record.epoch, record.sequence_number) == (CONTENT_ALERT, 1, 1)
+    assert (record.content_type, record.epoch, record.sequence_number) == (ContentType.alert, 1, 1)
 
     assert receiver.receive_datagram(goodbye, NOW) == [RemoteClosed()]
     assert receiver.state is SessionState.CLOSED
     # RFC 5246 §7.2.1: the receiver answers with its own close_notify, exactly one datagram.
     (answer,) = receiver.take_datagrams()
-    assert only_record(answer).content_type == CONTENT_ALERT
+    assert only_record(answer).content_type == ContentType.alert
 
     # The closer's record layer reads that answer as close_notify.
     if closer_releases:
@@ -1011,7 +1009,7 @@ def test_a_released_server_answers_openssls_close_notify_with_one_datagram() -> 
     (answer,) = result.server.take_datagrams()
     record = only_record(answer)
     # Our close_notify follows the server's Finished: epoch 1, sequence 1.
-    assert (record.content_type, record.epoch, record.sequence_number) == (CONTENT_ALERT, 1, 1)
+    assert (record.content_type, record.epoch, record.sequence_number) == (ContentType.alert, 1, 1)
     assert len(answer) == 13 + 8 + 2 + 16  # explicit nonce, the two alert bytes, the tag
 
 
@@ -1020,7 +1018,7 @@ def test_a_released_server_answers_openssls_close_notify_with_one_datagram() -> 
 
 def test_a_protected_fatal_alert_fails_the_session() -> None:
     result = handshake_pair()
-    alert = protection_of(result.client).seal(CONTENT_ALERT, bytes([2, 40]))
+    alert = protection_of(result.client).seal(ContentType.alert, bytes([2, 40]))
     reason = "the peer sent the fatal alert handshake_failure (40)"
     assert result.server.receive_datagram(alert, NOW) == [ConnectionFailed(reason)]
     assert result.server.state is SessionState.FAILED
@@ -1034,7 +1032,7 @@ def test_a_protected_fatal_alert_fails_the_session() -> None:
 def test_data_before_a_fatal_alert_in_the_same_datagram_is_delivered_first() -> None:
     result = handshake_pair()
     last_words = seal_one(result.client, b"last words")
-    alert = protection_of(result.client).seal(CONTENT_ALERT, bytes([2, 255]))
+    alert = protection_of(result.client).seal(ContentType.alert, bytes([2, 255]))
     assert result.server.receive_datagram(last_words + alert, NOW) == [
         ApplicationData(b"last words"),
         ConnectionFailed("the peer sent the fatal alert unknown alert (255)"),
@@ -1044,7 +1042,7 @@ def test_data_before_a_fatal_alert_in_the_same_datagram_is_delivered_first() -> 
 
 def test_a_protected_warning_alert_changes_nothing() -> None:
     result = handshake_pair()
-    warning = protection_of(result.client).seal(CONTENT_ALERT, bytes([1, 90]))  # user_canceled
+    warning = protection_of(result.client).seal(ContentType.alert, bytes([1, 90]))  # user_canceled
     assert result.server.receive_datagram(warning, NOW) == []
     assert result.server.state is SessionState.ESTABLISHED
     assert result.server.take_datagrams() == []
@@ -1057,7 +1055,7 @@ def test_a_protected_warning_alert_changes_nothing() -> None:
 
 def test_a_malformed_protected_alert_fails_the_session() -> None:
     result = handshake_pair()
-    alert = protection_of(result.client).seal(CONTENT_ALERT, b"\x02")
+    alert = protection_of(result.client).seal(ContentType.alert, b"\x02")
     assert result.server.receive_datagram(alert, NOW) == [
         ConnectionFailed("the peer sent a malformed alert")
     ]
@@ -1090,9 +1088,9 @@ def test_a_released_server_resends_its_lost_final_flight() -> None:
     assert client.handle_timer(deadline) == [Retransmitted(1, 1)]
     (retransmission,) = client.take_datagrams()
     assert [(r.content_type, r.epoch) for r in parse_records(retransmission)] == [
-        (CONTENT_HANDSHAKE, 0),
+        (ContentType.handshake, 0),
         (20, 0),  # ChangeCipherSpec
-        (CONTENT_HANDSHAKE, 1),  # Finished
+        (ContentType.handshake, 1),  # Finished
     ]
     assert server.receive_datagram(retransmission, deadline) == [
         RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
@@ -1182,7 +1180,7 @@ def test_a_renegotiation_attempt_is_answered_with_no_renegotiation() -> None:
     result = handshake_pair()
     # A ClientHello header (type 1, length 4, message_seq 2, unfragmented) and four bytes.
     hello = bytes([1, 0, 0, 4, 0, 2, 0, 0, 0, 0, 0, 4]) + b"\x01\x02\x03\x04"
-    attempt = protection_of(result.client).seal(CONTENT_HANDSHAKE, hello)
+    attempt = protection_of(result.client).seal(ContentType.handshake, hello)
     assert result.server.receive_datagram(attempt, NOW) == [
         RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
     ]
@@ -1200,7 +1198,7 @@ def test_a_renegotiation_attempt_is_answered_with_no_renegotiation() -> None:
 def test_a_replayed_renegotiation_attempt_is_answered_a_bounded_number_of_times() -> None:
     result = handshake_pair()
     hello = bytes([1, 0, 0, 4, 0, 2, 0, 0, 0, 0, 0, 4]) + b"\x01\x02\x03\x04"
-    attempt = protection_of(result.client).seal(CONTENT_HANDSHAKE, hello)
+    attempt = protection_of(result.client).seal(ContentType.handshake, hello)
     answers = []
     for _ in range(10):  # the same record, replayed
         result.server.receive_datagram(attempt, NOW)
@@ -1226,7 +1224,7 @@ def test_openssl_renegotiating_with_a_released_server_gets_refused() -> None:
     with pytest.raises(SSL.WantReadError):
         connection.do_handshake()
     hello = drain_write_bio(connection)
-    assert [(r.content_type, r.epoch) for r in parse_records(hello)] == [(CONTENT_HANDSHAKE, 1)]
+    assert [(r.content_type, r.epoch) for r in parse_records(hello)] == [(ContentType.handshake, 1)]
 
     assert result.server.receive_datagram(hello, NOW) == [
         RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)

@@ -35,9 +35,8 @@ from trio_dtls_server import (
     WarningEvent,
 )
 from trio_dtls_server._wire import (
-    CONTENT_ALERT,
-    CONTENT_HANDSHAKE,
-    HANDSHAKE_HELLO_VERIFY_REQUEST,
+    ContentType,
+    HandshakeType,
     parse_first_record,
     parse_handshake_fragment,
     parse_hello_verify_request,
@@ -147,7 +146,11 @@ async def test_unknown_identity_fails_fast_on_both_sides(host: str) -> None:
         last_datagram, source = transport.received_from[-1]
         assert source == running.address
         (alert,) = parse_records(last_datagram)
-        assert (alert.content_type, alert.epoch, alert.fragment) == (CONTENT_ALERT, 0, b"\x02\x73")
+        assert (alert.content_type, alert.epoch, alert.fragment) == (
+            ContentType.alert,
+            0,
+            b"\x02\x73",
+        )
         failed = await running.events.wait_for("handshake_failed")
         await support.settle()
 
@@ -190,7 +193,11 @@ async def test_wrong_key_fails_fast_on_both_sides(host: str) -> None:
         last_datagram, source = transport.received_from[-1]
         assert source == running.address
         (alert,) = parse_records(last_datagram)
-        assert (alert.content_type, alert.epoch, alert.fragment) == (CONTENT_ALERT, 0, b"\x02\x14")
+        assert (alert.content_type, alert.epoch, alert.fragment) == (
+            ContentType.alert,
+            0,
+            b"\x02\x14",
+        )
         failed = await running.events.wait_for("handshake_failed")
         await support.settle()
 
@@ -495,13 +502,13 @@ def _client_hello_with_a_bad_vector_length() -> list[bytes]:
 
 def _random_bytes() -> list[bytes]:
     noise = random.Random(2024).randbytes(200)
-    assert noise[0] != CONTENT_HANDSHAKE  # so it is "not a ClientHello", whatever else it is
+    assert noise[0] != ContentType.handshake  # so it is "not a ClientHello", whatever else it is
     return [noise]
 
 
 def _alert_record() -> list[bytes]:
     # A well-formed plaintext alert (fatal, handshake_failure) from an address we do not know.
-    return [bytes([CONTENT_ALERT, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 2, 40])]
+    return [bytes([ContentType.alert, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 2, 40])]
 
 
 def _application_record() -> list[bytes]:
@@ -665,7 +672,7 @@ async def test_1000_client_hellos_without_cookie_leave_no_state() -> None:
             assert len(parse_hello_verify_request(reply)) == 16
             record = parse_first_record(reply)
             assert parse_handshake_fragment(record.fragment).msg_type == (
-                HANDSHAKE_HELLO_VERIFY_REQUEST
+                HandshakeType.hello_verify_request
             )
         stats = server.statistics()
         assert stats.cookies_sent == 1000
@@ -909,7 +916,7 @@ async def test_no_server_datagram_exceeds_the_configured_mtu(mtu: int) -> None:
         parse_handshake_fragment(record.fragment)
         for datagram in from_server
         for record in parse_records(datagram)
-        if record.content_type == CONTENT_HANDSHAKE and record.epoch == 0
+        if record.content_type == ContentType.handshake and record.epoch == 0
     ]
     # At 256 bytes the ServerKeyExchange (hint included) only fits cut into fragments; at 576
     # it fits whole.  Either way every piece arrived within the MTU and the handshake worked.

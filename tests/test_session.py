@@ -33,19 +33,14 @@ from trio_dtls_server._session import (
     SessionState,
 )
 from trio_dtls_server._wire import (
-    CONTENT_ALERT,
-    CONTENT_APPLICATION_DATA,
-    CONTENT_HANDSHAKE,
+    AlertDescription,
+    AlertLevel,
+    ContentType,
     parse_handshake_fragment,
     parse_records,
 )
 
 IDENTITY_BYTES = IDENTITY.encode("latin-1")
-#: TLS alert description 115 (RFC 4279): the server does not know the PSK identity.
-UNKNOWN_PSK_IDENTITY = 115
-#: TLS alert description 20: a record failed authentication.
-BAD_RECORD_MAC = 20
-FATAL = 2
 
 
 def complete(events: list[object]) -> list[HandshakeComplete]:
@@ -100,7 +95,7 @@ def test_no_datagram_is_larger_than_the_mtu(mtu: int) -> None:
         parse_handshake_fragment(record.fragment)
         for datagram in result.server_datagrams
         for record in parse_records(datagram)
-        if record.content_type == CONTENT_HANDSHAKE and record.epoch == 0
+        if record.content_type == ContentType.handshake and record.epoch == 0
     ]
     # At 256 bytes OpenSSL had to cut a handshake message into fragments; above, it did not.
     assert any(not fragment.is_complete for fragment in fragments) is (mtu == 256)
@@ -162,9 +157,9 @@ def test_an_unknown_identity_fails_and_queues_the_fatal_alert() -> None:
     # The alert OpenSSL wrote is queued, ready to send.
     (alert_datagram,) = result.server.take_datagrams()
     (alert,) = parse_records(alert_datagram)
-    assert alert.content_type == CONTENT_ALERT
+    assert alert.content_type == ContentType.alert
     assert alert.epoch == 0
-    assert alert.fragment == bytes([FATAL, UNKNOWN_PSK_IDENTITY])
+    assert alert.fragment == bytes([AlertLevel.fatal, AlertDescription.unknown_psk_identity])
     # Delivered, it ends the client's handshake at once, with the alert's name.
     events = result.client.receive_datagram(alert_datagram, 0.0)
     assert events == [
@@ -199,8 +194,8 @@ def test_a_wrong_key_fails_with_a_bad_record_mac_alert() -> None:
     )
     assert result.server.state is SessionState.FAILED
     (alert,) = parse_records(result.server_datagrams[-1])
-    assert (alert.content_type, alert.epoch) == (CONTENT_ALERT, 0)
-    assert alert.fragment == bytes([FATAL, BAD_RECORD_MAC])
+    assert (alert.content_type, alert.epoch) == (ContentType.alert, 0)
+    assert alert.fragment == bytes([AlertLevel.fatal, AlertDescription.bad_record_mac])
     # Its record number follows the server's last plaintext record, so the client reads it.
     (previous, *_) = reversed(parse_records(result.server_datagrams[-2]))
     assert alert.sequence_number == previous.sequence_number + 1
@@ -323,7 +318,7 @@ def test_application_data_both_ways() -> None:
     result.client.send(b"I am Alice, please, accept our ping 0")
     (datagram,) = result.client.take_datagrams()
     (record,) = parse_records(datagram)
-    assert record.content_type == CONTENT_APPLICATION_DATA
+    assert record.content_type == ContentType.application_data
     assert record.epoch == 1
     assert result.server.receive_datagram(datagram, 1.0) == [
         ApplicationData(b"I am Alice, please, accept our ping 0")
@@ -416,7 +411,7 @@ def test_close_notify_reaches_the_peer_as_remote_closed() -> None:
     assert result.client.state is SessionState.CLOSED
     (goodbye,) = result.client.take_datagrams()
     (record,) = parse_records(goodbye)
-    assert record.content_type == CONTENT_ALERT
+    assert record.content_type == ContentType.alert
     assert record.epoch == 1  # encrypted, like every record after the handshake
 
     assert result.server.receive_datagram(goodbye, 0.0) == [RemoteClosed()]
@@ -535,7 +530,7 @@ def test_our_records_are_numbered_after_every_finished_openssl_retransmitted() -
     client, server = _resumable_pair(client.ssl_session)
     lost = server.take_datagrams()
     assert [(r.content_type, r.epoch, r.sequence_number) for r in parse_records(lost[-1])][-1] == (
-        CONTENT_HANDSHAKE,
+        ContentType.handshake,
         1,
         0,
     )
@@ -547,7 +542,7 @@ def test_our_records_are_numbered_after_every_finished_openssl_retransmitted() -
     assert server.handle_timer(server.timer_deadline) == [Retransmitted(1, 1)]
     (again,) = server.take_datagrams()
     assert [(r.content_type, r.epoch, r.sequence_number) for r in parse_records(again)][-1] == (
-        CONTENT_HANDSHAKE,
+        ContentType.handshake,
         1,
         1,
     )

@@ -41,10 +41,8 @@ from trio_dtls_server import (
 from trio_dtls_server._client import _client_context
 from trio_dtls_server._session import DTLSSession
 from trio_dtls_server._wire import (
-    CONTENT_ALERT,
-    CONTENT_HANDSHAKE,
-    HANDSHAKE_CLIENT_HELLO,
-    HANDSHAKE_HELLO_VERIFY_REQUEST,
+    ContentType,
+    HandshakeType,
     parse_initial_client_hello,
     parse_records,
 )
@@ -210,11 +208,11 @@ async def test_server_retransmits_on_schedule_then_gives_up(
 
     to_client = network.sent(source=SERVER_ADDRESS, destination=CLIENT_ADDRESS)
     hello_verify_request, *server_flights = to_client
-    assert hello_verify_request.data[13] == HANDSHAKE_HELLO_VERIFY_REQUEST
+    assert hello_verify_request.data[13] == HandshakeType.hello_verify_request
     grouped = flights(server_flights)
     assert offsets([time for time, _ in grouped], t0) == [0, 1, 3, 7, 11, 15]
     original = handshake_payload(grouped[0][1])
-    assert original[0][0] == CONTENT_HANDSHAKE and original[0][1] == 0
+    assert original[0][0] == ContentType.handshake and original[0][1] == 0
     for _, flight in grouped[1:]:
         assert handshake_payload(flight) == original
 
@@ -315,8 +313,8 @@ def client_hellos(network: FakeNetwork) -> list[SentDatagram]:
     for datagram in sent:
         # Each is an unanswered first ClientHello: epoch 0, no cookie.
         [record] = parse_records(datagram.data)
-        assert record.content_type == CONTENT_HANDSHAKE
-        assert record.fragment[0] == HANDSHAKE_CLIENT_HELLO
+        assert record.content_type == ContentType.handshake
+        assert record.fragment[0] == HandshakeType.client_hello
         assert parse_initial_client_hello(datagram.data).hello.cookie == b""
     return sent
 
@@ -397,7 +395,8 @@ def alerts_to_client(network: FakeNetwork) -> list[SentDatagram]:
     return [
         datagram
         for datagram in network.sent(source=SERVER_ADDRESS, destination=CLIENT_ADDRESS)
-        if [(r.content_type, r.epoch) for r in parse_records(datagram.data)] == [(CONTENT_ALERT, 1)]
+        if [(r.content_type, r.epoch) for r in parse_records(datagram.data)]
+        == [(ContentType.alert, 1)]
     ]
 
 

@@ -9,18 +9,13 @@ from OpenSSL import SSL
 
 from trio_dtls_server._cookie import CookieJar
 from trio_dtls_server._wire import (
-    CONTENT_ALERT,
-    CONTENT_APPLICATION_DATA,
-    CONTENT_CHANGE_CIPHER_SPEC,
-    CONTENT_HANDSHAKE,
     DTLS_1_0,
     DTLS_1_2,
-    HANDSHAKE_CLIENT_HELLO,
-    HANDSHAKE_CLIENT_KEY_EXCHANGE,
-    HANDSHAKE_HELLO_VERIFY_REQUEST,
     MAX_RECORD_FRAGMENT,
     ClientHello,
+    ContentType,
     FragmentedClientHello,
+    HandshakeType,
     MalformedDatagram,
     Record,
     build_hello_verify_request,
@@ -49,7 +44,7 @@ SUITES = b"\xc0\x2b\xc0\x2f\x00\xff"
 def record(
     fragment: bytes,
     *,
-    content_type: int = CONTENT_HANDSHAKE,
+    content_type: int = ContentType.handshake,
     version: int = DTLS_1_2,
     epoch: int = 0,
     seq: int = 0,
@@ -70,7 +65,7 @@ def record(
 def handshake(
     body: bytes,
     *,
-    msg_type: int = HANDSHAKE_CLIENT_HELLO,
+    msg_type: int = HandshakeType.client_hello,
     message_seq: int = 0,
     offset: int = 0,
     fragment_length: int | None = None,
@@ -132,7 +127,7 @@ def error_message(excinfo: pytest.ExceptionInfo[MalformedDatagram]) -> str:
 
 class TestParseRecords:
     def test_single_record_fields(self) -> None:
-        data = record(b"hello", content_type=CONTENT_ALERT, epoch=3, seq=0x010203040506)
+        data = record(b"hello", content_type=ContentType.alert, epoch=3, seq=0x010203040506)
         [rec] = parse_records(data)
         assert rec == Record(
             content_type=21,
@@ -149,9 +144,9 @@ class TestParseRecords:
 
     def test_several_records_tile_the_datagram(self) -> None:
         parts = [
-            record(b"a", content_type=CONTENT_CHANGE_CIPHER_SPEC, seq=1),
-            record(b"", content_type=CONTENT_HANDSHAKE, seq=2),
-            record(b"xyz" * 10, content_type=CONTENT_APPLICATION_DATA, epoch=1, seq=0),
+            record(b"a", content_type=ContentType.change_cipher_spec, seq=1),
+            record(b"", content_type=ContentType.handshake, seq=2),
+            record(b"xyz" * 10, content_type=ContentType.application_data, epoch=1, seq=0),
         ]
         records = parse_records(b"".join(parts))
         assert [r.raw for r in records] == parts
@@ -542,7 +537,7 @@ class TestParseInitialClientHello:
         initial = parse_initial_client_hello(data)
         assert initial.record.raw == data
         assert initial.record.sequence_number == 5
-        assert initial.handshake.msg_type == HANDSHAKE_CLIENT_HELLO
+        assert initial.handshake.msg_type == HandshakeType.client_hello
         assert initial.handshake.body == body
         assert initial.hello == parse_client_hello(body)
 
@@ -552,7 +547,7 @@ class TestParseInitialClientHello:
         assert initial.record.raw == first
 
     def test_not_a_handshake_record(self) -> None:
-        data = record(b"\x02\x28", content_type=CONTENT_ALERT)
+        data = record(b"\x02\x28", content_type=ContentType.alert)
         with pytest.raises(
             MalformedDatagram, match=r"^not a handshake record \(content type 21\)$"
         ):
@@ -564,7 +559,7 @@ class TestParseInitialClientHello:
             parse_initial_client_hello(data)
 
     def test_not_a_client_hello(self) -> None:
-        data = record(handshake(hello_body(), msg_type=HANDSHAKE_CLIENT_KEY_EXCHANGE))
+        data = record(handshake(hello_body(), msg_type=HandshakeType.client_key_exchange))
         with pytest.raises(
             MalformedDatagram, match=r"^handshake message type 16 is not ClientHello$"
         ):
@@ -638,13 +633,13 @@ class TestHelloVerifyRequest:
         hello_record = parse_first_record(hello_datagram(seq=9))
         [rec] = parse_records(build_hello_verify_request(hello_record, b"abc"))
         assert (rec.content_type, rec.version, rec.epoch, rec.sequence_number) == (
-            CONTENT_HANDSHAKE,
+            ContentType.handshake,
             DTLS_1_0,
             0,
             9,
         )
         frag = parse_handshake_fragment(rec.fragment)
-        assert frag.msg_type == HANDSHAKE_HELLO_VERIFY_REQUEST
+        assert frag.msg_type == HandshakeType.hello_verify_request
         assert frag.is_complete
 
     def test_round_trip(self) -> None:
@@ -655,9 +650,9 @@ class TestHelloVerifyRequest:
 
     def test_parse_rejects_other_content(self) -> None:
         with pytest.raises(MalformedDatagram, match=r"^not a handshake record \(content type 23\)"):
-            parse_hello_verify_request(record(b"x", content_type=CONTENT_APPLICATION_DATA))
+            parse_hello_verify_request(record(b"x", content_type=ContentType.application_data))
         body = b"\xfe\xff\x01c"
-        hvr_handshake = handshake(body, msg_type=HANDSHAKE_HELLO_VERIFY_REQUEST)
+        hvr_handshake = handshake(body, msg_type=HandshakeType.hello_verify_request)
         with pytest.raises(MalformedDatagram, match=r"^epoch 2 is not 0$"):
             parse_hello_verify_request(record(hvr_handshake, epoch=2))
         with pytest.raises(
@@ -666,12 +661,12 @@ class TestHelloVerifyRequest:
             parse_hello_verify_request(record(handshake(body)))
         with pytest.raises(MalformedDatagram, match=r"^fragmented HelloVerifyRequest"):
             parse_hello_verify_request(
-                record(handshake(body, msg_type=HANDSHAKE_HELLO_VERIFY_REQUEST, length=9))
+                record(handshake(body, msg_type=HandshakeType.hello_verify_request, length=9))
             )
 
     def test_parse_rejects_bad_body(self) -> None:
         def hvr(body: bytes) -> bytes:
-            return record(handshake(body, msg_type=HANDSHAKE_HELLO_VERIFY_REQUEST))
+            return record(handshake(body, msg_type=HandshakeType.hello_verify_request))
 
         with pytest.raises(MalformedDatagram, match=r"^HelloVerifyRequest truncated: 2 bytes$"):
             parse_hello_verify_request(hvr(b"\xfe\xff"))
@@ -750,7 +745,7 @@ class TestParsePskIdentity:
 def client_key_exchange(identity: bytes, **fields: int) -> bytes:
     """A PSK ClientKeyExchange handshake message (RFC 4279): just the identity vector."""
     body = len(identity).to_bytes(2, "big") + identity
-    return handshake(body, msg_type=HANDSHAKE_CLIENT_KEY_EXCHANGE, **fields)
+    return handshake(body, msg_type=HandshakeType.client_key_exchange, **fields)
 
 
 class TestParsePskIdentityFromFlight:
@@ -762,8 +757,8 @@ class TestParsePskIdentityFromFlight:
         # ChangeCipherSpec or an epoch-1 record (ciphertext, which must not be parsed as a
         # handshake message) may sit in front of it too.
         certificate = record(handshake(b"\x00\x00\x00", msg_type=11))
-        alert = record(b"\x01\x00", content_type=CONTENT_ALERT)
-        change_cipher_spec = record(b"\x01", content_type=CONTENT_CHANGE_CIPHER_SPEC)
+        alert = record(b"\x01\x00", content_type=ContentType.alert)
+        change_cipher_spec = record(b"\x01", content_type=ContentType.change_cipher_spec)
         encrypted = record(b"\xff" * 5, epoch=1)
         datagram = (
             certificate
@@ -778,7 +773,7 @@ class TestParsePskIdentityFromFlight:
     def test_none_without_a_complete_client_key_exchange(self) -> None:
         certificate = record(handshake(b"\x00\x00\x03abc", msg_type=11))
         fragmented = record(
-            handshake(b"\x00\x08iden", msg_type=HANDSHAKE_CLIENT_KEY_EXCHANGE, length=10)
+            handshake(b"\x00\x08iden", msg_type=HandshakeType.client_key_exchange, length=10)
         )
         assert parse_psk_identity_from_flight(certificate) is None
         assert parse_psk_identity_from_flight(certificate + fragmented) is None
@@ -824,7 +819,7 @@ class TestRealOpenSSLClient:
         datagram = advance(conn)
         initial = parse_initial_client_hello(datagram)
         assert initial.record.raw == datagram  # one record, nothing else
-        assert initial.record.content_type == CONTENT_HANDSHAKE
+        assert initial.record.content_type == ContentType.handshake
         assert initial.record.epoch == 0
         assert initial.handshake.message_seq == 0
         assert initial.handshake.is_complete

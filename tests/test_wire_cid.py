@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from trio_dtls_server._wire import (
-    CONTENT_TLS12_CID,
-    EXTENSION_CONNECTION_ID,
     MAX_RECORD_FRAGMENT,
     CidRecord,
+    ContentType,
+    ExtensionType,
     MalformedDatagram,
     Record,
     cid_record_header,
@@ -88,9 +88,9 @@ def test_the_extension_finder_finds_what_was_built(
 
 
 def test_an_extension_given_twice_is_malformed() -> None:
-    block = _extension(EXTENSION_CONNECTION_ID, b"\x00") * 2
+    block = _extension(ExtensionType.connection_id, b"\x00") * 2
     with pytest.raises(MalformedDatagram, match="twice"):
-        parse_extension(block, EXTENSION_CONNECTION_ID)
+        parse_extension(block, ExtensionType.connection_id)
 
 
 @SETTINGS
@@ -134,7 +134,7 @@ def test_a_cid_record_we_frame_parses_back(
 def test_the_readers_cid_peek_never_raises(data: bytes, cid_length: int) -> None:
     cid = datagram_connection_id(data, cid_length)
     if cid is not None:
-        assert data[0] == CONTENT_TLS12_CID and len(cid) == cid_length > 0
+        assert data[0] == ContentType.tls12_cid and len(cid) == cid_length > 0
 
 
 def test_a_client_hello_offering_a_cid_is_recognised_and_one_without_is_not() -> None:

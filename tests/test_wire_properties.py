@@ -15,13 +15,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from trio_dtls_server._wire import (
-    CONTENT_HANDSHAKE,
-    HANDSHAKE_CLIENT_HELLO,
-    HANDSHAKE_CLIENT_KEY_EXCHANGE,
     MAX_PSK_IDENTITY_LENGTH,
     MAX_RECORD_FRAGMENT,
     ClientHello,
+    ContentType,
     HandshakeFragment,
+    HandshakeType,
     InitialClientHello,
     MalformedDatagram,
     Record,
@@ -152,7 +151,7 @@ def encode_handshake(msg_type: int, body: bytes, message_seq: int = 0) -> bytes:
 
 client_hello_datagrams = st.tuples(client_hello_bodies(), st.integers(0, 2**48 - 1)).map(
     lambda t: encode_record(
-        CONTENT_HANDSHAKE, 0xFEFF, 0, t[1], encode_handshake(HANDSHAKE_CLIENT_HELLO, t[0])
+        ContentType.handshake, 0xFEFF, 0, t[1], encode_handshake(HandshakeType.client_hello, t[0])
     )
 )
 
@@ -253,7 +252,7 @@ def test_accepted_datagrams_are_tiled_exactly(data: bytes) -> None:
 @given(client_hello_bodies(), st.integers(0, 2**48 - 1))
 def test_valid_client_hello_parses(body: bytes, seq: int) -> None:
     datagram = encode_record(
-        CONTENT_HANDSHAKE, 0xFEFD, 0, seq, encode_handshake(HANDSHAKE_CLIENT_HELLO, body)
+        ContentType.handshake, 0xFEFD, 0, seq, encode_handshake(HandshakeType.client_hello, body)
     )
     initial = parse_initial_client_hello(datagram)
     assert initial.record.sequence_number == seq
@@ -304,8 +303,8 @@ def test_psk_identities_are_bounded_and_taken_from_the_wanted_message(
     flight, only the ClientKeyExchange with the wanted message number (if one is asked) counts.
     """
     body = len(identity).to_bytes(2, "big") + identity + tail  # tail: an ECDHE public value
-    key_exchange = encode_handshake(HANDSHAKE_CLIENT_KEY_EXCHANGE, body, message_seq)
-    flight = encode_record(CONTENT_HANDSHAKE, 0xFEFD, 0, 2, key_exchange) + encode_record(
+    key_exchange = encode_handshake(HandshakeType.client_key_exchange, body, message_seq)
+    flight = encode_record(ContentType.handshake, 0xFEFD, 0, 2, key_exchange) + encode_record(
         20, 0xFEFD, 0, 3, b"\x01"
     )
     if wanted is not None and wanted != message_seq:

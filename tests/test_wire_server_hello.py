@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_dtls_server._wire import (
-    HANDSHAKE_SERVER_HELLO,
+    HandshakeType,
     MalformedDatagram,
     ServerHello,
     parse_server_hello,
@@ -33,7 +33,7 @@ def server_hello(
         body += len(block).to_bytes(2, "big") + block
     length = len(body)
     shown = body[: length - cut] if cut else body
-    header = bytes([HANDSHAKE_SERVER_HELLO]) + length.to_bytes(3, "big") + b"\x00\x01"
+    header = bytes([HandshakeType.server_hello]) + length.to_bytes(3, "big") + b"\x00\x01"
     return header + offset.to_bytes(3, "big") + len(shown).to_bytes(3, "big") + shown
 
 

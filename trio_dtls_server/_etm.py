@@ -46,21 +46,22 @@ from collections.abc import Iterable
 
 from ._records import aead_suite, key_expansion
 from ._wire import (
-    CONTENT_HANDSHAKE,
-    HANDSHAKE_SERVER_HELLO,
+    RECORD_HEADER_LENGTH,
+    ContentType,
+    ExtensionType,
+    HandshakeType,
     MalformedDatagram,
     Record,
+    handshake_type,
+    mac_pseudo_header,
     parse_records,
     parse_server_hello,
+    single_record_epoch,
 )
 
 __all__ = ["EtmGuard", "etm_guard_for", "etm_in_server_hello", "mac_hash", "read_guard"]
 
-_HEADER = 13  # type (1), version (2), epoch (2), sequence (6), length (2)
 _MAC_LENGTHS = {"sha1": 20, "sha256": 32, "sha384": 48}
-
-#: The extension type of RFC 7366's encrypt_then_mac.
-_ENCRYPT_THEN_MAC = 22
 
 
 def mac_hash(openssl_name: str) -> str | None:
@@ -97,12 +98,13 @@ class EtmGuard:
         of IV plus ciphertext, and follows them.  A record too short to hold a MAC is not
         authentic (OpenSSL would fail the association on it: ``length too short``).
         """
-        size = len(raw) - _HEADER - self._mac_length
+        size = len(raw) - RECORD_HEADER_LENGTH - self._mac_length
         if size < 0:
             return False
-        mac_input = raw[3:11] + raw[0:3] + size.to_bytes(2, "big") + raw[_HEADER : _HEADER + size]
+        content_end = RECORD_HEADER_LENGTH + size
+        mac_input = mac_pseudo_header(raw, size) + raw[RECORD_HEADER_LENGTH:content_end]
         expected = hmac.digest(self._key, mac_input, self._hash)
-        return hmac.compare_digest(expected, raw[_HEADER + size :])
+        return hmac.compare_digest(expected, raw[content_end:])
 
     def screen(self, datagram: bytes) -> bytes | None:
         """What of ``datagram`` OpenSSL may see: the datagram, its records without the forged
@@ -112,10 +114,9 @@ class EtmGuard:
         Never raises; the bytes are untrusted.
         """
         # The hot path: a datagram of exactly one record.
-        if len(datagram) >= _HEADER and int.from_bytes(datagram[11:13], "big") == (
-            len(datagram) - _HEADER
-        ):
-            if int.from_bytes(datagram[3:5], "big") != self.epoch or self.authentic(datagram):
+        epoch = single_record_epoch(datagram)
+        if epoch is not None:
+            if epoch != self.epoch or self.authentic(datagram):
                 return datagram
             return None
         try:
@@ -170,9 +171,9 @@ def etm_in_server_hello(datagrams: Iterable[bytes]) -> bool | None:
             continue
         for record in records:
             fragment = record.fragment
-            if record.epoch or record.content_type != CONTENT_HANDSHAKE:
+            if record.epoch or record.content_type != ContentType.handshake:
                 continue
-            if fragment[:1] != bytes((HANDSHAKE_SERVER_HELLO,)):
+            if handshake_type(fragment) != HandshakeType.server_hello:
                 continue
             return _server_hello_has_etm(fragment)
     return None
@@ -183,7 +184,7 @@ def _server_hello_has_etm(fragment: bytes) -> bool | None:
         hello = parse_server_hello(fragment)
     except MalformedDatagram:
         return None  # malformed, or a fragment: leave it to the proof after the handshake
-    return _ENCRYPT_THEN_MAC in hello.extensions
+    return ExtensionType.encrypt_then_mac in hello.extensions
 
 
 def etm_guard_for(
@@ -211,8 +212,8 @@ def etm_guard_for(
     read_key, write_key = (
         (client_mac_key, server_mac_key) if is_server else (server_mac_key, client_mac_key)
     )
-    own = [r for r in own_protected if r.content_type == CONTENT_HANDSHAKE]
-    peer = [r for r in peer_protected if r.content_type == CONTENT_HANDSHAKE]
+    own = [r for r in own_protected if r.content_type == ContentType.handshake]
+    peer = [r for r in peer_protected if r.content_type == ContentType.handshake]
     if not own or not peer:
         return None
     epoch = own[0].epoch

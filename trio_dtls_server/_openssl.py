@@ -32,8 +32,8 @@ from OpenSSL import SSL
 
 from ._wire import (
     DTLS_1_2,
-    EXTENSION_CONNECTION_ID,
     AlertDescription,
+    ExtensionType,
     MalformedDatagram,
     encode_connection_id_extension,
     parse_connection_id_extension,
@@ -533,7 +533,7 @@ def install_server_connection_id(context: SSL.Context) -> None:
     """
     if not _lib.SSL_CTX_add_server_custom_ext(
         context._context,
-        EXTENSION_CONNECTION_ID,
+        ExtensionType.connection_id,
         _server_cid_add,
         _ffi.NULL,
         _ffi.NULL,
@@ -548,7 +548,7 @@ def install_client_connection_id(context: SSL.Context) -> None:
     connection's app data decides, see :class:`ConnectionIdResponder`)."""
     if not _lib.SSL_CTX_add_client_custom_ext(
         context._context,
-        EXTENSION_CONNECTION_ID,
+        ExtensionType.connection_id,
         _client_cid_add,
         _ffi.NULL,
         _ffi.NULL,

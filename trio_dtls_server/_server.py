@@ -106,17 +106,17 @@ from ._transport import (
     receive_buffer_cap,
 )
 from ._wire import (
-    CONTENT_ALERT,
-    CONTENT_APPLICATION_DATA,
-    CONTENT_HANDSHAKE,
-    CONTENT_TLS12_CID,
-    HANDSHAKE_CLIENT_HELLO,
+    ContentType,
     FragmentedClientHello,
     MalformedDatagram,
     build_hello_verify_request,
     client_hello_connection_id,
     datagram_connection_id,
+    first_content_type,
+    is_protected_data_or_alert,
+    looks_like_client_hello,
     parse_initial_client_hello,
+    starts_with_cid_record,
 )
 from .qt import qt_ack_handler
 
@@ -127,8 +127,6 @@ Handler = Callable[[DTLSConnection], Awaitable[None]]
 
 # How many datagrams the reader handles before it lets other tasks run.
 _READ_BATCH = 64
-# Protected records that also go to an association kept aside during a replacement.
-_KEPT_ASIDE_CONTENT = (CONTENT_APPLICATION_DATA, CONTENT_ALERT)
 
 #: The most bytes waiting in a handshaking peer's inbox (one datagram of any size always
 #: fits).  A client's whole flight, even a certificate chain, is a few KiB and the peer task
@@ -140,17 +138,6 @@ HANDSHAKE_INBOX_BUDGET = 16 * 1024
 
 class ServerBindError(DTLSError, OSError):
     """The UDP socket could not be bound; the message names the address and the OS reason."""
-
-
-def _looks_like_client_hello(datagram: bytes) -> bool:
-    """Cheap pre-check before parsing: a handshake record, epoch 0, ClientHello message."""
-    return (
-        len(datagram) > 25
-        and datagram[0] == CONTENT_HANDSHAKE
-        and datagram[3] == 0
-        and datagram[4] == 0
-        and datagram[13] == HANDSHAKE_CLIENT_HELLO
-    )
 
 
 class DTLSServer:
@@ -623,11 +610,11 @@ class DTLSServer:
                 address,
             )
             return
-        if datagram[0] == CONTENT_TLS12_CID and self.config.connection_id_length:
+        if self.config.connection_id_length and starts_with_cid_record(datagram):
             self._on_cid_datagram(datagram, address, source)
             return
         slot = self._peers.get(address)
-        if _looks_like_client_hello(datagram):
+        if looks_like_client_hello(datagram):
             self._on_client_hello(datagram, address, slot, source)
             return
         if slot is None:
@@ -639,7 +626,7 @@ class DTLSServer:
             )
             return
         kept = slot.replacing
-        if kept is not None and datagram[0] in _KEPT_ASIDE_CONTENT and datagram[3:5] != b"\0\0":
+        if kept is not None and is_protected_data_or_alert(datagram):
             # Protected application data or alerts during a replacement are nearly always for
             # the association kept aside while the new hello's handshake runs: its client's
             # data, and its close_notify, which must end it now rather than leave it to the
@@ -1046,7 +1033,7 @@ class DTLSServer:
         whatever identity, start none.  A malformed one (an identity longer than OpenSSL's 256
         bytes, say) is counted and not looked up; OpenSSL then refuses it with a fatal alert.
         """
-        if datagram[:1] != b"\x16":
+        if first_content_type(datagram) != ContentType.handshake:
             return
         try:
             identity = session.psk_identity_to_prefetch(datagram)

@@ -97,18 +97,20 @@ from ._records import (
 )
 from ._text import quote_peer_text
 from ._wire import (
-    ALERT_LEVEL_WARNING,
-    CONTENT_ALERT,
-    CONTENT_APPLICATION_DATA,
-    CONTENT_CHANGE_CIPHER_SPEC,
-    CONTENT_HANDSHAKE,
-    CONTENT_TLS12_CID,
-    DTLS_1_2,
     FATAL_ONLY_ALERTS,
-    HANDSHAKE_CLIENT_KEY_EXCHANGE,
+    AlertDescription,
+    AlertLevel,
     CidRecord,
+    ContentType,
+    HandshakeType,
     MalformedDatagram,
     Record,
+    encode_alert,
+    encode_plaintext_alert,
+    encode_record,
+    first_content_type,
+    handshake_type,
+    mentions_max_fragment_length,
     pack_datagrams,
     parse_alert,
     parse_handshake_messages,
@@ -118,6 +120,10 @@ from ._wire import (
     parse_records,
     parse_records_with_cid,
     parse_server_hello,
+    read_own_record,
+    renumber_plaintext_records,
+    single_application_record,
+    single_record_header,
     split_records,
 )
 
@@ -281,19 +287,6 @@ SessionEvent = (
 )
 
 
-_WARNING = 1
-_FATAL = 2
-_CLOSE_NOTIFY = 0
-_BAD_RECORD_MAC = 20
-_BAD_CERTIFICATE = 42
-_INTERNAL_ERROR = 80
-_NO_RENEGOTIATION = 100
-#: Handshake message types (the first byte of a handshake fragment).
-_SERVER_HELLO = b"\x02"
-_HELLO_VERIFY_REQUEST = b"\x03"
-#: A max_fragment_length extension's type (1) and length (1), as they appear in a ClientHello.
-_MAX_FRAGMENT_LENGTH_EXTENSION = b"\x00\x01\x00\x01"
-_FINISHED = 20
 #: The most bytes of the peer's protected (epoch 1) records a session keeps during a handshake,
 #: in one copy each, de-duplicated on content: its Finished while OpenSSL cannot read it yet
 #: (it overtook the ChangeCipherSpec), and application data or alerts that overtook the
@@ -303,29 +296,35 @@ _FINISHED = 20
 #: ``max_handshakes``) can hold at most 8 MiB this way.  OpenSSL sees none of these records
 #: before it can judge them (see :meth:`DTLSSession.receive_datagram`), so it never queues them.
 HANDSHAKE_KEPT_BUDGET = 8 * 1024
+#: The content types read per datagram (and per send), as module globals: reading an attribute
+#: of an Enum class costs ~100 ns on Python 3.11 (its metaclass has ``__getattr__``), a global
+#: ~15 ns.  The same members, not copies of the numbers.
+_APPLICATION_DATA = ContentType.application_data
+_ALERT = ContentType.alert
+_HANDSHAKE = ContentType.handshake
+_TLS12_CID = ContentType.tls12_cid
 #: Plaintext handshake messages a client may send after the server's first flight (server
 #: side), and the longest OpenSSL accepts of each (a longer one ends the handshake): its
 #: ``max_cert_list`` default, and the limits of ``ossl_statem_server_max_message_size``.
-_CERTIFICATE = 11
-_CERTIFICATE_REQUEST = 13
-_CERTIFICATE_VERIFY = 15
-_MAX_MESSAGE_LENGTH = {
-    _CERTIFICATE: 102_400,
-    HANDSHAKE_CLIENT_KEY_EXCHANGE: 2_048,
-    _CERTIFICATE_VERIFY: 16_384,
+_MAX_MESSAGE_LENGTH: dict[int, int] = {
+    HandshakeType.certificate: 102_400,
+    HandshakeType.client_key_exchange: 2_048,
+    HandshakeType.certificate_verify: 16_384,
 }
 #: The client's flight after our ServerHelloDone, by position after its ClientHello: asked for
 #: a certificate, a client sends Certificate (empty if it has none: RFC 5246 §7.4.6 says it
 #: MUST), ClientKeyExchange, then CertificateVerify if it had a certificate; any other client
 #: only ClientKeyExchange.  Anything else in those places would make OpenSSL end the handshake.
 _FLIGHT_AFTER_CERTIFICATE_REQUEST = (
-    frozenset({_CERTIFICATE}),
-    frozenset({HANDSHAKE_CLIENT_KEY_EXCHANGE}),
-    frozenset({_CERTIFICATE_VERIFY}),
+    frozenset({HandshakeType.certificate}),
+    frozenset({HandshakeType.client_key_exchange}),
+    frozenset({HandshakeType.certificate_verify}),
 )
-_FLIGHT_WITHOUT_CERTIFICATE = (frozenset({HANDSHAKE_CLIENT_KEY_EXCHANGE}),)
+_FLIGHT_WITHOUT_CERTIFICATE = (frozenset({HandshakeType.client_key_exchange}),)
 #: The messages a ChangeCipherSpec follows in the client's flight.
-_BEFORE_CHANGE_CIPHER_SPEC = (b"\x10", b"\x0f")  # ClientKeyExchange, CertificateVerify
+_BEFORE_CHANGE_CIPHER_SPEC = frozenset(
+    {HandshakeType.client_key_exchange, HandshakeType.certificate_verify}
+)
 #: OpenSSL's state strings (server side) while it still waits for the client's key exchange.
 _BEFORE_KEY_EXCHANGE = (b"write server done", b"read client certificate")
 
@@ -338,13 +337,13 @@ def _plaintext_fatal_alert(datagrams: list[bytes]) -> str | None:
         except MalformedDatagram:
             continue
         for record in records:
-            if record.content_type != CONTENT_ALERT or record.epoch != 0:
+            if record.content_type != ContentType.alert or record.epoch != 0:
                 continue
             try:
                 level, description = parse_alert(record.fragment)
             except MalformedDatagram:
                 continue
-            if level == _FATAL:
+            if level == AlertLevel.fatal:
                 return alert_name(description)
     return None
 
@@ -359,22 +358,7 @@ def _records_or_none(datagram: bytes) -> list[Record] | None:
 
 def _has_protected_handshake(records: list[Record]) -> bool:
     """A Finished (or a later handshake message) travels in a protected handshake record."""
-    return any(r.epoch > 0 and r.content_type == CONTENT_HANDSHAKE for r in records)
-
-
-def _single_record_header(datagram: bytes) -> tuple[int, int, int] | None:
-    """(content type, epoch, sequence) if ``datagram`` is exactly one record, else None.
-
-    The hot path's shortcut around :func:`parse_records`: an application datagram is almost
-    always one record, and its header is all we need.
-    """
-    if len(datagram) < 13 or int.from_bytes(datagram[11:13], "big") != len(datagram) - 13:
-        return None
-    return (
-        datagram[0],
-        int.from_bytes(datagram[3:5], "big"),
-        int.from_bytes(datagram[5:11], "big"),
-    )
+    return any(r.epoch > 0 and r.content_type == ContentType.handshake for r in records)
 
 
 class _ReplayMirror:
@@ -612,13 +596,14 @@ class DTLSSession:
         session._cid_to_issue = connection_id
         if connection_id is not None:
             session._predicted_suite = session._predict_suite(verified_client_hello)
-        session._peer_may_limit_fragments = _MAX_FRAGMENT_LENGTH_EXTENSION in verified_client_hello
+        session._peer_may_limit_fragments = mentions_max_fragment_length(verified_client_hello)
         session._may_request_certificate = bool(context.get_verify_mode() & SSL.VERIFY_PEER)
-        hello_message_seq = int.from_bytes(verified_client_hello[17:19], "big")
-        hello_number = int.from_bytes(verified_client_hello[5:11], "big")
+        hello_message_seq = hello_number = 0
         with contextlib.suppress(MalformedDatagram, IndexError):  # verified: cannot fail
             first = parse_records(verified_client_hello)[0]
-            session._hello_message_seq = parse_handshake_messages(first.fragment)[0].message_seq
+            hello_number = first.sequence_number
+            hello_message_seq = parse_handshake_messages(first.fragment)[0].message_seq
+            session._hello_message_seq = hello_message_seq
         if 1 < hello_number < 2**40:  # OpenSSL starts at 1; leave room below 2^48
             session._epoch0_offset = hello_number - 1
         session._connection.set_accept_state()
@@ -742,10 +727,8 @@ class DTLSSession:
             hello = parse_initial_client_hello(verified_client_hello).hello
         except MalformedDatagram:
             return None
-        suites = hello.cipher_suites
         offered = {
-            cipher_name_for_suite(self._connection, int.from_bytes(suites[i : i + 2], "big"))
-            for i in range(0, len(suites), 2)
+            cipher_name_for_suite(self._connection, suite) for suite in hello.cipher_suite_numbers()
         }
         for name in self._connection.get_cipher_list():
             if name in offered:
@@ -758,8 +741,13 @@ class DTLSSession:
         for datagram in self._outgoing:
             for record in _records_or_none(datagram) or []:
                 fragment = record.fragment
-                plaintext_handshake = record.epoch == 0 and record.content_type == CONTENT_HANDSHAKE
-                if not plaintext_handshake or fragment[:1] != _SERVER_HELLO:
+                plaintext_handshake = (
+                    record.epoch == 0 and record.content_type == ContentType.handshake
+                )
+                if (
+                    not plaintext_handshake
+                    or handshake_type(fragment) != HandshakeType.server_hello
+                ):
                     continue
                 try:
                     suite = parse_server_hello(fragment).cipher_suite
@@ -878,15 +866,13 @@ class DTLSSession:
             translated = keys.reseal_peer_standard(
                 record.version, record.sequence_number, record.cid, record.fragment
             )
-        if translated is None or translated[0] != CONTENT_HANDSHAKE:
-            fragment = record.fragment
-            return (
-                bytes((CONTENT_HANDSHAKE,))
-                + record.version.to_bytes(2, "big")
-                + record.epoch.to_bytes(2, "big")
-                + record.sequence_number.to_bytes(6, "big")
-                + len(fragment).to_bytes(2, "big")
-                + fragment
+        if translated is None or first_content_type(translated) != ContentType.handshake:
+            return encode_record(
+                ContentType.handshake,
+                record.version,
+                record.epoch,
+                record.sequence_number,
+                record.fragment,
             )
         return translated
 
@@ -899,7 +885,7 @@ class DTLSSession:
         keys = self._cid_keys()
         out: list[bytes] = []
         for raw in records:
-            if raw[3:5] == b"\0\0" or keys is None:
+            if keys is None or read_own_record(raw).epoch == 0:
                 out.append(raw)
                 continue
             resealed = None
@@ -914,7 +900,7 @@ class DTLSSession:
         CID) as protected handshake records holding the raw CID record, which
         :meth:`_feed_protected_handshake` translates once OpenSSL can read it."""
         read_cid = self._read_cid
-        if not read_cid or CONTENT_TLS12_CID not in datagram:
+        if not read_cid or ContentType.tls12_cid not in datagram:
             return _records_or_none(datagram)
         try:
             mixed = parse_records_with_cid(datagram, len(read_cid))
@@ -928,7 +914,7 @@ class DTLSSession:
                     continue
                 records.append(
                     Record(
-                        CONTENT_HANDSHAKE,
+                        ContentType.handshake,
                         record.version,
                         record.epoch,
                         record.sequence_number,
@@ -1052,7 +1038,10 @@ class DTLSSession:
                 why = DropReason.WRONG_CID
             else:
                 why = self._unverifiable(
-                    CONTENT_TLS12_CID, record.epoch, record.sequence_number, len(record.fragment)
+                    ContentType.tls12_cid,
+                    record.epoch,
+                    record.sequence_number,
+                    len(record.fragment),
                 )
             if why is None:
                 return None
@@ -1082,11 +1071,11 @@ class DTLSSession:
         protection = self._records
         if (
             protection is not None
-            and content != CONTENT_HANDSHAKE
+            and content != ContentType.handshake
             and protection.replay.seen(sequence)
             # A CID record's real type is inside: a copy of the peer's Finished must still
             # reach _on_protected_handshake (and nothing else of that number authenticates).
-            and not (content == CONTENT_TLS12_CID and sequence == self._peer_finished_sequence)
+            and not (content == ContentType.tls12_cid and sequence == self._peer_finished_sequence)
         ):
             return DropReason.REPLAY
         return None
@@ -1126,15 +1115,15 @@ class DTLSSession:
             return [RecordsDropped(DropReason.MALFORMED)]
         if not self._is_server and not self._heard_server_hello:
             first = records[0]
-            if first.epoch == 0 and first.content_type == CONTENT_HANDSHAKE:
-                message_type = first.fragment[:1]
-                if message_type == _SERVER_HELLO:
+            if first.epoch == 0 and first.content_type == ContentType.handshake:
+                message_type = handshake_type(first.fragment)
+                if message_type == HandshakeType.server_hello:
                     self._heard_server_hello = True
                     # The first ServerHello is the one OpenSSL acts on; later copies it drops.
                     self._etm_in_hello = etm_in_server_hello([datagram])
-                elif message_type != _HELLO_VERIFY_REQUEST:
+                elif message_type != HandshakeType.hello_verify_request:
                     return [RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)]
-            elif not (first.epoch == 0 and first.content_type == CONTENT_ALERT):
+            elif not (first.epoch == 0 and first.content_type == ContentType.alert):
                 # Until the server answers this hello, anything else is a late datagram meant
                 # for an earlier client on this port (a device that restarted): OpenSSL would
                 # buffer its messages and mark its record numbers seen, and then drop the real
@@ -1173,14 +1162,14 @@ class DTLSSession:
                 if reason is None:
                     plaintext.append(record.raw)
                     follows_key_exchange = (
-                        record.content_type == CONTENT_HANDSHAKE
-                        and record.fragment[:1] in _BEFORE_CHANGE_CIPHER_SPEC
+                        record.content_type == ContentType.handshake
+                        and handshake_type(record.fragment) in _BEFORE_CHANGE_CIPHER_SPEC
                     )
             elif record.epoch != 1:
                 reason = DropReason.UNEXPECTED  # no epoch but 1 exists before the handshake ends
-            elif record.content_type == CONTENT_HANDSHAKE:
+            elif record.content_type == ContentType.handshake:
                 protected_handshake.append(record.raw)
-            elif record.content_type in (CONTENT_APPLICATION_DATA, CONTENT_ALERT):
+            elif record.content_type in (ContentType.application_data, ContentType.alert):
                 reason = self._keep_early(record)
             else:
                 reason = DropReason.UNEXPECTED  # a protected ChangeCipherSpec
@@ -1204,8 +1193,8 @@ class DTLSSession:
             r.fragment
             for r in records
             if r.epoch == 0
-            and r.content_type == CONTENT_HANDSHAKE
-            and r.fragment[:1] == bytes((HANDSHAKE_CLIENT_KEY_EXCHANGE,))
+            and r.content_type == ContentType.handshake
+            and handshake_type(r.fragment) == HandshakeType.client_key_exchange
         ]
         if accepted_here:
             self._key_exchange = key_exchanges[0] if key_exchanges else None
@@ -1214,7 +1203,8 @@ class DTLSSession:
         ):
             self._in_flight_chain = True
         elif any(
-            r.content_type != (CONTENT_CHANGE_CIPHER_SPEC if r.epoch == 0 else CONTENT_HANDSHAKE)
+            r.content_type
+            != (ContentType.change_cipher_spec if r.epoch == 0 else ContentType.handshake)
             for r in records
         ):
             self._in_flight_chain = False
@@ -1274,13 +1264,13 @@ class DTLSSession:
         if not self._is_server:
             return None
         content = record.content_type
-        if content == CONTENT_ALERT:
+        if content == ContentType.alert:
             return None if len(record.fragment) == 2 else DropReason.UNEXPECTED
-        if content == CONTENT_CHANGE_CIPHER_SPEC:
+        if content == ContentType.change_cipher_spec:
             if record.fragment != b"\x01":
                 return DropReason.UNEXPECTED
             return self._unexpected_change_cipher_spec(follows_key_exchange)
-        if content != CONTENT_HANDSHAKE:
+        if content != ContentType.handshake:
             return DropReason.UNEXPECTED  # application data never travels in plaintext
         try:
             messages = parse_handshake_messages(record.fragment)
@@ -1451,7 +1441,7 @@ class DTLSSession:
         Any other failure is dropped and counted, and the handshake goes on.
         """
         events: list[SessionEvent] = []
-        if raw[0] == CONTENT_TLS12_CID:
+        if first_content_type(raw) == ContentType.tls12_cid:
             translated = self._peer_cid_record_for_openssl(raw)
             if translated is None:
                 self.handshake_drops[DropReason.WRONG_CID] += 1
@@ -1562,7 +1552,7 @@ class DTLSSession:
             raise ValueError("refusing to send an empty datagram (DTLS peers treat it as noise)")
         if self._records is not None:
             try:
-                self._outgoing.append(self._records.seal(CONTENT_APPLICATION_DATA, data))
+                self._outgoing.append(self._records.seal(_APPLICATION_DATA, data))
             except OverflowError as error:
                 self._fail(str(error), None)
                 raise
@@ -1593,7 +1583,7 @@ class DTLSSession:
         :attr:`failure_reason`.  Idempotent.
         """
         if self.state is SessionState.HANDSHAKING:
-            self._queue_plaintext_alert(_INTERNAL_ERROR)
+            self._queue_plaintext_alert(AlertDescription.internal_error)
             self.state = SessionState.FAILED
             self.failure_reason = reason
         elif self.state is SessionState.ESTABLISHED:
@@ -1612,9 +1602,9 @@ class DTLSSession:
         """
         if self._sent_protected:
             return
-        header = bytes([CONTENT_ALERT]) + DTLS_1_2.to_bytes(2, "big") + b"\0\0"
-        sequence = self._next_plaintext_sequence.to_bytes(6, "big")
-        self._outgoing.append(header + sequence + b"\0\x02" + bytes([_FATAL, description]))
+        self._outgoing.append(
+            encode_plaintext_alert(AlertLevel.fatal, description, self._next_plaintext_sequence)
+        )
         self._next_plaintext_sequence += 1
         self.alert_sent = alert_name(description)
 
@@ -1623,7 +1613,10 @@ class DTLSSession:
         if self._records is not None:
             with contextlib.suppress(OverflowError):
                 self._outgoing.append(
-                    self._records.seal(CONTENT_ALERT, bytes((_WARNING, _CLOSE_NOTIFY)))
+                    self._records.seal(
+                        ContentType.alert,
+                        encode_alert(AlertLevel.warning, AlertDescription.close_notify),
+                    )
                 )
             return
         with contextlib.suppress(SSL.Error):
@@ -1657,17 +1650,7 @@ class DTLSSession:
         hello's own number, as older OpenSSL did, keeps every number new to the client.  The
         numbers of plaintext records are not authenticated and not in the handshake hash.
         """
-        offset = self._epoch0_offset
-        if not offset:
-            return records
-        return [
-            record[:5]
-            + (int.from_bytes(record[5:11], "big") + offset).to_bytes(6, "big")
-            + record[11:]
-            if record[3:5] == b"\0\0"
-            else record
-            for record in records
-        ]
+        return renumber_plaintext_records(records, self._epoch0_offset)
 
     def _note_sent(self, records: list[bytes]) -> None:
         """Track the records OpenSSL wrote for us (trusted bytes).
@@ -1677,18 +1660,19 @@ class DTLSSession:
         :meth:`_release_to_records`, which checks the keys on them and numbers our next
         record after the highest.
         """
-        for record in records:
-            if record[3:5] == b"\0\0":
-                sequence = int.from_bytes(record[5:11], "big")
+        for raw in records:
+            record = read_own_record(raw)
+            if record.epoch == 0:
+                sequence = record.sequence_number
                 self._next_plaintext_sequence = max(self._next_plaintext_sequence, sequence + 1)
-                if record[0] == CONTENT_HANDSHAKE and self._may_request_certificate:
+                if record.content_type == ContentType.handshake and self._may_request_certificate:
                     with contextlib.suppress(MalformedDatagram):
-                        types = {m.msg_type for m in parse_handshake_messages(record[13:])}
-                        self._certificate_requested |= _CERTIFICATE_REQUEST in types
+                        types = {m.msg_type for m in parse_handshake_messages(record.fragment)}
+                        self._certificate_requested |= HandshakeType.certificate_request in types
             else:
                 self._sent_protected = True
                 with contextlib.suppress(MalformedDatagram):
-                    self._own_protected.extend(parse_records(record))
+                    self._own_protected.extend(parse_records(raw))
 
     def _take_callback_events(self) -> list[SessionEvent]:
         events, self._callback_events = self._callback_events, []
@@ -1716,7 +1700,7 @@ class DTLSSession:
             # internal_error (it cannot know why the callback refused); ours says what is wrong.
             events = self._take_callback_events()
             drain_write_bio(self._connection)
-            self._queue_plaintext_alert(_BAD_CERTIFICATE)
+            self._queue_plaintext_alert(AlertDescription.bad_certificate)
             return events + self._fail(str(error), now, FailureKind.BAD_CERTIFICATE)
         events = self._take_callback_events()
         self._final_flight = self._flush()
@@ -1750,7 +1734,7 @@ class DTLSSession:
                 self._fragment_lengths = (suite.overhead + 1, MAX_PLAINTEXT + 256 + suite.overhead)
         self._peer_finished = self._completing
         if self._peer_finished is not None:
-            self._peer_finished_sequence = int.from_bytes(self._peer_finished[5:11], "big")
+            self._peer_finished_sequence = read_own_record(self._peer_finished).sequence_number
         if self._release_openssl or self._read_cid or self._write_cid:
             self._release_to_records()
         if self._records is not None:
@@ -1824,8 +1808,9 @@ class DTLSSession:
                 return
             if plaintext is None:
                 continue
-            if raw[0] == CONTENT_APPLICATION_DATA:
-                self._replay.mark(int.from_bytes(raw[3:5], "big"), int.from_bytes(raw[5:11], "big"))
+            header = read_own_record(raw)
+            if header.content_type == ContentType.application_data:
+                self._replay.mark(header.epoch, header.sequence_number)
             if plaintext:
                 self._early_events.append(ApplicationData(plaintext, raw))
 
@@ -1855,7 +1840,7 @@ class DTLSSession:
         early = [record for raw in self._early for record in _records_or_none(raw) or []]
         for record in early:
             content = record.content_type
-            if content not in (CONTENT_APPLICATION_DATA, CONTENT_ALERT):
+            if content not in (ContentType.application_data, ContentType.alert):
                 continue
             if record.epoch != protection.epoch:
                 continue
@@ -1864,7 +1849,7 @@ class DTLSSession:
             )
             if plaintext is None:
                 continue  # a forgery, or a copy of a record already opened
-            if content == CONTENT_APPLICATION_DATA:
+            if content == ContentType.application_data:
                 if plaintext:
                     self._early_events.append(ApplicationData(plaintext, record.raw))
                 continue
@@ -1888,9 +1873,9 @@ class DTLSSession:
             level, description = parse_alert(plaintext)
         except MalformedDatagram:
             return ConnectionFailed("the peer sent a malformed alert")
-        if description == _CLOSE_NOTIFY:
+        if description == AlertDescription.close_notify:
             return RemoteClosed()
-        if level == ALERT_LEVEL_WARNING:
+        if level == AlertLevel.warning:
             if description not in FATAL_ONLY_ALERTS:
                 return None
             return ConnectionFailed(
@@ -1905,7 +1890,7 @@ class DTLSSession:
         Fatal alerts and close_notify are not looked at here: OpenSSL acts on them itself.
         """
         for level, description in self._alerts_read:
-            if level == ALERT_LEVEL_WARNING and description in FATAL_ONLY_ALERTS:
+            if level == AlertLevel.warning and description in FATAL_ONLY_ALERTS:
                 ending = self._alert_ending(bytes((level, description)))
                 assert isinstance(ending, ConnectionFailed)
                 return ending
@@ -1956,11 +1941,15 @@ class DTLSSession:
         and OpenSSL cannot make one on demand, so then the handshake just fails.
         """
         if not self._sent_protected:
-            header = bytes([CONTENT_ALERT]) + DTLS_1_2.to_bytes(2, "big") + b"\0\0"
-            sequence = self._next_plaintext_sequence.to_bytes(6, "big")
-            self._outgoing.append(header + sequence + b"\0\x02" + bytes([_FATAL, _BAD_RECORD_MAC]))
+            self._outgoing.append(
+                encode_plaintext_alert(
+                    AlertLevel.fatal,
+                    AlertDescription.bad_record_mac,
+                    self._next_plaintext_sequence,
+                )
+            )
             self._next_plaintext_sequence += 1
-            self.alert_sent = alert_name(_BAD_RECORD_MAC)
+            self.alert_sent = alert_name(AlertDescription.bad_record_mac)
         return self._fail(
             "the peer's Finished failed authentication: the two sides derived different keys "
             "(a wrong PSK?)",
@@ -1970,22 +1959,17 @@ class DTLSSession:
 
     def _open_datagram(self, protection: RecordProtection, datagram: bytes) -> list[SessionEvent]:
         """An established datagram, once OpenSSL is released: we open its records ourselves."""
-        header = _single_record_header(datagram)
-        if (
-            header is not None
-            and header[0] == CONTENT_APPLICATION_DATA
-            and header[1] == protection.epoch
-        ):
+        record = single_application_record(datagram, protection.epoch)
+        if record is not None:
             # The hot path: a datagram of one application record.
-            sequence = header[2]
+            sequence = record.sequence_number
             lengths = self._fragment_lengths
-            if lengths is not None and not lengths[0] <= len(datagram) - 13 <= lengths[1]:
+            if lengths is not None and not lengths[0] <= len(record.fragment) <= lengths[1]:
                 return [RecordsDropped(DropReason.BAD_LENGTH)]
             if protection.replay.seen(sequence):
                 return [RecordsDropped(DropReason.REPLAY)]
-            version = int.from_bytes(datagram[1:3], "big")
             plaintext = protection.decrypt(
-                CONTENT_APPLICATION_DATA, version, sequence, datagram[13:]
+                record.content_type, record.version, sequence, record.fragment
             )
             if plaintext is None:
                 return [RecordsDropped(DropReason.AUTHENTICATION)]
@@ -2010,18 +1994,18 @@ class DTLSSession:
             if plaintext is None:
                 drop = drop or DropReason.AUTHENTICATION
                 continue
-            if content != CONTENT_HANDSHAKE:
+            if content != _HANDSHAKE:
                 protection.replay.mark(sequence)
-            if content == CONTENT_APPLICATION_DATA:
+            if content == _APPLICATION_DATA:
                 self._final_flight = []
                 if plaintext:
                     events.append(ApplicationData(plaintext))
-            elif content == CONTENT_ALERT:
+            elif content == _ALERT:
                 ending = self._on_protected_alert(plaintext)
                 if ending is not None:
                     events.append(ending)
                     return events
-            elif content == CONTENT_HANDSHAKE:
+            elif content == _HANDSHAKE:
                 self._on_protected_handshake(protection, plaintext)
                 drop = drop or DropReason.HANDSHAKE_RETRANSMISSION
         if not events and drop is not None:
@@ -2059,9 +2043,7 @@ class DTLSSession:
             if record.cid != read_cid:
                 drop = drop or DropReason.WRONG_CID
                 continue
-            why = self._unverifiable(
-                CONTENT_TLS12_CID, record.epoch, sequence, len(record.fragment)
-            )
+            why = self._unverifiable(_TLS12_CID, record.epoch, sequence, len(record.fragment))
             if why is not None:
                 drop = drop or why
                 continue
@@ -2071,20 +2053,20 @@ class DTLSSession:
                 drop = drop or DropReason.AUTHENTICATION
                 continue
             content, plaintext = opened
-            if content != CONTENT_HANDSHAKE:
+            if content != _HANDSHAKE:
                 protection.replay.mark(sequence)
                 if newest:
                     self.newest_record_authenticated = True
-            if content == CONTENT_APPLICATION_DATA:
+            if content == _APPLICATION_DATA:
                 self._final_flight = []
                 if plaintext:
                     events.append(ApplicationData(plaintext))
-            elif content == CONTENT_ALERT:
+            elif content == _ALERT:
                 ending = self._on_protected_alert(plaintext)
                 if ending is not None:
                     events.append(ending)
                     return events
-            elif content == CONTENT_HANDSHAKE:
+            elif content == _HANDSHAKE:
                 self._on_protected_handshake(protection, plaintext)
                 drop = drop or DropReason.HANDSHAKE_RETRANSMISSION
             else:
@@ -2111,7 +2093,7 @@ class DTLSSession:
         times).  Anything else asks for a renegotiation, which we do not do; RFC 5246 §7.2.2
         has the warning alert ``no_renegotiation`` for that answer.
         """
-        if plaintext[:1] == bytes((_FINISHED,)):
+        if handshake_type(plaintext) == HandshakeType.finished:
             self._resend_saved_final_flight()
             return
         # Handshake records skip the replay check, so cap the answers: a replayed record
@@ -2121,13 +2103,16 @@ class DTLSSession:
         self._renegotiation_refusals += 1
         with contextlib.suppress(OverflowError):
             self._outgoing.append(
-                protection.seal(CONTENT_ALERT, bytes((_WARNING, _NO_RENEGOTIATION)))
+                protection.seal(
+                    ContentType.alert,
+                    encode_alert(AlertLevel.warning, AlertDescription.no_renegotiation),
+                )
             )
 
     def _read_application_data(self, datagram: bytes) -> list[SessionEvent]:
         events: list[SessionEvent] = []
         size = max(len(datagram), 1)
-        single_record = _single_record_header(datagram)
+        single_record = single_record_header(datagram)
         if self._alerts_read:  # (no new list per datagram: alerts are rare)
             self._alerts_read = []
         while True:
@@ -2170,11 +2155,11 @@ class DTLSSession:
         reemitted = self._flush()
         if events:
             if single_record is not None:
-                if single_record[0] == CONTENT_APPLICATION_DATA:
-                    self._replay.mark(single_record[1], single_record[2])
+                if single_record.content_type == _APPLICATION_DATA:
+                    self._replay.mark(single_record.epoch, single_record.sequence_number)
             else:
                 for record in _records_or_none(datagram) or []:
-                    if record.content_type == CONTENT_APPLICATION_DATA:
+                    if record.content_type == _APPLICATION_DATA:
                         self._replay.mark(record.epoch, record.sequence_number)
             self._final_flight = []  # authentic data: the peer has finished its handshake
         else:
@@ -2212,7 +2197,7 @@ class DTLSSession:
         if finished is not None and any(
             r.raw == finished
             for r in records
-            if r.epoch > 0 and r.content_type == CONTENT_HANDSHAKE
+            if r.epoch > 0 and r.content_type == ContentType.handshake
         ):
             self._resend_saved_final_flight()
             return True
@@ -2236,7 +2221,7 @@ class DTLSSession:
         if all(reasons):
             # Judged without OpenSSL's help: another epoch, or a length no key opens.
             return next(reason for reason in reasons if reason is not None)
-        application = [r for r in protected if r.content_type == CONTENT_APPLICATION_DATA]
+        application = [r for r in protected if r.content_type == ContentType.application_data]
         if application and all(self._replay.seen(r.epoch, r.sequence_number) for r in application):
             return DropReason.REPLAY
         if not application:

@@ -24,6 +24,13 @@ The layouts, all big-endian (RFC 6347 sections 4.1 and 4.2.2)::
 
 Functions that handle *trusted* bytes (written by OpenSSL, or built by us) do not start
 with ``parse_``.
+
+This module owns every wire byte: the numbers (:class:`ContentType`, :class:`HandshakeType`,
+:class:`AlertLevel`, :class:`AlertDescription`, :class:`ExtensionType`), the cheap peeks at a
+record header that the hot paths make instead of parsing (``single_record_header``,
+``looks_like_client_hello``, ...), the renumbering of our epoch-0 records, and the encoders of
+records, headers and alerts (``encode_*``).  No other module indexes record bytes
+(``tests/test_wire_ownership.py`` checks).
 """
 
 from __future__ import annotations
@@ -36,27 +43,19 @@ from typing import NamedTuple
 from ._errors import DTLSError
 
 __all__ = [
-    "ALERT_LEVEL_FATAL",
-    "ALERT_LEVEL_WARNING",
-    "CONTENT_ALERT",
-    "CONTENT_APPLICATION_DATA",
-    "CONTENT_CHANGE_CIPHER_SPEC",
-    "CONTENT_HANDSHAKE",
-    "CONTENT_TLS12_CID",
     "DTLS_1_0",
-    "EXTENSION_CONNECTION_ID",
     "DTLS_1_2",
-    "HANDSHAKE_CLIENT_HELLO",
-    "HANDSHAKE_CLIENT_KEY_EXCHANGE",
     "HANDSHAKE_HEADER_LENGTH",
     "FATAL_ONLY_ALERTS",
-    "HANDSHAKE_HELLO_VERIFY_REQUEST",
-    "HANDSHAKE_SERVER_HELLO",
     "MAX_CONNECTION_ID_LENGTH",
     "MAX_PSK_IDENTITY_LENGTH",
     "MAX_RECORD_FRAGMENT",
     "RECORD_HEADER_LENGTH",
     "AlertDescription",
+    "AlertLevel",
+    "ContentType",
+    "ExtensionType",
+    "HandshakeType",
     "CidRecord",
     "ClientHello",
     "FragmentedClientHello",
@@ -70,6 +69,23 @@ __all__ = [
     "cid_record_header",
     "client_hello_connection_id",
     "datagram_connection_id",
+    "encode_alert",
+    "encode_plaintext_alert",
+    "encode_pseudo_header",
+    "encode_record",
+    "encode_record_header",
+    "first_content_type",
+    "handshake_type",
+    "is_protected_data_or_alert",
+    "looks_like_client_hello",
+    "mac_pseudo_header",
+    "mentions_max_fragment_length",
+    "read_own_record",
+    "renumber_plaintext_records",
+    "single_application_record",
+    "single_record_epoch",
+    "single_record_header",
+    "starts_with_cid_record",
     "encode_connection_id_extension",
     "pack_datagrams",
     "parse_alert",
@@ -91,27 +107,58 @@ __all__ = [
     "split_records",
 ]
 
-# Record content types (RFC 5246 section 6.2.1). RFC 6347 section 4.1.2.7 says a record
-# with any other type is silently discarded, so we treat it as malformed.
-CONTENT_CHANGE_CIPHER_SPEC = 20
-CONTENT_ALERT = 21
-CONTENT_HANDSHAKE = 22
-CONTENT_APPLICATION_DATA = 23
 
-# Handshake message types we need to recognise ourselves; OpenSSL handles the rest.
-HANDSHAKE_CLIENT_HELLO = 1
-HANDSHAKE_SERVER_HELLO = 2
-HANDSHAKE_HELLO_VERIFY_REQUEST = 3
-HANDSHAKE_CLIENT_KEY_EXCHANGE = 16
+class ContentType(enum.IntEnum):
+    """Record content types (RFC 5246 section 6.2.1, and RFC 9146 section 4's ``tls12_cid``).
+
+    RFC 6347 section 4.1.2.7 says a record with any other type is silently discarded, so the
+    parsers treat one as malformed (``tls12_cid`` only where a connection ID was negotiated).
+    """
+
+    change_cipher_spec = 20
+    alert = 21
+    handshake = 22
+    application_data = 23
+    tls12_cid = 25
+
+
+class HandshakeType(enum.IntEnum):
+    """The handshake message types this package names (RFC 5246 section 7.4, RFC 6347
+    section 4.3.2); OpenSSL handles the others."""
+
+    client_hello = 1
+    server_hello = 2
+    hello_verify_request = 3
+    certificate = 11
+    server_key_exchange = 12
+    certificate_request = 13
+    server_hello_done = 14
+    certificate_verify = 15
+    client_key_exchange = 16
+    finished = 20
+
+
+class ExtensionType(enum.IntEnum):
+    """The hello extension types this package names (IANA's TLS ExtensionType registry)."""
+
+    max_fragment_length = 1  # RFC 6066 section 4
+    padding = 21  # RFC 7685
+    encrypt_then_mac = 22  # RFC 7366
+    extended_master_secret = 23  # RFC 7627
+    connection_id = 54  # RFC 9146 section 3 (the drafts and Mbed TLS 2.x used 53 / 254)
+
 
 # DTLS versions are the one's complement of the TLS version they are based on, so they
 # count *down*: DTLS 1.0 is {254, 255}, DTLS 1.2 is {254, 253}.
 DTLS_1_0 = 0xFEFF
 DTLS_1_2 = 0xFEFD
 
-# Alert levels (RFC 5246 section 7.2).
-ALERT_LEVEL_WARNING = 1
-ALERT_LEVEL_FATAL = 2
+
+class AlertLevel(enum.IntEnum):
+    """Alert levels (RFC 5246 section 7.2)."""
+
+    warning = 1
+    fatal = 2
 
 
 class AlertDescription(enum.IntEnum):
@@ -193,8 +240,21 @@ MAX_RECORD_FRAGMENT = 2**14 + 2048
 MAX_PSK_IDENTITY_LENGTH = 256
 
 _DTLS_MAJOR = 0xFE
-_MIN_CONTENT_TYPE = CONTENT_CHANGE_CIPHER_SPEC
-_MAX_CONTENT_TYPE = CONTENT_APPLICATION_DATA
+_MIN_CONTENT_TYPE = int(ContentType.change_cipher_spec)
+_MAX_CONTENT_TYPE = int(ContentType.application_data)
+# The enum members the parsers compare with, as plain int globals: reading an attribute of an
+# Enum class costs ~100 ns on Python 3.11 (its metaclass has ``__getattr__``), a global ~15 ns,
+# and these run per datagram (the reader, the cookie exchange under a flood of hellos).
+_HANDSHAKE = int(ContentType.handshake)
+_ALERT = int(ContentType.alert)
+_APPLICATION_DATA = int(ContentType.application_data)
+_TLS12_CID = int(ContentType.tls12_cid)
+_CLIENT_HELLO = int(HandshakeType.client_hello)
+_SERVER_HELLO = int(HandshakeType.server_hello)
+_HELLO_VERIFY_REQUEST = int(HandshakeType.hello_verify_request)
+_CLIENT_KEY_EXCHANGE = int(HandshakeType.client_key_exchange)
+_CONNECTION_ID = int(ExtensionType.connection_id)
+_TLS12_CID_BYTE = bytes((_TLS12_CID,))
 _RANDOM_LENGTH = 32
 _MAX_SESSION_ID = 32
 _MAX_COOKIE = 255
@@ -203,6 +263,12 @@ _MAX_COOKIE = 255
 # struct has no 6-byte integer, so the 48-bit sequence number is read as two parts.
 _RECORD_HEADER = struct.Struct("!BHHHIH")
 assert _RECORD_HEADER.size == RECORD_HEADER_LENGTH
+# The same 13 bytes written with epoch and sequence number as one 64-bit number (RFC 6347
+# section 4.1 calls it the "epoch and sequence number"; the record layer keeps it that way).
+_RECORD_HEADER_OUT = struct.Struct("!BHQH")
+assert _RECORD_HEADER_OUT.size == RECORD_HEADER_LENGTH
+# seq_num(8) type(1) version(2) length(2): the header fields a MAC or an AEAD covers.
+_PSEUDO_HEADER = struct.Struct("!QBHH")
 
 
 class MalformedDatagram(DTLSError, ValueError):
@@ -424,6 +490,214 @@ def pack_datagrams(records: list[bytes], mtu: int) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------------------
+# Peeks: a record header judged without parsing the datagram
+# ---------------------------------------------------------------------------------------
+# These run for every datagram (the server's reader, a session's application data), so they
+# unpack with ``_RECORD_HEADER``, compare with plain ints, and build their named tuples with
+# ``tuple.__new__`` (130 ns, where calling the class costs 300 ns on Python 3.11).  The peeks
+# never raise; ``read_own_record`` and ``mac_pseudo_header`` raise only MalformedDatagram.
+
+_new_tuple = tuple.__new__
+
+
+def single_record_epoch(datagram: bytes) -> int | None:
+    """The epoch of ``datagram`` if it is exactly one record (its length field covers the rest
+    of the datagram), else None: the cheapest look at a datagram, for the encrypt-then-MAC
+    guard, which only checks the records of one epoch."""
+    if len(datagram) < RECORD_HEADER_LENGTH:
+        return None
+    header = _RECORD_HEADER.unpack_from(datagram)
+    if header[5] != len(datagram) - RECORD_HEADER_LENGTH:
+        return None
+    epoch: int = header[2]
+    return epoch
+
+
+def single_record_header(datagram: bytes) -> RecordHeader | None:
+    """The header of ``datagram`` if it is exactly one record (its length field covers the
+    rest of the datagram), else None.
+
+    The hot path's shortcut around :func:`parse_records`: an application datagram is almost
+    always one record, and its header is all the caller needs.  Only the framing is checked,
+    not the content type or the version (the caller compares what it needs).
+    """
+    size = len(datagram) - RECORD_HEADER_LENGTH
+    if size < 0:
+        return None
+    content_type, version, epoch, seq_high, seq_low, length = _RECORD_HEADER.unpack_from(datagram)
+    if length != size:
+        return None
+    return _new_tuple(
+        RecordHeader, (content_type, version, epoch, (seq_high << 32) | seq_low, length)
+    )
+
+
+def single_application_record(datagram: bytes, epoch: int) -> Record | None:
+    """``datagram`` as a :class:`Record` if it is exactly one application_data record of
+    ``epoch``, else None (the caller then parses it in full).
+
+    The established session's fast path.  ``raw`` is ``datagram`` itself (no copy); the
+    version is not checked (the record's authentication covers it).
+    """
+    size = len(datagram) - RECORD_HEADER_LENGTH
+    if size < 0:
+        return None
+    content_type, version, record_epoch, seq_high, seq_low, length = _RECORD_HEADER.unpack_from(
+        datagram
+    )
+    if length != size or content_type != _APPLICATION_DATA or record_epoch != epoch:
+        return None
+    fields = (
+        content_type,
+        version,
+        epoch,
+        (seq_high << 32) | seq_low,
+        datagram[RECORD_HEADER_LENGTH:],
+        datagram,
+    )
+    return _new_tuple(Record, fields)
+
+
+def first_content_type(datagram: bytes) -> int | None:
+    """The content type byte of the record ``datagram`` starts with (unchecked), or None if
+    it is empty."""
+    return datagram[0] if datagram else None
+
+
+def starts_with_cid_record(datagram: bytes) -> bool:
+    """Whether ``datagram`` starts with a ``tls12_cid`` record (its first byte; no more)."""
+    return datagram[:1] == _TLS12_CID_BYTE
+
+
+def looks_like_client_hello(datagram: bytes) -> bool:
+    """Cheap pre-check before :func:`parse_initial_client_hello`: an epoch-0 handshake record
+    whose first handshake message is a ClientHello, and long enough to hold both headers."""
+    return (
+        len(datagram) > RECORD_HEADER_LENGTH + HANDSHAKE_HEADER_LENGTH
+        and datagram[0] == _HANDSHAKE
+        and datagram[3] == 0
+        and datagram[4] == 0
+        and datagram[RECORD_HEADER_LENGTH] == _CLIENT_HELLO
+    )
+
+
+def is_protected_data_or_alert(datagram: bytes) -> bool:
+    """Whether ``datagram`` starts with an application_data or alert record of an epoch
+    other than 0 (protected).  Only the first record's bytes 0 and 3-4 are looked at."""
+    return (
+        bool(datagram) and datagram[0] in (_APPLICATION_DATA, _ALERT) and datagram[3:5] != b"\0\0"
+    )
+
+
+def handshake_type(fragment: bytes) -> int | None:
+    """The msg_type byte of the handshake message a handshake record's ``fragment`` starts
+    with (unchecked: the header may be truncated), or None for an empty fragment."""
+    return fragment[0] if fragment else None
+
+
+def read_own_record(record: bytes) -> Record:
+    """One whole record of *trusted* bytes (OpenSSL's output or ours, as :func:`split_records`
+    cut it, or a peer's record that :func:`parse_records` already framed: its ``raw``),
+    decoded without the checks of :func:`parse_records`.
+
+    Raises :class:`MalformedDatagram` only for fewer bytes than a record header: a bug.
+    """
+    if len(record) < RECORD_HEADER_LENGTH:
+        raise MalformedDatagram(f"record header truncated: {len(record)} bytes")
+    content_type, version, epoch, seq_high, seq_low, length = _RECORD_HEADER.unpack_from(record)
+    end = RECORD_HEADER_LENGTH + length
+    return Record(
+        content_type,
+        version,
+        epoch,
+        (seq_high << 32) | seq_low,
+        record[RECORD_HEADER_LENGTH:end],
+        record[:end],
+    )
+
+
+def renumber_plaintext_records(records: list[bytes], offset: int) -> list[bytes]:
+    """``records`` (trusted: OpenSSL's, as :func:`split_records` cut them) with ``offset``
+    added to the sequence number of every epoch-0 record; the others unchanged.
+
+    The server numbers its epoch-0 records after the client's verified ClientHello (see
+    ``DTLSSession._renumbered``); the numbers of plaintext records are not authenticated and
+    not in the handshake hash, so rewriting them is safe.
+    """
+    if not offset:
+        return records
+    renumbered = []
+    for record in records:
+        if record[3:5] == b"\0\0":
+            sequence = int.from_bytes(record[5:11], "big") + offset
+            record = record[:5] + sequence.to_bytes(6, "big") + record[11:]
+        renumbered.append(record)
+    return renumbered
+
+
+def mac_pseudo_header(record: bytes, length: int) -> bytes:
+    """``seq_num(8) type(1) version(2) length(2)`` of ``record`` with the fragment length
+    ``length``: what the MAC of a CBC record covers before its content (RFC 5246 section
+    6.2.3.1, RFC 7366 section 3), and AEAD's additional data (section 6.2.3.3).
+
+    Raises :class:`MalformedDatagram` if ``record`` is shorter than a record header.
+    """
+    if len(record) < RECORD_HEADER_LENGTH:
+        raise MalformedDatagram(f"record header truncated: {len(record)} bytes")
+    return record[3:11] + record[0:3] + length.to_bytes(2, "big")
+
+
+# ---------------------------------------------------------------------------------------
+# Encoders (trusted values: ours)
+# ---------------------------------------------------------------------------------------
+
+
+def encode_record_header(
+    content_type: int, version: int, epoch: int, sequence: int, length: int
+) -> bytes:
+    """The 13-byte header of a record we write (RFC 6347 section 4.1).
+
+    The values are ours (``sequence`` below 2^48, the others in their fields), so one out of
+    range is a bug; :class:`struct.error` says so for an epoch, a length or a version too large.
+    """
+    return _RECORD_HEADER_OUT.pack(content_type, version, (epoch << 48) | sequence, length)
+
+
+def encode_pseudo_header(
+    content_type: int, version: int, epoch_and_sequence: int, length: int
+) -> bytes:
+    """``seq_num(8) type(1) version(2) length(2)``: the header fields in the order a record's
+    MAC covers them (RFC 5246 section 6.2.3.1) and AEAD's additional data (section 6.2.3.3).
+    ``epoch_and_sequence`` is DTLS's ``seq_num``: epoch (16 bits) then sequence number (48).
+    (See :func:`mac_pseudo_header` for the same bytes read from a record.)"""
+    return _PSEUDO_HEADER.pack(epoch_and_sequence, content_type, version, length)
+
+
+def encode_record(
+    content_type: int, version: int, epoch: int, sequence: int, fragment: bytes
+) -> bytes:
+    """A whole record: :func:`encode_record_header` followed by ``fragment``."""
+    return (
+        _RECORD_HEADER_OUT.pack(content_type, version, (epoch << 48) | sequence, len(fragment))
+        + fragment
+    )
+
+
+def encode_alert(level: int, description: int) -> bytes:
+    """The two bytes of an alert (RFC 5246 section 7.2): the content of an alert record, to be
+    protected by the record layer, or sent as it is by :func:`encode_plaintext_alert`."""
+    return bytes((level, description))
+
+
+def encode_plaintext_alert(
+    level: int, description: int, sequence: int, version: int = DTLS_1_2
+) -> bytes:
+    """An unprotected (epoch 0) alert record numbered ``sequence``: the one alert a session
+    writes itself during a handshake, before it has sent its ChangeCipherSpec."""
+    return encode_record(_ALERT, version, 0, sequence, encode_alert(level, description))
+
+
+# ---------------------------------------------------------------------------------------
 # Handshake messages
 # ---------------------------------------------------------------------------------------
 
@@ -558,6 +832,23 @@ class ClientHello:
             parts.append(field)
         return b"".join(parts)
 
+    def cipher_suite_numbers(self) -> list[int]:
+        """The offered cipher suites as numbers, in the client's order (the parser has checked
+        that ``cipher_suites`` is a whole number of 2-byte suites)."""
+        suites = self.cipher_suites
+        return [int.from_bytes(suites[i : i + 2], "big") for i in range(0, len(suites), 2)]
+
+
+#: A max_fragment_length extension's type and its one-byte body's length, as in a hello.
+_MAX_FRAGMENT_LENGTH_BYTES = ExtensionType.max_fragment_length.to_bytes(2, "big") + b"\x00\x01"
+
+
+def mentions_max_fragment_length(client_hello: bytes) -> bool:
+    """Whether the bytes of a (verified) ClientHello datagram contain what a max_fragment_length
+    extension starts with (RFC 6066 section 4): a byte search, not a parse, so it errs towards
+    yes (a peer that may limit fragments is only treated more carefully)."""
+    return _MAX_FRAGMENT_LENGTH_BYTES in client_hello
+
 
 def _take_vector(data: bytes, position: int, prefix: int, what: str) -> tuple[bytes, int]:
     """Read the vector with a ``prefix``-byte length at ``position``; return it and its end."""
@@ -641,12 +932,12 @@ def parse_initial_client_hello(datagram: bytes) -> InitialClientHello:
     once the peer has proven its address.
     """
     record = parse_first_record(datagram)
-    if record.content_type != CONTENT_HANDSHAKE:
+    if record.content_type != _HANDSHAKE:
         raise MalformedDatagram(f"not a handshake record (content type {record.content_type})")
     if record.epoch != 0:
         raise MalformedDatagram(f"epoch {record.epoch} is not 0")
     handshake = parse_handshake_fragment(record.fragment)
-    if handshake.msg_type != HANDSHAKE_CLIENT_HELLO:
+    if handshake.msg_type != _CLIENT_HELLO:
         raise MalformedDatagram(f"handshake message type {handshake.msg_type} is not ClientHello")
     if not handshake.is_complete:
         raise FragmentedClientHello(
@@ -683,7 +974,7 @@ def build_hello_verify_request(client_hello_record: Record, cookie: bytes) -> by
     body = DTLS_1_0.to_bytes(2, "big") + bytes([len(cookie)]) + cookie
     body_length = len(body).to_bytes(3, "big")
     handshake = (
-        bytes([HANDSHAKE_HELLO_VERIFY_REQUEST])
+        bytes([_HELLO_VERIFY_REQUEST])
         + body_length  # length of the whole message
         + b"\x00\x00"  # message_seq
         + b"\x00\x00\x00"  # fragment_offset
@@ -691,7 +982,7 @@ def build_hello_verify_request(client_hello_record: Record, cookie: bytes) -> by
         + body
     )
     header = (
-        bytes([CONTENT_HANDSHAKE])
+        bytes([_HANDSHAKE])
         + DTLS_1_0.to_bytes(2, "big")
         + b"\x00\x00"  # epoch
         + client_hello_record.sequence_number.to_bytes(6, "big")
@@ -718,7 +1009,7 @@ def parse_server_hello(fragment: bytes) -> ServerHello:
     end exactly at the end of the message.
     """
     message = parse_handshake_fragment(fragment)
-    if message.msg_type != HANDSHAKE_SERVER_HELLO:
+    if message.msg_type != _SERVER_HELLO:
         raise MalformedDatagram(f"handshake message type {message.msg_type} is not a ServerHello")
     if message.fragment_offset != 0 or message.fragment_length != message.length:
         raise MalformedDatagram("a fragment of a ServerHello, not all of it")
@@ -757,12 +1048,12 @@ def parse_hello_verify_request(datagram: bytes) -> bytes:
     cookie<0..255> and nothing else. Records after the first are ignored.
     """
     record = parse_first_record(datagram)
-    if record.content_type != CONTENT_HANDSHAKE:
+    if record.content_type != _HANDSHAKE:
         raise MalformedDatagram(f"not a handshake record (content type {record.content_type})")
     if record.epoch != 0:
         raise MalformedDatagram(f"epoch {record.epoch} is not 0")
     handshake = parse_handshake_fragment(record.fragment)
-    if handshake.msg_type != HANDSHAKE_HELLO_VERIFY_REQUEST:
+    if handshake.msg_type != _HELLO_VERIFY_REQUEST:
         raise MalformedDatagram(
             f"handshake message type {handshake.msg_type} is not HelloVerifyRequest"
         )
@@ -832,10 +1123,10 @@ def parse_psk_identity_from_flight(datagram: bytes, message_seq: int | None = No
     :class:`MalformedDatagram` for bytes that do not parse.
     """
     for record in parse_records(datagram):
-        if record.content_type != CONTENT_HANDSHAKE or record.epoch != 0:
+        if record.content_type != _HANDSHAKE or record.epoch != 0:
             continue
         message = parse_handshake_fragment(record.fragment)
-        if message.msg_type != HANDSHAKE_CLIENT_KEY_EXCHANGE or not message.is_complete:
+        if message.msg_type != _CLIENT_KEY_EXCHANGE or not message.is_complete:
             continue
         if message_seq is None or message.message_seq == message_seq:
             return parse_psk_identity_from_client_key_exchange(message.body)
@@ -846,10 +1137,6 @@ def parse_psk_identity_from_flight(datagram: bytes, message_seq: int | None = No
 # Connection IDs (RFC 9146)
 # ---------------------------------------------------------------------------------------
 
-#: The ``connection_id`` extension (RFC 9146 §3; the drafts and Mbed TLS 2.x used 53 / 254).
-EXTENSION_CONNECTION_ID = 54
-#: The record content type of a record carrying a connection ID (RFC 9146 §4).
-CONTENT_TLS12_CID = 25
 #: A CID is ``opaque cid<0..2^8-1>``.
 MAX_CONNECTION_ID_LENGTH = 255
 
@@ -924,7 +1211,7 @@ def parse_extension(extensions: bytes, extension_type: int) -> bytes | None:
 def client_hello_connection_id(hello: ClientHello) -> bytes | None:
     """The CID a ClientHello asks the server to use (possibly empty), or None if it does not
     offer the ``connection_id`` extension."""
-    body = parse_extension(hello.extensions, EXTENSION_CONNECTION_ID)
+    body = parse_extension(hello.extensions, _CONNECTION_ID)
     return None if body is None else parse_connection_id_extension(body)
 
 
@@ -934,7 +1221,7 @@ def parse_cid_record_at(data: bytes, start: int, cid_length: int) -> CidRecord:
     left = len(data) - start
     if left < header_length:
         raise MalformedDatagram(f"tls12_cid record header truncated: {left} bytes")
-    if data[start] != CONTENT_TLS12_CID:
+    if data[start] != _TLS12_CID:
         raise MalformedDatagram(f"content type {data[start]} is not tls12_cid")
     version = int.from_bytes(data[start + 1 : start + 3], "big")
     if version >> 8 != _DTLS_MAJOR:
@@ -971,7 +1258,7 @@ def parse_records_with_cid(datagram: bytes, cid_length: int) -> list[Record | Ci
     total = len(datagram)
     while position < total:
         record: Record | CidRecord
-        if datagram[position] == CONTENT_TLS12_CID:
+        if datagram[position] == _TLS12_CID:
             record = parse_cid_record_at(datagram, position, cid_length)
         else:
             record = _parse_record_at(datagram, position)
@@ -990,7 +1277,7 @@ def datagram_connection_id(datagram: bytes, cid_length: int) -> bytes | None:
     if (
         cid_length <= 0
         or len(datagram) < RECORD_HEADER_LENGTH + cid_length
-        or datagram[0] != CONTENT_TLS12_CID
+        or datagram[0] != _TLS12_CID
     ):
         return None
     return datagram[11 : 11 + cid_length]
@@ -999,7 +1286,7 @@ def datagram_connection_id(datagram: bytes, cid_length: int) -> bytes | None:
 def cid_record_header(version: int, epoch: int, sequence: int, cid: bytes, length: int) -> bytes:
     """The header of a ``tls12_cid`` record we write (trusted values)."""
     return (
-        bytes((CONTENT_TLS12_CID,))
+        _TLS12_CID_BYTE
         + version.to_bytes(2, "big")
         + epoch.to_bytes(2, "big")
         + sequence.to_bytes(6, "big")
