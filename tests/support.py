@@ -46,6 +46,7 @@ from OpenSSL import SSL
 
 from trio_dtls_server import (
     DEFAULT_CIPHERS,
+    DTLSClient,
     DTLSServer,
     RetransmitPolicy,
     ServerEvent,
@@ -100,12 +101,14 @@ __all__ = [
     "handshake_in_memory",
     "hello_extension",
     "hello_verify_request_for",
+    "needs_ipv6_loopback",
     "next_event",
     "server_context",
     "serving",
     "serving_recorded",
     "settle",
     "sizes",
+    "talk",
     "with_client_random",
 ]
 
@@ -129,15 +132,16 @@ def _ipv6_loopback_works() -> bool:
     return True
 
 
+#: Marks a test that needs IPv6 loopback: skipped, with the reason shown, without ``::1``.
+needs_ipv6_loopback = pytest.mark.skipif(
+    not _ipv6_loopback_works(), reason="no IPv6 loopback (::1)"
+)
+
 #: ``@pytest.mark.parametrize("host", LOOPBACK_HOSTS)`` runs a test over IPv4 and IPv6 loopback
 #: (the IPv6 case is skipped, with the reason shown, on a machine without ``::1``).
 LOOPBACK_HOSTS = [
     pytest.param("127.0.0.1", id="ipv4"),
-    pytest.param(
-        "::1",
-        id="ipv6",
-        marks=pytest.mark.skipif(not _ipv6_loopback_works(), reason="no IPv6 loopback (::1)"),
-    ),
+    pytest.param("::1", id="ipv6", marks=needs_ipv6_loopback),
 ]
 
 
@@ -257,6 +261,13 @@ async def next_event(stream: trio.MemoryReceiveChannel[ServerEvent], code: str) 
         if event.code == code:
             return event
     raise AssertionError(f"no {code} event")
+
+
+async def talk(client: DTLSClient, text: bytes = b"ping") -> bytes:
+    """Send ``text`` on ``client`` and return the reply (failing after :data:`WAIT_LIMIT`)."""
+    await client.send(text)
+    with trio.fail_after(WAIT_LIMIT):
+        return await client.receive()
 
 
 @dataclass

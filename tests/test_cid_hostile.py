@@ -28,9 +28,9 @@ import trio
 import trio.testing
 from fakenet import Address, FakeNetwork
 from hostile_support import ack_for, forged_record
-from support import RawSocket
+from support import EventRecorder, RawSocket
 
-from trio_dtls_server import DTLSClient, DTLSServer, ServerConfig, ServerEvent
+from trio_dtls_server import DTLSClient, DTLSServer, ServerConfig
 from trio_dtls_server._codes import DropReason
 from trio_dtls_server._wire import (
     ContentType,
@@ -110,25 +110,13 @@ async def _flood(
         await trio.sleep(tick)
 
 
-async def _record_events(
-    server: DTLSServer,
-    into: list[ServerEvent],
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    async with server.events(1_000_000) as stream:
-        task_status.started()
-        async for event in stream:
-            into.append(event)
-
-
 async def test_cid_floods_from_many_addresses_on_the_fake_network_cost_the_canary_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     network = FakeNetwork(seed=3)
     server = DTLSServer(psk=KEY, config=ServerConfig(idle_timeout=30.0))
-    events: list[ServerEvent] = []
     async with trio.open_nursery() as nursery:
-        await nursery.start(_record_events, server, events)
+        events = (await EventRecorder.start(nursery, server, max_buffer=1_000_000)).events
         await nursery.start(server.serve_on, network.endpoint(SERVER))
         endpoint = network.endpoint()
         victim_address = endpoint.local_address
@@ -176,8 +164,7 @@ async def test_cid_floods_from_many_addresses_on_the_fake_network_cost_the_canar
 async def test_cid_floods_over_loopback_udp_move_nothing_and_are_counted() -> None:
     server = DTLSServer(psk=KEY)
     async with trio.open_nursery() as nursery:
-        events: list[ServerEvent] = []
-        await nursery.start(_record_events, server, events)
+        events = (await EventRecorder.start(nursery, server, max_buffer=1_000_000)).events
         host, port = await nursery.start(server.serve, "127.0.0.1", 0)
         victim = await DTLSClient.connect(
             host, port, identity="victim", key=KEY, connection_id=True

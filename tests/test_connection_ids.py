@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import support
 import trio
+from auth_support import quiet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from support import IDENTITY, KEY
+from support import IDENTITY, KEY, talk
 
 from trio_dtls_server import (
     ConfigError,
@@ -637,12 +638,6 @@ async def nat_relay(server: Address) -> AsyncIterator[tuple[NatRelay, trio.Nurse
         relay.upstream.close()
 
 
-async def talk(client: DTLSClient, text: bytes) -> bytes:
-    await client.send(text)
-    with trio.fail_after(support.WAIT_LIMIT):
-        return await client.receive()
-
-
 @pytest.mark.parametrize("new_host", ["127.0.0.1", "127.0.0.2"])
 async def test_our_client_keeps_its_association_across_a_nat_rebinding(new_host: str) -> None:
     server = DTLSServer({IDENTITY: KEY}, handler=echo)
@@ -855,10 +850,6 @@ def test_the_cid_length_is_validated(bad: object) -> None:
     with pytest.raises(ConfigError) as caught:
         ServerConfig(connection_id_length=bad)  # type: ignore[arg-type]
     assert "connection_id_length" in str(caught.value)
-
-
-def quiet(event: object) -> None:
-    """Client events: not needed here."""
 
 
 # -- the command line ------------------------------------------------------------------------------

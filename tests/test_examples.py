@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import sys
 from pathlib import Path
 
-import pytest
+from support import needs_ipv6_loopback
 from test_cli import LISTENING, Program
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -21,15 +20,6 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def example(name: str, *args: str) -> list[str]:
     return [sys.executable, str(EXAMPLES / name), *args]
-
-
-def _ipv6_loopback_works() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 def _check_runner_output(text: str, host: str, clients: int, pings: int) -> None:
@@ -121,7 +111,7 @@ def test_run_example_reads_in_causal_order_without_pauses() -> None:
     _check_runner_output(runner.stdout.text, "127.0.0.1", clients=3, pings=6)
 
 
-@pytest.mark.skipif(not _ipv6_loopback_works(), reason="no IPv6 loopback (::1) here")
+@needs_ipv6_loopback
 def test_run_example_over_ipv6() -> None:
     args = ("--host", "::1", "--clients", "2", "--pings", "2", "--interval", "0.1")
     with Program(example("run_example.py", *args)) as runner:

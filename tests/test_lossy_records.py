@@ -20,8 +20,9 @@ from collections import Counter
 import pytest
 import trio
 import trio.testing
+from auth_support import quiet
 from fakenet import Address, FakeNetwork, SentDatagram
-from soak_records import RunResult, run_one, spec_for
+from soak_records import KEY, SERVER, RunResult, run_one, spec_for
 
 from trio_dtls_server import (
     DTLSClient,
@@ -30,7 +31,6 @@ from trio_dtls_server import (
     HandshakeError,
     RetransmitPolicy,
     ServerConfig,
-    ServerEvent,
 )
 from trio_dtls_server._wire import (
     ContentType,
@@ -99,14 +99,13 @@ def test_goodbyes_under_loss_end_both_sides(scenario: str) -> None:
 
 # -- what the soak found -------------------------------------------------------------------------
 
-KEY = bytes.fromhex("5f0e7a1c93d2b84460ce1f27a9b3d58e")
-SERVER: Address = ("127.0.0.1", 5684)
 FIRST: Address = ("127.0.0.1", 41_000)
 SECOND: Address = ("127.0.0.1", 41_001)
 
-
-def quiet(event: ServerEvent) -> None:
-    """Client events are not looked at."""
+#: Runs a test with the server releasing OpenSSL after the handshake, and keeping it.
+BOTH_RECORD_LAYERS = pytest.mark.parametrize(
+    "release_openssl", [True, False], ids=["released", "kept"]
+)
 
 
 class Received:
@@ -184,14 +183,7 @@ async def resumed_with_early_data(
     return server, received
 
 
-@pytest.mark.parametrize(
-    "release_openssl",
-    [
-        True,
-        False,
-    ],
-    ids=["released", "kept"],
-)
+@BOTH_RECORD_LAYERS
 async def test_a_late_copy_of_data_that_overtook_the_finished_counts_as_a_replay(
     release_openssl: bool, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -205,14 +197,7 @@ async def test_a_late_copy_of_data_that_overtook_the_finished_counts_as_a_replay
     assert stats.drops.get("record failed authentication", 0) == 0
 
 
-@pytest.mark.parametrize(
-    "release_openssl",
-    [
-        True,
-        False,
-    ],
-    ids=["released", "kept"],
-)
+@BOTH_RECORD_LAYERS
 async def test_duplicates_do_not_push_data_that_overtook_the_finished_out(
     release_openssl: bool, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -41,9 +41,10 @@ from typing import Any
 
 import pytest
 import trio
+from auth_support import quiet
 from test_cli import LISTENING, TIMEOUT, Program, command, free_udp_port
 
-from trio_dtls_server import DTLSClient, HandshakeError, ServerEvent
+from trio_dtls_server import DTLSClient, HandshakeError
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 #: Debian's libnginx-mod-stream puts the module here (its modules-enabled snippet loads it).
@@ -269,10 +270,6 @@ class Served:
     ack_port: int
 
 
-def _quiet(event: ServerEvent) -> None:
-    """Forty clients' handshake progress is noise here; failures are collected instead."""
-
-
 async def clients_through(port: int, count: int, handshake_timeout: float) -> list[Served | str]:
     """``count`` new clients at once, each on its own port: handshake, one message, its ACK.
 
@@ -289,7 +286,7 @@ async def clients_through(port: int, count: int, handshake_timeout: float) -> li
                 identity=f"client {number}",
                 key=KEY,
                 handshake_timeout=handshake_timeout,
-                on_event=_quiet,
+                on_event=quiet,
             )
         except HandshakeError as error:
             results[number] = str(error)
@@ -326,7 +323,7 @@ async def established_on(port: int, wanted: Backend, other: Backend) -> tuple[DT
     """A client through nginx on ``port`` that nginx hashed to ``wanted``, and its ACK port."""
     for attempt in range(30):  # each lands on ``wanted`` with odds about 1/2
         client = await DTLSClient.connect(
-            "127.0.0.1", port, identity=f"long-lived {attempt}", key=KEY, on_event=_quiet
+            "127.0.0.1", port, identity=f"long-lived {attempt}", key=KEY, on_event=quiet
         )
         ack_port = await ask(client)
         assert ack_port is not None
@@ -456,7 +453,7 @@ async def test_the_watcher_takes_a_dead_backend_out_and_puts_it_back(
         await established.aclose()
         again = await DTLSClient.connect(
             "127.0.0.1", nginx.port, identity="long-lived", key=KEY, local_port=client_port,
-            on_event=_quiet,
+            on_event=quiet,
         )  # fmt: skip
         async with again:
             new_ack_port = await ask(again)

@@ -32,7 +32,7 @@ from hostile_support import ack_for, connect, forged_record, serving_psk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from spoofing import SpoofingSocket, needs_raw_socket, udp_over_ipv4
-from support import settle
+from support import EventRecorder, settle
 
 from trio_dtls_server import (
     ConnectionClosed,
@@ -40,7 +40,6 @@ from trio_dtls_server import (
     DTLSServer,
     HandshakeError,
     ServerConfig,
-    ServerEvent,
 )
 from trio_dtls_server._codes import DropReason, EventCode
 from trio_dtls_server._records import aead_suite
@@ -122,17 +121,6 @@ async def _flood(
         await trio.sleep(tick)
 
 
-async def _record_events(
-    server: DTLSServer,
-    into: list[ServerEvent],
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    async with server.events(1_000_000) as stream:
-        task_status.started()
-        async for event in stream:
-            into.append(event)
-
-
 @pytest.mark.parametrize("release_openssl", [True, False], ids=["record-layer", "openssl"])
 async def test_spoofed_junk_on_the_fake_network_costs_the_peer_nothing(
     autojump_clock: trio.testing.MockClock, release_openssl: bool
@@ -143,9 +131,8 @@ async def test_spoofed_junk_on_the_fake_network_costs_the_peer_nothing(
         idle_timeout=idle, max_peers=1, evict_idle_after=3.0, release_openssl=release_openssl
     )
     server = DTLSServer(psk=KEY, config=config)
-    events: list[ServerEvent] = []
     async with trio.open_nursery() as nursery:
-        await nursery.start(_record_events, server, events)
+        events = (await EventRecorder.start(nursery, server, max_buffer=1_000_000)).events
         await nursery.start(server.serve_on, network.endpoint(SERVER))
         endpoint = network.endpoint()
         victim_address = endpoint.local_address

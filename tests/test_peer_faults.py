@@ -24,6 +24,7 @@ from auth_support import IDENTITY, KEY, ConnectionLog, quiet
 from cryptography import x509
 from lenient_certificates import issue_lenient_certificate
 from OpenSSL import SSL, crypto
+from support import talk
 
 from trio_dtls_server import (
     CertificateConfig,
@@ -45,12 +46,6 @@ FAULTY = "faulty-device"
 OTHER_KEY = bytes.fromhex("ffeeddccbbaa99887766554433221100")
 INTERNAL_ERROR_ALERT = "internal_error (80)"
 UNKNOWN_IDENTITY_ALERT = "unknown_psk_identity (115)"
-
-
-async def talk(client: DTLSClient, text: bytes = b"ping") -> bytes:
-    await client.send(text)
-    with trio.fail_after(support.WAIT_LIMIT):
-        return await client.receive()
 
 
 async def connect(

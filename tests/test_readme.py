@@ -47,23 +47,17 @@ def test_the_section_is_found_and_holds_the_whole_program() -> None:
 
 def test_the_minimal_server_example_runs_and_prints_the_ack(tmp_path: Path) -> None:
     code = python_block_under("## A minimal server", README.read_text(encoding="utf-8"))
-    script = tmp_path / "minimal_server.py"
-    script.write_text(code, encoding="utf-8")
-    finished = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=RUN_LIMIT,
-        check=False,
-    )
+    finished = run_program(code, tmp_path, "minimal_server.py")
     assert finished.returncode == 0, finished.stderr
     assert re.fullmatch(r"to \(127\.0\.0\.1:\d+\): ACK\n", finished.stdout), finished.stdout
     assert finished.stderr == ""
 
 
-def run_program(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    script = tmp_path / "readme_example.py"
+def run_program(
+    code: str, tmp_path: Path, name: str = "readme_example.py"
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` as the script ``name`` in ``tmp_path``, output captured, within RUN_LIMIT."""
+    script = tmp_path / name
     script.write_text(code, encoding="utf-8")
     return subprocess.run(
         [sys.executable, str(script)],

@@ -1176,11 +1176,13 @@ def test_a_released_client_resends_its_lost_final_flight_after_resumption() -> N
 # -- 9. renegotiation -----------------------------------------------------------------------------
 
 
+#: A ClientHello header (type 1, length 4, message_seq 2, unfragmented) and four bytes.
+RENEGOTIATION_HELLO = bytes([1, 0, 0, 4, 0, 2, 0, 0, 0, 0, 0, 4]) + b"\x01\x02\x03\x04"
+
+
 def test_a_renegotiation_attempt_is_answered_with_no_renegotiation() -> None:
     result = handshake_pair()
-    # A ClientHello header (type 1, length 4, message_seq 2, unfragmented) and four bytes.
-    hello = bytes([1, 0, 0, 4, 0, 2, 0, 0, 0, 0, 0, 4]) + b"\x01\x02\x03\x04"
-    attempt = protection_of(result.client).seal(ContentType.handshake, hello)
+    attempt = protection_of(result.client).seal(ContentType.handshake, RENEGOTIATION_HELLO)
     assert result.server.receive_datagram(attempt, NOW) == [
         RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)
     ]
@@ -1197,8 +1199,7 @@ def test_a_renegotiation_attempt_is_answered_with_no_renegotiation() -> None:
 
 def test_a_replayed_renegotiation_attempt_is_answered_a_bounded_number_of_times() -> None:
     result = handshake_pair()
-    hello = bytes([1, 0, 0, 4, 0, 2, 0, 0, 0, 0, 0, 4]) + b"\x01\x02\x03\x04"
-    attempt = protection_of(result.client).seal(ContentType.handshake, hello)
+    attempt = protection_of(result.client).seal(ContentType.handshake, RENEGOTIATION_HELLO)
     answers = []
     for _ in range(10):  # the same record, replayed
         result.server.receive_datagram(attempt, NOW)

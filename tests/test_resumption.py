@@ -20,6 +20,7 @@ from auth_support import (
     Credentials,
     quiet,
 )
+from support import talk
 
 from trio_dtls_server import (
     CertificateConfig,
@@ -28,11 +29,6 @@ from trio_dtls_server import (
     DTLSServer,
     ServerConfig,
 )
-
-
-async def talk(client: DTLSClient, text: bytes = b"ping") -> bytes:
-    await client.send(text)
-    return await client.receive()
 
 
 async def test_our_client_resumes_and_the_server_counts_it() -> None:
