@@ -21,6 +21,8 @@ import ctypes.util
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +54,7 @@ __all__ = [
     "read_json_file",
     "rss_kib_of",
     "self_memory_report",
+    "stop_process",
     "write_json_atomically",
 ]
 
@@ -257,6 +260,18 @@ def self_memory_report(
         server_stats=server_stats,
         allocation_sites=allocation_sites,
     )
+
+
+def stop_process(process: subprocess.Popen[str], timeout: float) -> None:
+    """Stop a server process as a user would (SIGINT: a graceful shutdown), killing it if it
+    has not exited within ``timeout`` seconds; returns once it has exited."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def write_json_atomically(path: Path, data: Any) -> None:

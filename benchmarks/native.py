@@ -28,7 +28,6 @@ import contextlib
 import functools
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from .common import (
     PLAIN_PSK_SUITE,
     cpu_seconds_of,
     rss_kib_of,
+    stop_process,
 )
 from .dtlsload import Generator, GroupResult, run_group
 from .runner import server_process
@@ -295,13 +295,7 @@ def our_server(
         _wait_metrics(server, timeout=15.0)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=15)
 
 
 def _pin_set(cpus: Sequence[int]) -> Any:

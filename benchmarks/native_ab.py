@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from .common import stop_process
 
 PSK_HEX = "5f1e0c7a9b3d4e2f8a6c1b0d9e7f3a25"  # benchmarks.common.BENCH_KEY
 IDENTITY = "bench-client"  # benchmarks.common.BENCH_IDENTITY
@@ -65,15 +66,6 @@ def _start(
     return process, int(json.loads(line)["port"])
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def _measure(
     dtlsload: str, kind: str, mode: str, suite: str, arguments: argparse.Namespace
 ) -> dict[str, float]:
@@ -97,7 +89,7 @@ def _measure(
         user, system = after[0] - before[0], after[1] - before[1]
         cpu = user + system
     finally:
-        _stop(process)
+        stop_process(process, timeout=10)
     if mode == "handshake":
         done = result["handshakes_completed"]
         rate = result["handshakes_per_s_to_last_ok"]

@@ -839,6 +839,19 @@ async def _print_events(
             listening_shown.set()
 
 
+def _show_queued(stream: trio.MemoryReceiveChannel[ServerEvent], display: Display) -> None:
+    """Show the events still queued in ``stream`` once its printer was cancelled.
+
+    The shutdown itself reports events (each peer's close_notify, the socket closing) after
+    the printer task is gone; without this they would be lost from the output.
+    """
+    while True:
+        try:
+            display.show(stream.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return
+
+
 async def _print_statistics(server: DTLSServer, display: Display, interval: float) -> None:
     while True:
         await trio.sleep(interval)
@@ -905,12 +918,7 @@ async def run_serve(arguments: argparse.Namespace, display: Display, errors: Tex
                 # unwinds, then the socket closes.  aclose() returns once serve() has.
                 await server.aclose()
                 nursery.cancel_scope.cancel()
-            # The printer was cancelled; what the shutdown itself reported is still queued.
-            while True:
-                try:
-                    display.show(stream.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+            _show_queued(stream, display)
     return EXIT_OK
 
 
@@ -1020,11 +1028,7 @@ async def _run_supervisor(
                     break
                 await supervisor.aclose()
                 nursery.cancel_scope.cancel()
-            while True:
-                try:
-                    display.show(stream.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+            _show_queued(stream, display)
     return EXIT_OK
 
 

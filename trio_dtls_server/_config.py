@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._errors import ConfigError
+from ._profiles import DEFAULT_PSK_SUITES
 from ._session import RetransmitPolicy
 
 __all__ = [
@@ -25,17 +26,8 @@ DEFAULT_IPV6_MTU = 1452
 
 #: AEAD-only PSK and ECDHE-PSK suites, strongest first.  AES-CCM (16-byte tag) is included
 #: because constrained devices often have nothing else.  This is the PSK part of the
-#: ``default`` cipher profile (see :mod:`._profiles`).
-DEFAULT_CIPHERS = ":".join(
-    [
-        "ECDHE-PSK-CHACHA20-POLY1305",
-        "PSK-AES256-GCM-SHA384",
-        "PSK-AES128-GCM-SHA256",
-        "PSK-CHACHA20-POLY1305",
-        "PSK-AES128-CCM",
-        "PSK-AES256-CCM",
-    ]
-)
+#: ``default`` cipher profile (see :mod:`._profiles`, which owns the list).
+DEFAULT_CIPHERS = ":".join(DEFAULT_PSK_SUITES)
 
 
 @dataclass(frozen=True, slots=True)

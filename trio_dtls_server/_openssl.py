@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from cryptography.hazmat.bindings.openssl.binding import Binding
@@ -482,26 +483,35 @@ def _hand_extension(out: Any, outlen: Any, cid: bytes) -> int:
     return 1
 
 
-@_ffi.callback(_ADD_SIGNATURE)  # type: ignore[untyped-decorator]
-def _client_cid_add(ssl: Any, ext_type: int, out: Any, outlen: Any, al: Any, arg: Any) -> int:
+def _add_cid(
+    ssl: Any,
+    out: Any,
+    outlen: Any,
+    al: Any,
+    choose: Callable[[ConnectionIdResponder], bytes | None],
+) -> int:
+    """The add callbacks' body: the CID that ``choose`` picks, if any, as the extension.
+
+    Returns what OpenSSL expects of an add callback: 1 (added), 0 (nothing to add) or -1 with
+    the alert in ``al`` (any exception: nothing may unwind through OpenSSL's C frames).
+    """
     try:
         responder = _cid_responder(ssl)
-        cid = None if responder is None else responder.connection_id_to_offer()
+        cid = None if responder is None else choose(responder)
         return 0 if cid is None else _hand_extension(out, outlen, cid)
     except BaseException:  # noqa: BLE001 - nothing may unwind through OpenSSL's C frames
         al[0] = _INTERNAL_ERROR_ALERT
         return -1
+
+
+@_ffi.callback(_ADD_SIGNATURE)  # type: ignore[untyped-decorator]
+def _client_cid_add(ssl: Any, ext_type: int, out: Any, outlen: Any, al: Any, arg: Any) -> int:
+    return _add_cid(ssl, out, outlen, al, lambda responder: responder.connection_id_to_offer())
 
 
 @_ffi.callback(_ADD_SIGNATURE)  # type: ignore[untyped-decorator]
 def _server_cid_add(ssl: Any, ext_type: int, out: Any, outlen: Any, al: Any, arg: Any) -> int:
-    try:
-        responder = _cid_responder(ssl)
-        cid = None if responder is None else responder.connection_id_to_answer()
-        return 0 if cid is None else _hand_extension(out, outlen, cid)
-    except BaseException:  # noqa: BLE001 - nothing may unwind through OpenSSL's C frames
-        al[0] = _INTERNAL_ERROR_ALERT
-        return -1
+    return _add_cid(ssl, out, outlen, al, lambda responder: responder.connection_id_to_answer())
 
 
 @_ffi.callback(_PARSE_SIGNATURE)  # type: ignore[untyped-decorator]

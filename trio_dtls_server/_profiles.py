@@ -49,6 +49,7 @@ from ._openssl import (
 )
 
 __all__ = [
+    "DEFAULT_PSK_SUITES",
     "PROFILES",
     "CipherConfigError",
     "CipherProfile",
@@ -102,7 +103,10 @@ class CipherProfile:
         return ":".join(suites)
 
 
-_DEFAULT_PSK = (
+#: AEAD-only PSK and ECDHE-PSK suites, strongest first: the PSK part of the ``default``
+#: profile, and (joined) ``DEFAULT_CIPHERS``.  AES-CCM (16-byte tag) is included because
+#: constrained devices often have nothing else.
+DEFAULT_PSK_SUITES = (
     "ECDHE-PSK-CHACHA20-POLY1305",
     "PSK-AES256-GCM-SHA384",
     "PSK-AES128-GCM-SHA256",
@@ -128,14 +132,14 @@ PROFILES: dict[str, CipherProfile] = {
     "default": CipherProfile(
         "default",
         "AEAD only: AES-GCM, ChaCha20-Poly1305, AES-CCM (16-byte tag)",
-        _DEFAULT_PSK,
+        DEFAULT_PSK_SUITES,
         _DEFAULT_ECDSA,
         _DEFAULT_RSA,
     ),
     "iot": CipherProfile(
         "iot",
         "default + the CCM_8 suites of RFC 7925 (security level 0, confined)",
-        (*_DEFAULT_PSK, "PSK-AES128-CCM8", "PSK-AES256-CCM8"),
+        (*DEFAULT_PSK_SUITES, "PSK-AES128-CCM8", "PSK-AES256-CCM8"),
         (*_DEFAULT_ECDSA, "ECDHE-ECDSA-AES128-CCM8", "ECDHE-ECDSA-AES256-CCM8"),
         _DEFAULT_RSA,
         security_level=0,
@@ -144,7 +148,7 @@ PROFILES: dict[str, CipherProfile] = {
         "compat",
         "default + AES-CBC with HMAC for older stacks",
         (
-            *_DEFAULT_PSK,
+            *DEFAULT_PSK_SUITES,
             "ECDHE-PSK-AES128-CBC-SHA256",
             "ECDHE-PSK-AES256-CBC-SHA384",
             "PSK-AES128-CBC-SHA256",

@@ -213,6 +213,43 @@ def _reply_source(ancillary: list[tuple[int, int, bytes]]) -> ReplySource | None
     return None
 
 
+async def _resolve_udp(host: str, port: int) -> tuple[int, int, int, tuple[Any, ...]]:
+    """The family, type, protocol and address to bind ``host``:``port`` with (the first
+    ``getaddrinfo`` answer); raises :class:`OSError` naming the address if it has none."""
+    try:
+        infos = await trio.socket.getaddrinfo(
+            host, port, type=stdlib_socket.SOCK_DGRAM, flags=stdlib_socket.AI_PASSIVE
+        )
+    except OSError as error:
+        raise OSError(
+            error.errno or errno.EINVAL, f"cannot bind UDP {host}:{port}: {error.strerror or error}"
+        ) from None
+    family, type_, proto, _, sockaddr = infos[0]
+    return family, type_, proto, sockaddr
+
+
+def _set_buffer_sizes(
+    sock: stdlib_socket.socket, buffer_size: int, receive_buffer: int | None
+) -> None:
+    """Ask for the socket buffers (``receive_buffer``, when given, for the receive side).
+
+    The kernel caps these; a smaller buffer only means earlier drops, so a refusal is ignored.
+    """
+    sizes = {
+        stdlib_socket.SO_RCVBUF: buffer_size if receive_buffer is None else receive_buffer,
+        stdlib_socket.SO_SNDBUF: buffer_size,
+    }
+    for option, size in sizes.items():
+        with contextlib.suppress(OSError):
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, option, size)
+
+
+def _bind_error(host: str, port: int, error: OSError) -> OSError:
+    """``error`` from binding ``host``:``port``, reworded to name the address."""
+    reason = error.strerror or os.strerror(error.errno or errno.EINVAL)
+    return OSError(error.errno or errno.EINVAL, f"cannot bind UDP {host}:{port}: {reason}")
+
+
 async def bind_udp(
     host: str, port: int, *, buffer_size: int = 4 << 20, receive_buffer: int | None = None
 ) -> UDPTransport:
@@ -223,32 +260,14 @@ async def bind_udp(
     and :attr:`UDPTransport.receive_buffer` says what it granted.  Raises :class:`OSError`
     whose message names the address and the OS reason.
     """
-    try:
-        infos = await trio.socket.getaddrinfo(
-            host, port, type=stdlib_socket.SOCK_DGRAM, flags=stdlib_socket.AI_PASSIVE
-        )
-    except OSError as error:
-        raise OSError(
-            error.errno or errno.EINVAL, f"cannot bind UDP {host}:{port}: {error.strerror or error}"
-        ) from None
-    family, type_, proto, _, sockaddr = infos[0]
+    family, type_, proto, sockaddr = await _resolve_udp(host, port)
     sock = stdlib_socket.socket(family, type_, proto)
-    sizes = {
-        stdlib_socket.SO_RCVBUF: buffer_size if receive_buffer is None else receive_buffer,
-        stdlib_socket.SO_SNDBUF: buffer_size,
-    }
     try:
-        for option, size in sizes.items():
-            # The kernel caps these; a smaller buffer only means earlier drops.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(stdlib_socket.SOL_SOCKET, option, size)
+        _set_buffer_sizes(sock, buffer_size, receive_buffer)
         sock.bind(sockaddr)
     except OSError as error:
         sock.close()
-        reason = error.strerror or os.strerror(error.errno or errno.EINVAL)
-        raise OSError(
-            error.errno or errno.EINVAL, f"cannot bind UDP {host}:{port}: {reason}"
-        ) from None
+        raise _bind_error(host, port, error) from None
     return UDPTransport(sock)
 
 
@@ -285,25 +304,13 @@ async def bind_reuseport_group(
     """
     if count < 1:
         raise ValueError(f"a socket group needs at least one socket, not {count}")
-    try:
-        infos = await trio.socket.getaddrinfo(
-            host, port, type=stdlib_socket.SOCK_DGRAM, flags=stdlib_socket.AI_PASSIVE
-        )
-    except OSError as error:
-        raise OSError(
-            error.errno or errno.EINVAL, f"cannot bind UDP {host}:{port}: {error.strerror or error}"
-        ) from None
-    family, type_, proto, _, sockaddr = infos[0]
+    family, type_, proto, sockaddr = await _resolve_udp(host, port)
     sockets: list[stdlib_socket.socket] = []
     try:
         with stdlib_socket.socket(family, type_, proto) as probe:
             probe.bind(sockaddr)
             chosen = probe.getsockname()[1]
         address = (sockaddr[0], chosen, *sockaddr[2:])
-        sizes = {
-            stdlib_socket.SO_RCVBUF: buffer_size if receive_buffer is None else receive_buffer,
-            stdlib_socket.SO_SNDBUF: buffer_size,
-        }
         for _ in range(count):
             sock = stdlib_socket.socket(family, type_, proto)
             sockets.append(sock)
@@ -312,17 +319,12 @@ async def bind_reuseport_group(
                 # this one included, had the option when it was bound.  One socket needs no
                 # group (and works where the option does not exist).
                 sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEPORT, 1)
-            for option, size in sizes.items():
-                with contextlib.suppress(OSError):  # capped by the kernel: earlier drops only
-                    sock.setsockopt(stdlib_socket.SOL_SOCKET, option, size)
+            _set_buffer_sizes(sock, buffer_size, receive_buffer)
             sock.bind(address)
     except OSError as error:
         for sock in sockets:
             sock.close()
-        reason = error.strerror or os.strerror(error.errno or errno.EINVAL)
-        raise OSError(
-            error.errno or errno.EINVAL, f"cannot bind UDP {host}:{port}: {reason}"
-        ) from None
+        raise _bind_error(host, port, error) from None
     return sockets
 
 
