@@ -368,6 +368,18 @@ class Harness:
         self.associations.append(association)
         return association
 
+    async def run_clients(self, client: Callable[[int], Awaitable[None]]) -> None:
+        """Run ``client(number)`` for every client of the spec at once; return when all have."""
+        async with trio.open_nursery() as nursery:
+            for number in range(self.spec.clients):
+                nursery.start_soon(client, number)
+
+    async def plain_client(self, number: int) -> None:
+        """Client ``number``: one association that handshakes and sends every message."""
+        association = self.new_association(number, 0, f"dev-{number:02d}")
+        if await self.handshake(association):
+            await self.converse(association, range(self.spec.messages))
+
     def rng_for(self, number: int) -> random.Random:
         """Client ``number``'s own random choices (a shared generator would depend on the
         order Trio runs the clients in)."""
@@ -498,14 +510,7 @@ class Harness:
 
 
 async def _lossy(h: Harness) -> None:
-    async def client(number: int) -> None:
-        association = h.new_association(number, 0, f"dev-{number:02d}")
-        if await h.handshake(association):
-            await h.converse(association, range(h.spec.messages))
-
-    async with trio.open_nursery() as nursery:
-        for number in range(h.spec.clients):
-            nursery.start_soon(client, number)
+    await h.run_clients(h.plain_client)
     await trio.sleep(SETTLE)
     await h.finish_with_goodbyes()
 
@@ -528,9 +533,7 @@ async def _resume(h: Harness) -> None:
         if await h.handshake(second):
             await h.converse(second, range(half, h.spec.messages))
 
-    async with trio.open_nursery() as nursery:
-        for number in range(h.spec.clients):
-            nursery.start_soon(client, number)
+    await h.run_clients(client)
     await trio.sleep(SETTLE)
     await h.finish_with_goodbyes()
 
@@ -557,9 +560,7 @@ def _restart(resume: bool) -> Callable[[Harness], Awaitable[None]]:
                 h.restarts += 1
                 await h.converse(new, range(half + 1, h.spec.messages + 1))
 
-        async with trio.open_nursery() as nursery:
-            for number in range(h.spec.clients):
-                nursery.start_soon(client, number)
+        await h.run_clients(client)
         await trio.sleep(SETTLE)
         await h.finish_with_goodbyes()
 
@@ -576,22 +577,13 @@ async def _client_close(h: Harness) -> None:
             await trio.sleep(rng.choice((0.0, rng.uniform(0.0, SETTLE))))
             await h.say_goodbye(association)
 
-    async with trio.open_nursery() as nursery:
-        for number in range(h.spec.clients):
-            nursery.start_soon(client, number)
+    await h.run_clients(client)
     # Lost goodbyes leave the server to its idle timeout.
     await trio.sleep(IDLE_TIMEOUT + IDLE_MARGIN + SETTLE)
 
 
 async def _idle(h: Harness) -> None:
-    async def client(number: int) -> None:
-        association = h.new_association(number, 0, f"dev-{number:02d}")
-        if await h.handshake(association):
-            await h.converse(association, range(h.spec.messages))
-
-    async with trio.open_nursery() as nursery:
-        for number in range(h.spec.clients):
-            nursery.start_soon(client, number)
+    await h.run_clients(h.plain_client)
     # Everyone is quiet now: the server closes them all (its close_notify may be lost).
     await trio.sleep(IDLE_TIMEOUT + IDLE_MARGIN + SETTLE)
     async with trio.open_nursery() as nursery:
@@ -654,9 +646,7 @@ async def _burst_resume(h: Harness) -> None:
         if await h.handshake(second):
             await h.converse(second, range(burst, 2 * burst), burst=burst)
 
-    async with trio.open_nursery() as nursery:
-        for number in range(h.spec.clients):
-            nursery.start_soon(client, number)
+    await h.run_clients(client)
     await trio.sleep(SETTLE)
     await h.finish_with_goodbyes()
 
@@ -706,9 +696,7 @@ async def _restart_anytime(h: Harness) -> None:
                     await h.converse(association, messages, burst=rng.choice((1, 3)))
             h.crash(association)
 
-    async with trio.open_nursery() as nursery:
-        for number in range(h.spec.clients):
-            nursery.start_soon(client, number)
+    await h.run_clients(client)
     await trio.sleep(SETTLE)
     await h.finish_with_goodbyes()
 

@@ -20,6 +20,7 @@ from auth_support import (
     Credentials,
     quiet,
 )
+from OpenSSL import SSL
 from support import talk
 
 from trio_dtls_server import (
@@ -31,24 +32,29 @@ from trio_dtls_server import (
 )
 
 
+async def connect(
+    running: support.RunningServer, tls_session: SSL.Session | None = None
+) -> DTLSClient:
+    """Our client, with the test identity and key, resuming ``tls_session`` if given."""
+    return await DTLSClient.connect(
+        running.host,
+        running.port,
+        identity=IDENTITY,
+        key=KEY,
+        tls_session=tls_session,
+        on_event=quiet,
+    )
+
+
 async def test_our_client_resumes_and_the_server_counts_it() -> None:
     log = ConnectionLog()
     server = DTLSServer({IDENTITY: KEY}, handler=log)
     async with support.serving(server) as running:
-        async with await DTLSClient.connect(
-            running.host, running.port, identity=IDENTITY, key=KEY, on_event=quiet
-        ) as first:
+        async with await connect(running) as first:
             assert await talk(first) == b"echo: ping"
             assert first.resumed is False
             assert first.tls_session is not None
-        async with await DTLSClient.connect(
-            running.host,
-            running.port,
-            identity=IDENTITY,
-            key=KEY,
-            tls_session=first.tls_session,
-            on_event=quiet,
-        ) as second:
+        async with await connect(running, first.tls_session) as second:
             assert await talk(second) == b"echo: ping"
             assert second.resumed is True
             assert second.cipher == first.cipher
@@ -67,18 +73,9 @@ async def test_resumption_can_be_turned_off() -> None:
     log = ConnectionLog()
     server = DTLSServer({IDENTITY: KEY}, handler=log, config=ServerConfig(session_resumption=False))
     async with support.serving(server) as running:
-        async with await DTLSClient.connect(
-            running.host, running.port, identity=IDENTITY, key=KEY, on_event=quiet
-        ) as first:
+        async with await connect(running) as first:
             assert await talk(first) == b"echo: ping"
-        async with await DTLSClient.connect(
-            running.host,
-            running.port,
-            identity=IDENTITY,
-            key=KEY,
-            tls_session=first.tls_session,
-            on_event=quiet,
-        ) as second:
+        async with await connect(running, first.tls_session) as second:
             assert await talk(second) == b"echo: ping"
             assert second.resumed is False
         stats = server.statistics()
@@ -98,18 +95,9 @@ async def test_a_session_from_another_server_is_not_resumed() -> None:
     one = DTLSServer({IDENTITY: KEY})
     other = DTLSServer({IDENTITY: KEY})
     async with support.serving(one) as first_server, support.serving(other) as second_server:
-        async with await DTLSClient.connect(
-            first_server.host, first_server.port, identity=IDENTITY, key=KEY, on_event=quiet
-        ) as first:
+        async with await connect(first_server) as first:
             pass
-        async with await DTLSClient.connect(
-            second_server.host,
-            second_server.port,
-            identity=IDENTITY,
-            key=KEY,
-            tls_session=first.tls_session,
-            on_event=quiet,
-        ) as second:
+        async with await connect(second_server, first.tls_session) as second:
             assert second.resumed is False
     assert other.statistics().handshakes_resumed == 0
     assert other.statistics().handshakes_completed == 1
@@ -165,20 +153,11 @@ async def test_a_revoked_identity_cannot_live_on_through_resumption(
     log = ConnectionLog()
     server = DTLSServer(store, handler=log)
     async with support.serving(server) as running:
-        async with await DTLSClient.connect(
-            running.host, running.port, identity=IDENTITY, key=KEY, on_event=quiet
-        ) as first:
+        async with await connect(running) as first:
             assert await talk(first) == b"echo: ping"
         del store.keys[IDENTITY.encode()]
         # The abbreviated handshake completes on the client, then the server says goodbye.
-        async with await DTLSClient.connect(
-            running.host,
-            running.port,
-            identity=IDENTITY,
-            key=KEY,
-            tls_session=first.tls_session,
-            on_event=quiet,
-        ) as second:
+        async with await connect(running, first.tls_session) as second:
             assert second.resumed is True
             with pytest.raises(ConnectionClosed) as closed:
                 await second.receive()

@@ -124,6 +124,17 @@ async def test_handshake_then_100_messages_each_get_qts_ack(host: str) -> None:
 # -- handshakes that fail ---------------------------------------------------------------------
 
 
+def assert_last_datagram_is_plaintext_alert(
+    transport: RecordingTransport, server: Address, fragment: bytes
+) -> None:
+    """The last datagram ``transport`` received came from ``server`` and holds one record: an
+    epoch-0 alert whose body (level, description) is ``fragment``."""
+    last_datagram, source = transport.received_from[-1]
+    assert source == server
+    (alert,) = parse_records(last_datagram)
+    assert (alert.content_type, alert.epoch, alert.fragment) == (ContentType.alert, 0, fragment)
+
+
 @pytest.mark.parametrize("host", LOOPBACK_HOSTS)
 async def test_unknown_identity_fails_fast_on_both_sides(host: str) -> None:
     server = DTLSServer(psk=MappingStore({IDENTITY: KEY}))
@@ -143,14 +154,7 @@ async def test_unknown_identity_fails_fast_on_both_sides(host: str) -> None:
         # Generous: the first retransmission alone would take 1 s; the deadline is 120 s.
         assert elapsed < 10.0
         # What ended it: the server's last datagram is OpenSSL's fatal unknown_psk_identity alert.
-        last_datagram, source = transport.received_from[-1]
-        assert source == running.address
-        (alert,) = parse_records(last_datagram)
-        assert (alert.content_type, alert.epoch, alert.fragment) == (
-            ContentType.alert,
-            0,
-            b"\x02\x73",
-        )
+        assert_last_datagram_is_plaintext_alert(transport, running.address, b"\x02\x73")
         failed = await running.events.wait_for("handshake_failed")
         await support.settle()
 
@@ -190,14 +194,7 @@ async def test_wrong_key_fails_fast_on_both_sides(host: str) -> None:
             f"{IDENTITY}: handshake error - tls alert bad record mac"
         )
         assert elapsed < 10.0  # generous; without the alert it would take the full 120 s
-        last_datagram, source = transport.received_from[-1]
-        assert source == running.address
-        (alert,) = parse_records(last_datagram)
-        assert (alert.content_type, alert.epoch, alert.fragment) == (
-            ContentType.alert,
-            0,
-            b"\x02\x14",
-        )
+        assert_last_datagram_is_plaintext_alert(transport, running.address, b"\x02\x14")
         failed = await running.events.wait_for("handshake_failed")
         await support.settle()
 

@@ -62,6 +62,27 @@ async def _connect(port: int, suite: str, events: list[ServerEvent]) -> DTLSClie
     return client
 
 
+async def _ping_through_forgeries(
+    client: DTLSClient, source: tuple[str, int], to: tuple[str, int]
+) -> int:
+    """ROUNDS rounds of: the round's forgeries, spoofed from ``source`` to ``to``, then a ping
+    from ``client`` that must be answered at once.  Returns how many forgeries were sent.
+
+    When the forgeries go to the client, they sit in its socket before the ACK and are read
+    first.
+    """
+    ack = f"to ({LOOPBACK}:{client.local_address[1]}): ACK".encode()
+    sent = 0
+    for round_number in range(ROUNDS):
+        for forged in forged_datagrams(round_number):
+            send_spoofed(forged, source, to)
+            sent += 1
+        await client.send(f"ping {round_number}".encode())
+        with trio.fail_after(support.WAIT_LIMIT):
+            assert await client.receive() == ack
+    return sent
+
+
 @pytest.mark.parametrize("suite", ["PSK-AES128-CBC-SHA256", "ECDHE-PSK-AES256-CBC-SHA384"])
 async def test_spoofed_forgeries_to_the_server_do_not_end_a_cbc_association(suite: str) -> None:
     config = ServerConfig(ciphers="compat", max_auth_failures=1_000_000)
@@ -70,15 +91,8 @@ async def test_spoofed_forgeries_to_the_server_do_not_end_a_cbc_association(suit
         client_events: list[ServerEvent] = []
         client = await _connect(running.port, suite, client_events)
         victim = (LOOPBACK, client.local_address[1])
-        sent = 0
         async with client:
-            for round_number in range(ROUNDS):
-                for forged in forged_datagrams(round_number):
-                    send_spoofed(forged, victim, running.address)
-                    sent += 1
-                await client.send(f"ping {round_number}".encode())
-                with trio.fail_after(support.WAIT_LIMIT):
-                    assert await client.receive() == f"to ({LOOPBACK}:{victim[1]}): ACK".encode()
+            sent = await _ping_through_forgeries(client, victim, running.address)
             await support.settle()
             statistics = server.statistics()
             # Every forgery reached the association (none was taken for a stranger's datagram)
@@ -98,17 +112,9 @@ async def test_spoofed_forgeries_to_the_client_do_not_end_a_cbc_association() ->
         client_events: list[ServerEvent] = []
         client = await _connect(running.port, suite, client_events)
         victim = (LOOPBACK, client.local_address[1])
-        sent = 0
         async with client:
-            for round_number in range(ROUNDS):
-                for forged in forged_datagrams(round_number):
-                    # "From the server": the client takes it for the server's.
-                    send_spoofed(forged, running.address, victim)
-                    sent += 1
-                await client.send(f"ping {round_number}".encode())
-                with trio.fail_after(support.WAIT_LIMIT):
-                    # The forgeries sat in the socket before the ACK: they were read first.
-                    assert await client.receive() == f"to ({LOOPBACK}:{victim[1]}): ACK".encode()
+            # "From the server": the client takes them for the server's.
+            sent = await _ping_through_forgeries(client, running.address, victim)
             dropped = [e for e in client_events if e.code == "dropped"]
             assert [e.message for e in dropped] == [
                 f"{IDENTITY}: {DropReason.AUTHENTICATION}, dropped"

@@ -431,21 +431,29 @@ def test_worker_lines_carry_the_worker_number() -> None:
 # -- the library --------------------------------------------------------------------------------
 
 
+async def start_pid_echo_workers(
+    nursery: trio.Nursery, statistics_interval: float = 1.0
+) -> tuple[Supervisor, int]:
+    """Two workers answering with their pid (``worker_handlers:pid_echo``) on a free loopback
+    port, started in ``nursery``; the supervisor and the port."""
+    supervisor: Supervisor = await nursery.start(
+        partial(
+            serve_workers,
+            "127.0.0.1",
+            0,
+            workers=2,
+            handler="worker_handlers:pid_echo",
+            psk={IDENTITY: KEY},
+            statistics_interval=statistics_interval,
+        )
+    )
+    assert supervisor.local_address is not None
+    return supervisor, supervisor.local_address[1]
+
+
 async def test_serve_workers_reports_statistics_and_restarts_with_a_handler_by_name() -> None:
     async with trio.open_nursery() as nursery:
-        supervisor: Supervisor = await nursery.start(
-            partial(
-                serve_workers,
-                "127.0.0.1",
-                0,
-                workers=2,
-                handler="worker_handlers:pid_echo",
-                psk={IDENTITY: KEY},
-                statistics_interval=0.1,
-            )
-        )
-        assert supervisor.local_address is not None
-        port = supervisor.local_address[1]
+        supervisor, port = await start_pid_echo_workers(nursery, statistics_interval=0.1)
         pids = supervisor.worker_pids()
         assert None not in pids and len(set(pids)) == 2
         served: Counter[int] = Counter()
@@ -544,18 +552,7 @@ async def test_a_resumption_that_lands_on_another_worker_becomes_a_full_handshak
     # A session can only reach another worker if the client's address or port changed: each
     # worker has its own session cache and ticket keys, so there it is a full handshake.
     async with trio.open_nursery() as nursery:
-        supervisor: Supervisor = await nursery.start(
-            partial(
-                serve_workers,
-                "127.0.0.1",
-                0,
-                workers=2,
-                handler="worker_handlers:pid_echo",
-                psk={IDENTITY: KEY},
-            )
-        )
-        assert supervisor.local_address is not None
-        port = supervisor.local_address[1]
+        _, port = await start_pid_echo_workers(nursery)
         first = await DTLSClient.connect("127.0.0.1", port, identity=IDENTITY, key=KEY)
         async with first:
             home = int((await ping(first)).partition(b" ")[0])
