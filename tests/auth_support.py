@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import trio
 import trustme
@@ -23,7 +24,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
-from trio_dtls_server import DTLSConnection, ServerEvent
+from trio_dtls_server import DTLSClient, DTLSConnection, ServerEvent
+
+if TYPE_CHECKING:
+    from support import RunningServer
 
 __all__ = [
     "CLIENT_COMMON_NAME",
@@ -32,6 +36,7 @@ __all__ = [
     "KEY",
     "ConnectionLog",
     "Credentials",
+    "connect",
     "make_credentials",
     "quiet",
     "self_signed",
@@ -173,3 +178,14 @@ class ConnectionLog:
 
 def quiet(event: ServerEvent) -> None:
     """An ``on_event`` for clients whose progress the test does not care about."""
+
+
+async def connect(
+    running: RunningServer, identity: str = IDENTITY, key: bytes = KEY, **options: Any
+) -> DTLSClient:
+    """Our client, connected to ``running`` with ``identity`` and ``key``, its events
+    :func:`quiet`; ``options`` (``tls_session=``, ``ciphers=``...) go to
+    :meth:`DTLSClient.connect`."""
+    return await DTLSClient.connect(
+        running.host, running.port, identity=identity, key=key, on_event=quiet, **options
+    )

@@ -23,7 +23,8 @@ from __future__ import annotations
 import gc
 import random
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from fakenet import FakeNetwork
 from OpenSSL import SSL
 from support import RecordingTransport, RunningServer, serving, settle
 
@@ -303,6 +305,35 @@ def smallest_client_hello(rng: random.Random) -> bytes:
 def set_record_sequence(datagram: bytes, sequence: int) -> bytes:
     """``datagram`` with the first record's 48-bit sequence number replaced."""
     return datagram[:5] + sequence.to_bytes(6, "big") + datagram[11:]
+
+
+async def flood(
+    network: FakeNetwork,
+    server: Address,
+    kinds: Sequence[str],
+    make: Callable[[str, int], tuple[Address, bytes]],
+    sent: Counter[str],
+    stop: trio.Event,
+    *,
+    per_tick: int = 30,
+    tick: float = 0.01,
+    limit: int = 60_000,
+) -> None:
+    """Flood ``server`` on the fake network until ``stop`` is set (at most ``limit`` datagrams).
+
+    ``per_tick`` datagrams every ``tick`` seconds (3,000 a second by default), the ``kinds`` in
+    turn; the ``n``-th, of kind ``kind``, is ``make(kind, n)``: its source address and bytes.
+    ``sent`` counts what went out, by kind.
+    """
+    n = 0
+    while not stop.is_set() and n < limit:
+        for _ in range(per_tick):
+            kind = kinds[n % len(kinds)]
+            source, datagram = make(kind, n)
+            network.inject(source, server, datagram)
+            sent[kind] += 1
+            n += 1
+        await trio.sleep(tick)
 
 
 def forged_record(authentic: bytes, sequence: int) -> bytes:

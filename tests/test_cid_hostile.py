@@ -27,7 +27,7 @@ from collections import Counter
 import trio
 import trio.testing
 from fakenet import Address, FakeNetwork
-from hostile_support import ack_for, forged_record
+from hostile_support import ack_for, flood, forged_record
 from support import EventRecorder, RawSocket
 
 from trio_dtls_server import DTLSClient, DTLSServer, ServerConfig
@@ -90,26 +90,6 @@ class Flooder:
         )
 
 
-async def _flood(
-    network: FakeNetwork,
-    flooder: Flooder,
-    sent: Counter[str],
-    stop: trio.Event,
-    *,
-    per_tick: int = 30,
-    tick: float = 0.01,
-    limit: int = 60_000,
-) -> None:
-    n = 0
-    while not stop.is_set() and n < limit:
-        for _ in range(per_tick):
-            kind = KINDS[n % len(KINDS)]
-            network.inject(flooder.source(), SERVER, flooder.make(kind, n))
-            sent[kind] += 1
-            n += 1
-        await trio.sleep(tick)
-
-
 async def test_cid_floods_from_many_addresses_on_the_fake_network_cost_the_canary_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -136,7 +116,15 @@ async def test_cid_floods_from_many_addresses_on_the_fake_network_cost_the_canar
         sent: Counter[str] = Counter()
         stop = trio.Event()
         flooder = Flooder(authentic, len(victim.server_connection_id), seed=4)
-        nursery.start_soon(_flood, network, flooder, sent, stop)
+        nursery.start_soon(
+            flood,
+            network,
+            SERVER,
+            KINDS,
+            lambda kind, n: (flooder.source(), flooder.make(kind, n)),
+            sent,
+            stop,
+        )
         # 13 pings, one a second, under the flood: every one answered at once, and at the
         # victim's own address (nothing moved it).
         for index in range(1, 14):

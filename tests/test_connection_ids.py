@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import support
 import trio
-from auth_support import quiet
+from auth_support import connect, quiet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from support import IDENTITY, KEY, talk
 
@@ -753,41 +753,26 @@ async def test_an_unknown_cid_is_dropped_and_counted() -> None:
 async def test_a_client_offering_cid_gets_a_full_handshake_and_one_without_still_resumes() -> None:
     server = DTLSServer({IDENTITY: KEY}, handler=echo)
     async with support.serving(server) as running:
-        address = (running.host, running.port)
-        async with await DTLSClient.connect(
-            *address, identity=IDENTITY, key=KEY, on_event=quiet
-        ) as plain:
+        async with await connect(running, IDENTITY, KEY) as plain:
             assert await talk(plain, b"a") == b"echo: a"
         assert plain.tls_session is not None
         # The same valid session, presented by a client that also offers a CID: a full
         # handshake, with a CID (OpenSSL's custom extensions are skipped on resumption).
-        async with await DTLSClient.connect(
-            *address,
-            identity=IDENTITY,
-            key=KEY,
-            tls_session=plain.tls_session,
-            connection_id=True,
-            on_event=quiet,
+        async with await connect(
+            running, IDENTITY, KEY, tls_session=plain.tls_session, connection_id=True
         ) as with_cid:
             assert with_cid.resumed is False
             assert with_cid.server_connection_id is not None
             assert await talk(with_cid, b"b") == b"echo: b"
         assert with_cid.tls_session is not None
         # Its own session, presented again with the offer: still a full handshake, with CID.
-        async with await DTLSClient.connect(
-            *address,
-            identity=IDENTITY,
-            key=KEY,
-            tls_session=with_cid.tls_session,
-            connection_id=True,
-            on_event=quiet,
+        async with await connect(
+            running, IDENTITY, KEY, tls_session=with_cid.tls_session, connection_id=True
         ) as again:
             assert again.resumed is False
             assert again.server_connection_id is not None
         # A client without CID still resumes.
-        async with await DTLSClient.connect(
-            *address, identity=IDENTITY, key=KEY, tls_session=plain.tls_session, on_event=quiet
-        ) as resumed:
+        async with await connect(running, IDENTITY, KEY, tls_session=plain.tls_session) as resumed:
             assert resumed.resumed is True
             assert resumed.server_connection_id is None
             assert await talk(resumed, b"c") == b"echo: c"

@@ -28,7 +28,7 @@ import pytest
 import trio
 import trio.testing
 from fakenet import Address, FakeNetwork
-from hostile_support import ack_for, connect, forged_record, serving_psk
+from hostile_support import ack_for, connect, flood, forged_record, serving_psk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from spoofing import SpoofingSocket, needs_raw_socket, udp_over_ipv4
@@ -99,28 +99,6 @@ def expected_drops(sent: Counter[str]) -> dict[str, int]:
 # -- the fake network ---------------------------------------------------------------------------
 
 
-async def _flood(
-    network: FakeNetwork,
-    victim: Address,
-    forger: Forger,
-    sent: Counter[str],
-    stop: trio.Event,
-    *,
-    per_tick: int = 30,
-    tick: float = 0.01,
-    limit: int = 60_000,
-) -> None:
-    """3,000 spoofed datagrams a second (30 every 10 ms), all kinds in turn, until stopped."""
-    n = 0
-    while not stop.is_set() and n < limit:
-        for _ in range(per_tick):
-            kind = KINDS[n % len(KINDS)]
-            network.inject(victim, SERVER, forger.make(kind, n))
-            sent[kind] += 1
-            n += 1
-        await trio.sleep(tick)
-
-
 @pytest.mark.parametrize("release_openssl", [True, False], ids=["record-layer", "openssl"])
 async def test_spoofed_junk_on_the_fake_network_costs_the_peer_nothing(
     autojump_clock: trio.testing.MockClock, release_openssl: bool
@@ -150,7 +128,16 @@ async def test_spoofed_junk_on_the_fake_network_costs_the_peer_nothing(
 
         sent: Counter[str] = Counter()
         stop = trio.Event()
-        nursery.start_soon(_flood, network, victim_address, forger, sent, stop)
+        # 3,000 datagrams a second, spoofed from the victim's address, all kinds in turn.
+        nursery.start_soon(
+            flood,
+            network,
+            SERVER,
+            KINDS,
+            lambda kind, n: (victim_address, forger.make(kind, n)),
+            sent,
+            stop,
+        )
 
         # Meanwhile a newcomer wants the only table slot: the victim would be evicted if it
         # had been idle 3 s.  Its pings keep it active, so the newcomer is refused throughout.

@@ -20,7 +20,7 @@ import pytest
 import support
 import trio
 import trustme
-from auth_support import IDENTITY, KEY, ConnectionLog, quiet
+from auth_support import IDENTITY, KEY, ConnectionLog, connect, quiet
 from cryptography import x509
 from lenient_certificates import issue_lenient_certificate
 from OpenSSL import SSL, crypto
@@ -46,20 +46,6 @@ FAULTY = "faulty-device"
 OTHER_KEY = bytes.fromhex("ffeeddccbbaa99887766554433221100")
 INTERNAL_ERROR_ALERT = "internal_error (80)"
 UNKNOWN_IDENTITY_ALERT = "unknown_psk_identity (115)"
-
-
-async def connect(
-    running: support.RunningServer, identity: str = IDENTITY, key: bytes = KEY, **options: object
-) -> DTLSClient:
-    return await DTLSClient.connect(
-        running.host,
-        running.port,
-        identity=identity,
-        key=key,
-        on_event=quiet,
-        handshake_timeout=30.0,
-        **options,  # type: ignore[arg-type]
-    )
 
 
 def from_port(client: DTLSClient) -> object:

@@ -18,9 +18,9 @@ from auth_support import (
     KEY,
     ConnectionLog,
     Credentials,
+    connect,
     quiet,
 )
-from OpenSSL import SSL
 from support import talk
 
 from trio_dtls_server import (
@@ -32,20 +32,6 @@ from trio_dtls_server import (
 )
 
 
-async def connect(
-    running: support.RunningServer, tls_session: SSL.Session | None = None
-) -> DTLSClient:
-    """Our client, with the test identity and key, resuming ``tls_session`` if given."""
-    return await DTLSClient.connect(
-        running.host,
-        running.port,
-        identity=IDENTITY,
-        key=KEY,
-        tls_session=tls_session,
-        on_event=quiet,
-    )
-
-
 async def test_our_client_resumes_and_the_server_counts_it() -> None:
     log = ConnectionLog()
     server = DTLSServer({IDENTITY: KEY}, handler=log)
@@ -54,7 +40,7 @@ async def test_our_client_resumes_and_the_server_counts_it() -> None:
             assert await talk(first) == b"echo: ping"
             assert first.resumed is False
             assert first.tls_session is not None
-        async with await connect(running, first.tls_session) as second:
+        async with await connect(running, tls_session=first.tls_session) as second:
             assert await talk(second) == b"echo: ping"
             assert second.resumed is True
             assert second.cipher == first.cipher
@@ -75,7 +61,7 @@ async def test_resumption_can_be_turned_off() -> None:
     async with support.serving(server) as running:
         async with await connect(running) as first:
             assert await talk(first) == b"echo: ping"
-        async with await connect(running, first.tls_session) as second:
+        async with await connect(running, tls_session=first.tls_session) as second:
             assert await talk(second) == b"echo: ping"
             assert second.resumed is False
         stats = server.statistics()
@@ -97,7 +83,7 @@ async def test_a_session_from_another_server_is_not_resumed() -> None:
     async with support.serving(one) as first_server, support.serving(other) as second_server:
         async with await connect(first_server) as first:
             pass
-        async with await connect(second_server, first.tls_session) as second:
+        async with await connect(second_server, tls_session=first.tls_session) as second:
             assert second.resumed is False
     assert other.statistics().handshakes_resumed == 0
     assert other.statistics().handshakes_completed == 1
@@ -157,7 +143,7 @@ async def test_a_revoked_identity_cannot_live_on_through_resumption(
             assert await talk(first) == b"echo: ping"
         del store.keys[IDENTITY.encode()]
         # The abbreviated handshake completes on the client, then the server says goodbye.
-        async with await connect(running, first.tls_session) as second:
+        async with await connect(running, tls_session=first.tls_session) as second:
             assert second.resumed is True
             with pytest.raises(ConnectionClosed) as closed:
                 await second.receive()
