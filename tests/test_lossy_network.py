@@ -27,13 +27,20 @@ import pytest
 import trio
 import trio.testing
 from fakenet import Address, FakeEndpoint, FakeNetwork, Impairments, SentDatagram
+from soak_records import (
+    HANDSHAKE_TIMEOUT,
+    MAX_ATTEMPTS,
+    MAX_DELAY,
+    REPLY_TIMEOUT,
+    RETRANSMIT,
+    SETTLE,
+)
 
 from trio_dtls_server import (
     DTLSClient,
     DTLSConnection,
     DTLSServer,
     HandshakeError,
-    RetransmitPolicy,
     ServerConfig,
     ServerEvent,
 )
@@ -235,17 +242,8 @@ KEY = bytes.fromhex("8f4c1b62a1d9e07735a2c6d4f0b8e913")
 SERVER_ADDRESS: Address = ("127.0.0.1", 5684)
 CLIENTS = 100
 MESSAGES = 20
-MAX_DELAY = 3.0
-#: Long enough for a round trip through the worst delays (3 s each way, +1 s reorder hold).
-REPLY_TIMEOUT = 8.0
-#: A message that needs more attempts than this means something is broken, not unlucky.
-MAX_ATTEMPTS = 25
-HANDSHAKE_TIMEOUT = 120.0
-#: RFC 6347's initial 1 s, doubling; capped at 8 s so a lossy handshake keeps trying often.
-SERVER_RETRANSMIT = RetransmitPolicy(initial=1.0, maximum=8.0, max_retransmissions=14)
-CLIENT_RETRANSMIT = RetransmitPolicy(initial=1.0, maximum=8.0, max_retransmissions=14)
-#: Time for every datagram still on its way to arrive before the counters are compared.
-SETTLE = 2 * (MAX_DELAY + 1.0)
+# The lossy network's profile (delays, reply timeout, attempts, retransmission policy and the
+# settling time) is the soak driver's, so the two judge the same network: see soak_records.py.
 #: The whole case must end well within this much mock time, or it fails instead of hanging.
 CASE_LIMIT = 3600.0
 
@@ -298,7 +296,7 @@ async def run_client(network: FakeNetwork, mtu: int, outcome: ClientOutcome) -> 
             identity=f"device-{outcome.number:03d}",
             key=KEY,
             mtu=mtu,
-            retransmit=CLIENT_RETRANSMIT,
+            retransmit=RETRANSMIT,
             handshake_timeout=HANDSHAKE_TIMEOUT,
             on_event=ignore_event,
         )
@@ -339,9 +337,7 @@ async def test_100_clients_20_messages_each(
         impairments=Impairments(drop=drop, duplicate=0.1, reorder=0.1, max_delay=MAX_DELAY),
     )
     side = ServerSide()
-    config = ServerConfig(
-        mtu=mtu, retransmit=SERVER_RETRANSMIT, handshake_timeout=HANDSHAKE_TIMEOUT
-    )
+    config = ServerConfig(mtu=mtu, retransmit=RETRANSMIT, handshake_timeout=HANDSHAKE_TIMEOUT)
     # Every client is "device-NNN" with the same key: one key answers every identity.
     server = DTLSServer(psk=KEY, handler=side.handler, config=config)
     outcomes = [ClientOutcome(number, handshake_started=0.0) for number in range(CLIENTS)]

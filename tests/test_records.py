@@ -163,6 +163,22 @@ def p_hash(secret: bytes, seed: bytes, length: int, hash_name: str) -> bytes:
     return output[:length]
 
 
+def independent_key_block(
+    suite_name: str, master: bytes, client_random: bytes, server_random: bytes
+) -> tuple[bytes, bytes, bytes, bytes]:
+    """RFC 5246 §6.3's key block for an AEAD suite, split with :func:`p_hash`: the client and
+    server write keys, then the client and server write IVs (the implicit nonce parts)."""
+    key_length, iv_length, _, _, hash_name = RELEASED_SUITES[suite_name]
+    block = p_hash(
+        master,
+        b"key expansion" + server_random + client_random,
+        2 * (key_length + iv_length),
+        hash_name,
+    )
+    k, iv = key_length, iv_length
+    return block[:k], block[k : 2 * k], block[2 * k : 2 * k + iv], block[2 * k + iv :]
+
+
 def independent_aead(suite: str, key: bytes) -> AeadObject:
     """The AEAD for ``suite``'s records, chosen from the suite name here, not by ``_records``."""
     if "CHACHA20" in suite:
@@ -310,17 +326,10 @@ def test_a_two_word_cbc_suite_keeps_openssl_instead_of_crashing() -> None:
 
 def test_derive_key_block_matches_an_independent_prf_on_fixed_inputs() -> None:
     master, client_random, server_random = bytes(range(48)), b"\x01" * 32, b"\x02" * 32
-    for name, (key_length, iv_length, _, _, hash_name) in RELEASED_SUITES.items():
+    for name, (k, iv, _, _, _) in RELEASED_SUITES.items():
         suite = aead_suite(name)
         assert suite is not None
-        block = p_hash(
-            master,
-            b"key expansion" + server_random + client_random,
-            2 * (key_length + iv_length),
-            hash_name,
-        )
-        k, iv = key_length, iv_length
-        expected = (block[:k], block[k : 2 * k], block[2 * k : 2 * k + iv], block[2 * k + iv :])
+        expected = independent_key_block(name, master, client_random, server_random)
         assert derive_key_block(suite, master, client_random, server_random) == expected, name
         assert [len(part) for part in expected] == [k, k, iv, iv]
 
@@ -342,22 +351,16 @@ def test_key_block_and_record_format_agree_with_openssl(suite_name: str) -> None
     client_random, server_random = connection.client_random(), connection.server_random()
     assert master is not None and client_random is not None and server_random is not None
     assert len(master) == 48
-    key_length, iv_length, _, _, hash_name = RELEASED_SUITES[suite_name]
+    hash_name = RELEASED_SUITES[suite_name][4]
 
     label = b"EXPERIMENTAL records test"
     assert p_hash(master, label + client_random + server_random, 100, hash_name) == (
         connection.export_keying_material(label, 100)
     )
 
-    block = p_hash(
-        master,
-        b"key expansion" + server_random + client_random,
-        2 * (key_length + iv_length),
-        hash_name,
+    client_key, server_key, client_iv, server_iv = independent_key_block(
+        suite_name, master, client_random, server_random
     )
-    k, iv = key_length, iv_length
-    client_key, server_key = block[:k], block[k : 2 * k]
-    client_iv, server_iv = block[2 * k : 2 * k + iv], block[2 * k + iv :]
     suite = aead_suite(suite_name)
     assert suite is not None
     assert derive_key_block(suite, master, client_random, server_random) == (
