@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import support
-from auth_support import IDENTITY, KEY, ConnectionLog, Credentials, quiet
+from auth_support import IDENTITY, KEY, ConnectionLog, Credentials, connect, quiet
 from OpenSSL import SSL
 
 from trio_dtls_server import (
@@ -131,14 +131,7 @@ async def test_each_promised_suite_is_negotiated_over_the_network(
     chosen = PROFILES[profile]
     async with support.serving(server) as running:
         for suite in chosen.psk:
-            async with await DTLSClient.connect(
-                running.host,
-                running.port,
-                identity=IDENTITY,
-                key=KEY,
-                ciphers=client_suite(suite),
-                on_event=quiet,
-            ) as client:
+            async with await connect(running, ciphers=client_suite(suite)) as client:
                 assert client.cipher == suite
         for suite in chosen.ecdsa:
             async with await DTLSClient.connect(
@@ -172,14 +165,7 @@ async def test_each_profile_refuses_what_it_must_not_offer(profile: str, suite: 
     server = DTLSServer({IDENTITY: KEY}, config=ServerConfig(ciphers=profile))
     async with support.serving(server) as running:
         with pytest.raises(HandshakeError) as error:
-            await DTLSClient.connect(
-                running.host,
-                running.port,
-                identity=IDENTITY,
-                key=KEY,
-                ciphers=f"{suite}:@SECLEVEL=0",
-                on_event=quiet,
-            )
+            await connect(running, ciphers=f"{suite}:@SECLEVEL=0")
         assert error.value.alert == "handshake_failure (40)"
         failed = await running.events.wait_for("handshake_failed")
         assert failed.message.endswith(

@@ -785,14 +785,7 @@ async def test_cid_length_zero_serves_cid_clients_as_before() -> None:
     server = DTLSServer({IDENTITY: KEY}, handler=echo, config=ServerConfig(connection_id_length=0))
     async with (
         support.serving(server) as running,
-        await DTLSClient.connect(
-            running.host,
-            running.port,
-            identity=IDENTITY,
-            key=KEY,
-            connection_id=True,
-            on_event=quiet,
-        ) as client,
+        await connect(running, IDENTITY, KEY, connection_id=True) as client,
     ):
         assert client.server_connection_id is None
         assert await talk(client, b"x") == b"echo: x"

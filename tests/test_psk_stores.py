@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 import support
 import trio
-from auth_support import IDENTITY, KEY, ConnectionLog, quiet
+from auth_support import IDENTITY, KEY, ConnectionLog, connect
 
 from trio_dtls_server import (
     AsyncFunctionStore,
     AsyncPskStore,
-    DTLSClient,
     DTLSServer,
     HandshakeError,
     MappingStore,
@@ -200,9 +199,7 @@ async def test_hot_reload_on_sighup_keeps_established_peers(tmp_path: Path) -> N
     server = DTLSServer(PskFileStore(path), handler=log)
     async with support.serving(server) as running, trio.open_nursery() as signals:
         await signals.start(server.reload_psk_on_signal)
-        established = await DTLSClient.connect(
-            running.host, running.port, identity=IDENTITY, key=KEY, on_event=quiet
-        )
+        established = await connect(running)
         old_session = established.tls_session
         # The device's key is replaced and a new device appears.
         write_keys(path, {IDENTITY: OTHER_KEY, "device-2": KEY})
@@ -214,24 +211,13 @@ async def test_hot_reload_on_sighup_keeps_established_peers(tmp_path: Path) -> N
         assert await established.receive() == b"echo: still here"
         # New handshakes see the new keys: the old key fails, the new ones work.
         with pytest.raises(HandshakeError) as refused:
-            await DTLSClient.connect(
-                running.host, running.port, identity=IDENTITY, key=KEY, on_event=quiet
-            )
+            await connect(running)
         assert refused.value.alert == "bad_record_mac (20)"
         # Its old session is not resumed under the new keys (a full handshake, which fails).
         with pytest.raises(HandshakeError):
-            await DTLSClient.connect(
-                running.host,
-                running.port,
-                identity=IDENTITY,
-                key=KEY,
-                tls_session=old_session,
-                on_event=quiet,
-            )
+            await connect(running, tls_session=old_session)
         for identity, key in ((IDENTITY, OTHER_KEY), ("device-2", KEY)):
-            async with await DTLSClient.connect(
-                running.host, running.port, identity=identity, key=key, on_event=quiet
-            ) as client:
+            async with await connect(running, identity, key) as client:
                 assert client.resumed is False
                 await client.send(b"hello")
                 assert await client.receive() == b"echo: hello"
@@ -240,9 +226,7 @@ async def test_hot_reload_on_sighup_keeps_established_peers(tmp_path: Path) -> N
         os.kill(os.getpid(), signal.SIGHUP)
         failed = await running.events.wait_for("psk_reload_failed")
         assert "expected 'identity,hexkey', found no comma" in failed.message
-        async with await DTLSClient.connect(
-            running.host, running.port, identity="device-2", key=KEY, on_event=quiet
-        ) as client:
+        async with await connect(running, "device-2", KEY) as client:
             await client.send(b"after a bad reload")
             assert await client.receive() == b"echo: after a bad reload"
         await established.aclose()
@@ -286,9 +270,7 @@ async def test_a_slow_lookup_does_not_delay_another_client() -> None:
     async with support.serving(server) as running, trio.open_nursery() as clients:
 
         async def slow_client() -> None:
-            async with await DTLSClient.connect(
-                running.host, running.port, identity="slow", key=KEY, on_event=quiet
-            ) as client:
+            async with await connect(running, "slow", KEY) as client:
                 order.append("slow connected")
                 await client.send(b"at last")
                 order.append((await client.receive()).decode())
@@ -297,9 +279,7 @@ async def test_a_slow_lookup_does_not_delay_another_client() -> None:
         with trio.fail_after(20):
             await database.slow_lookup_started.wait()
         # The slow client's lookup is pending; a second client comes, goes and talks.
-        async with await DTLSClient.connect(
-            running.host, running.port, identity="fast", key=OTHER_KEY, on_event=quiet
-        ) as fast:
+        async with await connect(running, "fast", OTHER_KEY) as fast:
             await fast.send(b"quick")
             order.append((await fast.receive()).decode())
         assert not database.release.is_set()
@@ -337,14 +317,7 @@ async def test_a_failed_lookup_sends_the_client_a_fatal_alert(
     async with support.serving(server) as running:
         started = trio.current_time()
         with pytest.raises(HandshakeError) as error:
-            await DTLSClient.connect(
-                running.host,
-                running.port,
-                identity=IDENTITY,
-                key=KEY,
-                handshake_timeout=30.0,
-                on_event=quiet,
-            )
+            await connect(running, handshake_timeout=30.0)
         elapsed = trio.current_time() - started
         assert error.value.alert == UNKNOWN_IDENTITY_ALERT
         assert str(error.value) == (
@@ -372,9 +345,7 @@ async def test_an_identity_cannot_pick_its_own_failure_bucket(
     server = DTLSServer({"device-1": KEY})
     async with support.serving(server) as running:
         with pytest.raises(HandshakeError):
-            await DTLSClient.connect(
-                running.host, running.port, identity=identity, key=KEY, on_event=quiet
-            )
+            await connect(running, identity, KEY)
         failed = await running.events.wait_for("handshake_failed")
         assert repr(identity) in failed.message
         assert server.statistics().handshakes_failed == {"unknown identity": 1}
