@@ -307,6 +307,29 @@ def set_record_sequence(datagram: bytes, sequence: int) -> bytes:
     return datagram[:5] + sequence.to_bytes(6, "big") + datagram[11:]
 
 
+async def first_ping(
+    network: FakeNetwork,
+    victim: DTLSClient,
+    victim_address: Address,
+    server: Address,
+    content_type: int,
+) -> tuple[bytes, bytes]:
+    """The victim's first ping (``ping 0``) on the fake network, answered with its ACK.
+
+    Returns the ACK and the one record of ``content_type`` the victim has sent so far (its
+    ping): the authentic record the attacker captures to forge and replay.
+    """
+    ack = ack_for(victim_address)
+    await victim.send(b"ping 0")
+    assert await victim.receive() == ack
+    [authentic] = [
+        d.data
+        for d in network.sent(source=victim_address, destination=server)
+        if d.data[0] == content_type
+    ]
+    return ack, authentic
+
+
 async def flood(
     network: FakeNetwork,
     server: Address,

@@ -27,7 +27,7 @@ from collections import Counter
 import trio
 import trio.testing
 from fakenet import Address, FakeNetwork
-from hostile_support import ack_for, flood, forged_record
+from hostile_support import first_ping, flood, forged_record
 from support import EventRecorder, RawSocket
 
 from trio_dtls_server import DTLSClient, DTLSServer, ServerConfig
@@ -104,14 +104,9 @@ async def test_cid_floods_from_many_addresses_on_the_fake_network_cost_the_canar
             endpoint, SERVER, identity="victim", key=KEY, connection_id=True
         )
         assert victim.server_connection_id is not None
-        ack = ack_for(victim_address)
-        await victim.send(b"ping 0")
-        assert await victim.receive() == ack
-        [authentic] = [
-            d.data
-            for d in network.sent(source=victim_address, destination=SERVER)
-            if d.data[0] == ContentType.tls12_cid
-        ]
+        ack, authentic = await first_ping(
+            network, victim, victim_address, SERVER, ContentType.tls12_cid
+        )
         before = server.statistics()
         sent: Counter[str] = Counter()
         stop = trio.Event()

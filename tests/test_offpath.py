@@ -28,7 +28,7 @@ import pytest
 import trio
 import trio.testing
 from fakenet import Address, FakeNetwork
-from hostile_support import ack_for, connect, flood, forged_record, serving_psk
+from hostile_support import ack_for, connect, first_ping, flood, forged_record, serving_psk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from spoofing import SpoofingSocket, needs_raw_socket, udp_over_ipv4
@@ -43,7 +43,12 @@ from trio_dtls_server import (
 )
 from trio_dtls_server._codes import DropReason, EventCode
 from trio_dtls_server._records import aead_suite
-from trio_dtls_server._wire import MalformedDatagram, parse_record_headers, parse_records
+from trio_dtls_server._wire import (
+    ContentType,
+    MalformedDatagram,
+    parse_record_headers,
+    parse_records,
+)
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 SERVER: Address = ("127.0.0.1", 5684)
@@ -115,14 +120,9 @@ async def test_spoofed_junk_on_the_fake_network_costs_the_peer_nothing(
         endpoint = network.endpoint()
         victim_address = endpoint.local_address
         victim = await DTLSClient.connect_over(endpoint, SERVER, identity="victim", key=KEY)
-        ack = ack_for(victim_address)
-        await victim.send(b"ping 0")
-        assert await victim.receive() == ack
-        [authentic] = [
-            d.data
-            for d in network.sent(source=victim_address, destination=SERVER)
-            if d.data[0] == 23
-        ]
+        ack, authentic = await first_ping(
+            network, victim, victim_address, SERVER, ContentType.application_data
+        )
         forger = Forger(authentic, victim.cipher, seed=2)
         before = server.statistics()
 
@@ -207,11 +207,9 @@ async def test_a_burst_bigger_than_the_inbox_does_not_push_the_ping_out(
         await nursery.start(server.serve_on, network.endpoint(SERVER))
         endpoint = network.endpoint()
         victim = await DTLSClient.connect_over(endpoint, SERVER, identity="victim", key=KEY)
-        ack = ack_for(endpoint.local_address)
-        await victim.send(b"ping 0")
-        assert await victim.receive() == ack
-        from_victim = network.sent(source=endpoint.local_address, destination=SERVER)
-        [authentic] = [d.data for d in from_victim if d.data[0] == 23]
+        ack, authentic = await first_ping(
+            network, victim, endpoint.local_address, SERVER, ContentType.application_data
+        )
         forger = Forger(authentic, victim.cipher, seed=5)
         for index in range(1, 14):
             await trio.sleep(1.0)
