@@ -638,17 +638,24 @@ async def nat_relay(server: Address) -> AsyncIterator[tuple[NatRelay, trio.Nurse
         relay.upstream.close()
 
 
-@pytest.mark.parametrize("new_host", ["127.0.0.1", "127.0.0.2"])
-async def test_our_client_keeps_its_association_across_a_nat_rebinding(new_host: str) -> None:
-    server = DTLSServer({IDENTITY: KEY}, handler=echo)
-    async with (
-        support.serving(server) as running,
-        nat_relay((running.host, running.port)) as (relay, nursery),
-    ):
+@asynccontextmanager
+async def cid_client_behind_nat(
+    running: support.RunningServer,
+) -> AsyncIterator[tuple[NatRelay, trio.Nursery, DTLSClient]]:
+    """A :class:`NatRelay` in front of ``running``, and our client offering a CID through it."""
+    async with nat_relay((running.host, running.port)) as (relay, nursery):
         host, port = relay.front_address
         async with await DTLSClient.connect(
             host, port, identity=IDENTITY, key=KEY, connection_id=True, on_event=quiet
         ) as client:
+            yield relay, nursery, client
+
+
+@pytest.mark.parametrize("new_host", ["127.0.0.1", "127.0.0.2"])
+async def test_our_client_keeps_its_association_across_a_nat_rebinding(new_host: str) -> None:
+    server = DTLSServer({IDENTITY: KEY}, handler=echo)
+    async with support.serving(server) as running:
+        async with cid_client_behind_nat(running) as (relay, nursery, client):
             assert client.server_connection_id is not None
             assert len(client.server_connection_id) == 6  # the default --cid-length
             assert client.connection_id == b""  # send-only
@@ -688,22 +695,18 @@ async def test_a_replayed_cid_record_from_a_new_address_moves_nothing() -> None:
     server = DTLSServer({IDENTITY: KEY}, handler=echo)
     async with (
         support.serving(server) as running,
-        nat_relay((running.host, running.port)) as (relay, _),
+        cid_client_behind_nat(running) as (relay, _, client),
     ):
-        host, port = relay.front_address
-        async with await DTLSClient.connect(
-            host, port, identity=IDENTITY, key=KEY, connection_id=True, on_event=quiet
-        ) as client:
-            assert await talk(client, b"one") == b"echo: one"
-            captured = relay.to_server[-1]
-            assert captured[0] == ContentType.tls12_cid
-            with support.RawSocket.bind("127.0.0.2") as attacker:
-                attacker.send(captured, (running.host, running.port))
-                await running.events.wait_for(
-                    where=lambda e: e.code == "replayed_record" or "replayed" in e.message
-                )
-            assert await talk(client, b"two") == b"echo: two"
-            stats = server.statistics()
+        assert await talk(client, b"one") == b"echo: one"
+        captured = relay.to_server[-1]
+        assert captured[0] == ContentType.tls12_cid
+        with support.RawSocket.bind("127.0.0.2") as attacker:
+            attacker.send(captured, (running.host, running.port))
+            await running.events.wait_for(
+                where=lambda e: e.code == "replayed_record" or "replayed" in e.message
+            )
+        assert await talk(client, b"two") == b"echo: two"
+        stats = server.statistics()
     assert stats.peer_moves == 0
     assert stats.drops.get(DropReason.REPLAY, 0) >= 1
     assert running.events.with_code("peer_moved") == []
@@ -714,24 +717,20 @@ async def test_forged_cid_records_from_many_addresses_move_nothing_and_are_count
     forgeries = 40
     async with (
         support.serving(server) as running,
-        nat_relay((running.host, running.port)) as (relay, _),
+        cid_client_behind_nat(running) as (relay, _, client),
     ):
-        host, port = relay.front_address
-        async with await DTLSClient.connect(
-            host, port, identity=IDENTITY, key=KEY, connection_id=True, on_event=quiet
-        ) as client:
-            assert await talk(client, b"one") == b"echo: one"
-            genuine = relay.to_server[-1]
-            for number in range(forgeries):
-                forged = bytearray(genuine)
-                forged[5:11] = (1000 + number).to_bytes(6, "big")  # newer, never seen
-                forged[-1] ^= 0x55  # the tag fails
-                with support.RawSocket.bind(f"127.0.0.{2 + number % 20}") as attacker:
-                    attacker.send(bytes(forged), (running.host, running.port))
-            # The peer's inbox is in arrival order: once "two" is answered, every
-            # forgery sent before it has been tried.
-            assert await talk(client, b"two") == b"echo: two"
-            stats = server.statistics()
+        assert await talk(client, b"one") == b"echo: one"
+        genuine = relay.to_server[-1]
+        for number in range(forgeries):
+            forged = bytearray(genuine)
+            forged[5:11] = (1000 + number).to_bytes(6, "big")  # newer, never seen
+            forged[-1] ^= 0x55  # the tag fails
+            with support.RawSocket.bind(f"127.0.0.{2 + number % 20}") as attacker:
+                attacker.send(bytes(forged), (running.host, running.port))
+        # The peer's inbox is in arrival order: once "two" is answered, every
+        # forgery sent before it has been tried.
+        assert await talk(client, b"two") == b"echo: two"
+        stats = server.statistics()
     assert stats.drops[DropReason.AUTHENTICATION] == forgeries
     assert stats.peer_moves == 0
     assert running.events.with_code("peer_moved") == []
