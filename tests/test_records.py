@@ -381,23 +381,47 @@ def test_key_block_and_record_format_agree_with_openssl(suite_name: str) -> None
     )
 
 
+def _mirror_pair(
+    suite_name: str, sender_sequence: int = 1, receiver_sequence: int = 1
+) -> tuple[RecordProtection, RecordProtection]:
+    """Two :class:`RecordProtection` objects whose keys mirror each other: one seals, one opens.
+
+    The sender writes with key ``0x11...`` and IV ``0x22...``; the receiver reads with them.
+    """
+    suite = aead_suite(suite_name)
+    assert suite is not None
+    key_a, key_b = b"\x11" * suite.key_length, b"\x33" * suite.key_length
+    iv_a, iv_b = b"\x22" * suite.implicit_iv_length, b"\x44" * suite.implicit_iv_length
+    sender = RecordProtection(
+        suite,
+        epoch=1,
+        read_key=key_b,
+        read_iv=iv_b,
+        write_key=key_a,
+        write_iv=iv_a,
+        next_sequence=sender_sequence,
+    )
+    receiver = RecordProtection(
+        suite,
+        epoch=1,
+        read_key=key_a,
+        read_iv=iv_a,
+        write_key=key_b,
+        write_iv=iv_b,
+        next_sequence=receiver_sequence,
+    )
+    return sender, receiver
+
+
 @pytest.mark.parametrize("suite_name", ["PSK-AES128-GCM-SHA256", "PSK-CHACHA20-POLY1305"])
 def test_seal_writes_the_documented_record_format(suite_name: str) -> None:
     """Fixed keys: the header, the explicit nonce and the ciphertext are exactly as specified."""
     suite = aead_suite(suite_name)
     assert suite is not None
     key_length, iv_length, explicit_length, tag_length, _ = RELEASED_SUITES[suite_name]
+    # The sender's write key and IV, as _mirror_pair makes them.
     write_key, write_iv = b"\x11" * key_length, b"\x22" * iv_length
-    read_key, read_iv = b"\x33" * key_length, b"\x44" * iv_length
-    sender = RecordProtection(
-        suite,
-        epoch=1,
-        read_key=read_key,
-        read_iv=read_iv,
-        write_key=write_key,
-        write_iv=write_iv,
-        next_sequence=0x0102030405,
-    )
+    sender, receiver = _mirror_pair(suite_name, sender_sequence=0x0102030405, receiver_sequence=0)
     datagram = sender.seal(ContentType.application_data, b"hello, record")
     assert sender.next_sequence == 0x0102030406
     length = explicit_length + len(b"hello, record") + tag_length
@@ -411,15 +435,6 @@ def test_seal_writes_the_documented_record_format(suite_name: str) -> None:
     assert open_independently(suite_name, write_key, write_iv, record) == b"hello, record"
 
     # The mirror image (the peer) opens it once; the replay window then refuses it.
-    receiver = RecordProtection(
-        suite,
-        epoch=1,
-        read_key=write_key,
-        read_iv=write_iv,
-        write_key=read_key,
-        write_iv=read_iv,
-        next_sequence=0,
-    )
     arguments = (record.content_type, record.version, record.sequence_number, record.fragment)
     assert receiver.open_record(*arguments) == b"hello, record"
     assert receiver.open_record(*arguments) is None
@@ -507,33 +522,6 @@ def zero_key_protection(suite: AeadSuite, next_sequence: int) -> RecordProtectio
         write_iv=bytes(suite.implicit_iv_length),
         next_sequence=next_sequence,
     )
-
-
-def _mirror_pair(suite_name: str) -> tuple[RecordProtection, RecordProtection]:
-    """Two :class:`RecordProtection` objects whose keys mirror each other: one seals, one opens."""
-    suite = aead_suite(suite_name)
-    assert suite is not None
-    key_a, key_b = b"\x11" * suite.key_length, b"\x33" * suite.key_length
-    iv_a, iv_b = b"\x22" * suite.implicit_iv_length, b"\x44" * suite.implicit_iv_length
-    sender = RecordProtection(
-        suite,
-        epoch=1,
-        read_key=key_b,
-        read_iv=iv_b,
-        write_key=key_a,
-        write_iv=iv_a,
-        next_sequence=1,
-    )
-    receiver = RecordProtection(
-        suite,
-        epoch=1,
-        read_key=key_a,
-        read_iv=iv_a,
-        write_key=key_b,
-        write_iv=iv_b,
-        next_sequence=1,
-    )
-    return sender, receiver
 
 
 @pytest.mark.parametrize("suite_name", ["PSK-AES128-GCM-SHA256", "PSK-CHACHA20-POLY1305"])
