@@ -124,6 +124,24 @@ async def test_handshake_then_100_messages_each_get_qts_ack(host: str) -> None:
 # -- handshakes that fail ---------------------------------------------------------------------
 
 
+async def refused_over_recording(
+    running: support.RunningServer, identity: str, key: bytes
+) -> tuple[HandshakeError, float, RecordingTransport]:
+    """A handshake as ``identity`` with ``key`` that must fail, from a :class:`RecordingTransport`
+    on the server's host; returns the error, how long it took and the transport.
+
+    The client's deadline is far away (120 s): only the server's fatal alert can end this
+    quickly.
+    """
+    transport = await RecordingTransport.bind(running.host)
+    started = trio.current_time()
+    with pytest.raises(HandshakeError) as failure:
+        await DTLSClient.connect_over(
+            transport, running.address, identity=identity, key=key, handshake_timeout=120.0
+        )
+    return failure.value, trio.current_time() - started, transport
+
+
 def assert_last_datagram_is_plaintext_alert(
     transport: RecordingTransport, server: Address, fragment: bytes
 ) -> None:
@@ -139,16 +157,9 @@ def assert_last_datagram_is_plaintext_alert(
 async def test_unknown_identity_fails_fast_on_both_sides(host: str) -> None:
     server = DTLSServer(psk=MappingStore({IDENTITY: KEY}))
     async with serving(server, host) as running:
-        transport = await RecordingTransport.bind(host)
-        started = trio.current_time()
-        with pytest.raises(HandshakeError) as failure:
-            # A client deadline far away: only the server's fatal alert can end this quickly.
-            await DTLSClient.connect_over(
-                transport, running.address, identity="Mallory", key=KEY, handshake_timeout=120.0
-            )
-        elapsed = trio.current_time() - started
+        failure, elapsed, transport = await refused_over_recording(running, "Mallory", KEY)
         # The alert ended it, not the client's timer (which says "not finished within").
-        assert str(failure.value).startswith(
+        assert str(failure).startswith(
             "Mallory: handshake error - tlsv1 alert unknown psk identity"
         )
         # Generous: the first retransmission alone would take 1 s; the deadline is 120 s.
@@ -179,20 +190,10 @@ async def test_wrong_key_fails_fast_on_both_sides(host: str) -> None:
     """OpenSSL drops the undecryptable Finished; the session answers with bad_record_mac."""
     server = DTLSServer(psk=MappingStore({IDENTITY: KEY}))
     async with serving(server, host) as running:
-        transport = await RecordingTransport.bind(host)
-        started = trio.current_time()
-        with pytest.raises(HandshakeError) as failure:
-            await DTLSClient.connect_over(
-                transport,
-                running.address,
-                identity=IDENTITY,
-                key=b"not the key",
-                handshake_timeout=120.0,
-            )
-        elapsed = trio.current_time() - started
-        assert str(failure.value).startswith(
-            f"{IDENTITY}: handshake error - tls alert bad record mac"
+        failure, elapsed, transport = await refused_over_recording(
+            running, IDENTITY, b"not the key"
         )
+        assert str(failure).startswith(f"{IDENTITY}: handshake error - tls alert bad record mac")
         assert elapsed < 10.0  # generous; without the alert it would take the full 120 s
         assert_last_datagram_is_plaintext_alert(transport, running.address, b"\x02\x14")
         failed = await running.events.wait_for("handshake_failed")
