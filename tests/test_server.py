@@ -17,6 +17,7 @@ import pytest
 import support
 import trio
 import trio.testing
+from OpenSSL import SSL
 from support import IDENTITY, KEY, LOOPBACK_HOSTS, RawSocket, RecordingTransport, serving
 
 from trio_dtls_server import (
@@ -64,6 +65,7 @@ async def connect(
     key: bytes = KEY,
     local_port: int = 0,
     handshake_timeout: float = 30.0,
+    tls_session: SSL.Session | None = None,
 ) -> DTLSClient:
     """A client with the test identity and key, connected to ``address``."""
     return await DTLSClient.connect(
@@ -73,7 +75,19 @@ async def connect(
         key=key,
         local_port=local_port,
         handshake_timeout=handshake_timeout,
+        tls_session=tls_session,
     )
+
+
+async def crashed_client(running: support.RunningServer, host: str) -> tuple[DTLSClient, int]:
+    """A client that handshakes, makes one round trip, then "crashes": its socket closes
+    without a close_notify.  Returns it (its ``tls_session`` still there) and its port."""
+    transport = await RecordingTransport.bind(host)
+    client = await DTLSClient.connect_over(transport, running.address, identity=IDENTITY, key=KEY)
+    port = client.local_address[1]
+    await assert_round_trip(client, host)
+    transport.close()
+    return client, port
 
 
 async def assert_round_trip(client: DTLSClient, host: str, number: int = 0) -> None:
@@ -320,13 +334,7 @@ async def test_client_restart_from_the_same_port_replaces_the_old_association(ho
     server = DTLSServer(psk=KEY)
     async with serving(server, host) as running:
         # The first client "crashes": its socket closes without a close_notify.
-        crashed_transport = await RecordingTransport.bind(host)
-        first = await DTLSClient.connect_over(
-            crashed_transport, running.address, identity=IDENTITY, key=KEY
-        )
-        port = first.local_address[1]
-        await assert_round_trip(first, host)
-        crashed_transport.close()
+        _, port = await crashed_client(running, host)
 
         # It restarts on the same port and handshakes again.
         async with await connect(running.address, local_port=port) as second:
@@ -358,22 +366,9 @@ async def test_a_client_that_restarts_and_resumes_on_the_same_port_is_answered_a
     """
     server = DTLSServer(psk=KEY)
     async with serving(server, host) as running:
-        crashed_transport = await RecordingTransport.bind(host)
-        first = await DTLSClient.connect_over(
-            crashed_transport, running.address, identity=IDENTITY, key=KEY
-        )
-        port = first.local_address[1]
-        await assert_round_trip(first, host)
-        saved = first.tls_session
-        crashed_transport.close()
-
-        async with await DTLSClient.connect(
-            running.address[0],
-            running.address[1],
-            identity=IDENTITY,
-            key=KEY,
-            local_port=port,
-            tls_session=saved,
+        first, port = await crashed_client(running, host)
+        async with await connect(
+            running.address, local_port=port, tls_session=first.tls_session
         ) as second:
             assert second.resumed
             with trio.fail_after(5):
