@@ -79,11 +79,20 @@ async def connect(
     )
 
 
+async def recorded_client(
+    running: support.RunningServer,
+) -> tuple[DTLSClient, RecordingTransport]:
+    """A client with the test identity and key, connected to ``running`` over a
+    :class:`RecordingTransport` on the server's host (which keeps every datagram it carries)."""
+    transport = await RecordingTransport.bind(running.host)
+    client = await DTLSClient.connect_over(transport, running.address, identity=IDENTITY, key=KEY)
+    return client, transport
+
+
 async def crashed_client(running: support.RunningServer, host: str) -> tuple[DTLSClient, int]:
     """A client that handshakes, makes one round trip, then "crashes": its socket closes
     without a close_notify.  Returns it (its ``tls_session`` still there) and its port."""
-    transport = await RecordingTransport.bind(host)
-    client = await DTLSClient.connect_over(transport, running.address, identity=IDENTITY, key=KEY)
+    client, transport = await recorded_client(running)
     port = client.local_address[1]
     await assert_round_trip(client, host)
     transport.close()
@@ -605,10 +614,7 @@ async def test_application_records_that_do_not_decrypt_are_dropped_and_counted()
     server = DTLSServer(psk=KEY)
     async with serving(server) as running:
         # Keep the client's transport, to send forged records from the established peer's port.
-        transport = await RecordingTransport.bind()
-        client = await DTLSClient.connect_over(
-            transport, running.address, identity=IDENTITY, key=KEY
-        )
+        client, transport = await recorded_client(running)
         await assert_round_trip(client, "127.0.0.1")
         for index in range(3):
             forged = support.garbage_record(epoch=1, sequence=5_000 + index, seed=index)
@@ -682,10 +688,7 @@ async def test_1000_client_hellos_without_cookie_leave_no_state() -> None:
 async def test_datagram_events_carry_the_exact_ciphertext_and_plaintext() -> None:
     server = DTLSServer(psk=KEY)
     async with serving(server) as running:
-        transport = await RecordingTransport.bind()
-        client = await DTLSClient.connect_over(
-            transport, running.address, identity=IDENTITY, key=KEY
-        )
+        client, transport = await recorded_client(running)
         port = client.local_address[1]
         messages = [ping(0), b"\x00binary\xffbytes", b"x" * 16_384]
         for number, message in enumerate(messages, start=1):
@@ -895,10 +898,7 @@ async def test_no_server_datagram_exceeds_the_configured_mtu(mtu: int) -> None:
     hint = "Qt DTLS example server " * 10
     server = DTLSServer(psk=KEY, config=ServerConfig(mtu=mtu, identity_hint=hint))
     async with serving(server) as running:
-        transport = await RecordingTransport.bind()
-        client = await DTLSClient.connect_over(
-            transport, running.address, identity=IDENTITY, key=KEY
-        )
+        client, transport = await recorded_client(running)
         for number in range(3):
             await assert_round_trip(client, "127.0.0.1", number)
         await client.aclose()
