@@ -1048,9 +1048,7 @@ class DTLSServer:
         if identity is None:
             return
         key, failure = await self._lookup_async(identity)
-        session.prefetched_psk = (identity, key)
-        if failure is not None:
-            session.psk_lookup_failure = failure
+        session.provide_psk(identity, key, failure)
 
     async def _check_resumed_identity(
         self, session: DTLSSession, events: list[SessionEvent]

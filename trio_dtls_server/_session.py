@@ -135,6 +135,7 @@ __all__ = [
     "DTLSSession",
     "HandshakeComplete",
     "HandshakeFailed",
+    "HandshakeOutcome",
     "HandshakeProgress",
     "PskIdentity",
     "RecordsDropped",
@@ -202,6 +203,32 @@ class HandshakeComplete:
     cipher: str
     protocol: str
     resumed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeOutcome:
+    """What a finished handshake settled, in one value: kept because the OpenSSL connection
+    may be gone (records protected by :mod:`._records`).
+
+    ``cipher``: the suite (``PSK-AES128-GCM-SHA256``); ``protocol``: ``DTLSv1.2``;
+    ``resumed``: an abbreviated handshake; ``peer_certificate``: the peer's verified
+    certificate, if it showed one; ``tls_session``: (client side) the TLS session to resume
+    later; ``max_plaintext``: the most plaintext one of our records may carry (2^14, or less
+    if the peer asked for a smaller max_fragment_length, RFC 6066 §4); ``psk_identity``: the
+    identity the PSK handshake used (from the PSK callback, or from the resumed session);
+    ``connection_id`` / ``peer_connection_id``: the RFC 9146 CIDs on the peer's records to us
+    and on ours to it (None: not negotiated).
+    """
+
+    cipher: str
+    protocol: str
+    resumed: bool = False
+    peer_certificate: x509.Certificate | None = None
+    tls_session: SSL.Session | None = None
+    max_plaintext: int = 2**14
+    psk_identity: bytes | None = None
+    connection_id: bytes | None = None
+    peer_connection_id: bytes | None = None
 
 
 def failure_kind_of_openssl(reason: str) -> FailureKind:
@@ -491,21 +518,19 @@ class DTLSSession:
         self.state = SessionState.HANDSHAKING
         #: When :meth:`handle_timer` wants to be called next (same clock as ``now``), or None.
         self.timer_deadline: float | None = None
-        #: The PSK identity the client used (server side, once the PSK callback ran, or from
-        #: the session once a resumed handshake finished).
-        self.psk_identity: bytes | None = None
-        #: The one lookup an asynchronous PSK store answered before OpenSSL asked (server
-        #: side): ``(identity, key or None)``.  The owner fills it (see
-        #: :meth:`psk_identity_to_prefetch`), the PSK callback reads it.  One entry, never more:
-        #: a handshake makes at most one lookup, whatever the client sends.
-        self.prefetched_psk: tuple[bytes, bytes | None] | None = None
-        #: Why the key is missing (lookup timed out or raised), for the reason text.
-        self.psk_lookup_failure: str | None = None
+        # The PSK identity the client used (server side, once the PSK callback ran); see
+        # the psk_identity property.
+        self._psk_identity: bytes | None = None
+        # The one lookup an asynchronous PSK store answered before OpenSSL asked (server
+        # side): ``(identity, key or None)``.  The owner hands it over with provide_psk (see
+        # psk_identity_to_prefetch), the PSK callback reads it.  One entry, never more: a
+        # handshake makes at most one lookup, whatever the client sends.
+        self._prefetched_psk: tuple[bytes, bytes | None] | None = None
+        # Why the key is missing (lookup timed out or raised), for the reason text.
+        self._psk_lookup_failure: str | None = None
         # Server side, a PSK suite: the handshake message number of the client's
         # ClientKeyExchange, the one after its verified ClientHello (see server()).
         self._psk_key_exchange_seq: int | None = None
-        #: True once a handshake finished by resuming an earlier session.
-        self.resumed = False
         #: The fatal alert we sent / received when the handshake failed (``name (number)``).
         self.alert_sent: str | None = None
         self.alert_received: str | None = None
@@ -518,16 +543,10 @@ class DTLSSession:
         self.failure_reason: str | None = None
         #: What the first handshake step (inside :meth:`server` / :meth:`client`) caused.
         self.startup_events: list[SessionEvent] = []
-        #: Facts about the finished handshake, kept because the OpenSSL connection may be gone:
-        #: the suite (``PSK-AES128-GCM-SHA256``), the protocol (``DTLSv1.2``), the peer's verified
-        #: certificate, and (client side) the session to resume later.
-        self.cipher = "unknown"
-        self.protocol = "unknown"
-        self.peer_certificate: x509.Certificate | None = None
-        self.ssl_session: SSL.Session | None = None
-        #: The most plaintext one of our records may carry: 2^14, or less if the peer asked
-        #: for a smaller max_fragment_length (RFC 6066 §4: constrained devices do).
-        self.max_plaintext = MAX_PLAINTEXT
+        #: What the finished handshake settled (None until then).
+        self.outcome: HandshakeOutcome | None = None
+        # outcome.max_plaintext, read by every send (an attribute, not a property: hot path).
+        self._max_plaintext = MAX_PLAINTEXT
         # Whether the peer's ClientHello may carry max_fragment_length (server side; our own
         # client never asks for it).  Reading the session's DER costs 4 µs a handshake, so
         # only then: the extension (type 1, length 1) cannot be there without these bytes.
@@ -675,26 +694,26 @@ class DTLSSession:
     # -- PSK callbacks (called by OpenSSL from inside do_handshake) -----------------------------
 
     def psk_for_identity(self, identity: bytes) -> bytes | None:
-        if self.prefetched_psk is not None:
-            looked_up, key = self.prefetched_psk
+        if self._prefetched_psk is not None:
+            looked_up, key = self._prefetched_psk
             if looked_up != identity:
                 # OpenSSL processed another ClientKeyExchange than the one looked up (a forged
                 # one got there first): no second lookup, the handshake fails.
                 key = None
-                self.psk_lookup_failure = "another identity was looked up for this handshake"
+                self._psk_lookup_failure = "another identity was looked up for this handshake"
         elif self._psk_lookup is not None:
             try:
                 key = self._psk_lookup(identity)
             except Exception as error:  # noqa: BLE001 - a broken store fails this handshake only
                 key = None
-                self.psk_lookup_failure = f"the store raised {describe_exception(error)}"
+                self._psk_lookup_failure = f"the store raised {describe_exception(error)}"
         else:
             key = None
-            if self.psk_lookup_failure is None:
-                self.psk_lookup_failure = (
+            if self._psk_lookup_failure is None:
+                self._psk_lookup_failure = (
                     "no key was looked up for it (its ClientKeyExchange was not recognised)"
                 )
-        self.psk_identity = identity
+        self._psk_identity = identity
         self._callback_events.append(PskIdentity(identity, key is not None))
         return key
 
@@ -706,7 +725,7 @@ class DTLSSession:
 
         That is the identity in its ClientKeyExchange if OpenSSL will process it: server side,
         a PSK suite was chosen, the message number follows the client's verified hello, and
-        no lookup was made yet for this handshake (:attr:`prefetched_psk` is empty).  So one
+        no lookup was made yet for this handshake (:meth:`provide_psk` was not called).  So one
         handshake costs the store one lookup, however many ClientKeyExchanges the client
         sends.  Raises :class:`~._wire.MalformedDatagram` for a datagram that does not parse
         or names an identity longer than OpenSSL accepts.
@@ -714,11 +733,66 @@ class DTLSSession:
         expected = self._psk_key_exchange_seq
         if (
             expected is None
-            or self.prefetched_psk is not None
+            or self._prefetched_psk is not None
             or self.state is not SessionState.HANDSHAKING
         ):
             return None
         return parse_psk_identity_from_flight(datagram, message_seq=expected)
+
+    def provide_psk(self, identity: bytes, key: bytes | None, failure: str | None = None) -> None:
+        """The owner's answer to :meth:`psk_identity_to_prefetch`: the store's key for
+        ``identity`` (None: unknown, or the lookup failed, and ``failure`` says why, for the
+        reason text).  The PSK callback uses it instead of a synchronous lookup; a second
+        answer for the same handshake is ignored (one lookup per handshake)."""
+        if self._prefetched_psk is not None:
+            return
+        self._prefetched_psk = (identity, key)
+        if failure is not None:
+            self._psk_lookup_failure = failure
+
+    @property
+    def psk_lookup_failure(self) -> str | None:
+        """Why the PSK lookup gave no key (it timed out or raised), or None."""
+        return self._psk_lookup_failure
+
+    @property
+    def psk_identity(self) -> bytes | None:
+        """The PSK identity the client used (server side, once the PSK callback ran, or from
+        the session once a resumed handshake finished); None for a certificate handshake."""
+        if self.outcome is not None:
+            return self.outcome.psk_identity
+        return self._psk_identity
+
+    @property
+    def cipher(self) -> str:
+        """The negotiated suite, once established (``"unknown"`` before)."""
+        return self.outcome.cipher if self.outcome is not None else "unknown"
+
+    @property
+    def protocol(self) -> str:
+        """The protocol version name, once established (``"unknown"`` before)."""
+        return self.outcome.protocol if self.outcome is not None else "unknown"
+
+    @property
+    def resumed(self) -> bool:
+        """True once a handshake finished by resuming an earlier session."""
+        return self.outcome is not None and self.outcome.resumed
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The peer's verified certificate, once established, if it showed one."""
+        return self.outcome.peer_certificate if self.outcome is not None else None
+
+    @property
+    def ssl_session(self) -> SSL.Session | None:
+        """Client side, once established: the TLS session a later association may resume."""
+        return self.outcome.tls_session if self.outcome is not None else None
+
+    @property
+    def max_plaintext(self) -> int:
+        """The most plaintext one of our records may carry: 2^14, or less if the peer asked
+        for a smaller max_fragment_length (RFC 6066 §4: constrained devices do)."""
+        return self._max_plaintext
 
     def _predict_suite(self, verified_client_hello: bytes) -> str | None:
         """The suite OpenSSL will choose for this ClientHello: the first of ours (server
@@ -1538,10 +1612,10 @@ class DTLSSession:
         """Encrypt ``data`` as one record; the datagram is then ready in :meth:`take_datagrams`."""
         if self.state is not SessionState.ESTABLISHED:
             raise RuntimeError(f"cannot send on a {self.state.value} DTLS session")
-        if len(data) > self.max_plaintext:
-            if self.max_plaintext < MAX_PLAINTEXT:
+        if len(data) > self._max_plaintext:
+            if self._max_plaintext < MAX_PLAINTEXT:
                 raise ValueError(
-                    f"the peer asked for records of at most {self.max_plaintext} bytes of "
+                    f"the peer asked for records of at most {self._max_plaintext} bytes of "
                     f"plaintext (max_fragment_length, RFC 6066), not {len(data)}"
                 )
             raise ValueError(
@@ -1709,23 +1783,32 @@ class DTLSSession:
         self._last_flight = []
         self._last_received = b""
         connection = self._connection
-        self.resumed = session_reused(connection)
-        if self.resumed and self.psk_identity is None:
+        resumed = session_reused(connection)
+        psk_identity = self._psk_identity
+        if resumed and psk_identity is None:
             # A resumed handshake skips the PSK callback; the session remembers the identity.
-            self.psk_identity = session_psk_identity(connection)
-        self.cipher = connection.get_cipher_name() or "unknown"
-        self.protocol = connection.get_protocol_version_name()
-        self.peer_certificate = peer_certificate(connection)
+            psk_identity = session_psk_identity(connection)
+        max_plaintext = MAX_PLAINTEXT
         if self._peer_may_limit_fragments:
-            self.max_plaintext = session_max_fragment_length(connection) or MAX_PLAINTEXT
-        if not self._is_server:
+            max_plaintext = session_max_fragment_length(connection) or MAX_PLAINTEXT
+        self._max_plaintext = max_plaintext
+        outcome = self.outcome = HandshakeOutcome(
+            cipher=connection.get_cipher_name() or "unknown",
+            protocol=connection.get_protocol_version_name(),
+            resumed=resumed,
+            peer_certificate=peer_certificate(connection),
             # Only a client resumes; on a server it would pin the session past the cache.
-            self.ssl_session = connection.get_session()
-        events.append(HandshakeComplete(self.cipher, self.protocol, self.resumed))
+            tls_session=None if self._is_server else connection.get_session(),
+            max_plaintext=max_plaintext,
+            psk_identity=psk_identity,
+            connection_id=self.connection_id,
+            peer_connection_id=self.peer_connection_id,
+        )
+        events.append(HandshakeComplete(outcome.cipher, outcome.protocol, outcome.resumed))
         # Our own protected records (OpenSSL wrote them: trusted) carry the new epoch; DTLS 1.2
         # moves both directions to it in the same handshake.
         self._read_epoch = self._own_protected[0].epoch if self._own_protected else 1
-        suite = aead_suite(self.cipher)
+        suite = aead_suite(outcome.cipher)
         if suite is not None:
             self._fragment_lengths = (suite.overhead, MAX_PLAINTEXT + suite.overhead)
             if self._read_cid:
@@ -1736,7 +1819,7 @@ class DTLSSession:
         if self._peer_finished is not None:
             self._peer_finished_sequence = read_own_record(self._peer_finished).sequence_number
         if self._release_openssl or self._read_cid or self._write_cid:
-            self._release_to_records()
+            self._release_to_records(outcome.cipher)
         if self._records is not None:
             self._records.read_cid = self._read_cid
             self._records.write_cid = self._write_cid
@@ -1747,7 +1830,7 @@ class DTLSSession:
             self.state = SessionState.HANDSHAKING  # so that _fail reports a failed handshake
             kept = [e for e in events if not isinstance(e, HandshakeComplete)]
             return kept + self._fail(
-                f"a connection ID was negotiated with {self.cipher}, whose records this "
+                f"a connection ID was negotiated with {outcome.cipher}, whose records this "
                 "library cannot protect itself (RFC 9146 needs one of its AEAD suites)",
                 now,
                 FailureKind.NO_SHARED_CIPHER,
@@ -1755,7 +1838,7 @@ class DTLSSession:
         if self._records is None:
             peer_finished = self._peer_finished
             self._etm = etm_guard_for(
-                self.cipher,
+                outcome.cipher,
                 is_server=self._is_server,
                 master_secret=connection.master_key() or b"",
                 client_random=connection.client_random() or b"",
@@ -1814,7 +1897,7 @@ class DTLSSession:
             if plaintext:
                 self._early_events.append(ApplicationData(plaintext, raw))
 
-    def _release_to_records(self) -> None:
+    def _release_to_records(self, cipher: str) -> None:
         """Hand record protection to :mod:`._records` and let the OpenSSL connection go.
 
         Only if the keys derived from the session open the Finished records both sides sent
@@ -1827,7 +1910,7 @@ class DTLSSession:
         finished = self._peer_finished
         handshake_records = _records_or_none(finished) or [] if finished is not None else []
         protection = record_protection_for(
-            self.cipher,
+            cipher,
             is_server=self._is_server,
             master_secret=connection.master_key() or b"",
             client_random=connection.client_random() or b"",
@@ -1903,9 +1986,9 @@ class DTLSSession:
         kind = failure_kind_of_openssl(reason)
         if self.psk_identity is not None and kind is FailureKind.UNKNOWN_IDENTITY:
             name = quote_peer_text(self.psk_identity)
-            if self.psk_lookup_failure is not None:
+            if self._psk_lookup_failure is not None:
                 return (
-                    f"PSK lookup for {name} failed: {self.psk_lookup_failure} ({reason})",
+                    f"PSK lookup for {name} failed: {self._psk_lookup_failure} ({reason})",
                     FailureKind.PSK_LOOKUP_FAILED,
                 )
             return f"unknown PSK identity {name} ({reason})", kind
