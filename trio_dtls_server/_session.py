@@ -63,17 +63,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import enum
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from cryptography import x509
 from OpenSSL import SSL
 
 from ._certificates import UnreadablePeerCertificate, peer_certificate
 from ._codes import DropReason, FailureKind
-from ._errors import ConfigError
 from ._etm import EtmGuard, etm_guard_for, etm_in_server_hello, mac_hash, read_guard
 from ._events import describe_exception
 from ._openssl import (
@@ -86,18 +83,32 @@ from ._openssl import (
     session_max_fragment_length,
     session_psk_identity,
     session_reused,
-    watch_alerts_read,
 )
-from ._records import (
-    RecordProtection,
-    ReplayWindow,
-    aead_suite,
-    derive_key_block,
-    record_protection_for,
+from ._protection import (
+    OpenSSLProtector,
+    RecordProtector,
+    aead_protector_for,
+    records_or_none,
+)
+from ._records import RecordProtection, aead_suite, derive_key_block
+from ._session_events import (
+    MAX_PLAINTEXT,
+    ApplicationData,
+    ConnectionFailed,
+    HandshakeComplete,
+    HandshakeFailed,
+    HandshakeOutcome,
+    HandshakeProgress,
+    PskIdentity,
+    RecordsDropped,
+    RemoteClosed,
+    RetransmitPolicy,
+    Retransmitted,
+    SessionEvent,
+    SessionState,
 )
 from ._text import quote_peer_text
 from ._wire import (
-    FATAL_ONLY_ALERTS,
     AlertDescription,
     AlertLevel,
     CidRecord,
@@ -105,7 +116,6 @@ from ._wire import (
     HandshakeType,
     MalformedDatagram,
     Record,
-    encode_alert,
     encode_plaintext_alert,
     encode_record,
     first_content_type,
@@ -116,14 +126,11 @@ from ._wire import (
     parse_handshake_messages,
     parse_initial_client_hello,
     parse_psk_identity_from_flight,
-    parse_record_headers,
     parse_records,
     parse_records_with_cid,
     parse_server_hello,
     read_own_record,
     renumber_plaintext_records,
-    single_application_record,
-    single_record_header,
     split_records,
 )
 
@@ -146,90 +153,6 @@ __all__ = [
     "SessionState",
 ]
 
-#: The most plaintext one DTLS record (and so one datagram) can carry: 2^14 bytes.
-MAX_PLAINTEXT = 2**14
-
-
-@dataclass(frozen=True, slots=True)
-class RetransmitPolicy:
-    """When to retransmit an unanswered handshake flight, and when to give up.
-
-    The first retransmission comes ``initial`` seconds after the flight, each later one after
-    twice the previous interval, never more than ``maximum`` (RFC 6347 §4.2.4.1).  After
-    ``max_retransmissions`` unanswered retransmissions the handshake fails.
-    """
-
-    initial: float = 1.0
-    maximum: float = 60.0
-    max_retransmissions: int = 6
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.maximum:
-            raise ConfigError(
-                ("initial", "maximum"), "retransmission timers need 0 < initial <= maximum"
-            )
-        if self.max_retransmissions < 0:
-            raise ConfigError("max_retransmissions", "must be >= 0")
-
-    def interval(self, retransmissions_so_far: int) -> float:
-        """Seconds to wait after a flight sent when ``retransmissions_so_far`` were done."""
-        return min(self.initial * 2.0**retransmissions_so_far, self.maximum)
-
-
-class SessionState(enum.Enum):
-    HANDSHAKING = "handshaking"
-    ESTABLISHED = "established"
-    CLOSED = "closed"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeProgress:
-    """A handshake datagram was consumed and the handshake goes on (Qt: "in progress ...")."""
-
-
-@dataclass(frozen=True, slots=True)
-class PskIdentity:
-    """The server's PSK callback ran: the client named ``identity``; ``known``: a key was found."""
-
-    identity: bytes
-    known: bool
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeComplete:
-    """The handshake finished; ``resumed``: it was an abbreviated one (session resumption)."""
-
-    cipher: str
-    protocol: str
-    resumed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeOutcome:
-    """What a finished handshake settled, in one value: kept because the OpenSSL connection
-    may be gone (records protected by :mod:`._records`).
-
-    ``cipher``: the suite (``PSK-AES128-GCM-SHA256``); ``protocol``: ``DTLSv1.2``;
-    ``resumed``: an abbreviated handshake; ``peer_certificate``: the peer's verified
-    certificate, if it showed one; ``tls_session``: (client side) the TLS session to resume
-    later; ``max_plaintext``: the most plaintext one of our records may carry (2^14, or less
-    if the peer asked for a smaller max_fragment_length, RFC 6066 §4); ``psk_identity``: the
-    identity the PSK handshake used (from the PSK callback, or from the resumed session);
-    ``connection_id`` / ``peer_connection_id``: the RFC 9146 CIDs on the peer's records to us
-    and on ours to it (None: not negotiated).
-    """
-
-    cipher: str
-    protocol: str
-    resumed: bool = False
-    peer_certificate: x509.Certificate | None = None
-    tls_session: SSL.Session | None = None
-    max_plaintext: int = 2**14
-    psk_identity: bytes | None = None
-    connection_id: bytes | None = None
-    peer_connection_id: bytes | None = None
-
 
 def failure_kind_of_openssl(reason: str) -> FailureKind:
     """The kind of a handshake OpenSSL failed, from OpenSSL's own reason text.
@@ -251,69 +174,6 @@ def failure_kind_of_openssl(reason: str) -> FailureKind:
     return FailureKind.OTHER
 
 
-@dataclass(frozen=True, slots=True)
-class HandshakeFailed:
-    """The handshake is over and failed; any alert OpenSSL wrote is already queued to send.
-
-    ``alert_sent`` names the fatal alert going to the peer (``unknown_psk_identity (115)``),
-    ``alert_received`` the one the peer sent us, when there is one; ``kind`` is the
-    statistics bucket (:class:`FailureKind`).
-    """
-
-    reason: str
-    alert_sent: str | None = None
-    alert_received: str | None = None
-    kind: FailureKind = FailureKind.OTHER
-
-
-@dataclass(frozen=True, slots=True)
-class Retransmitted:
-    """The timer fired and the last flight went out again (``attempt`` counts from 1)."""
-
-    attempt: int
-    datagrams: int
-
-
-@dataclass(frozen=True, slots=True)
-class ApplicationData:
-    data: bytes
-    #: The record it came in, when the owner cannot know it (data that overtook the Finished,
-    #: see :meth:`DTLSSession.take_early_events`); not part of equality.
-    record: bytes = field(default=b"", compare=False, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteClosed:
-    """The peer sent close_notify."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionFailed:
-    """An established connection broke (a fatal alert from the peer, or a protocol error)."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RecordsDropped:
-    """A datagram gave no plaintext, and why (a :class:`~._codes.DropReason`)."""
-
-    reason: DropReason
-
-
-SessionEvent = (
-    HandshakeProgress
-    | PskIdentity
-    | HandshakeComplete
-    | HandshakeFailed
-    | Retransmitted
-    | ApplicationData
-    | RemoteClosed
-    | ConnectionFailed
-    | RecordsDropped
-)
-
-
 #: The most bytes of the peer's protected (epoch 1) records a session keeps during a handshake,
 #: in one copy each, de-duplicated on content: its Finished while OpenSSL cannot read it yet
 #: (it overtook the ChangeCipherSpec), and application data or alerts that overtook the
@@ -323,13 +183,10 @@ SessionEvent = (
 #: ``max_handshakes``) can hold at most 8 MiB this way.  OpenSSL sees none of these records
 #: before it can judge them (see :meth:`DTLSSession.receive_datagram`), so it never queues them.
 HANDSHAKE_KEPT_BUDGET = 8 * 1024
-#: The content types read per datagram (and per send), as module globals: reading an attribute
-#: of an Enum class costs ~100 ns on Python 3.11 (its metaclass has ``__getattr__``), a global
-#: ~15 ns.  The same members, not copies of the numbers.
-_APPLICATION_DATA = ContentType.application_data
-_ALERT = ContentType.alert
-_HANDSHAKE = ContentType.handshake
-_TLS12_CID = ContentType.tls12_cid
+#: The state read per datagram, as a module global: reading an attribute of an Enum class costs
+#: ~100 ns on Python 3.11 (its metaclass has ``__getattr__``), a global ~15 ns.  The same
+#: member, not a copy.
+_ESTABLISHED = SessionState.ESTABLISHED
 #: Plaintext handshake messages a client may send after the server's first flight (server
 #: side), and the longest OpenSSL accepts of each (a longer one ends the handshake): its
 #: ``max_cert_list`` default, and the limits of ``ossl_statem_server_max_message_size``.
@@ -375,43 +232,6 @@ def _plaintext_fatal_alert(datagrams: list[bytes]) -> str | None:
     return None
 
 
-def _records_or_none(datagram: bytes) -> list[Record] | None:
-    """The datagram's records, or None if it does not split into DTLS records."""
-    try:
-        return parse_records(datagram)
-    except MalformedDatagram:
-        return None
-
-
-def _has_protected_handshake(records: list[Record]) -> bool:
-    """A Finished (or a later handshake message) travels in a protected handshake record."""
-    return any(r.epoch > 0 and r.content_type == ContentType.handshake for r in records)
-
-
-class _ReplayMirror:
-    """Remembers which application records OpenSSL accepted, to tell replays from forgeries.
-
-    OpenSSL silently discards both replayed records and records that fail authentication.  To
-    count them separately we keep the record layer's 64-record window
-    (:class:`~._records.ReplayWindow`, RFC 6347 §4.1.2.6) for the current epoch, updated only
-    with records that did decrypt.  It never decides anything: OpenSSL does.
-    """
-
-    __slots__ = ("_epoch", "_window")
-
-    def __init__(self) -> None:
-        self._epoch = -1
-        self._window = ReplayWindow()
-
-    def mark(self, epoch: int, sequence: int) -> None:
-        if epoch != self._epoch:
-            self._epoch, self._window = epoch, ReplayWindow()
-        self._window.mark(sequence)
-
-    def seen(self, epoch: int, sequence: int) -> bool:
-        return epoch == self._epoch and self._window.seen(sequence)
-
-
 class DTLSSession:
     """One DTLS 1.2 association, sans I/O.  Build it with :meth:`server` or :meth:`client`."""
 
@@ -445,16 +265,10 @@ class DTLSSession:
         # The keys of epoch 1 used to translate the Finished records between OpenSSL's format
         # and RFC 9146's during the handshake (see _cid_keys); built once OpenSSL has them.
         self._cid_translator: RecordProtection | None = None
-        #: Set by each :meth:`receive_datagram` of an established CID association: True when
-        #: one of its records authenticated and was the newest the peer has sent in the epoch
-        #: (RFC 9146 §6: only such a record may move the association to a new address).
-        self.newest_record_authenticated = False
-        # The sequence number of the peer's Finished (CID associations): a byte-for-byte copy
-        # of it skips the replay check, so that it still triggers the bounded resend.
-        self._peer_finished_sequence: int | None = None
         self._release_openssl = release_openssl
-        #: Our own record protection once OpenSSL's connection is released (see ``_records``).
-        self._records: RecordProtection | None = None
+        # Opens and seals records once established (see _protection.py): our own record
+        # layer, or the OpenSSL connection kept.
+        self._protector: RecordProtector | None = None
         # The peer's protected records kept during the handshake (raw bytes, one copy each,
         # HANDSHAKE_KEPT_BUDGET bytes in all): handshake records OpenSSL cannot read yet
         # (_held), and data or alerts that overtook the peer's Finished (_early).
@@ -468,13 +282,12 @@ class DTLSSession:
         # The peer's record that completed the handshake (its Finished), byte for byte: only a
         # copy of it makes us resend our final flight (see _resend_final_flight).
         self._peer_finished: bytes | None = None
-        # Our protected records (our Finished and its retransmissions), for _release_to_records.
-        #: The MAC check in front of OpenSSL for a CBC suite with encrypt-then-MAC (``_etm``).
-        self._etm: EtmGuard | None = None
-        # The same during the handshake: whether the ServerHello agreed to encrypt-then-MAC
-        # (None: not seen, or not readable), and the check once OpenSSL holds the keys.
+        # Whether the ServerHello agreed to encrypt-then-MAC (None: not seen, or not readable),
+        # and the MAC check of the peer's Finished once OpenSSL holds the keys (see _etm.py).
         self._etm_in_hello: bool | None = None
         self._handshake_etm: EtmGuard | None = None
+        # Our protected records (our Finished and its retransmissions), for the record
+        # protector (aead_protector_for checks the keys on them).
         self._own_protected: list[Record] = []
         # Server side: the message_seq of the client's ClientHello, and whether we asked for a
         # certificate: what the client's next flight may hold (see _unexpected_plaintext).
@@ -506,15 +319,10 @@ class DTLSSession:
         self._outgoing: list[bytes] = []
         self._last_flight: list[bytes] = []
         self._retransmissions = 0
-        # Our final handshake flight (the server's CCS + Finished), kept until the peer proves
-        # it arrived; see _resend_final_flight.
+        # Our final handshake flight (the server's CCS + Finished), handed to the record
+        # protector, which resends it when the peer's Finished comes again.
         self._final_flight: list[bytes] = []
-        self._final_flight_resends = 0
-        self._renegotiation_refusals = 0
         self._callback_events: list[SessionEvent] = []
-        # The alerts OpenSSL authenticated and read during the current read (see alert_read).
-        self._alerts_read: list[tuple[int, int]] = []
-        self._replay = _ReplayMirror()
         self.state = SessionState.HANDSHAKING
         #: When :meth:`handle_timer` wants to be called next (same clock as ``now``), or None.
         self.timer_deadline: float | None = None
@@ -555,11 +363,6 @@ class DTLSSession:
         self._epoch0_offset = 0
         # Client side: whether a ServerHello came (see receive_datagram).
         self._heard_server_hello = False
-        # Once established: the epoch the peer's records must carry, and the fragment lengths
-        # an AEAD suite can produce (None: a CBC suite, whose padding makes lengths vary).
-        # Used by screen() to judge records without cryptography.
-        self._read_epoch: int | None = None
-        self._fragment_lengths: tuple[int, int] | None = None
         #: Application data the peer sent before its Finished was processed (it overtook the
         #: handshake), and a close_notify or fatal alert that came with it; the owner takes
         #: them with :meth:`take_early_events` once established.
@@ -813,7 +616,7 @@ class DTLSSession:
         """OpenSSL's name of the suite the ServerHello we just sent chose (read from our own
         bytes: OpenSSL names the suite only once the handshake is over); None if not found."""
         for datagram in self._outgoing:
-            for record in _records_or_none(datagram) or []:
+            for record in records_or_none(datagram) or []:
                 fragment = record.fragment
                 plaintext_handshake = (
                     record.epoch == 0 and record.content_type == ContentType.handshake
@@ -975,7 +778,7 @@ class DTLSSession:
         :meth:`_feed_protected_handshake` translates once OpenSSL can read it."""
         read_cid = self._read_cid
         if not read_cid or ContentType.tls12_cid not in datagram:
-            return _records_or_none(datagram)
+            return records_or_none(datagram)
         try:
             mixed = parse_records_with_cid(datagram, len(read_cid))
         except MalformedDatagram:
@@ -1000,17 +803,6 @@ class DTLSSession:
                 records.append(record)
         return records or None
 
-    # -- alert callback (called by OpenSSL from inside read, once OpenSSL is kept) -------------
-
-    def alert_read(self, level: int, description: int) -> None:
-        """OpenSSL authenticated and read one of the peer's alerts (see ``watch_alerts_read``).
-
-        OpenSSL acts on fatal alerts and close_notify itself but reads every other warning
-        without a word, fatal-only descriptions included; :meth:`_warning_that_is_fatal`
-        looks at what was noted here.
-        """
-        self._alerts_read.append((level, description))
-
     # -- what the owner calls -----------------------------------------------------------------
 
     @property
@@ -1022,18 +814,27 @@ class DTLSSession:
     @property
     def connection(self) -> SSL.Connection | None:
         """The pyOpenSSL connection, or None once released after the handshake."""
+        if self._protector is not None:
+            return self._protector.connection
         return self._openssl
 
     @property
     def openssl_released(self) -> bool:
         """True once records are protected by :mod:`._records` rather than by OpenSSL."""
-        return self._records is not None
+        return self._protector is not None and self._protector.openssl_released
 
     @property
     def encrypt_then_mac(self) -> bool:
         """True once the session checks the peer's encrypt-then-MAC tags before OpenSSL does
         (a CBC suite with RFC 7366's extension, see :mod:`._etm`)."""
-        return self._etm is not None
+        return self._protector is not None and self._protector.encrypt_then_mac
+
+    @property
+    def newest_record_authenticated(self) -> bool:
+        """Set by each :meth:`receive_datagram` of an established CID association: True when
+        one of its records authenticated and was the newest the peer has sent in the epoch
+        (RFC 9146 §6: only such a record may move the association to a new address)."""
+        return self._protector is not None and self._protector.newest_record_authenticated
 
     def take_early_events(self) -> list[SessionEvent]:
         """What the peer's records that overtook its Finished said; the session forgets them.
@@ -1073,113 +874,29 @@ class DTLSSession:
         established peer: junk an off-path attacker sends from the peer's address (records of
         another epoch, impossible lengths, replays) then never takes a place in the peer's bounded
         inbox nor costs a decryption.  :meth:`receive_datagram` applies the same rules record by
-        record.
+        record (see :meth:`~._protection.RecordProtector.screen`).
         """
-        if self.state is not SessionState.ESTABLISHED or self._read_epoch is None:
+        if self.state is not SessionState.ESTABLISHED or self._protector is None:
             return None
-        if self._records is not None and self._records.read_cid:
-            return self._screen_cid(datagram, self._records.read_cid)
-        try:
-            headers = parse_record_headers(datagram)
-        except MalformedDatagram:
-            return DropReason.MALFORMED
-        reason: DropReason | None = None
-        for header in headers:
-            why = self._unverifiable(
-                header.content_type, header.epoch, header.sequence_number, header.length
-            )
-            if why is None:
-                return None
-            reason = reason or why
-        return reason
-
-    def _screen_cid(self, datagram: bytes, read_cid: bytes) -> DropReason | None:
-        """:meth:`screen` for an association whose peer must put our CID on its records."""
-        try:
-            records = parse_records_with_cid(datagram, len(read_cid))
-        except MalformedDatagram:
-            return DropReason.MALFORMED
-        reason: DropReason | None = None
-        for record in records:
-            why: str | None
-            if isinstance(record, Record):
-                why = (
-                    DropReason.HANDSHAKE_RETRANSMISSION
-                    if record.epoch == 0
-                    else DropReason.MISSING_CID
-                )
-            elif record.cid != read_cid:
-                why = DropReason.WRONG_CID
-            else:
-                why = self._unverifiable(
-                    ContentType.tls12_cid,
-                    record.epoch,
-                    record.sequence_number,
-                    len(record.fragment),
-                )
-            if why is None:
-                return None
-            reason = reason or why
-        return reason
-
-    def _unverifiable(
-        self, content: int, epoch: int, sequence: int, length: int
-    ) -> DropReason | None:
-        """Why one record of an established session cannot be authentic, without crypto; or None.
-
-        The replay window is consulted only where our own record layer keeps it (it marks a
-        number only after the record authenticated).  With OpenSSL doing the work, our mirror
-        of its window (_ReplayMirror) may hold numbers of records that never authenticated,
-        so it names drops but must never decide them.
-        """
-        read_epoch = self._read_epoch
-        if epoch != read_epoch:
-            if read_epoch is not None and epoch < read_epoch:
-                return DropReason.HANDSHAKE_RETRANSMISSION
-            return DropReason.WRONG_EPOCH
-        lengths = self._fragment_lengths
-        if lengths is not None and not lengths[0] <= length <= lengths[1]:
-            return DropReason.BAD_LENGTH
-        # Handshake records skip the replay check: a retransmitted Finished may be byte for
-        # byte the one already seen, and it must still trigger the bounded resend.
-        protection = self._records
-        if (
-            protection is not None
-            and content != ContentType.handshake
-            and protection.replay.seen(sequence)
-            # A CID record's real type is inside: a copy of the peer's Finished must still
-            # reach _on_protected_handshake (and nothing else of that number authenticates).
-            and not (content == ContentType.tls12_cid and sequence == self._peer_finished_sequence)
-        ):
-            return DropReason.REPLAY
-        return None
+        return self._protector.screen(datagram)
 
     def receive_datagram(self, datagram: bytes, now: float) -> list[SessionEvent]:
         """Feed one datagram from the peer; return what it caused."""
-        if self.state in (SessionState.CLOSED, SessionState.FAILED):
+        state = self.state
+        if state is _ESTABLISHED and datagram:
+            # The hot path: the record protector opens it.
+            protector = self._protector
+            assert protector is not None  # (established: the handshake gave one)
+            events = protector.open(datagram, self._outgoing)
+            if protector.ending is not None:
+                self._ended(protector.ending)
+            return events
+        if state is SessionState.CLOSED or state is SessionState.FAILED:
             return []
         if not datagram:
             # A zero-length BIO write raises WantReadError out of pyOpenSSL; and there is
             # nothing in it for OpenSSL anyway.
             return [RecordsDropped(DropReason.MALFORMED)]
-        if self.state is not SessionState.HANDSHAKING:
-            if self._records is not None:
-                if self._records.read_cid:
-                    return self._open_cid_datagram(self._records, datagram)
-                return self._open_datagram(self._records, datagram)
-            if self._etm is not None:
-                # A record that fails its MAC would be fatal inside OpenSSL: never let it in.
-                screened = self._etm.screen(datagram)
-                if screened is None:
-                    malformed = _records_or_none(datagram) is None
-                    return [
-                        RecordsDropped(
-                            DropReason.MALFORMED if malformed else DropReason.AUTHENTICATION
-                        )
-                    ]
-                datagram = screened
-            self._connection.bio_write(datagram)
-            return self._read_application_data(datagram)
         records = self._handshake_records(datagram)
         if records is None:
             # Epoch-0 records are unauthenticated: a spoofed datagram of garbage sent to a
@@ -1624,19 +1341,13 @@ class DTLSSession:
             )
         if not data:
             raise ValueError("refusing to send an empty datagram (DTLS peers treat it as noise)")
-        if self._records is not None:
-            try:
-                self._outgoing.append(self._records.seal(_APPLICATION_DATA, data))
-            except OverflowError as error:
-                self._fail(str(error), None)
-                raise
-            return
+        protector = self._protector
+        assert protector is not None  # (established: the handshake gave one)
         try:
-            self._connection.write(data)
-        except SSL.Error as error:
-            self._fail(openssl_error_reason(error), None)
+            self._outgoing.append(protector.seal(data))
+        except protector.seal_errors as error:
+            self._ended(ConnectionFailed(protector.seal_failed(error, self._outgoing)))
             raise
-        self._outgoing.append(drain_write_bio(self._connection))
 
     def close(self) -> None:
         """Queue close_notify (if established) and end the session; idempotent."""
@@ -1684,18 +1395,17 @@ class DTLSSession:
 
     def _say_goodbye(self) -> None:
         """Queue our close_notify (a broken connection cannot say goodbye: then nothing)."""
-        if self._records is not None:
-            with contextlib.suppress(OverflowError):
-                self._outgoing.append(
-                    self._records.seal(
-                        ContentType.alert,
-                        encode_alert(AlertLevel.warning, AlertDescription.close_notify),
-                    )
-                )
+        assert self._protector is not None  # (established: the handshake gave one)
+        self._protector.goodbye(self._outgoing)
+
+    def _ended(self, ending: RemoteClosed | ConnectionFailed) -> None:
+        """The record protector says the association ended: close or fail the session."""
+        if isinstance(ending, RemoteClosed):
+            self.state = SessionState.CLOSED
             return
-        with contextlib.suppress(SSL.Error):
-            self._connection.shutdown()
-        self._flush()
+        self.state = SessionState.FAILED
+        self.failure_reason = ending.reason
+        self.timer_deadline = None
 
     def _flush(self) -> list[bytes]:
         raw = drain_write_bio(self._connection)
@@ -1807,23 +1517,27 @@ class DTLSSession:
         events.append(HandshakeComplete(outcome.cipher, outcome.protocol, outcome.resumed))
         # Our own protected records (OpenSSL wrote them: trusted) carry the new epoch; DTLS 1.2
         # moves both directions to it in the same handshake.
-        self._read_epoch = self._own_protected[0].epoch if self._own_protected else 1
-        suite = aead_suite(outcome.cipher)
-        if suite is not None:
-            self._fragment_lengths = (suite.overhead, MAX_PLAINTEXT + suite.overhead)
-            if self._read_cid:
-                # DTLSInnerPlaintext: at least the content type, at most 2^14 + 256 bytes
-                # with padding (RFC 9146 §4).
-                self._fragment_lengths = (suite.overhead + 1, MAX_PLAINTEXT + 256 + suite.overhead)
-        self._peer_finished = self._completing
-        if self._peer_finished is not None:
-            self._peer_finished_sequence = read_own_record(self._peer_finished).sequence_number
+        read_epoch = self._own_protected[0].epoch if self._own_protected else 1
+        peer_finished = self._peer_finished = self._completing
+        protector: RecordProtector | None = None
         if self._release_openssl or self._read_cid or self._write_cid:
-            self._release_to_records(outcome.cipher)
-        if self._records is not None:
-            self._records.read_cid = self._read_cid
-            self._records.write_cid = self._write_cid
-        elif self._read_cid or self._write_cid:
+            released = aead_protector_for(
+                outcome.cipher,
+                is_server=self._is_server,
+                connection=connection,
+                peer_finished=peer_finished,
+                own_protected=self._own_protected,
+                early=self._early,
+                read_cid=self._read_cid,
+                write_cid=self._write_cid,
+                read_epoch=read_epoch,
+                final_flight=self._final_flight,
+                max_resends=self._policy.max_retransmissions,
+            )
+            if released is not None:
+                protector, self._early_events = released
+                self._openssl = None
+        if protector is None and (self._read_cid or self._write_cid):
             # Only our record layer speaks RFC 9146: without it the peer's records cannot be
             # read.  Our server answers only for suites it protects (a foreign server might
             # not; or OpenSSL chose another suite than predicted, see connection_id_to_answer).
@@ -1835,149 +1549,41 @@ class DTLSSession:
                 now,
                 FailureKind.NO_SHARED_CIPHER,
             )
-        if self._records is None:
-            peer_finished = self._peer_finished
-            self._etm = etm_guard_for(
-                outcome.cipher,
-                is_server=self._is_server,
-                master_secret=connection.master_key() or b"",
-                client_random=connection.client_random() or b"",
-                server_random=connection.server_random() or b"",
-                peer_protected=(_records_or_none(peer_finished) or []) if peer_finished else [],
-                own_protected=self._own_protected,
+        if protector is None:
+            suite = aead_suite(outcome.cipher)
+            kept_openssl = OpenSSLProtector(
+                connection,
+                etm=etm_guard_for(
+                    outcome.cipher,
+                    is_server=self._is_server,
+                    master_secret=connection.master_key() or b"",
+                    client_random=connection.client_random() or b"",
+                    server_random=connection.server_random() or b"",
+                    peer_protected=(records_or_none(peer_finished) or []) if peer_finished else [],
+                    own_protected=self._own_protected,
+                ),
+                read_epoch=read_epoch,
+                fragment_lengths=(
+                    (suite.overhead, MAX_PLAINTEXT + suite.overhead) if suite is not None else None
+                ),
+                final_flight=self._final_flight,
+                max_resends=self._policy.max_retransmissions,
+                peer_finished=peer_finished,
+                mtu=self._mtu,
+                epoch0_offset=self._epoch0_offset,
             )
-            self._read_early_records()
+            self._early_events = kept_openssl.open_early(self._early, self.handshake_drops)
+            protector = kept_openssl
+        self._protector = protector
+        self._final_flight = []
         self._held = []
         self._early = []
         self._kept_bytes = 0
         self._early_verifier = None
         self._own_protected = []
-        # The Finished translation is over; its keys now live in self._records.
+        # The Finished translation is over; its keys now live in the record protector.
         self._cid_translator = None
         return events
-
-    def _read_early_records(self) -> None:
-        """OpenSSL stays: give it the records that overtook the peer's Finished, now.
-
-        They were kept out of OpenSSL during the handshake (see :meth:`_handshake_datagram`);
-        now it opens them, each as if it had just arrived, and what they say waits in
-        :meth:`take_early_events`.  Those that opened are marked in the replay mirror, so that
-        a late copy counts as a replay, not as a forgery.
-        """
-        connection = self._connection
-        # OpenSSL stays for the rest of the connection: from now on, hear its alerts.
-        watch_alerts_read(connection)
-        self._alerts_read = []
-        for raw in self._early:
-            if self._etm is not None and self._etm.screen(raw) is None:
-                # Its MAC fails: a forgery, which OpenSSL would end the association for.
-                self.handshake_drops[DropReason.AUTHENTICATION] += 1
-                continue
-            connection.bio_write(raw)
-            ending: SessionEvent | None = None
-            plaintext: bytes | None = None
-            try:
-                plaintext = connection.read(MAX_PLAINTEXT)
-            except SSL.WantReadError:  # a forgery, empty data or a warning alert
-                pass
-            except SSL.ZeroReturnError:  # the peer's close_notify came with it
-                ending = RemoteClosed()
-            except SSL.Error as error:
-                ending = ConnectionFailed(openssl_error_reason(error))
-            # A fatal-only warning read on the way comes first: nothing after it counts.
-            ending = self._warning_that_is_fatal() or ending
-            if ending is not None:
-                self._early_events.append(ending)
-                return
-            if plaintext is None:
-                continue
-            header = read_own_record(raw)
-            if header.content_type == ContentType.application_data:
-                self._replay.mark(header.epoch, header.sequence_number)
-            if plaintext:
-                self._early_events.append(ApplicationData(plaintext, raw))
-
-    def _release_to_records(self, cipher: str) -> None:
-        """Hand record protection to :mod:`._records` and let the OpenSSL connection go.
-
-        Only if the keys derived from the session open the Finished records both sides sent
-        (see :func:`~._records.record_protection_for`); otherwise OpenSSL carries on.  The
-        peer's application data (and alerts) that overtook its Finished sit in OpenSSL's
-        buffers, which are about to be freed, so we open them from our own copy and keep them
-        for :meth:`take_early_events`.
-        """
-        connection = self._connection
-        finished = self._peer_finished
-        handshake_records = _records_or_none(finished) or [] if finished is not None else []
-        protection = record_protection_for(
-            cipher,
-            is_server=self._is_server,
-            master_secret=connection.master_key() or b"",
-            client_random=connection.client_random() or b"",
-            server_random=connection.server_random() or b"",
-            peer_protected=handshake_records,
-            own_protected=self._own_protected,
-        )
-        if protection is None:
-            return
-        early = [record for raw in self._early for record in _records_or_none(raw) or []]
-        for record in early:
-            content = record.content_type
-            if content not in (ContentType.application_data, ContentType.alert):
-                continue
-            if record.epoch != protection.epoch:
-                continue
-            plaintext = protection.open_record(
-                content, record.version, record.sequence_number, record.fragment
-            )
-            if plaintext is None:
-                continue  # a forgery, or a copy of a record already opened
-            if content == ContentType.application_data:
-                if plaintext:
-                    self._early_events.append(ApplicationData(plaintext, record.raw))
-                continue
-            ending = self._alert_ending(plaintext)
-            if ending is not None:
-                self._early_events.append(ending)
-                break  # nothing the peer sent after its goodbye counts
-        self._records = protection
-        # OpenSSL forgets the session of a connection freed before a shutdown, as if it had
-        # failed; this one did not, so say it ended cleanly and keep it resumable.
-        connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
-        connection.set_app_data(None)
-        self._openssl = None
-
-    @staticmethod
-    def _alert_ending(plaintext: bytes) -> RemoteClosed | ConnectionFailed | None:
-        """How an authenticated alert ends the session; None for a warning, which changes
-        nothing (RFC 5246 §7.2.2) -- unless its description is one that RFC 5246 makes
-        always fatal (``FATAL_ONLY_ALERTS``): that ends the session like a fatal alert."""
-        try:
-            level, description = parse_alert(plaintext)
-        except MalformedDatagram:
-            return ConnectionFailed("the peer sent a malformed alert")
-        if description == AlertDescription.close_notify:
-            return RemoteClosed()
-        if level == AlertLevel.warning:
-            if description not in FATAL_ONLY_ALERTS:
-                return None
-            return ConnectionFailed(
-                f"the peer sent the alert {alert_name(description)} at warning level; "
-                "it is always fatal (RFC 5246 §7.2.2)"
-            )
-        return ConnectionFailed(f"the peer sent the fatal alert {alert_name(description)}")
-
-    def _warning_that_is_fatal(self) -> ConnectionFailed | None:
-        """The ending for a fatal-only warning OpenSSL read (:meth:`alert_read`), if any.
-
-        Fatal alerts and close_notify are not looked at here: OpenSSL acts on them itself.
-        """
-        for level, description in self._alerts_read:
-            if level == AlertLevel.warning and description in FATAL_ONLY_ALERTS:
-                ending = self._alert_ending(bytes((level, description)))
-                assert isinstance(ending, ConnectionFailed)
-                return ending
-        return None
 
     def _handshake_failure(self, error: SSL.Error) -> tuple[str, FailureKind]:
         """What to say of a handshake OpenSSL failed, and its kind (decided before the
@@ -2039,275 +1645,3 @@ class DTLSSession:
             now,
             FailureKind.WRONG_KEY,
         )
-
-    def _open_datagram(self, protection: RecordProtection, datagram: bytes) -> list[SessionEvent]:
-        """An established datagram, once OpenSSL is released: we open its records ourselves."""
-        record = single_application_record(datagram, protection.epoch)
-        if record is not None:
-            # The hot path: a datagram of one application record.
-            sequence = record.sequence_number
-            lengths = self._fragment_lengths
-            if lengths is not None and not lengths[0] <= len(record.fragment) <= lengths[1]:
-                return [RecordsDropped(DropReason.BAD_LENGTH)]
-            if protection.replay.seen(sequence):
-                return [RecordsDropped(DropReason.REPLAY)]
-            plaintext = protection.decrypt(
-                record.content_type, record.version, sequence, record.fragment
-            )
-            if plaintext is None:
-                return [RecordsDropped(DropReason.AUTHENTICATION)]
-            protection.replay.mark(sequence)
-            self._final_flight = []  # authentic data: the peer has finished its handshake
-            return [ApplicationData(plaintext)] if plaintext else []
-        records = _records_or_none(datagram)
-        if records is None:
-            return [RecordsDropped(DropReason.MALFORMED)]
-        events: list[SessionEvent] = []
-        drop: DropReason | None = None
-        for record in records:
-            content, sequence = record.content_type, record.sequence_number
-            # Epoch 0: the rest of the peer's retransmitted flight; a later one: not ours; an
-            # impossible length or a replay: nothing to decrypt.  (Handshake records skip the
-            # replay check: they change nothing but trigger a bounded resend.)
-            why = self._unverifiable(content, record.epoch, sequence, len(record.fragment))
-            if why is not None:
-                drop = drop or why
-                continue
-            plaintext = protection.decrypt(content, record.version, sequence, record.fragment)
-            if plaintext is None:
-                drop = drop or DropReason.AUTHENTICATION
-                continue
-            if content != _HANDSHAKE:
-                protection.replay.mark(sequence)
-            if content == _APPLICATION_DATA:
-                self._final_flight = []
-                if plaintext:
-                    events.append(ApplicationData(plaintext))
-            elif content == _ALERT:
-                ending = self._on_protected_alert(plaintext)
-                if ending is not None:
-                    events.append(ending)
-                    return events
-            elif content == _HANDSHAKE:
-                self._on_protected_handshake(protection, plaintext)
-                drop = drop or DropReason.HANDSHAKE_RETRANSMISSION
-        if not events and drop is not None:
-            events.append(RecordsDropped(drop))
-        return events
-
-    def _open_cid_datagram(
-        self, protection: RecordProtection, datagram: bytes
-    ) -> list[SessionEvent]:
-        """An established datagram on an association whose peer must use our CID (RFC 9146).
-
-        Each record must be a ``tls12_cid`` record carrying our CID; standard protected
-        records are dropped (:data:`DropReason.MISSING_CID`).  Sets
-        :attr:`newest_record_authenticated` when a record authenticated and was newer than
-        any the peer sent before in the epoch (RFC 9146 §6: the owner may then move the
-        association to the datagram's source address).
-        """
-        self.newest_record_authenticated = False
-        read_cid = protection.read_cid
-        try:
-            records = parse_records_with_cid(datagram, len(read_cid))
-        except MalformedDatagram:
-            return [RecordsDropped(DropReason.MALFORMED)]
-        events: list[SessionEvent] = []
-        drop: DropReason | None = None
-        for record in records:
-            if isinstance(record, Record):
-                drop = drop or (
-                    DropReason.HANDSHAKE_RETRANSMISSION
-                    if record.epoch == 0
-                    else DropReason.MISSING_CID
-                )
-                continue
-            sequence = record.sequence_number
-            if record.cid != read_cid:
-                drop = drop or DropReason.WRONG_CID
-                continue
-            why = self._unverifiable(_TLS12_CID, record.epoch, sequence, len(record.fragment))
-            if why is not None:
-                drop = drop or why
-                continue
-            newest = sequence > protection.replay.highest
-            opened = protection.decrypt_cid(record.version, sequence, record.cid, record.fragment)
-            if opened is None:
-                drop = drop or DropReason.AUTHENTICATION
-                continue
-            content, plaintext = opened
-            if content != _HANDSHAKE:
-                protection.replay.mark(sequence)
-                if newest:
-                    self.newest_record_authenticated = True
-            if content == _APPLICATION_DATA:
-                self._final_flight = []
-                if plaintext:
-                    events.append(ApplicationData(plaintext))
-            elif content == _ALERT:
-                ending = self._on_protected_alert(plaintext)
-                if ending is not None:
-                    events.append(ending)
-                    return events
-            elif content == _HANDSHAKE:
-                self._on_protected_handshake(protection, plaintext)
-                drop = drop or DropReason.HANDSHAKE_RETRANSMISSION
-            else:
-                drop = drop or DropReason.UNEXPECTED
-        if not events and drop is not None:
-            events.append(RecordsDropped(drop))
-        return events
-
-    def _on_protected_alert(self, plaintext: bytes) -> SessionEvent | None:
-        """The peer's authenticated alert: close_notify or fatal end the session."""
-        ending = self._alert_ending(plaintext)
-        if isinstance(ending, RemoteClosed):
-            # RFC 5246 §7.2.1: answer close_notify with our own before closing.
-            self._say_goodbye()
-            self.state = SessionState.CLOSED
-        elif isinstance(ending, ConnectionFailed):
-            self._fail(ending.reason, None)
-        return ending
-
-    def _on_protected_handshake(self, protection: RecordProtection, plaintext: bytes) -> None:
-        """A handshake message after the handshake: a retransmitted Finished, or renegotiation.
-
-        A Finished means our final flight was lost: resend it (at most ``max_retransmissions``
-        times).  Anything else asks for a renegotiation, which we do not do; RFC 5246 §7.2.2
-        has the warning alert ``no_renegotiation`` for that answer.
-        """
-        if handshake_type(plaintext) == HandshakeType.finished:
-            self._resend_saved_final_flight()
-            return
-        # Handshake records skip the replay check, so cap the answers: a replayed record
-        # must not make us talk without end.
-        if self._renegotiation_refusals >= self._policy.max_retransmissions:
-            return
-        self._renegotiation_refusals += 1
-        with contextlib.suppress(OverflowError):
-            self._outgoing.append(
-                protection.seal(
-                    ContentType.alert,
-                    encode_alert(AlertLevel.warning, AlertDescription.no_renegotiation),
-                )
-            )
-
-    def _read_application_data(self, datagram: bytes) -> list[SessionEvent]:
-        events: list[SessionEvent] = []
-        size = max(len(datagram), 1)
-        single_record = single_record_header(datagram)
-        if self._alerts_read:  # (no new list per datagram: alerts are rare)
-            self._alerts_read = []
-        while True:
-            try:
-                plaintext = self._connection.read(size)
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                if self._alerts_read and self._warning_that_is_fatal() is not None:
-                    break  # the fatal-only warning came before the close_notify
-                # RFC 5246 §7.2.1: answer close_notify with our own before closing.
-                with contextlib.suppress(SSL.Error):
-                    self._connection.shutdown()
-                self._flush()
-                self.state = SessionState.CLOSED
-                events.append(RemoteClosed())
-                return events
-            except SSL.Error as error:
-                if self._alerts_read and self._warning_that_is_fatal() is not None:
-                    break
-                events.extend(self._fail(openssl_error_reason(error), None))
-                return events
-            if self._alerts_read and self._warning_that_is_fatal() is not None:
-                break  # this plaintext came after the alert: nothing after it counts
-            if plaintext:
-                events.append(ApplicationData(plaintext))
-                if single_record is not None:
-                    # The datagram was one record and it is consumed: asking OpenSSL again
-                    # would only raise WantReadError, and an exception per datagram is a
-                    # measurable share of a round trip.
-                    break
-        if self._alerts_read:
-            failure = self._warning_that_is_fatal()
-            if failure is not None:
-                events.extend(self._fail(failure.reason, None))
-                return events
-            if not events:
-                return events  # an authenticated warning (user_canceled, ...): nothing dropped
-        # A retransmitted client flight makes OpenSSL re-emit our final flight: send it.
-        reemitted = self._flush()
-        if events:
-            if single_record is not None:
-                if single_record.content_type == _APPLICATION_DATA:
-                    self._replay.mark(single_record.epoch, single_record.sequence_number)
-            else:
-                for record in _records_or_none(datagram) or []:
-                    if record.content_type == _APPLICATION_DATA:
-                        self._replay.mark(record.epoch, record.sequence_number)
-            self._final_flight = []  # authentic data: the peer has finished its handshake
-        else:
-            records = _records_or_none(datagram)
-            reason = DropReason.MALFORMED if records is None else self._classify_drop(records)
-            if (
-                reason == DropReason.HANDSHAKE_RETRANSMISSION
-                and not reemitted
-                and records
-                and _has_protected_handshake(records)
-                and not self._resend_final_flight(records)
-            ):
-                # Not a copy of its Finished, and OpenSSL did not take it as a fresh one.
-                reason = DropReason.AUTHENTICATION
-            events.append(RecordsDropped(reason))
-        return events
-
-    def _resend_final_flight(self, records: list[Record]) -> bool:
-        """Answer the peer's retransmitted final flight with our final flight, byte for byte.
-
-        OpenSSL re-emits our final flight only if the peer's retransmitted Finished passes its
-        replay check, that is, only if the peer's OpenSSL made fresh records.  A peer that
-        resends its flight byte for byte (as :meth:`handle_timer` does whenever OpenSSL's
-        real-time timer is not due yet: under a mock clock, or with a policy faster than
-        OpenSSL's own 1 s doubling) has its Finished dropped as a replay, and would wait
-        forever for our lost final flight.  So: a datagram carrying a protected handshake
-        record (the peer's Finished) that made OpenSSL send nothing gets our saved final flight,
-        at most ``max_retransmissions`` times.  Answers whether the datagram was such a copy.
-
-        Only for a byte-for-byte copy of the peer's Finished that completed the handshake: a
-        record OpenSSL dropped without a word may as well be a forgery, and forged "Finished"
-        records must not make us talk, nor use up the resends.
-        """
-        finished = self._peer_finished
-        if finished is not None and any(
-            r.raw == finished
-            for r in records
-            if r.epoch > 0 and r.content_type == ContentType.handshake
-        ):
-            self._resend_saved_final_flight()
-            return True
-        return False
-
-    def _resend_saved_final_flight(self) -> None:
-        """Queue our saved final flight again, at most ``max_retransmissions`` times."""
-        if self._final_flight and self._final_flight_resends < self._policy.max_retransmissions:
-            self._final_flight_resends += 1
-            self._outgoing.extend(self._final_flight)
-
-    def _classify_drop(self, records: list[Record]) -> DropReason:
-        """Why a well-framed datagram gave no plaintext (OpenSSL drops silently)."""
-        protected = [r for r in records if r.epoch > 0]
-        if not protected:
-            return DropReason.HANDSHAKE_RETRANSMISSION
-        reasons = [
-            self._unverifiable(r.content_type, r.epoch, r.sequence_number, len(r.fragment))
-            for r in protected
-        ]
-        if all(reasons):
-            # Judged without OpenSSL's help: another epoch, or a length no key opens.
-            return next(reason for reason in reasons if reason is not None)
-        application = [r for r in protected if r.content_type == ContentType.application_data]
-        if application and all(self._replay.seen(r.epoch, r.sequence_number) for r in application):
-            return DropReason.REPLAY
-        if not application:
-            # Protected handshake records (a retransmitted Finished) are not forgeries.
-            return DropReason.HANDSHAKE_RETRANSMISSION
-        return DropReason.AUTHENTICATION
