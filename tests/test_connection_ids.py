@@ -31,6 +31,7 @@ from trio_dtls_server import (
     ServerConfig,
 )
 from trio_dtls_server._codes import DropReason, FailureKind
+from trio_dtls_server._handshake import HandshakeDriver
 from trio_dtls_server._openssl import (
     install_client_connection_id,
     install_server_connection_id,
@@ -231,7 +232,7 @@ def test_a_cid_with_a_suite_our_record_layer_cannot_protect_fails_the_handshake(
     """Should OpenSSL choose another suite than predicted (here: forced), or a foreign server
     answer a CID with a CBC suite, both sides fail the handshake with a reason rather than run
     an association whose records they cannot read."""
-    monkeypatch.setattr(DTLSSession, "_predict_suite", lambda self, hello: GCM)
+    monkeypatch.setattr(HandshakeDriver, "_predict_suite", lambda self, hello: GCM)
     result = cid_handshake(ciphers="PSK-AES128-CBC-SHA256")
     for session, events in (
         (result.server, result.server_events),

@@ -1000,7 +1000,7 @@ class DTLSServer:
 
     def _count_handshake_drops(self, session: DTLSSession) -> None:
         """Move what the session dropped during its handshake (forged or unexpected records,
-        see ``DTLSSession._handshake_datagram``) into the statistics, as it happens."""
+        see ``HandshakeDriver._handshake_datagram``) into the statistics, as it happens."""
         drops = session.handshake_drops
         if drops:
             for reason, count in drops.items():
