@@ -113,7 +113,7 @@ class HandshakeOutcome:
     resumed: bool = False
     peer_certificate: x509.Certificate | None = None
     tls_session: SSL.Session | None = None
-    max_plaintext: int = 2**14
+    max_plaintext: int = MAX_PLAINTEXT
     psk_identity: bytes | None = None
     connection_id: bytes | None = None
     peer_connection_id: bytes | None = None
