@@ -90,7 +90,7 @@ from ._protection import (
     aead_protector_for,
     records_or_none,
 )
-from ._records import RecordProtection, aead_suite, derive_key_block
+from ._records import RecordProtection, aead_suite, protection_from_key_block
 from ._session_events import (
     MAX_PLAINTEXT,
     HandshakeComplete,
@@ -646,34 +646,30 @@ class HandshakeDriver:
         if self._cid_translator is not None:
             return self._cid_translator
         connection = self._connection
-        suite = aead_suite(current_cipher_name(connection) or "")
+        cipher = current_cipher_name(connection) or ""
         try:
             master_secret = connection.master_key() or b""
         except SSL.Error:  # no key exchange yet
             return None
-        client_random = connection.client_random() or b""
-        server_random = connection.server_random() or b""
-        if suite is None or len(master_secret) != 48:
+        self._cid_translator = self._epoch1_keys(cipher, master_secret)
+        return self._cid_translator
+
+    def _epoch1_keys(self, cipher: str, master_secret: bytes) -> RecordProtection | None:
+        """Our record layer's keys of epoch 1, derived from OpenSSL's secrets, unproven; None
+        for a suite :mod:`._records` does not protect, or before OpenSSL has the secrets."""
+        suite = aead_suite(cipher)
+        if suite is None:
             return None
-        if len(client_random) != 32 or len(server_random) != 32:
-            return None
-        client_key, server_key, client_iv, server_iv = derive_key_block(
-            suite, master_secret, client_random, server_random
-        )
-        if self._is_server:
-            keys = (client_key, client_iv, server_key, server_iv)
-        else:
-            keys = (server_key, server_iv, client_key, client_iv)
-        self._cid_translator = RecordProtection(
+        connection = self._connection
+        return protection_from_key_block(
             suite,
+            is_server=self._is_server,
+            master_secret=master_secret,
+            client_random=connection.client_random() or b"",
+            server_random=connection.server_random() or b"",
             epoch=1,
-            read_key=keys[0],
-            read_iv=keys[1],
-            write_key=keys[2],
-            write_iv=keys[3],
             next_sequence=0,
         )
-        return self._cid_translator
 
     def _peer_cid_record_for_openssl(self, raw: bytes) -> bytes | None:
         """The peer's ``tls12_cid`` handshake record (its Finished), re-sealed in the standard
@@ -1057,30 +1053,11 @@ class HandshakeDriver:
             return self._early_verifier
         self._verifier_tried = True
         connection = self._connection
-        suite = aead_suite(connection.get_cipher_name() or "")
-        master_secret = connection.master_key() or b""
-        client_random = connection.client_random() or b""
-        server_random = connection.server_random() or b""
-        if suite is None or len(master_secret) != 48:
-            return None
-        if len(client_random) != 32 or len(server_random) != 32:
-            return None
-        client_key, server_key, client_iv, server_iv = derive_key_block(
-            suite, master_secret, client_random, server_random
+        verifier = self._epoch1_keys(
+            connection.get_cipher_name() or "", connection.master_key() or b""
         )
-        if self._is_server:
-            keys = (client_key, client_iv, server_key, server_iv)
-        else:
-            keys = (server_key, server_iv, client_key, client_iv)
-        verifier = RecordProtection(
-            suite,
-            epoch=1,
-            read_key=keys[0],
-            read_iv=keys[1],
-            write_key=keys[2],
-            write_iv=keys[3],
-            next_sequence=0,
-        )
+        if verifier is None:
+            return None
         for own in self._own_protected:
             if own.epoch != 1 or (
                 verifier.decrypt_own(
