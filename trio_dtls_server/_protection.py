@@ -203,6 +203,28 @@ class _Protector:
         self.ending: RemoteClosed | ConnectionFailed | None = None
         self.newest_record_authenticated = False
 
+    def screen(self, datagram: bytes) -> DropReason | None:
+        """Why nothing in ``datagram`` can be authentic, from its record headers alone (each
+        judged by :meth:`_unverifiable`); None when some record may be.  Changes nothing."""
+        try:
+            headers = parse_record_headers(datagram)
+        except MalformedDatagram:
+            return DropReason.MALFORMED
+        reason: DropReason | None = None
+        for header in headers:
+            why = self._unverifiable(
+                header.content_type, header.epoch, header.sequence_number, header.length
+            )
+            if why is None:
+                return None
+            reason = reason or why
+        return reason
+
+    def _unverifiable(
+        self, content: int, epoch: int, sequence: int, length: int
+    ) -> DropReason | None:
+        raise NotImplementedError
+
     def _resend_saved_final_flight(self, outgoing: list[bytes]) -> None:
         """Queue our saved final flight again, at most ``max_retransmissions`` times."""
         if self._final_flight and self._final_flight_resends < self._max_resends:
@@ -249,21 +271,6 @@ class AeadProtector(_Protector):
     @property
     def encrypt_then_mac(self) -> bool:
         return False
-
-    def screen(self, datagram: bytes) -> DropReason | None:
-        try:
-            headers = parse_record_headers(datagram)
-        except MalformedDatagram:
-            return DropReason.MALFORMED
-        reason: DropReason | None = None
-        for header in headers:
-            why = self._unverifiable(
-                header.content_type, header.epoch, header.sequence_number, header.length
-            )
-            if why is None:
-                return None
-            reason = reason or why
-        return reason
 
     def _unverifiable(
         self, content: int, epoch: int, sequence: int, length: int
@@ -750,21 +757,6 @@ class OpenSSLProtector(_Protector):
         if lengths is not None and not lengths[0] <= length <= lengths[1]:
             return DropReason.BAD_LENGTH
         return None
-
-    def screen(self, datagram: bytes) -> DropReason | None:
-        try:
-            headers = parse_record_headers(datagram)
-        except MalformedDatagram:
-            return DropReason.MALFORMED
-        reason: DropReason | None = None
-        for header in headers:
-            why = self._unverifiable(
-                header.content_type, header.epoch, header.sequence_number, header.length
-            )
-            if why is None:
-                return None
-            reason = reason or why
-        return reason
 
     def _flush(self, outgoing: list[bytes]) -> list[bytes]:
         """Queue what OpenSSL wrote (an answer, an alert, our re-emitted final flight)."""
