@@ -108,6 +108,7 @@ from trio_dtls_server import (
     ServerEvent,
     StatisticsSnapshot,
 )
+from trio_dtls_server._protection import AeadProtector
 from trio_dtls_server._records import RecordProtection
 from trio_dtls_server._session import HANDSHAKE_KEPT_BUDGET
 from trio_dtls_server._wire import (
@@ -231,7 +232,8 @@ class Association:
         """The client's own record layer (the driver opens records with its keys)."""
         if self.client is None:
             return None
-        return self.client._session._records
+        protector = self.client._session._protector
+        return protector.protection if isinstance(protector, AeadProtector) else None
 
     def text(self, message: int, attempt: int) -> bytes:
         return f"{self.label} m{message:02d} a{attempt:02d}".encode()

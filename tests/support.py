@@ -58,6 +58,7 @@ from trio_dtls_server._openssl import (
     install_server_psk,
     new_dtls_context,
 )
+from trio_dtls_server._protection import AeadProtector
 from trio_dtls_server._records import RecordProtection
 from trio_dtls_server._session import DTLSSession, SessionEvent, SessionState
 from trio_dtls_server._transport import (
@@ -835,9 +836,9 @@ def seal_one(sender: DTLSSession, plaintext: bytes) -> bytes:
 
 def protection_of(session: DTLSSession) -> RecordProtection:
     """The session's own record layer (it must have released OpenSSL)."""
-    records = session._records
-    assert records is not None, "this session kept OpenSSL"
-    return records
+    protector = session._protector
+    assert isinstance(protector, AeadProtector), "this session kept OpenSSL"
+    return protector.protection
 
 
 def established(*sessions: DTLSSession) -> bool:

@@ -179,7 +179,8 @@ def test_a_wrong_key_still_gets_our_bad_record_mac_alert_with_cbc() -> None:
     """The client's Finished fails our MAC check now, before OpenSSL's: same answer as for
     AEAD suites, a fatal ``bad_record_mac`` alert, and the handshake fails on both sides."""
     result = begin_pair("PSK-AES128-CBC-SHA256")
-    result.client._psk_credentials = (IDENTITY.encode(), b"another key")
+    assert result.client._driver is not None
+    result.client._driver._psk_credentials = (IDENTITY.encode(), b"another key")
     support.exchange(result)
     assert result.server.state is result.client.state is SessionState.FAILED
     assert result.server.alert_sent == "bad_record_mac (20)"

@@ -182,7 +182,9 @@ async def test_waves_of_abandoned_handshakes_leave_nothing_behind(
 def _references(result: support.InMemoryHandshake) -> list[weakref.ref[object]]:
     """Weak references to both sessions of ``result`` and to their OpenSSL connections."""
     sessions = [result.server, result.client]
-    return [weakref.ref(obj) for s in sessions for obj in (s, s._connection)]
+    connections = [s.connection for s in sessions]
+    assert None not in connections
+    return [weakref.ref(obj) for s, c in zip(sessions, connections, strict=True) for obj in (s, c)]
 
 
 def test_a_session_and_its_openssl_connection_go_with_the_last_reference() -> None:
@@ -205,7 +207,7 @@ def test_a_session_and_its_openssl_connection_go_with_the_last_reference() -> No
         # Established on a CBC suite, which keeps OpenSSL's connection for its records.
         kept = support.handshake_in_memory(ciphers="PSK-AES128-CBC-SHA256")
         assert kept.server.state is SessionState.ESTABLISHED
-        assert kept.server._openssl is not None
+        assert kept.server.connection is not None
         references = _references(kept)
         del kept
         assert [ref() for ref in references] == [None] * 4

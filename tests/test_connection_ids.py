@@ -32,6 +32,7 @@ from trio_dtls_server import (
     ServerConfig,
 )
 from trio_dtls_server._codes import DropReason, FailureKind
+from trio_dtls_server._handshake import HandshakeDriver
 from trio_dtls_server._openssl import (
     install_client_connection_id,
     install_server_connection_id,
@@ -232,7 +233,7 @@ def test_a_cid_with_a_suite_our_record_layer_cannot_protect_fails_the_handshake(
     """Should OpenSSL choose another suite than predicted (here: forced), or a foreign server
     answer a CID with a CBC suite, both sides fail the handshake with a reason rather than run
     an association whose records they cannot read."""
-    monkeypatch.setattr(DTLSSession, "_predict_suite", lambda self, hello: GCM)
+    monkeypatch.setattr(HandshakeDriver, "_predict_suite", lambda self, hello: GCM)
     result = cid_handshake(ciphers="PSK-AES128-CBC-SHA256")
     for session, events in (
         (result.server, result.server_events),
@@ -687,8 +688,7 @@ async def test_a_client_asking_for_a_cid_gets_tls12_cid_records_from_the_server(
         assert client.server_connection_id is not None
         assert len(client.server_connection_id) == 8
         assert await talk(client, b"x") == b"echo: x"
-        assert client._session._records is not None
-        assert client._session._records.read_cid == client.connection_id
+        assert support.protection_of(client._session).read_cid == client.connection_id
 
 
 async def test_a_replayed_cid_record_from_a_new_address_moves_nothing() -> None:
@@ -876,8 +876,8 @@ async def test_the_server_counts_a_record_without_its_cid_and_serves_on() -> Non
             on_event=quiet,
         ) as client:  # fmt: skip
             assert await talk(client, b"one") == b"echo: one"
-            protection = client._session._records
-            assert protection is not None and protection.write_cid
+            protection = support.protection_of(client._session)
+            assert protection.write_cid
             cid, protection.write_cid = protection.write_cid, b""
             standard = protection.seal(ContentType.application_data, b"without")
             protection.write_cid = cid

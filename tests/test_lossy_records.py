@@ -285,7 +285,7 @@ async def test_a_hello_verify_request_numbered_like_the_final_flight_does_not_we
     # the client here resends byte for byte: the test gives the two hellos those numbers.
     # OpenSSL 4 would number the server's epoch-0 records from 1 (ServerHello 1, ... a
     # ChangeCipherSpec 4), which the client would drop as a replay of the HelloVerifyRequest;
-    # DTLSSession._renumbered starts them at the cookie'd hello's own number instead.
+    # HandshakeDriver._renumbered starts them at the cookie'd hello's own number instead.
     renumbered_cookied: list[bytes] = []
 
     def cookied_hello(datagram: SentDatagram) -> bool:

@@ -45,6 +45,7 @@ from trio_dtls_server._openssl import (
     install_client_psk,
     new_dtls_context,
 )
+from trio_dtls_server._protection import OpenSSLProtector
 from trio_dtls_server._records import (
     MAX_SEQUENCE,
     AeadSuite,
@@ -678,7 +679,7 @@ def test_a_cbc_suite_keeps_openssl_and_data_flows(suite_name: str) -> None:
     for session in (result.client, result.server):
         assert session.openssl_released is False
         assert session.connection is not None
-        assert session._records is None
+        assert isinstance(session._protector, OpenSSLProtector)
         assert session.cipher == suite_name
     for index, size in enumerate(MESSAGE_SIZES):
         to_server, to_client = message(index, size), message(50 + index, size)

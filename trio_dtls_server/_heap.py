@@ -3,7 +3,7 @@
 A handshake in flight holds one OpenSSL connection: about 80 KB of C memory in many blocks
 (record buffers, handshake hashes, the flight kept for retransmission).  When the handshakes of
 a wave end -- completed (an AEAD session then lets its connection go) or abandoned at the
-deadline -- every block is freed at once (see ``DTLSSession.__init__``: nothing waits for the
+deadline -- every block is freed at once (see ``HandshakeDriver.__init__``: nothing waits for the
 cycle collector).  glibc's malloc keeps freed memory for reuse, though, and gives it back to
 the system only from the top of the heap: with other blocks allocated above them the freed
 megabytes stay in the process, and the RSS stays at the wave's peak.  Measured with

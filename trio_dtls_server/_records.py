@@ -59,6 +59,7 @@ __all__ = [
     "split_inner_plaintext",
     "derive_key_block",
     "key_expansion",
+    "protection_from_key_block",
     "record_protection_for",
 ]
 
@@ -511,6 +512,40 @@ class RecordProtection:
             return None
 
 
+def protection_from_key_block(
+    suite: AeadSuite,
+    *,
+    is_server: bool,
+    master_secret: bytes,
+    client_random: bytes,
+    server_random: bytes,
+    epoch: int,
+    next_sequence: int,
+) -> RecordProtection | None:
+    """The record protection of ``epoch`` derived from the key block (RFC 5246 §6.3), reading
+    the peer's records and writing ours from ``next_sequence``; None when the secrets do not
+    have the sizes TLS 1.2 gives them (then nothing was derived).  Unchecked: the caller proves
+    the keys on records both sides sent before relying on them."""
+    if len(master_secret) != 48 or len(client_random) != 32 or len(server_random) != 32:
+        return None
+    client_key, server_key, client_iv, server_iv = derive_key_block(
+        suite, master_secret, client_random, server_random
+    )
+    if is_server:
+        read_key, read_iv, write_key, write_iv = client_key, client_iv, server_key, server_iv
+    else:
+        read_key, read_iv, write_key, write_iv = server_key, server_iv, client_key, client_iv
+    return RecordProtection(
+        suite,
+        epoch=epoch,
+        read_key=read_key,
+        read_iv=read_iv,
+        write_key=write_key,
+        write_iv=write_iv,
+        next_sequence=next_sequence,
+    )
+
+
 def record_protection_for(
     cipher_name: str,
     *,
@@ -533,28 +568,21 @@ def record_protection_for(
     suite = aead_suite(cipher_name)
     if suite is None or not peer_protected or not own_protected:
         return None
-    if len(master_secret) != 48 or len(client_random) != 32 or len(server_random) != 32:
-        return None
     epochs = {record.epoch for record in own_protected}
     if len(epochs) != 1:
         return None
     (epoch,) = epochs
-    client_key, server_key, client_iv, server_iv = derive_key_block(
-        suite, master_secret, client_random, server_random
-    )
-    if is_server:
-        read_key, read_iv, write_key, write_iv = client_key, client_iv, server_key, server_iv
-    else:
-        read_key, read_iv, write_key, write_iv = server_key, server_iv, client_key, client_iv
-    protection = RecordProtection(
+    protection = protection_from_key_block(
         suite,
+        is_server=is_server,
+        master_secret=master_secret,
+        client_random=client_random,
+        server_random=server_random,
         epoch=epoch,
-        read_key=read_key,
-        read_iv=read_iv,
-        write_key=write_key,
-        write_iv=write_iv,
         next_sequence=max(record.sequence_number for record in own_protected) + 1,
     )
+    if protection is None:
+        return None
     # At least one of the peer's records must open; others may be forgeries OpenSSL dropped.
     opened = 0
     for record in peer_protected:

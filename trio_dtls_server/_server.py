@@ -1000,7 +1000,7 @@ class DTLSServer:
 
     def _count_handshake_drops(self, session: DTLSSession) -> None:
         """Move what the session dropped during its handshake (forged or unexpected records,
-        see ``DTLSSession._handshake_datagram``) into the statistics, as it happens."""
+        see ``HandshakeDriver._handshake_datagram``) into the statistics, as it happens."""
         drops = session.handshake_drops
         if drops:
             for reason, count in drops.items():
@@ -1048,9 +1048,7 @@ class DTLSServer:
         if identity is None:
             return
         key, failure = await self._lookup_async(identity)
-        session.prefetched_psk = (identity, key)
-        if failure is not None:
-            session.psk_lookup_failure = failure
+        session.provide_psk(identity, key, failure)
 
     async def _check_resumed_identity(
         self, session: DTLSSession, events: list[SessionEvent]

@@ -1,4 +1,4 @@
-"""The sans-I/O DTLS session: one pyOpenSSL connection on memory BIOs, driven by datagrams and time.
+"""The sans-I/O DTLS session: one DTLS 1.2 association, driven by datagrams and time.
 
 A :class:`DTLSSession` owns no socket and reads no clock.  Its owner
 
@@ -8,123 +8,49 @@ A :class:`DTLSSession` owns no socket and reads no clock.  Its owner
   (the handshake retransmission timer);
 * sends whatever :meth:`~DTLSSession.take_datagrams` returns after every call.
 
-Retransmission follows one rule taken from experience: **let OpenSSL produce every byte**.  When
-our timer fires we ask OpenSSL to retransmit (``DTLSv1_handle_timeout``); OpenSSL keeps its own
-real-time timer, so if it does not think the time has come yet (a clock skew of microseconds, or
-a test running on Trio's ``MockClock``) we resend the datagrams of its last flight byte for byte.
-A receiver that already saw those records drops them as duplicates; one that lost them accepts
-them.  When the peer retransmits a flight after we finished (our final flight was lost), OpenSSL
-answers by re-emitting that final flight, and since we drain the write BIO after every step it
-goes out.  But OpenSSL drops a byte-for-byte resent flight as a replay, so when the peer's
-retransmitted Finished made OpenSSL send nothing we resend our saved final flight byte for byte
-(:meth:`~DTLSSession._resend_final_flight`).  We never re-pack records ourselves; the one
-renumbering is of a server's plaintext epoch-0 records, so that they follow the number our
-stateless HelloVerifyRequest used (:meth:`~DTLSSession._renumbered`).
+The session is a thin facade over the two seams of an association, and forwards:
 
-During the handshake, OpenSSL sees only records it can judge at once
-(:meth:`~DTLSSession._handshake_datagram`): anyone can send well-framed records from the peer's
-address, and OpenSSL ends a handshake for many of them.  A server passes on plaintext records
-only if they fit the client's next flight; the peer's protected records wait with us, one copy
-each within :data:`HANDSHAKE_KEPT_BUDGET` bytes, until OpenSSL has read the ChangeCipherSpec
-(its Finished) or the handshake is over (data that overtook the Finished).  The rest is dropped
-and counted (:attr:`~DTLSSession.handshake_drops`).
+* while :attr:`~DTLSSession.state` is ``HANDSHAKING``, a
+  :class:`~._handshake.HandshakeDriver` (``_handshake.py``): the OpenSSL connection on memory
+  BIOs, retransmission, the filtering of the peer's records, the PSK and connection-ID
+  callbacks, failure diagnosis.  It ends in a frozen :class:`HandshakeOutcome`
+  (:attr:`~DTLSSession.outcome`), a record protector and the early events; the session keeps
+  those and lets the driver go, so an idle established association holds none of the
+  handshake's state;
+* once ``ESTABLISHED``, a :class:`~._protection.RecordProtector` (``_protection.py``): records
+  protected by our own AEAD layer (the OpenSSL connection released), or by the OpenSSL
+  connection kept (CBC suites, ``release_openssl=False``).  No method here asks which.
 
-The one record we write ourselves during the handshake is an alert: OpenSSL silently drops a
-client Finished that fails authentication (a wrong PSK), so the client would only time out; we
-answer it with a plaintext fatal ``bad_record_mac`` alert
-(:meth:`~DTLSSession._reject_bad_finished`) when that Finished cannot be a stranger's
-(:meth:`~DTLSSession._feed_protected_handshake`).
-
-After the handshake, a session that negotiated an AEAD suite lets go of its OpenSSL connection
-(about 64 KiB) and protects records itself with :class:`~trio_dtls_server._records.RecordProtection`
-(a few KiB, and a quarter of the CPU per record).  It does so only once the keys it derived have
-opened the Finished records both sides really sent; otherwise, and for CBC suites or with
-``release_openssl=False``, OpenSSL goes on doing the work.  See ``_records.py``.
-
-Connection IDs (RFC 9146): OpenSSL negotiates the ``connection_id`` extension through the
-custom-extension callbacks (:meth:`~DTLSSession.connection_id_received`,
-:meth:`~DTLSSession.connection_id_to_answer`, :meth:`~DTLSSession.connection_id_to_offer`) but
-knows nothing of ``tls12_cid`` records.  So the session translates the two Finished records:
-the peer's ``tls12_cid`` Finished is opened with the epoch-1 keys derived from OpenSSL's master
-secret and re-sealed in the standard format, same key, epoch and sequence number, before
-OpenSSL reads it (:meth:`~DTLSSession._peer_cid_record_for_openssl`); every epoch-1 record
-OpenSSL writes is re-sealed as ``tls12_cid`` with the peer's CID
-(:meth:`~DTLSSession._cid_outgoing`).  After the handshake only our record layer runs a CID
-association (:meth:`~DTLSSession._open_cid_datagram`), and a record that authenticates and is
-the newest of its epoch sets :attr:`~DTLSSession.newest_record_authenticated`, which lets the
-owner move the association to the datagram's address (RFC 9146 §6).
-
-A CBC session with encrypt-then-MAC checks each record's MAC itself before OpenSSL sees it,
-because OpenSSL's DTLS record layer fails the association on a bad encrypt-then-MAC tag: one
-spoofed datagram would end it.  See ``_etm.py``.
+The events, :class:`SessionState`, :class:`RetransmitPolicy` and :class:`HandshakeOutcome` live
+in ``_session_events.py`` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import enum
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from cryptography import x509
 from OpenSSL import SSL
 
-from ._certificates import UnreadablePeerCertificate, peer_certificate
-from ._codes import DropReason, FailureKind
-from ._errors import ConfigError
-from ._etm import EtmGuard, etm_guard_for, etm_in_server_hello, mac_hash, read_guard
-from ._events import describe_exception
-from ._openssl import (
-    alert_name,
-    cipher_name_for_suite,
-    current_cipher_name,
-    drain_write_bio,
-    expect_server_name,
-    openssl_error_reason,
-    session_max_fragment_length,
-    session_psk_identity,
-    session_reused,
-    watch_alerts_read,
-)
-from ._records import (
-    RecordProtection,
-    ReplayWindow,
-    aead_suite,
-    derive_key_block,
-    record_protection_for,
-)
-from ._text import quote_peer_text
-from ._wire import (
-    FATAL_ONLY_ALERTS,
-    AlertDescription,
-    AlertLevel,
-    CidRecord,
-    ContentType,
-    HandshakeType,
-    MalformedDatagram,
-    Record,
-    encode_alert,
-    encode_plaintext_alert,
-    encode_record,
-    first_content_type,
-    handshake_type,
-    mentions_max_fragment_length,
-    pack_datagrams,
-    parse_alert,
-    parse_handshake_messages,
-    parse_initial_client_hello,
-    parse_psk_identity_from_flight,
-    parse_record_headers,
-    parse_records,
-    parse_records_with_cid,
-    parse_server_hello,
-    read_own_record,
-    renumber_plaintext_records,
-    single_application_record,
-    single_record_header,
-    split_records,
+from ._codes import DropReason
+from ._handshake import HANDSHAKE_KEPT_BUDGET, HandshakeDriver
+from ._protection import RecordProtector
+from ._session_events import (
+    MAX_PLAINTEXT,
+    ApplicationData,
+    ConnectionFailed,
+    HandshakeComplete,
+    HandshakeFailed,
+    HandshakeOutcome,
+    HandshakeProgress,
+    PskIdentity,
+    RecordsDropped,
+    RemoteClosed,
+    RetransmitPolicy,
+    Retransmitted,
+    SessionEvent,
+    SessionState,
 )
 
 __all__ = [
@@ -135,6 +61,7 @@ __all__ = [
     "DTLSSession",
     "HandshakeComplete",
     "HandshakeFailed",
+    "HandshakeOutcome",
     "HandshakeProgress",
     "PskIdentity",
     "RecordsDropped",
@@ -145,416 +72,61 @@ __all__ = [
     "SessionState",
 ]
 
-#: The most plaintext one DTLS record (and so one datagram) can carry: 2^14 bytes.
-MAX_PLAINTEXT = 2**14
-
-
-@dataclass(frozen=True, slots=True)
-class RetransmitPolicy:
-    """When to retransmit an unanswered handshake flight, and when to give up.
-
-    The first retransmission comes ``initial`` seconds after the flight, each later one after
-    twice the previous interval, never more than ``maximum`` (RFC 6347 §4.2.4.1).  After
-    ``max_retransmissions`` unanswered retransmissions the handshake fails.
-    """
-
-    initial: float = 1.0
-    maximum: float = 60.0
-    max_retransmissions: int = 6
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.maximum:
-            raise ConfigError(
-                ("initial", "maximum"), "retransmission timers need 0 < initial <= maximum"
-            )
-        if self.max_retransmissions < 0:
-            raise ConfigError("max_retransmissions", "must be >= 0")
-
-    def interval(self, retransmissions_so_far: int) -> float:
-        """Seconds to wait after a flight sent when ``retransmissions_so_far`` were done."""
-        return min(self.initial * 2.0**retransmissions_so_far, self.maximum)
-
-
-class SessionState(enum.Enum):
-    HANDSHAKING = "handshaking"
-    ESTABLISHED = "established"
-    CLOSED = "closed"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeProgress:
-    """A handshake datagram was consumed and the handshake goes on (Qt: "in progress ...")."""
-
-
-@dataclass(frozen=True, slots=True)
-class PskIdentity:
-    """The server's PSK callback ran: the client named ``identity``; ``known``: a key was found."""
-
-    identity: bytes
-    known: bool
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeComplete:
-    """The handshake finished; ``resumed``: it was an abbreviated one (session resumption)."""
-
-    cipher: str
-    protocol: str
-    resumed: bool = False
-
-
-def failure_kind_of_openssl(reason: str) -> FailureKind:
-    """The kind of a handshake OpenSSL failed, from OpenSSL's own reason text.
-
-    Only ever given OpenSSL's words (``openssl_error_reason``): the library's fixed reason
-    strings and the names of alerts, never text of the peer's.
-    """
-    text = reason.lower()
-    if "psk identity not found" in text or "unknown psk identity" in text:
-        return FailureKind.UNKNOWN_IDENTITY
-    if "certificate" in text or "unknown ca" in text:
-        return FailureKind.BAD_CERTIFICATE
-    if "decrypt" in text or "bad record mac" in text or "digest check failed" in text:
-        return FailureKind.WRONG_KEY
-    if "no shared cipher" in text or "no suitable" in text:
-        return FailureKind.NO_SHARED_CIPHER
-    if "alert" in text:
-        return FailureKind.ALERT_FROM_PEER
-    return FailureKind.OTHER
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeFailed:
-    """The handshake is over and failed; any alert OpenSSL wrote is already queued to send.
-
-    ``alert_sent`` names the fatal alert going to the peer (``unknown_psk_identity (115)``),
-    ``alert_received`` the one the peer sent us, when there is one; ``kind`` is the
-    statistics bucket (:class:`FailureKind`).
-    """
-
-    reason: str
-    alert_sent: str | None = None
-    alert_received: str | None = None
-    kind: FailureKind = FailureKind.OTHER
-
-
-@dataclass(frozen=True, slots=True)
-class Retransmitted:
-    """The timer fired and the last flight went out again (``attempt`` counts from 1)."""
-
-    attempt: int
-    datagrams: int
-
-
-@dataclass(frozen=True, slots=True)
-class ApplicationData:
-    data: bytes
-    #: The record it came in, when the owner cannot know it (data that overtook the Finished,
-    #: see :meth:`DTLSSession.take_early_events`); not part of equality.
-    record: bytes = field(default=b"", compare=False, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteClosed:
-    """The peer sent close_notify."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionFailed:
-    """An established connection broke (a fatal alert from the peer, or a protocol error)."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RecordsDropped:
-    """A datagram gave no plaintext, and why (a :class:`~._codes.DropReason`)."""
-
-    reason: DropReason
-
-
-SessionEvent = (
-    HandshakeProgress
-    | PskIdentity
-    | HandshakeComplete
-    | HandshakeFailed
-    | Retransmitted
-    | ApplicationData
-    | RemoteClosed
-    | ConnectionFailed
-    | RecordsDropped
-)
-
-
-#: The most bytes of the peer's protected (epoch 1) records a session keeps during a handshake,
-#: in one copy each, de-duplicated on content: its Finished while OpenSSL cannot read it yet
-#: (it overtook the ChangeCipherSpec), and application data or alerts that overtook the
-#: Finished (a resumed handshake whose client Finished was lost).  A Finished record is
-#: 40-80 bytes and the data that overtakes it is rare, so 8 KiB holds dozens of small
-#: readings or several MTU-sized datagrams, while 1,000 half-open handshakes (the default
-#: ``max_handshakes``) can hold at most 8 MiB this way.  OpenSSL sees none of these records
-#: before it can judge them (see :meth:`DTLSSession.receive_datagram`), so it never queues them.
-HANDSHAKE_KEPT_BUDGET = 8 * 1024
-#: The content types read per datagram (and per send), as module globals: reading an attribute
-#: of an Enum class costs ~100 ns on Python 3.11 (its metaclass has ``__getattr__``), a global
-#: ~15 ns.  The same members, not copies of the numbers.
-_APPLICATION_DATA = ContentType.application_data
-_ALERT = ContentType.alert
-_HANDSHAKE = ContentType.handshake
-_TLS12_CID = ContentType.tls12_cid
-#: Plaintext handshake messages a client may send after the server's first flight (server
-#: side), and the longest OpenSSL accepts of each (a longer one ends the handshake): its
-#: ``max_cert_list`` default, and the limits of ``ossl_statem_server_max_message_size``.
-_MAX_MESSAGE_LENGTH: dict[int, int] = {
-    HandshakeType.certificate: 102_400,
-    HandshakeType.client_key_exchange: 2_048,
-    HandshakeType.certificate_verify: 16_384,
-}
-#: The client's flight after our ServerHelloDone, by position after its ClientHello: asked for
-#: a certificate, a client sends Certificate (empty if it has none: RFC 5246 §7.4.6 says it
-#: MUST), ClientKeyExchange, then CertificateVerify if it had a certificate; any other client
-#: only ClientKeyExchange.  Anything else in those places would make OpenSSL end the handshake.
-_FLIGHT_AFTER_CERTIFICATE_REQUEST = (
-    frozenset({HandshakeType.certificate}),
-    frozenset({HandshakeType.client_key_exchange}),
-    frozenset({HandshakeType.certificate_verify}),
-)
-_FLIGHT_WITHOUT_CERTIFICATE = (frozenset({HandshakeType.client_key_exchange}),)
-#: The messages a ChangeCipherSpec follows in the client's flight.
-_BEFORE_CHANGE_CIPHER_SPEC = frozenset(
-    {HandshakeType.client_key_exchange, HandshakeType.certificate_verify}
-)
-#: OpenSSL's state strings (server side) while it still waits for the client's key exchange.
-_BEFORE_KEY_EXCHANGE = (b"write server done", b"read client certificate")
-
-
-def _plaintext_fatal_alert(datagrams: list[bytes]) -> str | None:
-    """The name of the first plaintext (epoch 0) fatal alert in ``datagrams``, or None."""
-    for datagram in datagrams:
-        try:
-            records = parse_records(datagram)
-        except MalformedDatagram:
-            continue
-        for record in records:
-            if record.content_type != ContentType.alert or record.epoch != 0:
-                continue
-            try:
-                level, description = parse_alert(record.fragment)
-            except MalformedDatagram:
-                continue
-            if level == AlertLevel.fatal:
-                return alert_name(description)
-    return None
-
-
-def _records_or_none(datagram: bytes) -> list[Record] | None:
-    """The datagram's records, or None if it does not split into DTLS records."""
-    try:
-        return parse_records(datagram)
-    except MalformedDatagram:
-        return None
-
-
-def _has_protected_handshake(records: list[Record]) -> bool:
-    """A Finished (or a later handshake message) travels in a protected handshake record."""
-    return any(r.epoch > 0 and r.content_type == ContentType.handshake for r in records)
-
-
-class _ReplayMirror:
-    """Remembers which application records OpenSSL accepted, to tell replays from forgeries.
-
-    OpenSSL silently discards both replayed records and records that fail authentication.  To
-    count them separately we keep the record layer's 64-record window
-    (:class:`~._records.ReplayWindow`, RFC 6347 §4.1.2.6) for the current epoch, updated only
-    with records that did decrypt.  It never decides anything: OpenSSL does.
-    """
-
-    __slots__ = ("_epoch", "_window")
-
-    def __init__(self) -> None:
-        self._epoch = -1
-        self._window = ReplayWindow()
-
-    def mark(self, epoch: int, sequence: int) -> None:
-        if epoch != self._epoch:
-            self._epoch, self._window = epoch, ReplayWindow()
-        self._window.mark(sequence)
-
-    def seen(self, epoch: int, sequence: int) -> bool:
-        return epoch == self._epoch and self._window.seen(sequence)
+#: The states read per datagram, as module globals: reading an attribute of an Enum class costs
+#: ~100 ns on Python 3.11 (its metaclass has ``__getattr__``), a global ~15 ns.  The same
+#: members, not copies.
+_ESTABLISHED = SessionState.ESTABLISHED
+_HANDSHAKING = SessionState.HANDSHAKING
 
 
 class DTLSSession:
     """One DTLS 1.2 association, sans I/O.  Build it with :meth:`server` or :meth:`client`."""
 
-    def __init__(
-        self,
-        connection: SSL.Connection,
-        *,
-        mtu: int,
-        policy: RetransmitPolicy,
-        psk_lookup: Callable[[bytes], bytes | None] | None = None,
-        psk_credentials: tuple[bytes, bytes] | None = None,
-        is_server: bool,
-        release_openssl: bool = True,
-    ) -> None:
-        self._openssl: SSL.Connection | None = connection
-        self._is_server = is_server
-        # RFC 9146 connection IDs.  Server: the CID we issue if the client offers the
-        # extension (None: never answer); client: the CID we offer (None: no extension).
-        self._cid_to_issue: bytes | None = None
-        self._cid_to_offer: bytes | None = None
-        self._predicted_suite: str | None = None
-        # What the peer's extension said (server: the CID the client wants on our records).
-        self._peer_cid_offer: bytes | None = None
-        #: The CID negotiated for the peer's records to us (the one we issued or asked for),
-        #: or None when the handshake negotiated no CID.  Non-empty: the peer's protected
-        #: records are ``tls12_cid`` records carrying it, its Finished included.
-        self.connection_id: bytes | None = None
-        #: The CID the peer asked us to put on our records, or None (not negotiated).
-        #: Non-empty: our protected records are ``tls12_cid`` records, our Finished included.
-        self.peer_connection_id: bytes | None = None
-        # The keys of epoch 1 used to translate the Finished records between OpenSSL's format
-        # and RFC 9146's during the handshake (see _cid_keys); built once OpenSSL has them.
-        self._cid_translator: RecordProtection | None = None
-        #: Set by each :meth:`receive_datagram` of an established CID association: True when
-        #: one of its records authenticated and was the newest the peer has sent in the epoch
-        #: (RFC 9146 §6: only such a record may move the association to a new address).
-        self.newest_record_authenticated = False
-        # The sequence number of the peer's Finished (CID associations): a byte-for-byte copy
-        # of it skips the replay check, so that it still triggers the bounded resend.
-        self._peer_finished_sequence: int | None = None
-        self._release_openssl = release_openssl
-        #: Our own record protection once OpenSSL's connection is released (see ``_records``).
-        self._records: RecordProtection | None = None
-        # The peer's protected records kept during the handshake (raw bytes, one copy each,
-        # HANDSHAKE_KEPT_BUDGET bytes in all): handshake records OpenSSL cannot read yet
-        # (_held), and data or alerts that overtook the peer's Finished (_early).
-        self._held: list[bytes] = []
-        self._early: list[bytes] = []
-        self._kept_bytes = 0
-        # Checks the peer's early records on arrival, once our own Finished proved the keys
-        # (see _verifier); None until then, or for suites we leave to OpenSSL.
-        self._early_verifier: RecordProtection | None = None
-        self._verifier_tried = False
-        # The peer's record that completed the handshake (its Finished), byte for byte: only a
-        # copy of it makes us resend our final flight (see _resend_final_flight).
-        self._peer_finished: bytes | None = None
-        # Our protected records (our Finished and its retransmissions), for _release_to_records.
-        #: The MAC check in front of OpenSSL for a CBC suite with encrypt-then-MAC (``_etm``).
-        self._etm: EtmGuard | None = None
-        # The same during the handshake: whether the ServerHello agreed to encrypt-then-MAC
-        # (None: not seen, or not readable), and the check once OpenSSL holds the keys.
-        self._etm_in_hello: bool | None = None
-        self._handshake_etm: EtmGuard | None = None
-        self._own_protected: list[Record] = []
-        # Server side: the message_seq of the client's ClientHello, and whether we asked for a
-        # certificate: what the client's next flight may hold (see _unexpected_plaintext).
-        self._hello_message_seq = 0
-        self._certificate_requested = False
-        # Whether our flight may hold a CertificateRequest at all (server side: the context
-        # asks for client certificates); if not, _note_sent need not parse our messages.
-        self._may_request_certificate = is_server
-        # Protected handshake records OpenSSL read and rejected while the peer's Finished was
-        # outstanding, for the failure reason.
-        self._finished_failures = 0
-        # The wrong-key diagnosis for flights split over datagrams (see
-        # _feed_protected_handshake): the ClientKeyExchange OpenSSL accepted (its record's
-        # fragment), whether the datagrams since carried only its flight, and how many
-        # Finished records failed in that place.
-        self._key_exchange: bytes | None = None
-        self._in_flight_chain = False
-        self._chained_failures = 0
-        # The protected record being fed to OpenSSL (see _feed_protected_handshake).
-        self._completing: bytes | None = None
-        #: Records dropped during the handshake, by :class:`~._codes.DropReason`; the owner
-        #: may take (and clear) them for its statistics.  A datagram that OpenSSL saw nothing
-        #: of is also reported as a :class:`RecordsDropped` event.
-        self.handshake_drops: collections.Counter[DropReason] = collections.Counter()
-        self._mtu = mtu
-        self._policy = policy
-        self._psk_lookup = psk_lookup
-        self._psk_credentials = psk_credentials
+    __slots__ = (
+        "__weakref__",
+        "_driver",
+        "_early_events",
+        "_max_plaintext",
+        "_outgoing",
+        "_protector",
+        "failure_reason",
+        "handshake_drops",
+        "outcome",
+        "startup_events",
+        "state",
+        "timer_deadline",
+    )
+
+    def __init__(self, driver: HandshakeDriver) -> None:
+        """Wrap a handshake just started (use :meth:`server` or :meth:`client`)."""
+        # The handshake while it runs; None once established (the record protector is then
+        # all that is needed), kept after a failure for its diagnosis (alert_sent, ...).
+        self._driver: HandshakeDriver | None = driver
+        #: Opens and seals records once established; None before.
+        self._protector: RecordProtector | None = None
         self._outgoing: list[bytes] = []
-        self._last_flight: list[bytes] = []
-        self._retransmissions = 0
-        # Our final handshake flight (the server's CCS + Finished), kept until the peer proves
-        # it arrived; see _resend_final_flight.
-        self._final_flight: list[bytes] = []
-        self._final_flight_resends = 0
-        self._renegotiation_refusals = 0
-        self._callback_events: list[SessionEvent] = []
-        # The alerts OpenSSL authenticated and read during the current read (see alert_read).
-        self._alerts_read: list[tuple[int, int]] = []
-        self._replay = _ReplayMirror()
+        #: The state; read by the owner after every call.
         self.state = SessionState.HANDSHAKING
         #: When :meth:`handle_timer` wants to be called next (same clock as ``now``), or None.
         self.timer_deadline: float | None = None
-        #: The PSK identity the client used (server side, once the PSK callback ran, or from
-        #: the session once a resumed handshake finished).
-        self.psk_identity: bytes | None = None
-        #: The one lookup an asynchronous PSK store answered before OpenSSL asked (server
-        #: side): ``(identity, key or None)``.  The owner fills it (see
-        #: :meth:`psk_identity_to_prefetch`), the PSK callback reads it.  One entry, never more:
-        #: a handshake makes at most one lookup, whatever the client sends.
-        self.prefetched_psk: tuple[bytes, bytes | None] | None = None
-        #: Why the key is missing (lookup timed out or raised), for the reason text.
-        self.psk_lookup_failure: str | None = None
-        # Server side, a PSK suite: the handshake message number of the client's
-        # ClientKeyExchange, the one after its verified ClientHello (see server()).
-        self._psk_key_exchange_seq: int | None = None
-        #: True once a handshake finished by resuming an earlier session.
-        self.resumed = False
-        #: The fatal alert we sent / received when the handshake failed (``name (number)``).
-        self.alert_sent: str | None = None
-        self.alert_received: str | None = None
-        # What our own alert needs if we must write one (see _reject_bad_finished): the next
-        # record sequence number of epoch 0, and whether we already sent protected records.
-        self._next_plaintext_sequence = 0
-        self._sent_protected = False
-        self._last_received = b""
         #: Why the handshake or the connection failed, once it did.
         self.failure_reason: str | None = None
-        #: What the first handshake step (inside :meth:`server` / :meth:`client`) caused.
-        self.startup_events: list[SessionEvent] = []
-        #: Facts about the finished handshake, kept because the OpenSSL connection may be gone:
-        #: the suite (``PSK-AES128-GCM-SHA256``), the protocol (``DTLSv1.2``), the peer's verified
-        #: certificate, and (client side) the session to resume later.
-        self.cipher = "unknown"
-        self.protocol = "unknown"
-        self.peer_certificate: x509.Certificate | None = None
-        self.ssl_session: SSL.Session | None = None
-        #: The most plaintext one of our records may carry: 2^14, or less if the peer asked
-        #: for a smaller max_fragment_length (RFC 6066 §4: constrained devices do).
-        self.max_plaintext = MAX_PLAINTEXT
-        # Whether the peer's ClientHello may carry max_fragment_length (server side; our own
-        # client never asks for it).  Reading the session's DER costs 4 µs a handshake, so
-        # only then: the extension (type 1, length 1) cannot be there without these bytes.
-        self._peer_may_limit_fragments = False
-        # Added to OpenSSL's epoch-0 record numbers (server side; see _renumbered).
-        self._epoch0_offset = 0
-        # Client side: whether a ServerHello came (see receive_datagram).
-        self._heard_server_hello = False
-        # Once established: the epoch the peer's records must carry, and the fragment lengths
-        # an AEAD suite can produce (None: a CBC suite, whose padding makes lengths vary).
-        # Used by screen() to judge records without cryptography.
-        self._read_epoch: int | None = None
-        self._fragment_lengths: tuple[int, int] | None = None
-        #: Application data the peer sent before its Finished was processed (it overtook the
-        #: handshake), and a close_notify or fatal alert that came with it; the owner takes
-        #: them with :meth:`take_early_events` once established.
+        #: What the finished handshake settled (None until then).
+        self.outcome: HandshakeOutcome | None = None
+        # outcome.max_plaintext, read by every send (an attribute, not a property: hot path).
+        self._max_plaintext = MAX_PLAINTEXT
+        #: Records dropped during the handshake, by :class:`~._codes.DropReason`; the owner
+        #: may take (and clear) them for its statistics.  A datagram that OpenSSL saw nothing
+        #: of is also reported as a :class:`RecordsDropped` event.  (The driver's counter:
+        #: the same object stays once the driver is gone.)
+        self.handshake_drops: collections.Counter[DropReason] = driver.handshake_drops
+        # Application data the peer sent before its Finished was processed (it overtook the
+        # handshake), and a close_notify or fatal alert that came with it; the owner takes
+        # them with take_early_events once established.
         self._early_events: list[SessionEvent] = []
-        # OpenSSL's callbacks (PSK, alerts read) find the session through the connection's app
-        # data -- through a weak proxy: the session owns the connection, and a strong reference
-        # back would make a cycle that only Python's cycle collector breaks.  Until a full
-        # collection (rare: the Python side of a session is a few small objects) every ended
-        # session would keep its connection, ~80 KB of C memory the collector does not see:
-        # under handshake churn the RSS grew by ~100 MB.  With the proxy, a session and its
-        # connection go the moment the last reference does.  The callbacks run only inside the
-        # session's own calls into OpenSSL, so the proxy is always alive when they use it.
-        connection.set_app_data(weakref.proxy(self))
-        connection.set_ciphertext_mtu(mtu)
+        #: What the first handshake step (inside :meth:`server` / :meth:`client`) caused.
+        self.startup_events: list[SessionEvent] = driver.startup_events
+        self._follow(driver)
 
     # -- construction -------------------------------------------------------------------------
 
@@ -578,55 +150,24 @@ class DTLSSession:
         the context must carry ``install_server_connection_id``.  None: never answer.
 
         ``psk_lookup`` answers the PSK callback; ``None`` means keys come only from
-        :attr:`prefetched_keys` (an asynchronous store) or that there is no PSK at all.
+        :meth:`provide_psk` (an asynchronous store) or that there is no PSK at all.
 
         ``context`` must accept every cookie (``set_cookie_verify_callback`` returning True):
-        the real, stateless check happened before any OpenSSL object existed.
-        ``DTLSv1_listen`` then sets up the handshake and record sequence numbers exactly as
-        OpenSSL expects for a ClientHello that follows a HelloVerifyRequest.
+        the real, stateless check happened before any OpenSSL object existed.  See
+        :meth:`.HandshakeDriver.server`.
         """
-        session = cls(
-            SSL.Connection(context, None),
-            mtu=mtu,
-            policy=policy,
-            psk_lookup=psk_lookup,
-            is_server=True,
-            release_openssl=release_openssl,
+        return cls(
+            HandshakeDriver.server(
+                context,
+                verified_client_hello,
+                now=now,
+                mtu=mtu,
+                policy=policy,
+                psk_lookup=psk_lookup,
+                release_openssl=release_openssl,
+                connection_id=connection_id,
+            )
         )
-        session._cid_to_issue = connection_id
-        if connection_id is not None:
-            session._predicted_suite = session._predict_suite(verified_client_hello)
-        session._peer_may_limit_fragments = mentions_max_fragment_length(verified_client_hello)
-        session._may_request_certificate = bool(context.get_verify_mode() & SSL.VERIFY_PEER)
-        hello_message_seq = hello_number = 0
-        with contextlib.suppress(MalformedDatagram, IndexError):  # verified: cannot fail
-            first = parse_records(verified_client_hello)[0]
-            hello_number = first.sequence_number
-            hello_message_seq = parse_handshake_messages(first.fragment)[0].message_seq
-            session._hello_message_seq = hello_message_seq
-        if 1 < hello_number < 2**40:  # OpenSSL starts at 1; leave room below 2^48
-            session._epoch0_offset = hello_number - 1
-        session._connection.set_accept_state()
-        session._connection.bio_write(verified_client_hello)
-        try:
-            session._connection.DTLSv1_listen()
-        except SSL.Error as error:
-            reason = f"ClientHello refused by OpenSSL: {openssl_error_reason(error)}"
-            session.startup_events = session._fail(reason, now)
-            return session
-        session.startup_events = session._step_handshake(now)
-        # Our own ServerHello, in the first flight: trusted bytes.  Encrypt-then-MAC applies
-        # to CBC suites only (RFC 7366 §3: never sent with an AEAD suite), so the flight is
-        # searched for it only when the suite is not one of ours.
-        suite = session._chosen_suite()
-        if suite is not None and aead_suite(suite) is not None:
-            session._etm_in_hello = False
-        else:
-            session._etm_in_hello = etm_in_server_hello(session._outgoing)
-        if session.state is SessionState.HANDSHAKING and suite and "PSK" in suite.split("-"):
-            # A PSK client sends no Certificate: its ClientKeyExchange comes next.
-            session._psk_key_exchange_seq = hello_message_seq + 1
-        return session
 
     @classmethod
     def client(
@@ -654,312 +195,164 @@ class DTLSSession:
         ``server_hostname`` is the name (or IP address) the server's certificate must carry,
         when the context verifies certificates; a DNS name is also sent as SNI.
         """
-        credentials = (identity, key) if identity is not None and key is not None else None
-        client = cls(
-            SSL.Connection(context, None),
-            mtu=mtu,
-            policy=policy,
-            psk_credentials=credentials,
-            is_server=False,
-            release_openssl=release_openssl,
+        return cls(
+            HandshakeDriver.client(
+                context,
+                now=now,
+                mtu=mtu,
+                policy=policy,
+                identity=identity,
+                key=key,
+                session=session,
+                server_hostname=server_hostname,
+                release_openssl=release_openssl,
+                connection_id=connection_id,
+            )
         )
-        client._cid_to_offer = connection_id
-        if session is not None:
-            client._connection.set_session(session)
-        if server_hostname is not None:
-            expect_server_name(client._connection, server_hostname)
-        client._connection.set_connect_state()
-        client.startup_events = client._step_handshake(now)
-        return client
 
-    # -- PSK callbacks (called by OpenSSL from inside do_handshake) -----------------------------
+    def _follow(self, driver: HandshakeDriver) -> None:
+        """Take over what a call into the driver changed: its datagrams, state and timer; and
+        once established, its outcome, record protector and early events (then let it go)."""
+        self._outgoing += driver.take_datagrams()
+        self.timer_deadline = driver.timer_deadline
+        self.failure_reason = driver.failure_reason
+        if driver.outcome is not None:
+            self.outcome = driver.outcome  # (kept even if the handshake failed after it)
+            self._max_plaintext = driver.outcome.max_plaintext
+        state = self.state = driver.state
+        if state is _ESTABLISHED:
+            self._protector = driver.protector
+            self._early_events = driver.early_events
+            self._driver = None
 
-    def psk_for_identity(self, identity: bytes) -> bytes | None:
-        if self.prefetched_psk is not None:
-            looked_up, key = self.prefetched_psk
-            if looked_up != identity:
-                # OpenSSL processed another ClientKeyExchange than the one looked up (a forged
-                # one got there first): no second lookup, the handshake fails.
-                key = None
-                self.psk_lookup_failure = "another identity was looked up for this handshake"
-        elif self._psk_lookup is not None:
-            try:
-                key = self._psk_lookup(identity)
-            except Exception as error:  # noqa: BLE001 - a broken store fails this handshake only
-                key = None
-                self.psk_lookup_failure = f"the store raised {describe_exception(error)}"
-        else:
-            key = None
-            if self.psk_lookup_failure is None:
-                self.psk_lookup_failure = (
-                    "no key was looked up for it (its ClientKeyExchange was not recognised)"
-                )
-        self.psk_identity = identity
-        self._callback_events.append(PskIdentity(identity, key is not None))
-        return key
-
-    def psk_identity_and_key(self, hint: bytes | None) -> tuple[bytes, bytes] | None:
-        return self._psk_credentials
+    # -- PSK: the owner's asynchronous lookups -------------------------------------------------
 
     def psk_identity_to_prefetch(self, datagram: bytes) -> bytes | None:
         """The identity an asynchronous store should look up for ``datagram``, or None.
 
-        That is the identity in its ClientKeyExchange if OpenSSL will process it: server side,
-        a PSK suite was chosen, the message number follows the client's verified hello, and
-        no lookup was made yet for this handshake (:attr:`prefetched_psk` is empty).  So one
-        handshake costs the store one lookup, however many ClientKeyExchanges the client
-        sends.  Raises :class:`~._wire.MalformedDatagram` for a datagram that does not parse
-        or names an identity longer than OpenSSL accepts.
+        See :meth:`.HandshakeDriver.psk_identity_to_prefetch`: one lookup per handshake, for
+        the ClientKeyExchange OpenSSL will process; answer it with :meth:`provide_psk`.
+        Raises :class:`~._wire.MalformedDatagram` for a datagram that does not parse.
         """
-        expected = self._psk_key_exchange_seq
-        if (
-            expected is None
-            or self.prefetched_psk is not None
-            or self.state is not SessionState.HANDSHAKING
-        ):
+        if self._driver is None:
             return None
-        return parse_psk_identity_from_flight(datagram, message_seq=expected)
+        return self._driver.psk_identity_to_prefetch(datagram)
 
-    def _predict_suite(self, verified_client_hello: bytes) -> str | None:
-        """The suite OpenSSL will choose for this ClientHello: the first of ours (server
-        preference order) that the client offers; None if none or unreadable."""
-        try:
-            hello = parse_initial_client_hello(verified_client_hello).hello
-        except MalformedDatagram:
-            return None
-        offered = {
-            cipher_name_for_suite(self._connection, suite) for suite in hello.cipher_suite_numbers()
-        }
-        for name in self._connection.get_cipher_list():
-            if name in offered:
-                return name
-        return None
-
-    def _chosen_suite(self) -> str | None:
-        """OpenSSL's name of the suite the ServerHello we just sent chose (read from our own
-        bytes: OpenSSL names the suite only once the handshake is over); None if not found."""
-        for datagram in self._outgoing:
-            for record in _records_or_none(datagram) or []:
-                fragment = record.fragment
-                plaintext_handshake = (
-                    record.epoch == 0 and record.content_type == ContentType.handshake
-                )
-                if (
-                    not plaintext_handshake
-                    or handshake_type(fragment) != HandshakeType.server_hello
-                ):
-                    continue
-                try:
-                    suite = parse_server_hello(fragment).cipher_suite
-                except MalformedDatagram:
-                    return None
-                return cipher_name_for_suite(self._connection, suite)
-        return None
-
-    # -- connection_id callbacks (called by OpenSSL from inside do_handshake) -----------------
-
-    def connection_id_to_offer(self) -> bytes | None:
-        """Client: the CID our ClientHello asks for, or None (no extension)."""
-        return None if self._is_server else self._cid_to_offer
-
-    def connection_id_received(self, cid: bytes) -> bool:
-        """The peer's ``connection_id`` extension (server: in the ClientHello; client: in the
-        ServerHello, which OpenSSL only passes on if we offered one).  False fails the
-        handshake (``decode_error``)."""
-        if self._is_server:
-            self._peer_cid_offer = cid
-            return True
-        if self._cid_to_offer is None:
-            return False
-        self.connection_id = self._cid_to_offer
-        self.peer_connection_id = cid
-        return True
-
-    def connection_id_to_answer(self) -> bytes | None:
-        """Server: the CID our ServerHello names, or None to send no extension (today's bytes).
-
-        Only when the client offered the extension, we have a CID to issue, this session will
-        hand its records to :mod:`._records` (``release_openssl``) and OpenSSL chose an AEAD
-        suite that module protects: CBC suites and kept OpenSSL connections get no CID, since
-        only our own record layer speaks RFC 9146.
-        """
-        issue, wanted = self._cid_to_issue, self._peer_cid_offer
-        if not self._is_server or issue is None or wanted is None or not self._release_openssl:
-            return None
-        # OpenSSL has chosen the suite but exposes it only once the ServerHello is written
-        # (SSL_get_current_cipher is NULL here, and the bindings lack SSL_get_pending_cipher),
-        # so we predict it as OpenSSL picks it: our preference order, first suite the client
-        # offers.  Should OpenSSL skip that one (no shared group), the completed handshake
-        # checks the suite again and fails rather than run CID without our record layer.
-        cipher = current_cipher_name(self._connection) or self._predicted_suite
-        if cipher is None or aead_suite(cipher) is None:
-            return None
-        self.connection_id = issue
-        self.peer_connection_id = wanted
-        return issue
+    def provide_psk(self, identity: bytes, key: bytes | None, failure: str | None = None) -> None:
+        """The store's answer for ``identity``: its key, or None (unknown, or the lookup
+        failed, and ``failure`` says why, for the reason text).  The PSK callback uses it
+        instead of a synchronous lookup; a second answer for a handshake is ignored."""
+        if self._driver is not None:
+            self._driver.provide_psk(identity, key, failure)
 
     @property
-    def _read_cid(self) -> bytes:
-        """The CID the peer's protected records carry (b"": standard records)."""
-        return self.connection_id or b""
+    def psk_lookup_failure(self) -> str | None:
+        """Why the PSK lookup gave no key (it timed out or raised), or None."""
+        return self._driver.psk_lookup_failure if self._driver is not None else None
+
+    # -- what the handshake settled ------------------------------------------------------------
 
     @property
-    def _write_cid(self) -> bytes:
-        """The CID our protected records carry (b"": standard records)."""
-        return self.peer_connection_id or b""
-
-    def _cid_keys(self) -> RecordProtection | None:
-        """Epoch-1 keys to translate Finished records between OpenSSL's format and RFC 9146's.
-
-        Built once OpenSSL has a master secret (it read the key exchange) and the suite is one
-        of :mod:`._records`; None before.  These keys are only ever used to re-seal a record
-        under the same key, epoch and sequence number as the form it came in, so no nonce is
-        used for two different records; if they are wrong, the peer's Finished fails inside
-        OpenSSL as a forged one would, and ours fails at the peer.
-        """
-        if self._cid_translator is not None:
-            return self._cid_translator
-        connection = self._connection
-        suite = aead_suite(current_cipher_name(connection) or "")
-        try:
-            master_secret = connection.master_key() or b""
-        except SSL.Error:  # no key exchange yet
-            return None
-        client_random = connection.client_random() or b""
-        server_random = connection.server_random() or b""
-        if suite is None or len(master_secret) != 48:
-            return None
-        if len(client_random) != 32 or len(server_random) != 32:
-            return None
-        client_key, server_key, client_iv, server_iv = derive_key_block(
-            suite, master_secret, client_random, server_random
-        )
-        if self._is_server:
-            keys = (client_key, client_iv, server_key, server_iv)
-        else:
-            keys = (server_key, server_iv, client_key, client_iv)
-        self._cid_translator = RecordProtection(
-            suite,
-            epoch=1,
-            read_key=keys[0],
-            read_iv=keys[1],
-            write_key=keys[2],
-            write_iv=keys[3],
-            next_sequence=0,
-        )
-        return self._cid_translator
-
-    def _peer_cid_record_for_openssl(self, raw: bytes) -> bytes | None:
-        """The peer's ``tls12_cid`` handshake record (its Finished), re-sealed in the standard
-        format for OpenSSL; or a standard record that fails authentication inside OpenSSL
-        (the CID record did not open: a forgery or a wrong key, which OpenSSL then judges
-        like any failed Finished); None if it is not even a record of ours."""
-        try:
-            (record,) = parse_records_with_cid(raw, len(self._read_cid))
-        except (MalformedDatagram, ValueError):
-            return None
-        if not isinstance(record, CidRecord) or record.cid != self._read_cid:
-            return None
-        keys = self._cid_keys()
-        translated = None
-        if keys is not None:
-            translated = keys.reseal_peer_standard(
-                record.version, record.sequence_number, record.cid, record.fragment
-            )
-        if translated is None or first_content_type(translated) != ContentType.handshake:
-            return encode_record(
-                ContentType.handshake,
-                record.version,
-                record.epoch,
-                record.sequence_number,
-                record.fragment,
-            )
-        return translated
-
-    def _cid_outgoing(self, records: list[bytes]) -> list[bytes]:
-        """Our protected records as RFC 9146 wants them: ``tls12_cid`` with the peer's CID,
-        when it asked for a non-empty one (OpenSSL wrote them in the standard format)."""
-        cid = self._write_cid
-        if not cid:
-            return records
-        keys = self._cid_keys()
-        out: list[bytes] = []
-        for raw in records:
-            if keys is None or read_own_record(raw).epoch == 0:
-                out.append(raw)
-                continue
-            resealed = None
-            with contextlib.suppress(MalformedDatagram):
-                (record,) = parse_records(raw)
-                resealed = keys.reseal_own_as_cid(record, cid)
-            out.append(resealed if resealed is not None else raw)
-        return out
-
-    def _handshake_records(self, datagram: bytes) -> list[Record] | None:
-        """A datagram's records during the handshake; ``tls12_cid`` ones (where we issued a
-        CID) as protected handshake records holding the raw CID record, which
-        :meth:`_feed_protected_handshake` translates once OpenSSL can read it."""
-        read_cid = self._read_cid
-        if not read_cid or ContentType.tls12_cid not in datagram:
-            return _records_or_none(datagram)
-        try:
-            mixed = parse_records_with_cid(datagram, len(read_cid))
-        except MalformedDatagram:
-            return None
-        records: list[Record] = []
-        for record in mixed:
-            if isinstance(record, CidRecord):
-                if record.cid != read_cid or record.epoch == 0:
-                    self.handshake_drops[DropReason.WRONG_CID] += 1
-                    continue
-                records.append(
-                    Record(
-                        ContentType.handshake,
-                        record.version,
-                        record.epoch,
-                        record.sequence_number,
-                        record.fragment,
-                        record.raw,
-                    )
-                )
-            else:
-                records.append(record)
-        return records or None
-
-    # -- alert callback (called by OpenSSL from inside read, once OpenSSL is kept) -------------
-
-    def alert_read(self, level: int, description: int) -> None:
-        """OpenSSL authenticated and read one of the peer's alerts (see ``watch_alerts_read``).
-
-        OpenSSL acts on fatal alerts and close_notify itself but reads every other warning
-        without a word, fatal-only descriptions included; :meth:`_warning_that_is_fatal`
-        looks at what was noted here.
-        """
-        self._alerts_read.append((level, description))
-
-    # -- what the owner calls -----------------------------------------------------------------
+    def psk_identity(self) -> bytes | None:
+        """The PSK identity the client used (server side, once the PSK callback ran, or from
+        the session once a resumed handshake finished); None for a certificate handshake."""
+        if self.outcome is not None:
+            return self.outcome.psk_identity
+        return self._driver.psk_identity if self._driver is not None else None
 
     @property
-    def _connection(self) -> SSL.Connection:
-        if self._openssl is None:
-            raise RuntimeError("this session released its OpenSSL connection after the handshake")
-        return self._openssl
+    def cipher(self) -> str:
+        """The negotiated suite, once established (``"unknown"`` before)."""
+        return self.outcome.cipher if self.outcome is not None else "unknown"
+
+    @property
+    def protocol(self) -> str:
+        """The protocol version name, once established (``"unknown"`` before)."""
+        return self.outcome.protocol if self.outcome is not None else "unknown"
+
+    @property
+    def resumed(self) -> bool:
+        """True once a handshake finished by resuming an earlier session."""
+        return self.outcome is not None and self.outcome.resumed
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The peer's verified certificate, once established, if it showed one."""
+        return self.outcome.peer_certificate if self.outcome is not None else None
+
+    @property
+    def ssl_session(self) -> SSL.Session | None:
+        """Client side, once established: the TLS session a later association may resume."""
+        return self.outcome.tls_session if self.outcome is not None else None
+
+    @property
+    def max_plaintext(self) -> int:
+        """The most plaintext one of our records may carry: 2^14, or less if the peer asked
+        for a smaller max_fragment_length (RFC 6066 §4: constrained devices do)."""
+        return self._max_plaintext
+
+    @property
+    def connection_id(self) -> bytes | None:
+        """The CID negotiated for the peer's records to us (the one we issued or asked for),
+        or None when the handshake negotiated none.  Non-empty: the peer's protected records
+        are ``tls12_cid`` records carrying it, its Finished included."""
+        if self.outcome is not None:
+            return self.outcome.connection_id
+        return self._driver.connection_id if self._driver is not None else None
+
+    @property
+    def peer_connection_id(self) -> bytes | None:
+        """The CID the peer asked us to put on our records, or None (not negotiated).
+        Non-empty: our protected records are ``tls12_cid`` records, our Finished included."""
+        if self.outcome is not None:
+            return self.outcome.peer_connection_id
+        return self._driver.peer_connection_id if self._driver is not None else None
+
+    @property
+    def alert_sent(self) -> str | None:
+        """The fatal alert we sent when the handshake failed (``name (number)``), or None."""
+        return self._driver.alert_sent if self._driver is not None else None
+
+    @property
+    def alert_received(self) -> str | None:
+        """The fatal alert the peer sent when the handshake failed, or None."""
+        return self._driver.alert_received if self._driver is not None else None
+
+    def with_finished_failures(self, reason: str) -> str:
+        """``reason`` for a handshake that never finished, plus what its Finished did if it
+        failed (see :meth:`.HandshakeDriver.with_finished_failures`)."""
+        if self._driver is None:
+            return reason
+        return self._driver.with_finished_failures(reason)
+
+    # -- how records are protected -------------------------------------------------------------
 
     @property
     def connection(self) -> SSL.Connection | None:
         """The pyOpenSSL connection, or None once released after the handshake."""
-        return self._openssl
+        if self._protector is not None:
+            return self._protector.connection
+        return self._driver.connection if self._driver is not None else None
 
     @property
     def openssl_released(self) -> bool:
         """True once records are protected by :mod:`._records` rather than by OpenSSL."""
-        return self._records is not None
+        return self._protector is not None and self._protector.openssl_released
 
     @property
     def encrypt_then_mac(self) -> bool:
         """True once the session checks the peer's encrypt-then-MAC tags before OpenSSL does
         (a CBC suite with RFC 7366's extension, see :mod:`._etm`)."""
-        return self._etm is not None
+        return self._protector is not None and self._protector.encrypt_then_mac
+
+    @property
+    def newest_record_authenticated(self) -> bool:
+        """Set by each :meth:`receive_datagram` of an established CID association: True when
+        one of its records authenticated and was the newest the peer has sent in the epoch
+        (RFC 9146 §6: only such a record may move the association to a new address)."""
+        return self._protector is not None and self._protector.newest_record_authenticated
+
+    # -- what the owner calls -----------------------------------------------------------------
 
     def take_early_events(self) -> list[SessionEvent]:
         """What the peer's records that overtook its Finished said; the session forgets them.
@@ -999,549 +392,52 @@ class DTLSSession:
         established peer: junk an off-path attacker sends from the peer's address (records of
         another epoch, impossible lengths, replays) then never takes a place in the peer's bounded
         inbox nor costs a decryption.  :meth:`receive_datagram` applies the same rules record by
-        record.
+        record (see :meth:`~._protection.RecordProtector.screen`).
         """
-        if self.state is not SessionState.ESTABLISHED or self._read_epoch is None:
+        if self.state is not _ESTABLISHED or self._protector is None:
             return None
-        if self._records is not None and self._records.read_cid:
-            return self._screen_cid(datagram, self._records.read_cid)
-        try:
-            headers = parse_record_headers(datagram)
-        except MalformedDatagram:
-            return DropReason.MALFORMED
-        reason: DropReason | None = None
-        for header in headers:
-            why = self._unverifiable(
-                header.content_type, header.epoch, header.sequence_number, header.length
-            )
-            if why is None:
-                return None
-            reason = reason or why
-        return reason
-
-    def _screen_cid(self, datagram: bytes, read_cid: bytes) -> DropReason | None:
-        """:meth:`screen` for an association whose peer must put our CID on its records."""
-        try:
-            records = parse_records_with_cid(datagram, len(read_cid))
-        except MalformedDatagram:
-            return DropReason.MALFORMED
-        reason: DropReason | None = None
-        for record in records:
-            why: str | None
-            if isinstance(record, Record):
-                why = (
-                    DropReason.HANDSHAKE_RETRANSMISSION
-                    if record.epoch == 0
-                    else DropReason.MISSING_CID
-                )
-            elif record.cid != read_cid:
-                why = DropReason.WRONG_CID
-            else:
-                why = self._unverifiable(
-                    ContentType.tls12_cid,
-                    record.epoch,
-                    record.sequence_number,
-                    len(record.fragment),
-                )
-            if why is None:
-                return None
-            reason = reason or why
-        return reason
-
-    def _unverifiable(
-        self, content: int, epoch: int, sequence: int, length: int
-    ) -> DropReason | None:
-        """Why one record of an established session cannot be authentic, without crypto; or None.
-
-        The replay window is consulted only where our own record layer keeps it (it marks a
-        number only after the record authenticated).  With OpenSSL doing the work, our mirror
-        of its window (_ReplayMirror) may hold numbers of records that never authenticated,
-        so it names drops but must never decide them.
-        """
-        read_epoch = self._read_epoch
-        if epoch != read_epoch:
-            if read_epoch is not None and epoch < read_epoch:
-                return DropReason.HANDSHAKE_RETRANSMISSION
-            return DropReason.WRONG_EPOCH
-        lengths = self._fragment_lengths
-        if lengths is not None and not lengths[0] <= length <= lengths[1]:
-            return DropReason.BAD_LENGTH
-        # Handshake records skip the replay check: a retransmitted Finished may be byte for
-        # byte the one already seen, and it must still trigger the bounded resend.
-        protection = self._records
-        if (
-            protection is not None
-            and content != ContentType.handshake
-            and protection.replay.seen(sequence)
-            # A CID record's real type is inside: a copy of the peer's Finished must still
-            # reach _on_protected_handshake (and nothing else of that number authenticates).
-            and not (content == ContentType.tls12_cid and sequence == self._peer_finished_sequence)
-        ):
-            return DropReason.REPLAY
-        return None
+        return self._protector.screen(datagram)
 
     def receive_datagram(self, datagram: bytes, now: float) -> list[SessionEvent]:
         """Feed one datagram from the peer; return what it caused."""
-        if self.state in (SessionState.CLOSED, SessionState.FAILED):
-            return []
+        state = self.state
+        if state is _ESTABLISHED and datagram:
+            # The hot path: the record protector opens it.
+            protector = self._protector
+            assert protector is not None  # (established: the handshake gave one)
+            events = protector.open(datagram, self._outgoing)
+            if protector.ending is not None:
+                self._ended(protector.ending)
+            return events
+        if state is not _HANDSHAKING and state is not _ESTABLISHED:
+            return []  # closed or failed
         if not datagram:
             # A zero-length BIO write raises WantReadError out of pyOpenSSL; and there is
             # nothing in it for OpenSSL anyway.
             return [RecordsDropped(DropReason.MALFORMED)]
-        if self.state is not SessionState.HANDSHAKING:
-            if self._records is not None:
-                if self._records.read_cid:
-                    return self._open_cid_datagram(self._records, datagram)
-                return self._open_datagram(self._records, datagram)
-            if self._etm is not None:
-                # A record that fails its MAC would be fatal inside OpenSSL: never let it in.
-                screened = self._etm.screen(datagram)
-                if screened is None:
-                    malformed = _records_or_none(datagram) is None
-                    return [
-                        RecordsDropped(
-                            DropReason.MALFORMED if malformed else DropReason.AUTHENTICATION
-                        )
-                    ]
-                datagram = screened
-            self._connection.bio_write(datagram)
-            return self._read_application_data(datagram)
-        records = self._handshake_records(datagram)
-        if records is None:
-            # Epoch-0 records are unauthenticated: a spoofed datagram of garbage sent to a
-            # client's address mid-handshake would make OpenSSL abort that handshake.  What
-            # does not even split into DTLS records cannot be the peer's, so OpenSSL never
-            # sees it (well-framed forgeries still can; DTLS 1.2 offers no defence there).
-            return [RecordsDropped(DropReason.MALFORMED)]
-        if not self._is_server and not self._heard_server_hello:
-            first = records[0]
-            if first.epoch == 0 and first.content_type == ContentType.handshake:
-                message_type = handshake_type(first.fragment)
-                if message_type == HandshakeType.server_hello:
-                    self._heard_server_hello = True
-                    # The first ServerHello is the one OpenSSL acts on; later copies it drops.
-                    self._etm_in_hello = etm_in_server_hello([datagram])
-                elif message_type != HandshakeType.hello_verify_request:
-                    return [RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)]
-            elif not (first.epoch == 0 and first.content_type == ContentType.alert):
-                # Until the server answers this hello, anything else is a late datagram meant
-                # for an earlier client on this port (a device that restarted): OpenSSL would
-                # buffer its messages and mark its record numbers seen, and then drop the real
-                # ones as replays.
-                return [RecordsDropped(DropReason.HANDSHAKE_RETRANSMISSION)]
-        self._last_received = datagram
-        return self._handshake_datagram(records, now)
-
-    def _handshake_datagram(self, records: list[Record], now: float) -> list[SessionEvent]:
-        """A datagram during the handshake: OpenSSL sees only what it can judge right away.
-
-        Anyone can send a well-framed record from the peer's address, and OpenSSL ends a
-        handshake for many of them, so before it sees a record:
-
-        * a plaintext (epoch 0) record must fit the peer's next flight (server side, see
-          :meth:`_unexpected_plaintext`); the others are dropped and counted;
-        * a protected (epoch 1) handshake record (the peer's Finished) goes to OpenSSL only
-          once OpenSSL has read the peer's ChangeCipherSpec, and alone: OpenSSL then either
-          finishes the handshake with it or drops it for failing authentication, and we can
-          tell which.  Until then we hold it (OpenSSL would queue it in its own memory);
-        * protected application data and alerts never go to OpenSSL during the handshake: we
-          keep them (checked, where our keys are proven, see :meth:`_keep_early`) and open or
-          feed them once the handshake is over.
-
-        What we keep is one copy of each record, de-duplicated on content, at most
-        :data:`HANDSHAKE_KEPT_BUDGET` bytes.
-        """
-        plaintext: list[bytes] = []
-        protected_handshake: list[bytes] = []
-        drop: DropReason | None = None
-        follows_key_exchange = False
-        for record in records:
-            reason: DropReason | None = None
-            if record.epoch == 0:
-                reason = self._unexpected_plaintext(record, follows_key_exchange)
-                if reason is None:
-                    plaintext.append(record.raw)
-                    follows_key_exchange = (
-                        record.content_type == ContentType.handshake
-                        and handshake_type(record.fragment) in _BEFORE_CHANGE_CIPHER_SPEC
-                    )
-            elif record.epoch != 1:
-                reason = DropReason.UNEXPECTED  # no epoch but 1 exists before the handshake ends
-            elif record.content_type == ContentType.handshake:
-                protected_handshake.append(record.raw)
-            elif record.content_type in (ContentType.application_data, ContentType.alert):
-                reason = self._keep_early(record)
-            else:
-                reason = DropReason.UNEXPECTED  # a protected ChangeCipherSpec
-            if reason is not None:
-                drop = drop or reason
-                self.handshake_drops[reason] += 1
-        events: list[SessionEvent] = []
-        waiting_for_key_exchange = self._is_server and self._before_key_exchange()
-        if plaintext:
-            self._connection.bio_write(b"".join(plaintext))
-            events += self._step_handshake(now)
-        # The wrong-key diagnosis (see _feed_protected_handshake): did this datagram carry the
-        # key exchange OpenSSL accepted, or a copy of it, or only what follows it in a flight?
-        accepted_here = (
-            waiting_for_key_exchange
-            and bool(plaintext)
-            and self.state is SessionState.HANDSHAKING
-            and not self._before_key_exchange()
-        )
-        key_exchanges = [
-            r.fragment
-            for r in records
-            if r.epoch == 0
-            and r.content_type == ContentType.handshake
-            and handshake_type(r.fragment) == HandshakeType.client_key_exchange
-        ]
-        if accepted_here:
-            self._key_exchange = key_exchanges[0] if key_exchanges else None
-        if accepted_here or (
-            self._key_exchange is not None and self._key_exchange in key_exchanges
-        ):
-            self._in_flight_chain = True
-        elif any(
-            r.content_type
-            != (ContentType.change_cipher_spec if r.epoch == 0 else ContentType.handshake)
-            for r in records
-        ):
-            self._in_flight_chain = False
-        if self._held and self._openssl_reads_protected():
-            held, self._held = self._held, []
-            self._kept_bytes -= sum(len(raw) for raw in held)
-            for raw in held:
-                if self.state is not SessionState.HANDSHAKING:
-                    break
-                events += self._feed_protected_handshake(raw, now, in_chain=False, at_once=False)
-        for raw in protected_handshake:
-            if self.state is not SessionState.HANDSHAKING:
-                break
-            if self._openssl_reads_protected():
-                failures = self._finished_failures
-                events += self._feed_protected_handshake(
-                    raw, now, in_chain=self._in_flight_chain, at_once=accepted_here
-                )
-                if self._finished_failures > failures:
-                    drop = drop or DropReason.AUTHENTICATION
-            else:
-                reason = self._hold(raw)
-                if reason is not None:
-                    drop = drop or reason
-                    self.handshake_drops[reason] += 1
-        if not events and drop is not None:
-            # OpenSSL saw nothing of it, or only what it dropped: say why.  (Drops beside
-            # records OpenSSL took are only counted, in handshake_drops.)
-            return [RecordsDropped(drop)]
-        # One datagram, one report of progress (none if it ended the handshake), however many
-        # steps OpenSSL took.
-        progress = [e for e in events if isinstance(e, HandshakeProgress)]
-        if len(progress) > 1 or self.state is not SessionState.HANDSHAKING:
-            events = [e for e in events if not isinstance(e, HandshakeProgress)]
-            if self.state is SessionState.HANDSHAKING:
-                events.insert(0, progress[0])
-        return events or [HandshakeProgress()]
-
-    def _unexpected_plaintext(
-        self, record: Record, follows_key_exchange: bool
-    ) -> DropReason | None:
-        """Why a plaintext (epoch 0) record cannot be the peer's, or None to let OpenSSL see it.
-
-        Server side only (the client side has its own check in :meth:`receive_datagram`).
-        OpenSSL ends the handshake for a handshake message of a type it does not expect now,
-        for one whose fragment bounds or length are impossible, for plaintext application
-        data, for a malformed ChangeCipherSpec.  And a record OpenSSL takes, even one that
-        changes nothing, marks its record number as seen: the client's own record with that
-        number would then be dropped as a replay.  So only these pass: an alert of two bytes (a
-        client's fatal alert must still end its handshake at once: DTLS 1.2 cannot tell it
-        from a forged one), handshake records whose messages are numbered and typed as the
-        client's next flight (:data:`_FLIGHT_WITHOUT_CERTIFICATE` after the hello; none in a
-        resumed handshake) with lengths OpenSSL accepts, and a ChangeCipherSpec where OpenSSL
-        expects one (:meth:`_unexpected_change_cipher_spec`).  A message numbered before that
-        flight is a retransmission OpenSSL would discard anyway.
-        """
-        if not self._is_server:
-            return None
-        content = record.content_type
-        if content == ContentType.alert:
-            return None if len(record.fragment) == 2 else DropReason.UNEXPECTED
-        if content == ContentType.change_cipher_spec:
-            if record.fragment != b"\x01":
-                return DropReason.UNEXPECTED
-            return self._unexpected_change_cipher_spec(follows_key_exchange)
-        if content != ContentType.handshake:
-            return DropReason.UNEXPECTED  # application data never travels in plaintext
-        try:
-            messages = parse_handshake_messages(record.fragment)
-        except MalformedDatagram:
-            return DropReason.UNEXPECTED
-        if session_reused(self._connection):
-            flight: tuple[frozenset[int], ...] = ()  # the client answers with CCS + Finished
-        elif self._certificate_requested:
-            flight = _FLIGHT_AFTER_CERTIFICATE_REQUEST
-        else:
-            flight = _FLIGHT_WITHOUT_CERTIFICATE
-        first = self._hello_message_seq + 1
-        for message in messages:
-            position = message.message_seq - first
-            if position < 0:
-                return DropReason.HANDSHAKE_RETRANSMISSION
-            if (
-                position >= len(flight)
-                or message.msg_type not in flight[position]
-                or message.length > _MAX_MESSAGE_LENGTH[message.msg_type]
-            ):
-                return DropReason.UNEXPECTED
-        return None
-
-    def _unexpected_change_cipher_spec(self, follows_key_exchange: bool) -> DropReason | None:
-        """Why a ChangeCipherSpec cannot be the client's now, or None to let OpenSSL see it.
-
-        The client's comes right after its ClientKeyExchange (or CertificateVerify, when it
-        showed a certificate), in the same datagram or a later one; in a resumed handshake it
-        opens the client's flight.  Before that, OpenSSL would end a certificate client's
-        handshake for it, or take its record number from the client's own next record.
-        """
-        state = self._connection.get_state_string()
-        if b"read change cipher spec" in state:
-            return DropReason.HANDSHAKE_RETRANSMISSION  # OpenSSL has read the client's already
-        if follows_key_exchange or session_reused(self._connection):
-            return None
-        if b"read certificate verify" in state:
-            return None
-        if b"read client key exchange" in state and peer_certificate(self._connection) is None:
-            return None
-        return DropReason.UNEXPECTED
-
-    def _before_key_exchange(self) -> bool:
-        """Server side: OpenSSL still waits for the client's key exchange."""
-        state = self._connection.get_state_string()
-        return any(name in state for name in _BEFORE_KEY_EXCHANGE)
-
-    def _openssl_reads_protected(self) -> bool:
-        """OpenSSL has read the peer's ChangeCipherSpec: it judges a protected record at once."""
-        return b"read change cipher spec" in self._connection.get_state_string()
-
-    def _kept(self, raw: bytes) -> bool:
-        return raw in self._held or raw in self._early or raw == self._peer_finished
-
-    def _hold(self, raw: bytes) -> DropReason | None:
-        """Keep a protected handshake record OpenSSL cannot read yet; why not, if not.
-
-        It cannot be checked before OpenSSL has the keys, so when the budget is full the
-        oldest held record makes room: the peer's real Finished is the one that comes last.
-        """
-        if self._kept(raw):
-            return DropReason.REPLAY
-        if len(raw) > HANDSHAKE_KEPT_BUDGET:
-            return DropReason.OVER_BUDGET
-        reason = None
-        while self._held and self._kept_bytes + len(raw) > HANDSHAKE_KEPT_BUDGET:
-            self._kept_bytes -= len(self._held.pop(0))
-            reason = DropReason.OVER_BUDGET
-        if self._kept_bytes + len(raw) > HANDSHAKE_KEPT_BUDGET:
-            return DropReason.OVER_BUDGET  # the rest is checked data: it stays
-        self._held.append(raw)
-        self._kept_bytes += len(raw)
-        return reason
-
-    def _keep_early(self, record: Record) -> DropReason | None:
-        """Keep protected data or an alert that overtook the peer's Finished; why not, if not.
-
-        The peer can only have sent such a record after our Finished reached it (the client of
-        a resumed handshake, the server of a full one), so before we sent ours it is not the
-        peer's.  Once our Finished proves the keys we derive (see :meth:`_verifier`), a record
-        that does not authenticate is not the peer's either.  What passes is kept while it
-        fits; beyond the budget it is dropped, like a datagram lost on the way.
-        """
-        if not self._sent_protected:
-            return DropReason.UNEXPECTED
-        raw = record.raw
-        if self._kept(raw):
-            return DropReason.REPLAY
-        verifier = self._verifier()
-        if verifier is not None and (
-            verifier.decrypt(
-                record.content_type, record.version, record.sequence_number, record.fragment
-            )
-            is None
-        ):
-            return DropReason.AUTHENTICATION
-        if self._kept_bytes + len(raw) > HANDSHAKE_KEPT_BUDGET:
-            return DropReason.OVER_BUDGET
-        self._early.append(raw)
-        self._kept_bytes += len(raw)
-        return None
-
-    def _verifier(self) -> RecordProtection | None:
-        """Our record protection for the peer's epoch-1 records, built during the handshake.
-
-        Only once the keys it derives have opened our own Finished (OpenSSL's bytes), and only
-        for the AEAD suites of :mod:`._records`; None otherwise (then early records are kept
-        unchecked, within the budget).
-        """
-        if self._verifier_tried or not self._own_protected:
-            return self._early_verifier
-        self._verifier_tried = True
-        connection = self._connection
-        suite = aead_suite(connection.get_cipher_name() or "")
-        master_secret = connection.master_key() or b""
-        client_random = connection.client_random() or b""
-        server_random = connection.server_random() or b""
-        if suite is None or len(master_secret) != 48:
-            return None
-        if len(client_random) != 32 or len(server_random) != 32:
-            return None
-        client_key, server_key, client_iv, server_iv = derive_key_block(
-            suite, master_secret, client_random, server_random
-        )
-        if self._is_server:
-            keys = (client_key, client_iv, server_key, server_iv)
-        else:
-            keys = (server_key, server_iv, client_key, client_iv)
-        verifier = RecordProtection(
-            suite,
-            epoch=1,
-            read_key=keys[0],
-            read_iv=keys[1],
-            write_key=keys[2],
-            write_iv=keys[3],
-            next_sequence=0,
-        )
-        for own in self._own_protected:
-            if own.epoch != 1 or (
-                verifier.decrypt_own(
-                    own.content_type, own.version, own.sequence_number, own.fragment
-                )
-                is None
-            ):
-                return None
-        self._early_verifier = verifier
-        return verifier
-
-    def _feed_protected_handshake(
-        self, raw: bytes, now: float, *, in_chain: bool, at_once: bool
-    ) -> list[SessionEvent]:
-        """Give OpenSSL one protected handshake record, now that it reads them; judge the result.
-
-        OpenSSL has read the ChangeCipherSpec, so this record either finishes the handshake
-        (it was the peer's Finished) or is dropped for failing authentication, silently.  A
-        failure ends the handshake with ``bad_record_mac`` (a wrong PSK, see
-        :meth:`_reject_bad_finished`) only when the record cannot be a stranger's:
-
-        * ``at_once``: it came in the datagram whose key exchange OpenSSL accepted (Mbed TLS,
-          OpenSSL, Qt, GnuTLS send ClientKeyExchange, ChangeCipherSpec and Finished together);
-        * or it is the second such failure ``in_chain``: right after the key exchange, or a
-          byte-for-byte copy of it, with nothing but the ChangeCipherSpec between (tinydtls
-          sends each message in a datagram of its own, and retransmits all three).  One
-          forged record in that place fails once and is forgiven; the real client's Finished
-          still completes the handshake after it.
-
-        Any other failure is dropped and counted, and the handshake goes on.
-        """
-        events: list[SessionEvent] = []
-        if first_content_type(raw) == ContentType.tls12_cid:
-            translated = self._peer_cid_record_for_openssl(raw)
-            if translated is None:
-                self.handshake_drops[DropReason.WRONG_CID] += 1
-                return []
-            raw = translated
-        if not self._etm_rejects(raw):
-            self._connection.bio_write(raw)
-            self._completing = raw
-            events = self._step_handshake(now)
-            self._completing = None
-            if self.state is not SessionState.HANDSHAKING or not self._openssl_reads_protected():
-                return events
-        self._finished_failures += 1
-        if in_chain:
-            self._in_flight_chain = False  # a flight has one Finished
-            self._chained_failures += 1
-        if self._is_server and (at_once or self._chained_failures >= 2):
-            return events + self._reject_bad_finished(now)
-        self.handshake_drops[DropReason.AUTHENTICATION] += 1
-        return [e for e in events if not isinstance(e, HandshakeProgress)]
-
-    def _etm_rejects(self, raw: bytes) -> bool:
-        """Under encrypt-then-MAC, whether a protected handshake record fails its MAC.
-
-        OpenSSL fails the association on a bad encrypt-then-MAC tag, where an AEAD suite's
-        record that fails is dropped in silence.  So we check the tag first and treat a failure
-        as that silent drop (see :meth:`_feed_protected_handshake`); OpenSSL never sees it.
-        """
-        if not self._etm_in_hello:
-            return False
-        cipher = self._connection.get_cipher_name()
-        if cipher is not None and mac_hash(cipher) is None:
-            self._etm_in_hello = False  # a MAC we do not know: OpenSSL decides alone
-            return False
-        guard = self._handshake_guard()
-        return guard is None or not guard.authentic(raw)
-
-    def _handshake_guard(self) -> EtmGuard | None:
-        """The MAC check of the peer's epoch-1 records, once OpenSSL holds the keys."""
-        if self._handshake_etm is None:
-            connection = self._connection
-            cipher = connection.get_cipher_name()
-            if cipher is None:
-                return None
-            try:
-                master_secret = connection.master_key()
-            except SSL.Error:  # no key exchange yet: pyOpenSSL raises for an empty key
-                return None
-            self._handshake_etm = read_guard(
-                cipher,
-                is_server=self._is_server,
-                master_secret=master_secret or b"",
-                client_random=connection.client_random() or b"",
-                server_random=connection.server_random() or b"",
-            )
-        return self._handshake_etm
+        driver = self._driver
+        assert driver is not None  # (handshaking: the driver is there)
+        events = driver.receive_datagram(datagram, now)
+        self._follow(driver)
+        return events
 
     def handle_timer(self, now: float) -> list[SessionEvent]:
         """Retransmit the last flight if the timer is due; fail once retransmissions run out."""
-        if self.timer_deadline is None or now < self.timer_deadline:
+        driver = self._driver
+        if driver is None:
             return []
-        if self._retransmissions >= self._policy.max_retransmissions:
-            attempts = self._retransmissions
-            reason = f"no answer from the peer after {attempts} retransmissions"
-            return self._fail(self.with_finished_failures(reason), now, FailureKind.NO_ANSWER)
-        try:
-            self._connection.DTLSv1_handle_timeout()
-        except SSL.Error as error:
-            return self._fail(openssl_error_reason(error), now)
-        fresh = drain_write_bio(self._connection)
-        if fresh:
-            records = self._renumbered(split_records(fresh))
-            # A retransmitted Finished takes new record numbers: our own record layer must
-            # start after them (a number used twice would repeat a ChaCha20 nonce).
-            self._note_sent(records)
-            self._last_flight = pack_datagrams(self._cid_outgoing(records), self._mtu)
-        self._outgoing.extend(self._last_flight)
-        self._retransmissions += 1
-        self.timer_deadline = now + self._policy.interval(self._retransmissions)
-        return [Retransmitted(self._retransmissions, len(self._last_flight))]
-
-    def with_finished_failures(self, reason: str) -> str:
-        """``reason`` for a handshake that never finished, plus what its Finished did if it
-        failed (the owner's deadline uses it too): a wrong key that could not be told from
-        forged records (see :meth:`_feed_protected_handshake`) is still named in the end."""
-        if not self._finished_failures:
-            return reason
-        return (
-            f"{reason}; {self._finished_failures} record(s) in the place of its Finished failed "
-            "authentication (a wrong PSK, or forged records)"
-        )
+        events = driver.handle_timer(now)
+        self._follow(driver)
+        return events
 
     def send(self, data: bytes) -> None:
         """Encrypt ``data`` as one record; the datagram is then ready in :meth:`take_datagrams`."""
-        if self.state is not SessionState.ESTABLISHED:
+        if self.state is not _ESTABLISHED:
             raise RuntimeError(f"cannot send on a {self.state.value} DTLS session")
-        if len(data) > self.max_plaintext:
-            if self.max_plaintext < MAX_PLAINTEXT:
+        if len(data) > self._max_plaintext:
+            if self._max_plaintext < MAX_PLAINTEXT:
                 raise ValueError(
-                    f"the peer asked for records of at most {self.max_plaintext} bytes of "
+                    f"the peer asked for records of at most {self._max_plaintext} bytes of "
                     f"plaintext (max_fragment_length, RFC 6066), not {len(data)}"
                 )
             raise ValueError(
@@ -1550,26 +446,22 @@ class DTLSSession:
             )
         if not data:
             raise ValueError("refusing to send an empty datagram (DTLS peers treat it as noise)")
-        if self._records is not None:
-            try:
-                self._outgoing.append(self._records.seal(_APPLICATION_DATA, data))
-            except OverflowError as error:
-                self._fail(str(error), None)
-                raise
-            return
+        protector = self._protector
+        assert protector is not None  # (established: the handshake gave one)
         try:
-            self._connection.write(data)
-        except SSL.Error as error:
-            self._fail(openssl_error_reason(error), None)
+            self._outgoing.append(protector.seal(data))
+        except protector.seal_errors as error:
+            self._ended(ConnectionFailed(protector.seal_failed(error, self._outgoing)))
             raise
-        self._outgoing.append(drain_write_bio(self._connection))
 
     def close(self) -> None:
         """Queue close_notify (if established) and end the session; idempotent."""
-        if self.state is SessionState.ESTABLISHED:
+        if self.state is _ESTABLISHED:
             self._say_goodbye()
-        if self.state in (SessionState.HANDSHAKING, SessionState.ESTABLISHED):
+        if self.state is _HANDSHAKING or self.state is _ESTABLISHED:
             self.state = SessionState.CLOSED
+        if self._driver is not None:
+            self._driver.close()
         self.timer_deadline = None
 
     def abort(self, reason: str) -> None:
@@ -1582,649 +474,27 @@ class DTLSSession:
         wrong and may come back.  Either way the session ends; ``reason`` becomes its
         :attr:`failure_reason`.  Idempotent.
         """
-        if self.state is SessionState.HANDSHAKING:
-            self._queue_plaintext_alert(AlertDescription.internal_error)
-            self.state = SessionState.FAILED
-            self.failure_reason = reason
-        elif self.state is SessionState.ESTABLISHED:
+        if self.state is _HANDSHAKING:
+            assert self._driver is not None
+            self._driver.abort(reason)
+            self._follow(self._driver)
+        elif self.state is _ESTABLISHED:
             self.close()
             self.failure_reason = reason
         self.timer_deadline = None
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _queue_plaintext_alert(self, description: int) -> None:
-        """Queue a fatal alert of our own, in plaintext (epoch 0), during the handshake.
-
-        The peer reads it until we have sent our ChangeCipherSpec; after that nothing is
-        queued (OpenSSL cannot seal an alert on demand).  Numbered after OpenSSL's epoch-0
-        records, as :meth:`_reject_bad_finished` does.
-        """
-        if self._sent_protected:
-            return
-        self._outgoing.append(
-            encode_plaintext_alert(AlertLevel.fatal, description, self._next_plaintext_sequence)
-        )
-        self._next_plaintext_sequence += 1
-        self.alert_sent = alert_name(description)
-
     def _say_goodbye(self) -> None:
         """Queue our close_notify (a broken connection cannot say goodbye: then nothing)."""
-        if self._records is not None:
-            with contextlib.suppress(OverflowError):
-                self._outgoing.append(
-                    self._records.seal(
-                        ContentType.alert,
-                        encode_alert(AlertLevel.warning, AlertDescription.close_notify),
-                    )
-                )
-            return
-        with contextlib.suppress(SSL.Error):
-            self._connection.shutdown()
-        self._flush()
+        assert self._protector is not None  # (established: the handshake gave one)
+        self._protector.goodbye(self._outgoing)
 
-    def _flush(self) -> list[bytes]:
-        raw = drain_write_bio(self._connection)
-        if not raw:
-            return []
-        try:
-            records = self._renumbered(split_records(raw))
-        except MalformedDatagram:  # cannot happen with OpenSSL's own output; send it whole
-            records = []
-        if self.state is SessionState.HANDSHAKING:
-            self._note_sent(records)
-        # Every epoch-1 record OpenSSL writes (its Finished, retransmissions included) goes
-        # out in RFC 9146's format when the peer asked for a CID.
-        datagrams = pack_datagrams(self._cid_outgoing(records), self._mtu) if records else [raw]
-        self._outgoing.extend(datagrams)
-        return datagrams
-
-    def _renumbered(self, records: list[bytes]) -> list[bytes]:
-        """Our epoch-0 records, numbered after the client's verified ClientHello (server side).
-
-        Our stateless HelloVerifyRequest carries the record number of the ClientHello it
-        answers (RFC 6347 §4.2.1), and a client whose first hellos were lost has sent a few:
-        say 4.  But OpenSSL 4 numbers a server's epoch-0 records from 1 whatever the verified
-        hello's number, so its fourth record (a ChangeCipherSpec) would be 4 too, and the
-        client would drop it as a replay of the HelloVerifyRequest.  Starting at the verified
-        hello's own number, as older OpenSSL did, keeps every number new to the client.  The
-        numbers of plaintext records are not authenticated and not in the handshake hash.
-        """
-        return renumber_plaintext_records(records, self._epoch0_offset)
-
-    def _note_sent(self, records: list[bytes]) -> None:
-        """Track the records OpenSSL wrote for us (trusted bytes).
-
-        Epoch 0: the next free number, for our own alert (:meth:`_reject_bad_finished`).
-        Protected records (our Finished, and its retransmissions): kept for
-        :meth:`_release_to_records`, which checks the keys on them and numbers our next
-        record after the highest.
-        """
-        for raw in records:
-            record = read_own_record(raw)
-            if record.epoch == 0:
-                sequence = record.sequence_number
-                self._next_plaintext_sequence = max(self._next_plaintext_sequence, sequence + 1)
-                if record.content_type == ContentType.handshake and self._may_request_certificate:
-                    with contextlib.suppress(MalformedDatagram):
-                        types = {m.msg_type for m in parse_handshake_messages(record.fragment)}
-                        self._certificate_requested |= HandshakeType.certificate_request in types
-            else:
-                self._sent_protected = True
-                with contextlib.suppress(MalformedDatagram):
-                    self._own_protected.extend(parse_records(raw))
-
-    def _take_callback_events(self) -> list[SessionEvent]:
-        events, self._callback_events = self._callback_events, []
-        return events
-
-    def _step_handshake(self, now: float) -> list[SessionEvent]:
-        try:
-            self._connection.do_handshake()
-        except SSL.WantReadError:
-            events = self._take_callback_events()
-            flight = self._flush()
-            if flight:
-                # A new flight: the peer answered, so the retransmission clock starts over.
-                self._last_flight = flight
-                self._retransmissions = 0
-                self.timer_deadline = now + self._policy.interval(0)
-            events.append(HandshakeProgress())
-            return events
-        except SSL.Error as error:
-            events = self._take_callback_events()
-            reason, kind = self._handshake_failure(error)
-            return events + self._fail(reason, now, kind)
-        except UnreadablePeerCertificate as error:
-            # pyOpenSSL raises what our verify callback raised.  OpenSSL's queued alert says
-            # internal_error (it cannot know why the callback refused); ours says what is wrong.
-            events = self._take_callback_events()
-            drain_write_bio(self._connection)
-            self._queue_plaintext_alert(AlertDescription.bad_certificate)
-            return events + self._fail(str(error), now, FailureKind.BAD_CERTIFICATE)
-        events = self._take_callback_events()
-        self._final_flight = self._flush()
-        self.state = SessionState.ESTABLISHED
-        self.timer_deadline = None
-        self._last_flight = []
-        self._last_received = b""
-        connection = self._connection
-        self.resumed = session_reused(connection)
-        if self.resumed and self.psk_identity is None:
-            # A resumed handshake skips the PSK callback; the session remembers the identity.
-            self.psk_identity = session_psk_identity(connection)
-        self.cipher = connection.get_cipher_name() or "unknown"
-        self.protocol = connection.get_protocol_version_name()
-        self.peer_certificate = peer_certificate(connection)
-        if self._peer_may_limit_fragments:
-            self.max_plaintext = session_max_fragment_length(connection) or MAX_PLAINTEXT
-        if not self._is_server:
-            # Only a client resumes; on a server it would pin the session past the cache.
-            self.ssl_session = connection.get_session()
-        events.append(HandshakeComplete(self.cipher, self.protocol, self.resumed))
-        # Our own protected records (OpenSSL wrote them: trusted) carry the new epoch; DTLS 1.2
-        # moves both directions to it in the same handshake.
-        self._read_epoch = self._own_protected[0].epoch if self._own_protected else 1
-        suite = aead_suite(self.cipher)
-        if suite is not None:
-            self._fragment_lengths = (suite.overhead, MAX_PLAINTEXT + suite.overhead)
-            if self._read_cid:
-                # DTLSInnerPlaintext: at least the content type, at most 2^14 + 256 bytes
-                # with padding (RFC 9146 §4).
-                self._fragment_lengths = (suite.overhead + 1, MAX_PLAINTEXT + 256 + suite.overhead)
-        self._peer_finished = self._completing
-        if self._peer_finished is not None:
-            self._peer_finished_sequence = read_own_record(self._peer_finished).sequence_number
-        if self._release_openssl or self._read_cid or self._write_cid:
-            self._release_to_records()
-        if self._records is not None:
-            self._records.read_cid = self._read_cid
-            self._records.write_cid = self._write_cid
-        elif self._read_cid or self._write_cid:
-            # Only our record layer speaks RFC 9146: without it the peer's records cannot be
-            # read.  Our server answers only for suites it protects (a foreign server might
-            # not; or OpenSSL chose another suite than predicted, see connection_id_to_answer).
-            self.state = SessionState.HANDSHAKING  # so that _fail reports a failed handshake
-            kept = [e for e in events if not isinstance(e, HandshakeComplete)]
-            return kept + self._fail(
-                f"a connection ID was negotiated with {self.cipher}, whose records this "
-                "library cannot protect itself (RFC 9146 needs one of its AEAD suites)",
-                now,
-                FailureKind.NO_SHARED_CIPHER,
-            )
-        if self._records is None:
-            peer_finished = self._peer_finished
-            self._etm = etm_guard_for(
-                self.cipher,
-                is_server=self._is_server,
-                master_secret=connection.master_key() or b"",
-                client_random=connection.client_random() or b"",
-                server_random=connection.server_random() or b"",
-                peer_protected=(_records_or_none(peer_finished) or []) if peer_finished else [],
-                own_protected=self._own_protected,
-            )
-            self._read_early_records()
-        self._held = []
-        self._early = []
-        self._kept_bytes = 0
-        self._early_verifier = None
-        self._own_protected = []
-        # The Finished translation is over; its keys now live in self._records.
-        self._cid_translator = None
-        return events
-
-    def _read_early_records(self) -> None:
-        """OpenSSL stays: give it the records that overtook the peer's Finished, now.
-
-        They were kept out of OpenSSL during the handshake (see :meth:`_handshake_datagram`);
-        now it opens them, each as if it had just arrived, and what they say waits in
-        :meth:`take_early_events`.  Those that opened are marked in the replay mirror, so that
-        a late copy counts as a replay, not as a forgery.
-        """
-        connection = self._connection
-        # OpenSSL stays for the rest of the connection: from now on, hear its alerts.
-        watch_alerts_read(connection)
-        self._alerts_read = []
-        for raw in self._early:
-            if self._etm is not None and self._etm.screen(raw) is None:
-                # Its MAC fails: a forgery, which OpenSSL would end the association for.
-                self.handshake_drops[DropReason.AUTHENTICATION] += 1
-                continue
-            connection.bio_write(raw)
-            ending: SessionEvent | None = None
-            plaintext: bytes | None = None
-            try:
-                plaintext = connection.read(MAX_PLAINTEXT)
-            except SSL.WantReadError:  # a forgery, empty data or a warning alert
-                pass
-            except SSL.ZeroReturnError:  # the peer's close_notify came with it
-                ending = RemoteClosed()
-            except SSL.Error as error:
-                ending = ConnectionFailed(openssl_error_reason(error))
-            # A fatal-only warning read on the way comes first: nothing after it counts.
-            ending = self._warning_that_is_fatal() or ending
-            if ending is not None:
-                self._early_events.append(ending)
-                return
-            if plaintext is None:
-                continue
-            header = read_own_record(raw)
-            if header.content_type == ContentType.application_data:
-                self._replay.mark(header.epoch, header.sequence_number)
-            if plaintext:
-                self._early_events.append(ApplicationData(plaintext, raw))
-
-    def _release_to_records(self) -> None:
-        """Hand record protection to :mod:`._records` and let the OpenSSL connection go.
-
-        Only if the keys derived from the session open the Finished records both sides sent
-        (see :func:`~._records.record_protection_for`); otherwise OpenSSL carries on.  The
-        peer's application data (and alerts) that overtook its Finished sit in OpenSSL's
-        buffers, which are about to be freed, so we open them from our own copy and keep them
-        for :meth:`take_early_events`.
-        """
-        connection = self._connection
-        finished = self._peer_finished
-        handshake_records = _records_or_none(finished) or [] if finished is not None else []
-        protection = record_protection_for(
-            self.cipher,
-            is_server=self._is_server,
-            master_secret=connection.master_key() or b"",
-            client_random=connection.client_random() or b"",
-            server_random=connection.server_random() or b"",
-            peer_protected=handshake_records,
-            own_protected=self._own_protected,
-        )
-        if protection is None:
-            return
-        early = [record for raw in self._early for record in _records_or_none(raw) or []]
-        for record in early:
-            content = record.content_type
-            if content not in (ContentType.application_data, ContentType.alert):
-                continue
-            if record.epoch != protection.epoch:
-                continue
-            plaintext = protection.open_record(
-                content, record.version, record.sequence_number, record.fragment
-            )
-            if plaintext is None:
-                continue  # a forgery, or a copy of a record already opened
-            if content == ContentType.application_data:
-                if plaintext:
-                    self._early_events.append(ApplicationData(plaintext, record.raw))
-                continue
-            ending = self._alert_ending(plaintext)
-            if ending is not None:
-                self._early_events.append(ending)
-                break  # nothing the peer sent after its goodbye counts
-        self._records = protection
-        # OpenSSL forgets the session of a connection freed before a shutdown, as if it had
-        # failed; this one did not, so say it ended cleanly and keep it resumable.
-        connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
-        connection.set_app_data(None)
-        self._openssl = None
-
-    @staticmethod
-    def _alert_ending(plaintext: bytes) -> RemoteClosed | ConnectionFailed | None:
-        """How an authenticated alert ends the session; None for a warning, which changes
-        nothing (RFC 5246 §7.2.2) -- unless its description is one that RFC 5246 makes
-        always fatal (``FATAL_ONLY_ALERTS``): that ends the session like a fatal alert."""
-        try:
-            level, description = parse_alert(plaintext)
-        except MalformedDatagram:
-            return ConnectionFailed("the peer sent a malformed alert")
-        if description == AlertDescription.close_notify:
-            return RemoteClosed()
-        if level == AlertLevel.warning:
-            if description not in FATAL_ONLY_ALERTS:
-                return None
-            return ConnectionFailed(
-                f"the peer sent the alert {alert_name(description)} at warning level; "
-                "it is always fatal (RFC 5246 §7.2.2)"
-            )
-        return ConnectionFailed(f"the peer sent the fatal alert {alert_name(description)}")
-
-    def _warning_that_is_fatal(self) -> ConnectionFailed | None:
-        """The ending for a fatal-only warning OpenSSL read (:meth:`alert_read`), if any.
-
-        Fatal alerts and close_notify are not looked at here: OpenSSL acts on them itself.
-        """
-        for level, description in self._alerts_read:
-            if level == AlertLevel.warning and description in FATAL_ONLY_ALERTS:
-                ending = self._alert_ending(bytes((level, description)))
-                assert isinstance(ending, ConnectionFailed)
-                return ending
-        return None
-
-    def _handshake_failure(self, error: SSL.Error) -> tuple[str, FailureKind]:
-        """What to say of a handshake OpenSSL failed, and its kind (decided before the
-        peer's identity is quoted into the message)."""
-        reason = openssl_error_reason(error)
-        kind = failure_kind_of_openssl(reason)
-        if self.psk_identity is not None and kind is FailureKind.UNKNOWN_IDENTITY:
-            name = quote_peer_text(self.psk_identity)
-            if self.psk_lookup_failure is not None:
-                return (
-                    f"PSK lookup for {name} failed: {self.psk_lookup_failure} ({reason})",
-                    FailureKind.PSK_LOOKUP_FAILED,
-                )
-            return f"unknown PSK identity {name} ({reason})", kind
-        return reason, kind
-
-    def _fail(
-        self, reason: str, now: float | None, kind: FailureKind | None = None
-    ) -> list[SessionEvent]:
-        """End the session; during a handshake, :class:`HandshakeFailed` of ``kind`` (by
-        default read from ``reason``, which must then be OpenSSL's own words)."""
-        # OpenSSL leaves the fatal alert in the write BIO: send it so the peer fails fast.
-        sent = self._flush() if self._openssl is not None else []
-        was_handshaking = self.state is SessionState.HANDSHAKING
-        self.state = SessionState.FAILED
-        self.failure_reason = reason
-        self.timer_deadline = None
-        if not was_handshaking:
-            return [ConnectionFailed(reason)]
-        self.alert_sent = self.alert_sent or _plaintext_fatal_alert(sent)
-        self.alert_received = _plaintext_fatal_alert([self._last_received])
-        self._last_received = b""
-        if kind is None:
-            kind = failure_kind_of_openssl(reason)
-        return [HandshakeFailed(reason, self.alert_sent, self.alert_received, kind)]
-
-    def _reject_bad_finished(self, now: float) -> list[SessionEvent]:
-        """Fail the handshake and tell the peer with a fatal ``bad_record_mac`` alert.
-
-        OpenSSL has no way to send it, so this is the one record we write ourselves: a
-        plaintext epoch-0 alert, which the peer still reads because we have not sent our
-        ChangeCipherSpec yet (RFC 6347 §4.1.2.7 allows a fatal alert for an invalid record).
-        After our ChangeCipherSpec (a resumed handshake) only an encrypted alert would be read,
-        and OpenSSL cannot make one on demand, so then the handshake just fails.
-        """
-        if not self._sent_protected:
-            self._outgoing.append(
-                encode_plaintext_alert(
-                    AlertLevel.fatal,
-                    AlertDescription.bad_record_mac,
-                    self._next_plaintext_sequence,
-                )
-            )
-            self._next_plaintext_sequence += 1
-            self.alert_sent = alert_name(AlertDescription.bad_record_mac)
-        return self._fail(
-            "the peer's Finished failed authentication: the two sides derived different keys "
-            "(a wrong PSK?)",
-            now,
-            FailureKind.WRONG_KEY,
-        )
-
-    def _open_datagram(self, protection: RecordProtection, datagram: bytes) -> list[SessionEvent]:
-        """An established datagram, once OpenSSL is released: we open its records ourselves."""
-        record = single_application_record(datagram, protection.epoch)
-        if record is not None:
-            # The hot path: a datagram of one application record.
-            sequence = record.sequence_number
-            lengths = self._fragment_lengths
-            if lengths is not None and not lengths[0] <= len(record.fragment) <= lengths[1]:
-                return [RecordsDropped(DropReason.BAD_LENGTH)]
-            if protection.replay.seen(sequence):
-                return [RecordsDropped(DropReason.REPLAY)]
-            plaintext = protection.decrypt(
-                record.content_type, record.version, sequence, record.fragment
-            )
-            if plaintext is None:
-                return [RecordsDropped(DropReason.AUTHENTICATION)]
-            protection.replay.mark(sequence)
-            self._final_flight = []  # authentic data: the peer has finished its handshake
-            return [ApplicationData(plaintext)] if plaintext else []
-        records = _records_or_none(datagram)
-        if records is None:
-            return [RecordsDropped(DropReason.MALFORMED)]
-        events: list[SessionEvent] = []
-        drop: DropReason | None = None
-        for record in records:
-            content, sequence = record.content_type, record.sequence_number
-            # Epoch 0: the rest of the peer's retransmitted flight; a later one: not ours; an
-            # impossible length or a replay: nothing to decrypt.  (Handshake records skip the
-            # replay check: they change nothing but trigger a bounded resend.)
-            why = self._unverifiable(content, record.epoch, sequence, len(record.fragment))
-            if why is not None:
-                drop = drop or why
-                continue
-            plaintext = protection.decrypt(content, record.version, sequence, record.fragment)
-            if plaintext is None:
-                drop = drop or DropReason.AUTHENTICATION
-                continue
-            if content != _HANDSHAKE:
-                protection.replay.mark(sequence)
-            if content == _APPLICATION_DATA:
-                self._final_flight = []
-                if plaintext:
-                    events.append(ApplicationData(plaintext))
-            elif content == _ALERT:
-                ending = self._on_protected_alert(plaintext)
-                if ending is not None:
-                    events.append(ending)
-                    return events
-            elif content == _HANDSHAKE:
-                self._on_protected_handshake(protection, plaintext)
-                drop = drop or DropReason.HANDSHAKE_RETRANSMISSION
-        if not events and drop is not None:
-            events.append(RecordsDropped(drop))
-        return events
-
-    def _open_cid_datagram(
-        self, protection: RecordProtection, datagram: bytes
-    ) -> list[SessionEvent]:
-        """An established datagram on an association whose peer must use our CID (RFC 9146).
-
-        Each record must be a ``tls12_cid`` record carrying our CID; standard protected
-        records are dropped (:data:`DropReason.MISSING_CID`).  Sets
-        :attr:`newest_record_authenticated` when a record authenticated and was newer than
-        any the peer sent before in the epoch (RFC 9146 §6: the owner may then move the
-        association to the datagram's source address).
-        """
-        self.newest_record_authenticated = False
-        read_cid = protection.read_cid
-        try:
-            records = parse_records_with_cid(datagram, len(read_cid))
-        except MalformedDatagram:
-            return [RecordsDropped(DropReason.MALFORMED)]
-        events: list[SessionEvent] = []
-        drop: DropReason | None = None
-        for record in records:
-            if isinstance(record, Record):
-                drop = drop or (
-                    DropReason.HANDSHAKE_RETRANSMISSION
-                    if record.epoch == 0
-                    else DropReason.MISSING_CID
-                )
-                continue
-            sequence = record.sequence_number
-            if record.cid != read_cid:
-                drop = drop or DropReason.WRONG_CID
-                continue
-            why = self._unverifiable(_TLS12_CID, record.epoch, sequence, len(record.fragment))
-            if why is not None:
-                drop = drop or why
-                continue
-            newest = sequence > protection.replay.highest
-            opened = protection.decrypt_cid(record.version, sequence, record.cid, record.fragment)
-            if opened is None:
-                drop = drop or DropReason.AUTHENTICATION
-                continue
-            content, plaintext = opened
-            if content != _HANDSHAKE:
-                protection.replay.mark(sequence)
-                if newest:
-                    self.newest_record_authenticated = True
-            if content == _APPLICATION_DATA:
-                self._final_flight = []
-                if plaintext:
-                    events.append(ApplicationData(plaintext))
-            elif content == _ALERT:
-                ending = self._on_protected_alert(plaintext)
-                if ending is not None:
-                    events.append(ending)
-                    return events
-            elif content == _HANDSHAKE:
-                self._on_protected_handshake(protection, plaintext)
-                drop = drop or DropReason.HANDSHAKE_RETRANSMISSION
-            else:
-                drop = drop or DropReason.UNEXPECTED
-        if not events and drop is not None:
-            events.append(RecordsDropped(drop))
-        return events
-
-    def _on_protected_alert(self, plaintext: bytes) -> SessionEvent | None:
-        """The peer's authenticated alert: close_notify or fatal end the session."""
-        ending = self._alert_ending(plaintext)
+    def _ended(self, ending: RemoteClosed | ConnectionFailed) -> None:
+        """The record protector says the association ended: close or fail the session."""
         if isinstance(ending, RemoteClosed):
-            # RFC 5246 §7.2.1: answer close_notify with our own before closing.
-            self._say_goodbye()
             self.state = SessionState.CLOSED
-        elif isinstance(ending, ConnectionFailed):
-            self._fail(ending.reason, None)
-        return ending
-
-    def _on_protected_handshake(self, protection: RecordProtection, plaintext: bytes) -> None:
-        """A handshake message after the handshake: a retransmitted Finished, or renegotiation.
-
-        A Finished means our final flight was lost: resend it (at most ``max_retransmissions``
-        times).  Anything else asks for a renegotiation, which we do not do; RFC 5246 §7.2.2
-        has the warning alert ``no_renegotiation`` for that answer.
-        """
-        if handshake_type(plaintext) == HandshakeType.finished:
-            self._resend_saved_final_flight()
             return
-        # Handshake records skip the replay check, so cap the answers: a replayed record
-        # must not make us talk without end.
-        if self._renegotiation_refusals >= self._policy.max_retransmissions:
-            return
-        self._renegotiation_refusals += 1
-        with contextlib.suppress(OverflowError):
-            self._outgoing.append(
-                protection.seal(
-                    ContentType.alert,
-                    encode_alert(AlertLevel.warning, AlertDescription.no_renegotiation),
-                )
-            )
-
-    def _read_application_data(self, datagram: bytes) -> list[SessionEvent]:
-        events: list[SessionEvent] = []
-        size = max(len(datagram), 1)
-        single_record = single_record_header(datagram)
-        if self._alerts_read:  # (no new list per datagram: alerts are rare)
-            self._alerts_read = []
-        while True:
-            try:
-                plaintext = self._connection.read(size)
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                if self._alerts_read and self._warning_that_is_fatal() is not None:
-                    break  # the fatal-only warning came before the close_notify
-                # RFC 5246 §7.2.1: answer close_notify with our own before closing.
-                with contextlib.suppress(SSL.Error):
-                    self._connection.shutdown()
-                self._flush()
-                self.state = SessionState.CLOSED
-                events.append(RemoteClosed())
-                return events
-            except SSL.Error as error:
-                if self._alerts_read and self._warning_that_is_fatal() is not None:
-                    break
-                events.extend(self._fail(openssl_error_reason(error), None))
-                return events
-            if self._alerts_read and self._warning_that_is_fatal() is not None:
-                break  # this plaintext came after the alert: nothing after it counts
-            if plaintext:
-                events.append(ApplicationData(plaintext))
-                if single_record is not None:
-                    # The datagram was one record and it is consumed: asking OpenSSL again
-                    # would only raise WantReadError, and an exception per datagram is a
-                    # measurable share of a round trip.
-                    break
-        if self._alerts_read:
-            failure = self._warning_that_is_fatal()
-            if failure is not None:
-                events.extend(self._fail(failure.reason, None))
-                return events
-            if not events:
-                return events  # an authenticated warning (user_canceled, ...): nothing dropped
-        # A retransmitted client flight makes OpenSSL re-emit our final flight: send it.
-        reemitted = self._flush()
-        if events:
-            if single_record is not None:
-                if single_record.content_type == _APPLICATION_DATA:
-                    self._replay.mark(single_record.epoch, single_record.sequence_number)
-            else:
-                for record in _records_or_none(datagram) or []:
-                    if record.content_type == _APPLICATION_DATA:
-                        self._replay.mark(record.epoch, record.sequence_number)
-            self._final_flight = []  # authentic data: the peer has finished its handshake
-        else:
-            records = _records_or_none(datagram)
-            reason = DropReason.MALFORMED if records is None else self._classify_drop(records)
-            if (
-                reason == DropReason.HANDSHAKE_RETRANSMISSION
-                and not reemitted
-                and records
-                and _has_protected_handshake(records)
-                and not self._resend_final_flight(records)
-            ):
-                # Not a copy of its Finished, and OpenSSL did not take it as a fresh one.
-                reason = DropReason.AUTHENTICATION
-            events.append(RecordsDropped(reason))
-        return events
-
-    def _resend_final_flight(self, records: list[Record]) -> bool:
-        """Answer the peer's retransmitted final flight with our final flight, byte for byte.
-
-        OpenSSL re-emits our final flight only if the peer's retransmitted Finished passes its
-        replay check, that is, only if the peer's OpenSSL made fresh records.  A peer that
-        resends its flight byte for byte (as :meth:`handle_timer` does whenever OpenSSL's
-        real-time timer is not due yet: under a mock clock, or with a policy faster than
-        OpenSSL's own 1 s doubling) has its Finished dropped as a replay, and would wait
-        forever for our lost final flight.  So: a datagram carrying a protected handshake
-        record (the peer's Finished) that made OpenSSL send nothing gets our saved final flight,
-        at most ``max_retransmissions`` times.  Answers whether the datagram was such a copy.
-
-        Only for a byte-for-byte copy of the peer's Finished that completed the handshake: a
-        record OpenSSL dropped without a word may as well be a forgery, and forged "Finished"
-        records must not make us talk, nor use up the resends.
-        """
-        finished = self._peer_finished
-        if finished is not None and any(
-            r.raw == finished
-            for r in records
-            if r.epoch > 0 and r.content_type == ContentType.handshake
-        ):
-            self._resend_saved_final_flight()
-            return True
-        return False
-
-    def _resend_saved_final_flight(self) -> None:
-        """Queue our saved final flight again, at most ``max_retransmissions`` times."""
-        if self._final_flight and self._final_flight_resends < self._policy.max_retransmissions:
-            self._final_flight_resends += 1
-            self._outgoing.extend(self._final_flight)
-
-    def _classify_drop(self, records: list[Record]) -> DropReason:
-        """Why a well-framed datagram gave no plaintext (OpenSSL drops silently)."""
-        protected = [r for r in records if r.epoch > 0]
-        if not protected:
-            return DropReason.HANDSHAKE_RETRANSMISSION
-        reasons = [
-            self._unverifiable(r.content_type, r.epoch, r.sequence_number, len(r.fragment))
-            for r in protected
-        ]
-        if all(reasons):
-            # Judged without OpenSSL's help: another epoch, or a length no key opens.
-            return next(reason for reason in reasons if reason is not None)
-        application = [r for r in protected if r.content_type == ContentType.application_data]
-        if application and all(self._replay.seen(r.epoch, r.sequence_number) for r in application):
-            return DropReason.REPLAY
-        if not application:
-            # Protected handshake records (a retransmitted Finished) are not forgeries.
-            return DropReason.HANDSHAKE_RETRANSMISSION
-        return DropReason.AUTHENTICATION
+        self.state = SessionState.FAILED
+        self.failure_reason = ending.reason
+        self.timer_deadline = None

@@ -621,7 +621,7 @@ def renumber_plaintext_records(records: list[bytes], offset: int) -> list[bytes]
     added to the sequence number of every epoch-0 record; the others unchanged.
 
     The server numbers its epoch-0 records after the client's verified ClientHello (see
-    ``DTLSSession._renumbered``); the numbers of plaintext records are not authenticated and
+    ``HandshakeDriver._renumbered``); the numbers of plaintext records are not authenticated and
     not in the handshake hash, so rewriting them is safe.
     """
     if not offset:
