@@ -56,6 +56,7 @@ from ._wire import (
     mac_pseudo_header,
     parse_records,
     parse_server_hello,
+    plaintext_records,
     single_record_epoch,
 )
 
@@ -164,18 +165,9 @@ def read_guard(
 def etm_in_server_hello(datagrams: Iterable[bytes]) -> bool | None:
     """Whether the first ServerHello in ``datagrams`` accepts encrypt-then-MAC; None if there
     is none, or it is fragmented or malformed (the bytes may come from the network)."""
-    for datagram in datagrams:
-        try:
-            records = parse_records(datagram)
-        except MalformedDatagram:
-            continue
-        for record in records:
-            fragment = record.fragment
-            if record.epoch or record.content_type != ContentType.handshake:
-                continue
-            if handshake_type(fragment) != HandshakeType.server_hello:
-                continue
-            return _server_hello_has_etm(fragment)
+    for record in plaintext_records(datagrams, ContentType.handshake):
+        if handshake_type(record.fragment) == HandshakeType.server_hello:
+            return _server_hello_has_etm(record.fragment)
     return None
 
 

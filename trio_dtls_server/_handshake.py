@@ -126,6 +126,7 @@ from ._wire import (
     parse_records,
     parse_records_with_cid,
     parse_server_hello,
+    plaintext_records,
     read_own_record,
     renumber_plaintext_records,
     split_records,
@@ -195,20 +196,13 @@ _BEFORE_KEY_EXCHANGE = (b"write server done", b"read client certificate")
 
 def _plaintext_fatal_alert(datagrams: list[bytes]) -> str | None:
     """The name of the first plaintext (epoch 0) fatal alert in ``datagrams``, or None."""
-    for datagram in datagrams:
+    for record in plaintext_records(datagrams, ContentType.alert):
         try:
-            records = parse_records(datagram)
+            level, description = parse_alert(record.fragment)
         except MalformedDatagram:
             continue
-        for record in records:
-            if record.content_type != ContentType.alert or record.epoch != 0:
-                continue
-            try:
-                level, description = parse_alert(record.fragment)
-            except MalformedDatagram:
-                continue
-            if level == AlertLevel.fatal:
-                return alert_name(description)
+        if level == AlertLevel.fatal:
+            return alert_name(description)
     return None
 
 

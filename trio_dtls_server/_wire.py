@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -105,6 +106,7 @@ __all__ = [
     "parse_records_with_cid",
     "parse_server_hello",
     "split_records",
+    "plaintext_records",
 ]
 
 
@@ -415,6 +417,22 @@ def parse_records(datagram: bytes) -> list[Record]:
         records.append(record)
         position += len(record[5])  # .raw
     return records
+
+
+def plaintext_records(datagrams: Iterable[bytes], content_type: int) -> Iterator[Record]:
+    """The plaintext (epoch 0) records of ``content_type`` in ``datagrams``, in order.
+
+    A datagram that does not split into records is skipped, not an error: these bytes may
+    come from the network, and one broken datagram must not hide the records of the next.
+    """
+    for datagram in datagrams:
+        try:
+            records = parse_records(datagram)
+        except MalformedDatagram:
+            continue
+        for record in records:
+            if record.epoch == 0 and record.content_type == content_type:
+                yield record
 
 
 def parse_first_record(datagram: bytes) -> Record:
