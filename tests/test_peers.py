@@ -1,4 +1,4 @@
-"""The peer table's rules (admission, §4.2.8 replacement, eviction), with plain asserts.
+"""The peer table's rules (admission, §4.2.8 replacement, eviction, CID routing and moves), with plain asserts.
 
 No Trio, no sockets: :class:`PeerTable` takes the time as an argument and returns decisions;
 these tests check each decision and what the table holds afterwards.
@@ -273,4 +273,75 @@ def test_finishing_frees_the_address_and_the_handshake_count() -> None:
     assert peers.handshaking == 0
     assert len(peers) == 0
     assert a.end_reason is None and b.end_reason is None
+    check(peers)
+
+
+# -- RFC 9146: connection IDs and moves -------------------------------------------------------
+
+CID = b"\x00cid01"
+
+
+def test_a_connection_id_routes_to_its_peer_until_the_peer_finishes() -> None:
+    peers = table()
+    a = established(peers, A, 0.0)
+    assert peers.bind_connection_id(a, CID)
+    assert peers.get_by_connection_id(CID) is a
+    assert a.connection_id == CID
+    # One CID, one peer: another peer cannot take it.
+    b = established(peers, B, 0.0)
+    assert not peers.bind_connection_id(b, CID)
+    assert b.connection_id is None
+    peers.finished(a)
+    assert peers.get_by_connection_id(CID) is None
+    # A finished peer gets none.
+    assert not peers.bind_connection_id(a, b"\x00other")
+    check(peers)
+
+
+def test_a_peer_that_negotiated_no_cid_gives_its_cid_back() -> None:
+    peers = table()
+    a = admit(peers, A, 0.0)
+    assert peers.bind_connection_id(a, CID)
+    peers.unbind_connection_id(a)
+    assert peers.get_by_connection_id(CID) is None
+    assert a.connection_id is None
+
+
+def test_a_move_takes_the_new_address_and_frees_the_old() -> None:
+    peers = table()
+    a = established(peers, A, 0.0)
+    peers.bind_connection_id(a, CID)
+    move = peers.move(a, C)
+    assert (move.old, move.moved, move.refused) == (A, True, None)
+    assert a.address == C
+    assert peers.get(C) is a
+    assert peers.get(A) is None
+    assert peers.get_by_connection_id(CID) is a
+    # The same address again: nothing to do, nothing refused.
+    again = peers.move(a, C)
+    assert (again.old, again.moved, again.refused) == (C, False, None)
+    check(peers)
+
+
+def test_a_move_onto_another_live_peers_address_is_refused() -> None:
+    peers = table()
+    a = established(peers, A, 0.0)
+    b = established(peers, B, 0.0)
+    move = peers.move(a, B)
+    assert not move.moved
+    assert move.refused == "another association holds that address"
+    assert (a.address, peers.get(A), peers.get(B)) == (A, a, b)
+    check(peers)
+
+
+def test_a_peer_outside_the_map_does_not_move() -> None:
+    peers = table()
+    old = established(peers, A, 0.0)
+    admit(peers, A, 1.0)  # a new handshake from A keeps the old association aside (§4.2.8)
+    move = peers.move(old, C)
+    assert not move.moved
+    assert move.refused == "it is not in the address map"
+    assert peers.get(C) is None
+    peers.finished(old)
+    assert peers.move(old, C).refused == "it is not in the address map"
     check(peers)
