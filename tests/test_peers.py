@@ -1,4 +1,4 @@
-"""The peer table's rules (admission, §4.2.8 replacement, eviction, CID routing and moves), with plain asserts.
+"""The peer table's rules (admission, §4.2.8 replacement, eviction, CID moves), plain asserts.
 
 No Trio, no sockets: :class:`PeerTable` takes the time as an argument and returns decisions;
 these tests check each decision and what the table holds afterwards.
