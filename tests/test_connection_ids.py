@@ -30,9 +30,9 @@ from trio_dtls_server import (
     DTLSServer,
     RetransmitPolicy,
     ServerConfig,
+    _cid_handshake,
 )
 from trio_dtls_server._codes import DropReason, FailureKind
-from trio_dtls_server._handshake import HandshakeDriver
 from trio_dtls_server._openssl import (
     install_client_connection_id,
     install_server_connection_id,
@@ -233,7 +233,7 @@ def test_a_cid_with_a_suite_our_record_layer_cannot_protect_fails_the_handshake(
     """Should OpenSSL choose another suite than predicted (here: forced), or a foreign server
     answer a CID with a CBC suite, both sides fail the handshake with a reason rather than run
     an association whose records they cannot read."""
-    monkeypatch.setattr(HandshakeDriver, "_predict_suite", lambda self, hello: GCM)
+    monkeypatch.setattr(_cid_handshake, "predict_suite", lambda connection, hello: GCM)
     result = cid_handshake(ciphers="PSK-AES128-CBC-SHA256")
     for session, events in (
         (result.server, result.server_events),

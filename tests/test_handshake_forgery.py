@@ -293,7 +293,7 @@ def test_a_finished_that_overtook_the_key_exchange_is_held_then_completes() -> N
     key_exchange, finished = split_flight(flight)
     assert result.server.receive_datagram(finished, NOW) == [HandshakeProgress()]
     assert result.server._driver is not None
-    assert result.server._driver._held == [finished]
+    assert result.server._driver._kept.held == [finished]
     assert finish(result, key_exchange) == [HandshakeComplete(GCM, "DTLSv1.2")]
     assert result.server.openssl_released
 
@@ -499,14 +499,15 @@ def test_junk_protected_records_during_a_handshake_stay_within_the_budget() -> N
     finally:
         tracemalloc.stop()
     assert grown < HANDSHAKE_KEPT_BUDGET + 32 * 1024, grown  # Python's own bookkeeping aside
-    assert server._kept_bytes == sum(map(len, server._held + server._early))
-    assert server._kept_bytes <= HANDSHAKE_KEPT_BUDGET
-    assert len(set(server._held)) == len(server._held)
+    kept = server._kept
+    assert kept.kept_bytes == sum(map(len, kept.held + kept.early))
+    assert kept.kept_bytes <= HANDSHAKE_KEPT_BUDGET
+    assert len(set(kept.held)) == len(kept.held)
     assert server.handshake_drops[DropReason.OVER_BUDGET] > 0
     # None of it was worth keeping: the handshake completes and lets go of OpenSSL.
     assert finish(result, flight) == [HandshakeComplete(GCM, "DTLSv1.2")]
     assert result.server.openssl_released
-    assert server._kept_bytes == 0
+    assert server._kept.kept_bytes == 0
 
 
 async def test_a_handshaking_peers_inbox_is_bounded_in_bytes() -> None:

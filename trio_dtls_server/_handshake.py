@@ -25,9 +25,10 @@ records, so that they follow the number our stateless HelloVerifyRequest used
 During the handshake, OpenSSL sees only records it can judge at once
 (:meth:`~HandshakeDriver._handshake_datagram`): anyone can send well-framed records from the
 peer's address, and OpenSSL ends a handshake for many of them.  A server passes on plaintext
-records only if they fit the client's next flight; the peer's protected records wait with us,
-one copy each within :data:`HANDSHAKE_KEPT_BUDGET` bytes, until OpenSSL has read the
-ChangeCipherSpec (its Finished) or the handshake is over (data that overtook the Finished).
+records only if they fit the client's next flight; the peer's protected records wait with us
+(:class:`~._kept_records.KeptRecords`), one copy each within :data:`HANDSHAKE_KEPT_BUDGET`
+bytes, until OpenSSL has read the ChangeCipherSpec (its Finished) or the handshake is over (data
+that overtook the Finished).
 The rest is dropped and counted (:attr:`~HandshakeDriver.handshake_drops`).
 
 The one record we write ourselves during the handshake is an alert: OpenSSL silently drops a
@@ -45,14 +46,10 @@ otherwise, and for CBC suites or with ``release_openssl=False``, OpenSSL goes on
 Connection IDs (RFC 9146): OpenSSL negotiates the ``connection_id`` extension through the
 custom-extension callbacks (:meth:`~HandshakeDriver.connection_id_received`,
 :meth:`~HandshakeDriver.connection_id_to_answer`,
-:meth:`~HandshakeDriver.connection_id_to_offer`) but knows nothing of ``tls12_cid`` records.  So
-the driver translates the two Finished records: the peer's ``tls12_cid`` Finished is opened
-with the epoch-1 keys derived from OpenSSL's master secret and re-sealed in the standard
-format, same key, epoch and sequence number, before OpenSSL reads it
-(:meth:`~HandshakeDriver._peer_cid_record_for_openssl`); every epoch-1 record OpenSSL writes
-is re-sealed as ``tls12_cid`` with the peer's CID (:meth:`~HandshakeDriver._cid_outgoing`).
-After the handshake only our record layer runs a CID association
-(:class:`~._protection.CidAeadProtector`).
+:meth:`~HandshakeDriver.connection_id_to_offer`) but knows nothing of ``tls12_cid`` records.
+The driver answers them from a :class:`~._cid_handshake.CidHandshake`, made only when CIDs are
+in play, which also translates the two Finished records between OpenSSL's format and RFC
+9146's (see ``_cid_handshake.py``).
 
 With a CBC suite and encrypt-then-MAC, the peer's Finished is checked against its MAC before
 OpenSSL sees it (:meth:`~HandshakeDriver._etm_rejects`): OpenSSL's DTLS record layer fails the
@@ -70,13 +67,14 @@ from collections.abc import Callable
 from OpenSSL import SSL
 
 from ._certificates import UnreadablePeerCertificate, peer_certificate
+from ._cid_handshake import CidHandshake
 from ._codes import DropReason, FailureKind
 from ._etm import EtmGuard, etm_guard_for, etm_in_server_hello, mac_hash, read_guard
 from ._events import describe_exception
+from ._kept_records import HANDSHAKE_KEPT_BUDGET, KeptRecords
 from ._openssl import (
     alert_name,
     cipher_name_for_suite,
-    current_cipher_name,
     drain_write_bio,
     expect_server_name,
     openssl_error_reason,
@@ -90,7 +88,7 @@ from ._protection import (
     aead_protector_for,
     records_or_none,
 )
-from ._records import RecordProtection, aead_suite, protection_from_key_block
+from ._records import aead_suite
 from ._session_events import (
     MAX_PLAINTEXT,
     HandshakeComplete,
@@ -114,14 +112,12 @@ from ._wire import (
     MalformedDatagram,
     Record,
     encode_plaintext_alert,
-    encode_record,
     first_content_type,
     handshake_type,
     mentions_max_fragment_length,
     pack_datagrams,
     parse_alert,
     parse_handshake_messages,
-    parse_initial_client_hello,
     parse_psk_identity_from_flight,
     parse_records,
     parse_records_with_cid,
@@ -159,15 +155,6 @@ def failure_kind_of_openssl(reason: str) -> FailureKind:
     return FailureKind.OTHER
 
 
-#: The most bytes of the peer's protected (epoch 1) records a session keeps during a handshake,
-#: in one copy each, de-duplicated on content: its Finished while OpenSSL cannot read it yet
-#: (it overtook the ChangeCipherSpec), and application data or alerts that overtook the
-#: Finished (a resumed handshake whose client Finished was lost).  A Finished record is
-#: 40-80 bytes and the data that overtakes it is rare, so 8 KiB holds dozens of small
-#: readings or several MTU-sized datagrams, while 1,000 half-open handshakes (the default
-#: ``max_handshakes``) can hold at most 8 MiB this way.  OpenSSL sees none of these records
-#: before it can judge them (see :meth:`HandshakeDriver.receive_datagram`), so it never queues them.
-HANDSHAKE_KEPT_BUDGET = 8 * 1024
 #: Plaintext handshake messages a client may send after the server's first flight (server
 #: side), and the longest OpenSSL accepts of each (a longer one ends the handshake): its
 #: ``max_cert_list`` default, and the limits of ``ossl_statem_server_max_message_size``.
@@ -227,37 +214,17 @@ class HandshakeDriver:
     ) -> None:
         self._openssl: SSL.Connection | None = connection
         self._is_server = is_server
-        # RFC 9146 connection IDs.  Server: the CID we issue if the client offers the
-        # extension (None: never answer); client: the CID we offer (None: no extension).
-        self._cid_to_issue: bytes | None = None
-        self._cid_to_offer: bytes | None = None
-        self._predicted_suite: str | None = None
-        # What the peer's extension said (server: the CID the client wants on our records).
-        self._peer_cid_offer: bytes | None = None
-        #: The CID negotiated for the peer's records to us (the one we issued or asked for),
-        #: or None when the handshake negotiated no CID.  Non-empty: the peer's protected
-        #: records are ``tls12_cid`` records carrying it, its Finished included.
-        self.connection_id: bytes | None = None
-        #: The CID the peer asked us to put on our records, or None (not negotiated).
-        #: Non-empty: our protected records are ``tls12_cid`` records, our Finished included.
-        self.peer_connection_id: bytes | None = None
-        # The keys of epoch 1 used to translate the Finished records between OpenSSL's format
-        # and RFC 9146's during the handshake (see _cid_keys); built once OpenSSL has them.
-        self._cid_translator: RecordProtection | None = None
+        # RFC 9146 connection IDs: their negotiation and the Finished translation, only when
+        # in play (server: a CID to issue; client: one to offer); None otherwise.
+        self._cid: CidHandshake | None = None
         self._release_openssl = release_openssl
         #: Opens and seals records once established (see ``_protection.py``): our own record
         #: layer, or the OpenSSL connection kept; None before.
         self.protector: RecordProtector | None = None
-        # The peer's protected records kept during the handshake (raw bytes, one copy each,
-        # HANDSHAKE_KEPT_BUDGET bytes in all): handshake records OpenSSL cannot read yet
-        # (_held), and data or alerts that overtook the peer's Finished (_early).
-        self._held: list[bytes] = []
-        self._early: list[bytes] = []
-        self._kept_bytes = 0
-        # Checks the peer's early records on arrival, once our own Finished proved the keys
-        # (see _verifier); None until then, or for suites we leave to OpenSSL.
-        self._early_verifier: RecordProtection | None = None
-        self._verifier_tried = False
+        # The peer's protected records kept during the handshake, within their budget:
+        # handshake records OpenSSL cannot read yet, and data or alerts that overtook the
+        # peer's Finished (see _kept_records.py).
+        self._kept = KeptRecords(is_server=is_server)
         # The peer's record that completed the handshake (its Finished), byte for byte: only a
         # copy of it makes the record protector resend our final flight.
         self._peer_finished: bytes | None = None
@@ -392,9 +359,13 @@ class HandshakeDriver:
             is_server=True,
             release_openssl=release_openssl,
         )
-        session._cid_to_issue = connection_id
         if connection_id is not None:
-            session._predicted_suite = session._predict_suite(verified_client_hello)
+            session._cid = CidHandshake.for_server(
+                session._connection,
+                connection_id,
+                verified_client_hello,
+                release_openssl=release_openssl,
+            )
         session._peer_may_limit_fragments = mentions_max_fragment_length(verified_client_hello)
         session._may_request_certificate = bool(context.get_verify_mode() & SSL.VERIFY_PEER)
         hello_message_seq = hello_number = 0
@@ -462,7 +433,8 @@ class HandshakeDriver:
             is_server=False,
             release_openssl=release_openssl,
         )
-        client._cid_to_offer = connection_id
+        if connection_id is not None:
+            client._cid = CidHandshake.for_client(connection_id)
         if session is not None:
             client._connection.set_session(session)
         if server_hostname is not None:
@@ -540,21 +512,6 @@ class HandshakeDriver:
         """The PSK identity the client named (server side, once the PSK callback ran)."""
         return self._psk_identity
 
-    def _predict_suite(self, verified_client_hello: bytes) -> str | None:
-        """The suite OpenSSL will choose for this ClientHello: the first of ours (server
-        preference order) that the client offers; None if none or unreadable."""
-        try:
-            hello = parse_initial_client_hello(verified_client_hello).hello
-        except MalformedDatagram:
-            return None
-        offered = {
-            cipher_name_for_suite(self._connection, suite) for suite in hello.cipher_suite_numbers()
-        }
-        for name in self._connection.get_cipher_list():
-            if name in offered:
-                return name
-        return None
-
     def _chosen_suite(self) -> str | None:
         """OpenSSL's name of the suite the ServerHello we just sent chose (read from our own
         bytes: OpenSSL names the suite only once the handshake is over); None if not found."""
@@ -580,142 +537,50 @@ class HandshakeDriver:
 
     def connection_id_to_offer(self) -> bytes | None:
         """Client: the CID our ClientHello asks for, or None (no extension)."""
-        return None if self._is_server else self._cid_to_offer
+        cid = self._cid
+        return None if cid is None else cid.to_offer()
 
     def connection_id_received(self, cid: bytes) -> bool:
         """The peer's ``connection_id`` extension (server: in the ClientHello; client: in the
         ServerHello, which OpenSSL only passes on if we offered one).  False fails the
-        handshake (``decode_error``)."""
-        if self._is_server:
-            self._peer_cid_offer = cid
-            return True
-        if self._cid_to_offer is None:
-            return False
-        self.connection_id = self._cid_to_offer
-        self.peer_connection_id = cid
-        return True
+        handshake (``decode_error``): a client that offered none."""
+        negotiation = self._cid
+        if negotiation is None:
+            return self._is_server  # a server that issues none just never answers
+        return negotiation.received(cid)
 
     def connection_id_to_answer(self) -> bytes | None:
-        """Server: the CID our ServerHello names, or None to send no extension (today's bytes).
-
-        Only when the client offered the extension, we have a CID to issue, this session will
-        hand its records to :mod:`._records` (``release_openssl``) and OpenSSL chose an AEAD
-        suite that module protects: CBC suites and kept OpenSSL connections get no CID, since
-        only our own record layer speaks RFC 9146.
-        """
-        issue, wanted = self._cid_to_issue, self._peer_cid_offer
-        if not self._is_server or issue is None or wanted is None or not self._release_openssl:
-            return None
-        # OpenSSL has chosen the suite but exposes it only once the ServerHello is written
-        # (SSL_get_current_cipher is NULL here, and the bindings lack SSL_get_pending_cipher),
-        # so we predict it as OpenSSL picks it: our preference order, first suite the client
-        # offers.  Should OpenSSL skip that one (no shared group), the completed handshake
-        # checks the suite again and fails rather than run CID without our record layer.
-        cipher = current_cipher_name(self._connection) or self._predicted_suite
-        if cipher is None or aead_suite(cipher) is None:
-            return None
-        self.connection_id = issue
-        self.peer_connection_id = wanted
-        return issue
+        """Server: the CID our ServerHello names, or None to send no extension (today's bytes);
+        see :meth:`~._cid_handshake.CidHandshake.to_answer`."""
+        cid = self._cid
+        return None if cid is None else cid.to_answer(self._connection)
 
     @property
-    def _read_cid(self) -> bytes:
-        """The CID the peer's protected records carry (b"": standard records)."""
-        return self.connection_id or b""
+    def connection_id(self) -> bytes | None:
+        """The CID negotiated for the peer's records to us, or None (see
+        :attr:`~._cid_handshake.CidHandshake.connection_id`)."""
+        cid = self._cid
+        return None if cid is None else cid.connection_id
 
     @property
-    def _write_cid(self) -> bytes:
-        """The CID our protected records carry (b"": standard records)."""
-        return self.peer_connection_id or b""
-
-    def _cid_keys(self) -> RecordProtection | None:
-        """Epoch-1 keys to translate Finished records between OpenSSL's format and RFC 9146's.
-
-        Built once OpenSSL has a master secret (it read the key exchange) and the suite is one
-        of :mod:`._records`; None before.  These keys are only ever used to re-seal a record
-        under the same key, epoch and sequence number as the form it came in, so no nonce is
-        used for two different records; if they are wrong, the peer's Finished fails inside
-        OpenSSL as a forged one would, and ours fails at the peer.
-        """
-        if self._cid_translator is not None:
-            return self._cid_translator
-        connection = self._connection
-        cipher = current_cipher_name(connection) or ""
-        try:
-            master_secret = connection.master_key() or b""
-        except SSL.Error:  # no key exchange yet
-            return None
-        self._cid_translator = self._epoch1_keys(cipher, master_secret)
-        return self._cid_translator
-
-    def _epoch1_keys(self, cipher: str, master_secret: bytes) -> RecordProtection | None:
-        """Our record layer's keys of epoch 1, derived from OpenSSL's secrets, unproven; None
-        for a suite :mod:`._records` does not protect, or before OpenSSL has the secrets."""
-        suite = aead_suite(cipher)
-        if suite is None:
-            return None
-        connection = self._connection
-        return protection_from_key_block(
-            suite,
-            is_server=self._is_server,
-            master_secret=master_secret,
-            client_random=connection.client_random() or b"",
-            server_random=connection.server_random() or b"",
-            epoch=1,
-            next_sequence=0,
-        )
-
-    def _peer_cid_record_for_openssl(self, raw: bytes) -> bytes | None:
-        """The peer's ``tls12_cid`` handshake record (its Finished), re-sealed in the standard
-        format for OpenSSL; or a standard record that fails authentication inside OpenSSL
-        (the CID record did not open: a forgery or a wrong key, which OpenSSL then judges
-        like any failed Finished); None if it is not even a record of ours."""
-        try:
-            (record,) = parse_records_with_cid(raw, len(self._read_cid))
-        except (MalformedDatagram, ValueError):
-            return None
-        if not isinstance(record, CidRecord) or record.cid != self._read_cid:
-            return None
-        keys = self._cid_keys()
-        translated = None
-        if keys is not None:
-            translated = keys.reseal_peer_standard(
-                record.version, record.sequence_number, record.cid, record.fragment
-            )
-        if translated is None or first_content_type(translated) != ContentType.handshake:
-            return encode_record(
-                ContentType.handshake,
-                record.version,
-                record.epoch,
-                record.sequence_number,
-                record.fragment,
-            )
-        return translated
+    def peer_connection_id(self) -> bytes | None:
+        """The CID the peer asked us to put on our records, or None (see
+        :attr:`~._cid_handshake.CidHandshake.peer_connection_id`)."""
+        cid = self._cid
+        return None if cid is None else cid.peer_connection_id
 
     def _cid_outgoing(self, records: list[bytes]) -> list[bytes]:
-        """Our protected records as RFC 9146 wants them: ``tls12_cid`` with the peer's CID,
-        when it asked for a non-empty one (OpenSSL wrote them in the standard format)."""
-        cid = self._write_cid
-        if not cid:
-            return records
-        keys = self._cid_keys()
-        out: list[bytes] = []
-        for raw in records:
-            if keys is None or read_own_record(raw).epoch == 0:
-                out.append(raw)
-                continue
-            resealed = None
-            with contextlib.suppress(MalformedDatagram):
-                (record,) = parse_records(raw)
-                resealed = keys.reseal_own_as_cid(record, cid)
-            out.append(resealed if resealed is not None else raw)
-        return out
+        """Our records as they go out: OpenSSL's, or re-sealed as ``tls12_cid`` when the peer
+        asked for a CID (see :meth:`~._cid_handshake.CidHandshake.outgoing`)."""
+        cid = self._cid
+        return records if cid is None else cid.outgoing(records, self._connection)
 
     def _handshake_records(self, datagram: bytes) -> list[Record] | None:
         """A datagram's records during the handshake; ``tls12_cid`` ones (where we issued a
         CID) as protected handshake records holding the raw CID record, which
         :meth:`_feed_protected_handshake` translates once OpenSSL can read it."""
-        read_cid = self._read_cid
+        cid = self._cid
+        read_cid = b"" if cid is None else cid.read_cid
         if not read_cid or ContentType.tls12_cid not in datagram:
             return records_or_none(datagram)
         try:
@@ -807,8 +672,9 @@ class HandshakeDriver:
           finishes the handshake with it or drops it for failing authentication, and we can
           tell which.  Until then we hold it (OpenSSL would queue it in its own memory);
         * protected application data and alerts never go to OpenSSL during the handshake: we
-          keep them (checked, where our keys are proven, see :meth:`_keep_early`) and open or
-          feed them once the handshake is over.
+          keep them (checked, where our keys are proven, see
+          :meth:`~._kept_records.KeptRecords.keep_early`) and open or feed them once the
+          handshake is over.
 
         What we keep is one copy of each record, de-duplicated on content, at most
         :data:`HANDSHAKE_KEPT_BUDGET` bytes.
@@ -832,7 +698,13 @@ class HandshakeDriver:
             elif record.content_type == ContentType.handshake:
                 protected_handshake.append(record.raw)
             elif record.content_type in (ContentType.application_data, ContentType.alert):
-                reason = self._keep_early(record)
+                # The peer can only have sent such a record after our Finished reached it (the
+                # client of a resumed handshake, the server of a full one), so before we sent
+                # ours it is not the peer's.
+                if self._sent_protected:
+                    reason = self._kept.keep_early(record, self._connection, self._own_protected)
+                else:
+                    reason = DropReason.UNEXPECTED
             else:
                 reason = DropReason.UNEXPECTED  # a protected ChangeCipherSpec
             if reason is not None:
@@ -870,10 +742,9 @@ class HandshakeDriver:
             for r in records
         ):
             self._in_flight_chain = False
-        if self._held and self._openssl_reads_protected():
-            held, self._held = self._held, []
-            self._kept_bytes -= sum(len(raw) for raw in held)
-            for raw in held:
+        kept = self._kept
+        if kept.held and self._openssl_reads_protected():
+            for raw in kept.take_held():
                 if self.state is not SessionState.HANDSHAKING:
                     break
                 events += self._feed_protected_handshake(raw, now, in_chain=False, at_once=False)
@@ -888,7 +759,7 @@ class HandshakeDriver:
                 if self._finished_failures > failures:
                     drop = drop or DropReason.AUTHENTICATION
             else:
-                reason = self._hold(raw)
+                reason = kept.hold(raw)
                 if reason is not None:
                     drop = drop or reason
                     self.handshake_drops[reason] += 1
@@ -985,84 +856,6 @@ class HandshakeDriver:
         """OpenSSL has read the peer's ChangeCipherSpec: it judges a protected record at once."""
         return b"read change cipher spec" in self._connection.get_state_string()
 
-    def _kept(self, raw: bytes) -> bool:
-        return raw in self._held or raw in self._early or raw == self._peer_finished
-
-    def _hold(self, raw: bytes) -> DropReason | None:
-        """Keep a protected handshake record OpenSSL cannot read yet; why not, if not.
-
-        It cannot be checked before OpenSSL has the keys, so when the budget is full the
-        oldest held record makes room: the peer's real Finished is the one that comes last.
-        """
-        if self._kept(raw):
-            return DropReason.REPLAY
-        if len(raw) > HANDSHAKE_KEPT_BUDGET:
-            return DropReason.OVER_BUDGET
-        reason = None
-        while self._held and self._kept_bytes + len(raw) > HANDSHAKE_KEPT_BUDGET:
-            self._kept_bytes -= len(self._held.pop(0))
-            reason = DropReason.OVER_BUDGET
-        if self._kept_bytes + len(raw) > HANDSHAKE_KEPT_BUDGET:
-            return DropReason.OVER_BUDGET  # the rest is checked data: it stays
-        self._held.append(raw)
-        self._kept_bytes += len(raw)
-        return reason
-
-    def _keep_early(self, record: Record) -> DropReason | None:
-        """Keep protected data or an alert that overtook the peer's Finished; why not, if not.
-
-        The peer can only have sent such a record after our Finished reached it (the client of
-        a resumed handshake, the server of a full one), so before we sent ours it is not the
-        peer's.  Once our Finished proves the keys we derive (see :meth:`_verifier`), a record
-        that does not authenticate is not the peer's either.  What passes is kept while it
-        fits; beyond the budget it is dropped, like a datagram lost on the way.
-        """
-        if not self._sent_protected:
-            return DropReason.UNEXPECTED
-        raw = record.raw
-        if self._kept(raw):
-            return DropReason.REPLAY
-        verifier = self._verifier()
-        if verifier is not None and (
-            verifier.decrypt(
-                record.content_type, record.version, record.sequence_number, record.fragment
-            )
-            is None
-        ):
-            return DropReason.AUTHENTICATION
-        if self._kept_bytes + len(raw) > HANDSHAKE_KEPT_BUDGET:
-            return DropReason.OVER_BUDGET
-        self._early.append(raw)
-        self._kept_bytes += len(raw)
-        return None
-
-    def _verifier(self) -> RecordProtection | None:
-        """Our record protection for the peer's epoch-1 records, built during the handshake.
-
-        Only once the keys it derives have opened our own Finished (OpenSSL's bytes), and only
-        for the AEAD suites of :mod:`._records`; None otherwise (then early records are kept
-        unchecked, within the budget).
-        """
-        if self._verifier_tried or not self._own_protected:
-            return self._early_verifier
-        self._verifier_tried = True
-        connection = self._connection
-        verifier = self._epoch1_keys(
-            connection.get_cipher_name() or "", connection.master_key() or b""
-        )
-        if verifier is None:
-            return None
-        for own in self._own_protected:
-            if own.epoch != 1 or (
-                verifier.decrypt_own(
-                    own.content_type, own.version, own.sequence_number, own.fragment
-                )
-                is None
-            ):
-                return None
-        self._early_verifier = verifier
-        return verifier
-
     def _feed_protected_handshake(
         self, raw: bytes, now: float, *, in_chain: bool, at_once: bool
     ) -> list[SessionEvent]:
@@ -1085,7 +878,11 @@ class HandshakeDriver:
         """
         events: list[SessionEvent] = []
         if first_content_type(raw) == ContentType.tls12_cid:
-            translated = self._peer_cid_record_for_openssl(raw)
+            translated = (
+                None
+                if self._cid is None
+                else self._cid.peer_record_for_openssl(raw, self._connection)
+            )
             if translated is None:
                 self.handshake_drops[DropReason.WRONG_CID] += 1
                 return []
@@ -1326,16 +1123,19 @@ class HandshakeDriver:
         read_epoch = self._own_protected[0].epoch if self._own_protected else 1
         peer_finished = self._peer_finished = self._completing
         protector: RecordProtector | None = None
-        if self._release_openssl or self._read_cid or self._write_cid:
+        cid = self._cid
+        read_cid, write_cid = (b"", b"") if cid is None else (cid.read_cid, cid.write_cid)
+        early = self._kept.early
+        if self._release_openssl or read_cid or write_cid:
             released = aead_protector_for(
                 outcome.cipher,
                 is_server=self._is_server,
                 connection=connection,
                 peer_finished=peer_finished,
                 own_protected=self._own_protected,
-                early=self._early,
-                read_cid=self._read_cid,
-                write_cid=self._write_cid,
+                early=early,
+                read_cid=read_cid,
+                write_cid=write_cid,
                 read_epoch=read_epoch,
                 final_flight=self._final_flight,
                 max_resends=self._policy.max_retransmissions,
@@ -1343,7 +1143,7 @@ class HandshakeDriver:
             if released is not None:
                 protector, self.early_events = released
                 self._openssl = None
-        if protector is None and (self._read_cid or self._write_cid):
+        if protector is None and (read_cid or write_cid):
             # Only our record layer speaks RFC 9146: without it the peer's records cannot be
             # read.  Our server answers only for suites it protects (a foreign server might
             # not; or OpenSSL chose another suite than predicted, see connection_id_to_answer).
@@ -1378,17 +1178,14 @@ class HandshakeDriver:
                 mtu=self._mtu,
                 epoch0_offset=self._epoch0_offset,
             )
-            self.early_events = kept_openssl.open_early(self._early, self.handshake_drops)
+            self.early_events = kept_openssl.open_early(early, self.handshake_drops)
             protector = kept_openssl
         self.protector = protector
         self._final_flight = []
-        self._held = []
-        self._early = []
-        self._kept_bytes = 0
-        self._early_verifier = None
+        self._kept.clear()
         self._own_protected = []
-        # The Finished translation is over; its keys now live in the record protector.
-        self._cid_translator = None
+        if cid is not None:
+            cid.forget_keys()
         return events
 
     def _handshake_failure(self, error: SSL.Error) -> tuple[str, FailureKind]:

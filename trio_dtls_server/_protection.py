@@ -47,7 +47,13 @@ from ._openssl import (
     openssl_error_reason,
     watch_alerts_read,
 )
-from ._records import RecordProtection, ReplayWindow, aead_suite, record_protection_for
+from ._records import (
+    RecordProtection,
+    ReplayWindow,
+    aead_suite,
+    protection_from_key_block,
+    record_protection_for,
+)
 from ._session_events import (
     MAX_PLAINTEXT,
     ApplicationData,
@@ -85,6 +91,7 @@ __all__ = [
     "RecordProtector",
     "aead_protector_for",
     "alert_ending",
+    "epoch1_keys",
     "records_or_none",
 ]
 
@@ -577,6 +584,30 @@ def aead_protector_for(
     connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
     connection.set_app_data(None)
     return protector, events
+
+
+def epoch1_keys(
+    connection: SSL.Connection, *, is_server: bool, cipher: str, master_secret: bytes
+) -> RecordProtection | None:
+    """Our record layer's keys of epoch 1, derived from OpenSSL's secrets, unproven; None
+    for a suite :mod:`._records` does not protect, or before OpenSSL has the secrets.
+
+    During the handshake two owners use them: the connection-ID Finished translation
+    (:class:`~._cid_handshake.CidHandshake`) and the early-record check
+    (:class:`~._kept_records.KeptRecords`).
+    """
+    suite = aead_suite(cipher)
+    if suite is None:
+        return None
+    return protection_from_key_block(
+        suite,
+        is_server=is_server,
+        master_secret=master_secret,
+        client_random=connection.client_random() or b"",
+        server_random=connection.server_random() or b"",
+        epoch=1,
+        next_sequence=0,
+    )
 
 
 class _ReplayMirror:
