@@ -186,14 +186,7 @@ class DTLSSession:
     ) -> DTLSSession:
         """A client session; its first ClientHello is ready in :meth:`take_datagrams`.
 
-        ``connection_id`` (RFC 9146): offer the extension asking for this CID on the server's
-        records (``b""``: send-only, the server's records stay standard); the context must
-        carry ``install_client_connection_id``.  None: no extension.
-
-        ``identity`` and ``key`` may be None for a certificate-only client.  ``session`` (from an
-        earlier connection's ``connection.get_session()``) asks the server to resume it.
-        ``server_hostname`` is the name (or IP address) the server's certificate must carry,
-        when the context verifies certificates; a DNS name is also sent as SNI.
+        The arguments are :meth:`.HandshakeDriver.client`'s, which says what each means.
         """
         return cls(
             HandshakeDriver.client(
