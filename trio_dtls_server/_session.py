@@ -145,16 +145,9 @@ class DTLSSession:
     ) -> DTLSSession:
         """A server session started from a ClientHello whose cookie the caller already verified.
 
-        ``connection_id`` (RFC 9146): the CID to issue if the client offers the extension and
-        the handshake can use it (an AEAD suite of :mod:`._records`, ``release_openssl``);
-        the context must carry ``install_server_connection_id``.  None: never answer.
-
-        ``psk_lookup`` answers the PSK callback; ``None`` means keys come only from
-        :meth:`provide_psk` (an asynchronous store) or that there is no PSK at all.
-
-        ``context`` must accept every cookie (``set_cookie_verify_callback`` returning True):
-        the real, stateless check happened before any OpenSSL object existed.  See
-        :meth:`.HandshakeDriver.server`.
+        The arguments are :meth:`.HandshakeDriver.server`'s, which says what each means (and
+        what ``context`` must allow); keys ``psk_lookup`` does not give come through
+        :meth:`provide_psk`.
         """
         return cls(
             HandshakeDriver.server(
