@@ -15,8 +15,8 @@ import support
 from auth_support import ConnectionLog, Credentials, quiet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from session_support import begin_pair
 from support import IDENTITY, InMemoryHandshake
-from test_records import begin_pair
 
 from trio_dtls_server import PROFILES, CertificateConfig, DTLSClient, DTLSServer, ServerConfig
 from trio_dtls_server._codes import DropReason

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from auth_support import Credentials
-from test_cli import HEX, Program, command, start_serve
+from cli_support import HEX, Program, command, start_serve
 
 from trio_dtls_server._cli import main
 

@@ -22,6 +22,7 @@ import support
 import trio
 from auth_support import connect, quiet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from session_support import CLIENT_CID, GCM, SERVER_CID, cid_handshake
 from support import IDENTITY, KEY, talk
 
 from trio_dtls_server import (
@@ -33,10 +34,6 @@ from trio_dtls_server import (
     _cid_handshake,
 )
 from trio_dtls_server._codes import DropReason, FailureKind
-from trio_dtls_server._openssl import (
-    install_client_connection_id,
-    install_server_connection_id,
-)
 from trio_dtls_server._records import (
     RecordProtection,
     aead_suite,
@@ -47,7 +44,6 @@ from trio_dtls_server._records import (
 )
 from trio_dtls_server._session import (
     ApplicationData,
-    DTLSSession,
     HandshakeComplete,
     HandshakeFailed,
     RecordsDropped,
@@ -64,62 +60,10 @@ from trio_dtls_server._wire import (
     parse_server_hello,
 )
 
-GCM = "PSK-AES128-GCM-SHA256"
-SERVER_CID = b"SRVCID"
-CLIENT_CID = b"\x01\x02\x03"
-IDENTITY_BYTES = IDENTITY.encode("latin-1")
 VECTOR = Path(__file__).parent / "vectors" / "pion_cid_aes128gcm.json"
 
 
 # -- sessions in memory ------------------------------------------------------------------------
-
-
-def cid_handshake(
-    *,
-    key: bytes = KEY,
-    client_cid: bytes | None = CLIENT_CID,
-    server_cid: bytes | None = SERVER_CID,
-    ciphers: str = GCM,
-    server_releases: bool = True,
-    policy: RetransmitPolicy | None = None,
-    run: bool = True,
-) -> support.InMemoryHandshake:
-    """A client and a server session whose contexts carry the connection_id callbacks.
-
-    ``client_cid``: what the client asks for (None: no extension); ``server_cid``: what the
-    server would issue (None: it never answers, like ``--cid-length 0``).
-    """
-    client_ssl = support.client_context(ciphers)
-    install_client_connection_id(client_ssl)
-    server_ssl = support.server_context(None, ciphers)
-    install_server_connection_id(server_ssl)
-    chosen = policy or RetransmitPolicy()
-    client = DTLSSession.client(
-        client_ssl,
-        now=0.0,
-        mtu=1400,
-        policy=chosen,
-        identity=IDENTITY_BYTES,
-        key=key,
-        connection_id=client_cid,
-    )
-    first = client.take_datagrams()
-    client.receive_datagram(support.hello_verify_request_for(first[0]), 0.0)
-    second = client.take_datagrams()
-    server = DTLSSession.server(
-        server_ssl,
-        second[0],
-        now=0.0,
-        mtu=1400,
-        policy=chosen,
-        psk_lookup={IDENTITY_BYTES: KEY}.get,
-        release_openssl=server_releases,
-        connection_id=server_cid,
-    )
-    result = support.InMemoryHandshake(
-        client, server, server_events=list(server.startup_events), client_datagrams=first + second
-    )
-    return support.exchange(result) if run else result
 
 
 def record_types(datagrams: list[bytes], cid_length: int) -> list[int]:
@@ -848,7 +792,7 @@ def test_cid_length_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> N
 def test_client_cid_against_serve_cid_length_over_the_command_line() -> None:
     """``client --cid`` against ``serve --cid-length 4``: the pings the server decrypts came
     in tls12_cid records (``19 fe fd`` ...) carrying a 4-byte CID."""
-    from test_cli import HEX, Program, command, start_serve
+    from cli_support import HEX, Program, command, start_serve
 
     server, port = start_serve("--psk-hex", "1a2b3c4d5e6f", "--cid-length", "4")
     with server:

@@ -8,35 +8,16 @@ import hmac
 from typing import Any
 
 import pytest
+from cookie_support import HELLO, PEER, FakeClock, issued, with_cookie
 from OpenSSL import SSL
 
 from trio_dtls_server._cookie import CookieJar
 from trio_dtls_server._wire import (
-    ClientHello,
     build_hello_verify_request,
     parse_initial_client_hello,
 )
 
 INTERVAL = 100.0
-PEER = ("192.0.2.1", 5684)
-
-HELLO = ClientHello(
-    client_version=0xFEFD,
-    random=bytes(range(32)),
-    session_id=b"",
-    cookie=b"",
-    cipher_suites=b"\xc0\xa8\x00\xff",
-    compression_methods=b"\x00",
-    extensions=b"\x00\x17\x00\x00",
-)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class CountingRandom:
@@ -48,15 +29,6 @@ class CountingRandom:
     def __call__(self, n: int) -> bytes:
         self.calls += 1
         return bytes([self.calls]) * n
-
-
-def with_cookie(hello: ClientHello, cookie: bytes) -> ClientHello:
-    return dataclasses.replace(hello, cookie=cookie)
-
-
-def issued(jar: CookieJar, peer: tuple[str, int] = PEER, hello: ClientHello = HELLO) -> ClientHello:
-    """The second ClientHello a well-behaved client sends: the first one plus our cookie."""
-    return with_cookie(hello, jar.make_cookie(peer, hello))
 
 
 @pytest.fixture

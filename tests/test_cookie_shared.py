@@ -13,7 +13,7 @@ import hmac
 import math
 
 import pytest
-from test_cookie import HELLO, PEER, FakeClock, issued
+from cookie_support import HELLO, PEER, FakeClock, issued
 
 from trio_dtls_server import DTLSServer
 from trio_dtls_server._cookie import MIN_MASTER_KEY_LENGTH, CookieJar, derive_cookie_secret

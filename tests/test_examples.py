@@ -12,8 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
+from cli_support import LISTENING, Program
 from support import needs_ipv6_loopback
-from test_cli import LISTENING, Program
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from auth_support import make_credentials
-from test_cli import HEX, Program, command, free_udp_port, start_serve
+from cli_support import HEX, Program, command, free_udp_port, start_serve
 
 pytestmark = pytest.mark.interop
 

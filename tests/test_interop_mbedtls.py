@@ -43,7 +43,7 @@ import pytest
 import support
 import trio
 import trio.socket
-from test_interop_stacks import (
+from interop_support import (
     IDENTITY,
     PEERS,
     AckLog,

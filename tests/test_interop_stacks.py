@@ -28,41 +28,34 @@ tests/peers).
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
-import socket
 import subprocess
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import support
-import trio
+from cli_support import free_udp_port
+from interop_support import (
+    IDENTITY,
+    PEERS,
+    AckLog,
+    PeerRun,
+    ack_for,
+    client_hellos,
+    run_peer,
+)
 
 from trio_dtls_server import (
     DatagramReceived,
-    DTLSConnection,
     DTLSServer,
     ServerConfig,
 )
-from trio_dtls_server._transport import Address
 from trio_dtls_server._wire import (
-    ClientHello,
     ExtensionType,
-    MalformedDatagram,
-    parse_initial_client_hello,
 )
-from trio_dtls_server.qt import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY, qt_ack_handler
+from trio_dtls_server.qt import QT_DEMO_IDENTITY_HINT, QT_DEMO_KEY
 
 pytestmark = pytest.mark.interop
-
-PEERS = Path(__file__).parent / "peers"
-IDENTITY = "Alice (clone number 0)"
-#: Longest any one peer process may live (each stops itself sooner: see its run limit).
-PEER_LIMIT = 30.0
-
 
 # -- which stacks are here --------------------------------------------------------------------
 
@@ -110,60 +103,6 @@ needs_tinydtls = pytest.mark.skipif(
 # -- running the server and the peers -----------------------------------------------------------
 
 
-@dataclass
-class AckLog:
-    """A server handler that answers like Qt's example and keeps each connection it served."""
-
-    connections: list[DTLSConnection] = field(default_factory=list)
-
-    async def __call__(self, connection: DTLSConnection) -> None:
-        self.connections.append(connection)
-        await qt_ack_handler(connection)
-
-
-@dataclass(frozen=True)
-class PeerRun:
-    returncode: int
-    lines: list[str]
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
-async def run_peer(command: Sequence[str]) -> PeerRun:
-    """Run one peer to its end (stdout and stderr together); kill it if it outlives the limit."""
-    environment = dict(os.environ, QT_QPA_PLATFORM="offscreen", NO_COLOR="1")
-    process = await trio.lowlevel.open_process(
-        list(command),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=environment,
-        cwd=PEERS,
-    )
-    assert process.stdout is not None
-    output = bytearray()
-    try:
-        with trio.fail_after(PEER_LIMIT):
-            while chunk := await process.stdout.receive_some(65_536):
-                output += chunk
-            await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
-    assert process.returncode is not None
-    return PeerRun(process.returncode, output.decode(errors="replace").splitlines())
-
-
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
 def qt_client(host: str, port: int, *options: str) -> list[str]:
     return [sys.executable, str(PEERS / "qt_dtls_client.py"), host, str(port), *options]
 
@@ -197,27 +136,10 @@ def extension_types(extensions: bytes) -> list[int]:
     return types
 
 
-def client_hellos(received: list[tuple[bytes, Address]], peer: Address) -> list[ClientHello]:
-    """The ClientHellos ``peer`` sent, parsed, in arrival order."""
-    hellos: list[ClientHello] = []
-    for datagram, source in received:
-        if source != peer:
-            continue
-        try:
-            hellos.append(parse_initial_client_hello(datagram).hello)
-        except MalformedDatagram:
-            continue  # a later flight, not a ClientHello
-    return hellos
-
-
 def replies(run: PeerRun) -> list[str]:
     """The plaintexts Qt's client printed, one per ``received a DTLS datagram`` line."""
     marker = " As plain text: "
     return [line.split(marker, 1)[1] for line in run.lines if " received a DTLS datagram: " in line]
-
-
-def ack_for(peer: Address) -> str:
-    return f"to ({peer[0]}:{peer[1]}): ACK"
 
 
 # -- Qt ------------------------------------------------------------------------------------------

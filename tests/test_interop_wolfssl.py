@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import support
-from test_interop_stacks import PEERS, AckLog, ack_for, run_peer
+from interop_support import PEERS, AckLog, ack_for, run_peer
 
 from trio_dtls_server import (
     DatagramReceived,

@@ -208,8 +208,7 @@ async def _scrape_until(
 async def test_metrics_sum_two_workers_and_survive_a_worker_restart() -> None:
     """``serve --workers 2 --metrics``: the counters move with traffic on both workers, sum
     them, and keep the count of a worker that was killed (its replacement starts from zero)."""
-    from test_cli import start_serve
-    from test_workers import in_thread, worker_of, worker_pids
+    from cli_support import in_thread, start_serve, worker_of, worker_pids
 
     server, port = start_serve("--workers", "2", "--psk-hex", KEY.hex(), "--metrics", "127.0.0.1:0")
     with server:

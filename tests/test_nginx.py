@@ -42,7 +42,7 @@ from typing import Any
 import pytest
 import trio
 from auth_support import quiet
-from test_cli import LISTENING, TIMEOUT, Program, command, free_udp_port
+from cli_support import LISTENING, TIMEOUT, Program, command, free_udp_port
 
 from trio_dtls_server import DTLSClient, HandshakeError
 

@@ -33,8 +33,8 @@ import pytest
 import support
 import trio
 import trio.testing
+from session_support import begin_pair, zero_key_protection
 from support import IDENTITY, KEY, InMemoryHandshake, carry, protection_of, seal_one
-from test_records import begin_pair, zero_key_protection
 
 from trio_dtls_server import DatagramReceived, DTLSServer, RetransmitPolicy, ServerEvent
 from trio_dtls_server._codes import DropReason

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hmac
 import random
 from collections import Counter
-from typing import Unpack
 
 import pytest
 import support
@@ -34,7 +33,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
-from support import IDENTITY, InMemoryHandshake, carry, protection_of, seal_one
+from session_support import GCM, NOW, begin_pair, zero_key_protection
+from support import InMemoryHandshake, carry, protection_of, seal_one
 
 from trio_dtls_server import RetransmitPolicy
 from trio_dtls_server._codes import DropReason
@@ -48,7 +48,6 @@ from trio_dtls_server._openssl import (
 from trio_dtls_server._protection import OpenSSLProtector
 from trio_dtls_server._records import (
     MAX_SEQUENCE,
-    AeadSuite,
     RecordProtection,
     ReplayWindow,
     aead_suite,
@@ -73,11 +72,7 @@ from trio_dtls_server._wire import (
     parse_records,
 )
 
-IDENTITY_BYTES = IDENTITY.encode("latin-1")
-GCM = "PSK-AES128-GCM-SHA256"
 CBC = "PSK-AES128-CBC-SHA256"
-NOW = 0.0
-
 #: The AEAD suites a PSK server of ours can negotiate, and how each protects a record, written
 #: down here from the RFCs (5288, 6655, 7905) rather than taken from ``aead_suite``:
 #: (key length, implicit IV length, explicit nonce length, tag length, PRF hash).
@@ -111,14 +106,6 @@ AeadObject = AESGCM | AESCCM | ChaCha20Poly1305
 def cipher_string(suite: str) -> str:
     """OpenSSL >= 3.2 offers CCM_8 (a 64-bit tag) only below the default security level."""
     return f"{suite}:@SECLEVEL=0" if "CCM8" in suite else suite
-
-
-def begin_pair(
-    ciphers: str = GCM, /, **options: Unpack[support.HandshakeOptions]
-) -> InMemoryHandshake:
-    """``support.begin_handshake_in_memory`` with the suite first, :data:`GCM` by default."""
-    options["ciphers"] = ciphers
-    return support.begin_handshake_in_memory(now=NOW, **options)
 
 
 def handshake_pair(
@@ -510,19 +497,6 @@ def test_record_protection_for_refuses_what_it_cannot_check() -> None:
 
 
 # -- what mutation testing found unpinned (``nox -s mutants``) -----------------------------------
-
-
-def zero_key_protection(suite: AeadSuite, next_sequence: int) -> RecordProtection:
-    """A :class:`RecordProtection` with all-zero keys and IVs: it opens what it sealed itself."""
-    return RecordProtection(
-        suite,
-        epoch=1,
-        read_key=bytes(suite.key_length),
-        read_iv=bytes(suite.implicit_iv_length),
-        write_key=bytes(suite.key_length),
-        write_iv=bytes(suite.implicit_iv_length),
-        next_sequence=next_sequence,
-    )
 
 
 @pytest.mark.parametrize("suite_name", ["PSK-AES128-GCM-SHA256", "PSK-CHACHA20-POLY1305"])

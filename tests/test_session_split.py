@@ -18,8 +18,8 @@ from contextlib import contextmanager
 
 import pytest
 import support
+from session_support import cid_handshake
 from support import IDENTITY, KEY
-from test_connection_ids import cid_handshake
 
 from trio_dtls_server import RetransmitPolicy
 from trio_dtls_server._codes import DropReason, FailureKind

@@ -19,8 +19,8 @@ from __future__ import annotations
 import pytest
 import support
 import trio
+from cli_support import free_udp_port
 from spoofing import needs_raw_socket, send_spoofed
-from test_interop_stacks import free_udp_port
 
 from trio_dtls_server import DTLSClient, DTLSServer, ServerConfig, ServerEvent
 from trio_dtls_server._codes import DropReason

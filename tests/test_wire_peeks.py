@@ -16,7 +16,7 @@ import struct
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from test_wire_properties import SETTINGS, encode_handshake, mutated, valid_records
+from wire_support import SETTINGS, encode_handshake, mutated, valid_records
 
 from trio_dtls_server._wire import (
     DTLS_1_2,

@@ -11,12 +11,19 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
+from wire_support import (
+    SETTINGS,
+    encode_handshake,
+    encode_record,
+    mutated,
+    record_fields,
+    valid_records,
+)
 
 from trio_dtls_server._wire import (
     MAX_PSK_IDENTITY_LENGTH,
-    MAX_RECORD_FRAGMENT,
     ClientHello,
     ContentType,
     HandshakeFragment,
@@ -37,8 +44,6 @@ from trio_dtls_server._wire import (
     parse_records,
     split_records,
 )
-
-SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _is_list_of(item_type: type) -> Callable[[object], bool]:
@@ -98,27 +103,6 @@ def assert_only_malformed(data: bytes) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-def encode_record(content_type: int, version: int, epoch: int, seq: int, fragment: bytes) -> bytes:
-    return (
-        bytes([content_type])
-        + version.to_bytes(2, "big")
-        + epoch.to_bytes(2, "big")
-        + seq.to_bytes(6, "big")
-        + len(fragment).to_bytes(2, "big")
-        + fragment
-    )
-
-
-record_fields = st.tuples(
-    st.integers(20, 23),
-    st.integers(0xFE00, 0xFEFF),
-    st.integers(0, 0xFFFF),
-    st.integers(0, 2**48 - 1),
-    st.binary(max_size=80),
-)
-valid_records = record_fields.map(lambda fields: encode_record(*fields))
-
-
 @st.composite
 def client_hello_bodies(draw: st.DrawFn) -> bytes:
     session_id = draw(st.binary(max_size=32))
@@ -144,42 +128,11 @@ def client_hello_bodies(draw: st.DrawFn) -> bytes:
     return body
 
 
-def encode_handshake(msg_type: int, body: bytes, message_seq: int = 0) -> bytes:
-    n = len(body).to_bytes(3, "big")
-    return bytes([msg_type]) + n + message_seq.to_bytes(2, "big") + b"\x00\x00\x00" + n + body
-
-
 client_hello_datagrams = st.tuples(client_hello_bodies(), st.integers(0, 2**48 - 1)).map(
     lambda t: encode_record(
         ContentType.handshake, 0xFEFF, 0, t[1], encode_handshake(HandshakeType.client_hello, t[0])
     )
 )
-
-
-@st.composite
-def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
-    """A valid input with one or more mutations of the kinds that trip up parsers."""
-    data = bytearray(draw(base))
-    for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["flip", "truncate", "splice", "huge", "delete", "dup"]))
-        at = draw(st.integers(0, len(data)))
-        if kind == "flip" and data:
-            index = min(at, len(data) - 1)
-            data[index] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "truncate":
-            data = data[:at]
-        elif kind == "splice":
-            data[at:at] = draw(st.binary(min_size=1, max_size=20))
-        elif kind == "huge":
-            # Overwrite what may be a length field with a large value.
-            width = draw(st.sampled_from([1, 2, 3]))
-            value = draw(st.sampled_from([0xFF, 0xFFFF, 0xFFFFFF, MAX_RECORD_FRAGMENT + 1]))
-            data[at : at + width] = (value % (1 << (8 * width))).to_bytes(width, "big")
-        elif kind == "delete":
-            del data[at : at + draw(st.integers(1, 8))]
-        elif kind == "dup":
-            data[at:at] = data[at : at + draw(st.integers(1, 16))]
-    return bytes(data)
 
 
 # ---------------------------------------------------------------------------------------

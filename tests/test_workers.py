@@ -24,17 +24,25 @@ import re
 import signal
 import socket as stdlib_socket
 from collections import Counter
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import support
 import trio
+from cli_support import (
+    TIMEOUT,
+    WORKER_STARTED,
+    Program,
+    command,
+    in_thread,
+    start_serve,
+    subcommands,
+    worker_of,
+    worker_pids,
+)
 from support import IDENTITY, KEY
-from test_cli import TIMEOUT, Program, _subcommands, command, start_serve
 
 from trio_dtls_server import (
     DTLSClient,
@@ -55,35 +63,14 @@ from trio_dtls_server._codes import EventCode
 from trio_dtls_server._display import ColourMode, Display
 
 KEY_HEX = KEY.hex()
-#: The supervisor's line for each worker that came up (again): group 1 its number, 2 its pid.
-WORKER_STARTED = r"^worker (\d) started \(pid (\d+)\)$"
 #: Clients never need more than this many tries to have peers on both of two workers (each
 #: new client lands on either with probability 1/2: 30 tries all on one is 2**-29).
 MAX_TRIES = 30
-
-T = TypeVar("T")
-
-
-def worker_pids(server: Program) -> dict[int, int]:
-    """Each worker's current pid, from the supervisor's ``worker K started`` lines."""
-    found = re.finditer(WORKER_STARTED, server.stdout.text, re.MULTILINE)
-    return {int(match.group(1)): int(match.group(2)) for match in found}
-
-
-def worker_of(server: Program, port: int | str, *, count: int = 1) -> int:
-    """The worker whose ``count``-th handshake with 127.0.0.1:``port`` completed."""
-    pattern = rf"^\[worker (\d)\] Connection with \(127\.0\.0\.1:{port}\) encrypted\."
-    return int(server.stdout.wait_for(pattern, count=count).group(1))
 
 
 def acked_ports(client_output: str) -> set[str]:
     """The client ports named in Qt's ACK replies (``to (127.0.0.1:PORT): ACK``)."""
     return set(re.findall(r"As plain text: to \(127\.0\.0\.1:(\d+)\): ACK$", client_output, re.M))
-
-
-async def in_thread(function: Callable[..., T], *args: object, **kwargs: object) -> T:
-    """Run a blocking wait (a Program's output) without blocking the Trio loop."""
-    return await trio.to_thread.run_sync(partial(function, *args, **kwargs))
 
 
 async def ping(client: DTLSClient, message: bytes = b"ping") -> bytes:
@@ -408,7 +395,7 @@ def test_workers_auto_is_the_cpus_this_process_may_use() -> None:
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args(["serve", "--workers", "0"])
     assert exit_info.value.code == 2
-    help_text = " ".join(_subcommands()["serve"].format_help().split())
+    help_text = " ".join(subcommands()["serve"].format_help().split())
     assert "The limits below apply per worker" in help_text
     assert "every worker has these limits of its own" in help_text
 
