@@ -1,9 +1,8 @@
 """The command line, end to end: ``serve`` and ``client`` as real subprocesses on loopback.
 
-Every process is started through :class:`Program`, which collects its output in reader
-threads, lets a test wait (with a timeout) for a pattern to appear, and always ends the
-process by its handle when the ``with`` block exits.  ``test_examples.py`` and
-``test_interop.py`` use the same helpers.
+Every process is started through :class:`cli_support.Program`, which collects its output in
+reader threads, lets a test wait (with a timeout) for a pattern to appear, and always ends the
+process by its handle when the ``with`` block exits.
 
 The second half tests the pieces in-process: the parser (every ServerConfig field has an
 option, every option documents its default), the one-line errors, and the display.

@@ -1,6 +1,6 @@
 """Certificates on the command line: ``serve --certificate ...`` and ``client --ca ...``.
 
-End to end, as subprocesses on loopback (the helpers of ``test_cli.py``), with certificates
+End to end, as subprocesses on loopback (the helpers of ``cli_support.py``), with certificates
 made by ``trustme`` when the module starts (``auth_support.make_credentials``):
 
 * a certificate-only server (a certificate and no PSK option) says so, answers a client that

@@ -2,7 +2,7 @@
 
 ``run_example.py`` is what ``nox -s demo`` runs; ``secure_udp_server.py`` and
 ``secure_udp_client.py`` are the two halves it is built from.  The process helpers come from
-``test_cli.py``.
+``cli_support.py``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
   after ECDHE-PSK and DHE-PSK handshakes, so the priority string allows plain PSK only).
 
 A missing program skips its tests with the reason (``.ci/run`` installs ``openssl`` and
-``gnutls-bin``).  The process helpers come from ``test_cli.py``.
+``gnutls-bin``).  The process helpers come from ``cli_support.py``.
 """
 
 from __future__ import annotations
