@@ -420,12 +420,12 @@ class CidAeadProtector(AeadProtector):
 
     def screen(self, datagram: bytes) -> DropReason | None:
         read_cid = self.protection.read_cid
-        record = single_cid_record(datagram, self._read_epoch, read_cid)
-        if record is not None:
+        single = single_cid_record(datagram, self._read_epoch, read_cid)
+        if single is not None:
             # The hot path: one well-framed record of our epoch with our CID; only its length
             # and sequence number are left to judge (what the loop below would do with it).
             return self._unverifiable(
-                _TLS12_CID, record.epoch, record.sequence_number, len(record.fragment)
+                _TLS12_CID, single.epoch, single.sequence_number, len(single.fragment)
             )
         try:
             records = parse_records_with_cid(datagram, len(read_cid))
@@ -460,20 +460,20 @@ class CidAeadProtector(AeadProtector):
         self.newest_record_authenticated = False
         protection = self.protection
         read_cid = protection.read_cid
-        record = single_cid_record(datagram, self._read_epoch, read_cid)
-        if record is not None:
+        single = single_cid_record(datagram, self._read_epoch, read_cid)
+        if single is not None:
             # The hot path: one tls12_cid record of our epoch with our CID (anything else --
             # several records, another CID or epoch, bad framing -- takes the loop below).
             # The checks are _unverifiable's for such a record, inline, in its order.
-            sequence = record.sequence_number
-            fragment = record.fragment
+            sequence = single.sequence_number
+            fragment = single.fragment
             lengths = self._fragment_lengths
             if lengths is not None and not lengths[0] <= len(fragment) <= lengths[1]:
                 return [RecordsDropped(DropReason.BAD_LENGTH)]
             replay = protection.replay
             if replay.seen(sequence) and sequence != self._peer_finished_sequence:
                 return [RecordsDropped(DropReason.REPLAY)]
-            opened = protection.decrypt_cid(record.version, sequence, read_cid, fragment)
+            opened = protection.decrypt_cid(single.version, sequence, read_cid, fragment)
             if opened is None:
                 return [RecordsDropped(DropReason.AUTHENTICATION)]
             content, plaintext = opened
