@@ -80,6 +80,7 @@ from ._wire import (
     read_own_record,
     renumber_plaintext_records,
     single_application_record,
+    single_cid_record,
     single_record_header,
     split_records,
 )
@@ -419,6 +420,13 @@ class CidAeadProtector(AeadProtector):
 
     def screen(self, datagram: bytes) -> DropReason | None:
         read_cid = self.protection.read_cid
+        single = single_cid_record(datagram, self._read_epoch, read_cid)
+        if single is not None:
+            # The hot path: one well-framed record of our epoch with our CID; only its length
+            # and sequence number are left to judge (what the loop below would do with it).
+            return self._unverifiable(
+                _TLS12_CID, single.epoch, single.sequence_number, len(single.fragment)
+            )
         try:
             records = parse_records_with_cid(datagram, len(read_cid))
         except MalformedDatagram:
@@ -452,6 +460,31 @@ class CidAeadProtector(AeadProtector):
         self.newest_record_authenticated = False
         protection = self.protection
         read_cid = protection.read_cid
+        single = single_cid_record(datagram, self._read_epoch, read_cid)
+        if single is not None:
+            # The hot path: one tls12_cid record of our epoch with our CID (anything else --
+            # several records, another CID or epoch, bad framing -- takes the loop below).
+            # The checks are _unverifiable's for such a record, inline, in its order.
+            sequence = single.sequence_number
+            fragment = single.fragment
+            lengths = self._fragment_lengths
+            if lengths is not None and not lengths[0] <= len(fragment) <= lengths[1]:
+                return [RecordsDropped(DropReason.BAD_LENGTH)]
+            replay = protection.replay
+            if replay.seen(sequence) and sequence != self._peer_finished_sequence:
+                return [RecordsDropped(DropReason.REPLAY)]
+            opened = protection.decrypt_cid(single.version, sequence, read_cid, fragment)
+            if opened is None:
+                return [RecordsDropped(DropReason.AUTHENTICATION)]
+            content, plaintext = opened
+            if content == _APPLICATION_DATA:
+                if sequence > replay.highest:
+                    self.newest_record_authenticated = True
+                replay.mark(sequence)
+                self._final_flight = []  # authentic data: the peer has finished its handshake
+                return [ApplicationData(plaintext)] if plaintext else []
+            # An alert, a handshake message or an unknown type: rare, and the loop below
+            # knows what each one does; it opens the record again (nothing has changed yet).
         try:
             records = parse_records_with_cid(datagram, len(read_cid))
         except MalformedDatagram:

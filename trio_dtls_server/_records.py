@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import hmac
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -161,16 +162,30 @@ def cid_additional_data(
         version(2) || epoch(2) || sequence_number(6) || cid || length_of_DTLSInnerPlaintext(2)
 
     (Draft versions and Mbed TLS 2.x used another layout; pion/dtls v3 uses this one.)
+
+    Packed by one ``struct`` per CID length (made on first use; at most 256): joining the
+    eight pieces cost a sixth of a CID record's whole receive path.
     """
-    return (
-        _SEQ_NUM_PLACEHOLDER
-        + bytes((_TLS12_CID, len(cid), _TLS12_CID))
-        + version.to_bytes(2, "big")
-        + epoch.to_bytes(2, "big")
-        + sequence.to_bytes(6, "big")
-        + cid
-        + inner_length.to_bytes(2, "big")
+    layout = _CID_AAD_LAYOUTS.get(len(cid))
+    if layout is None:
+        layout = _CID_AAD_LAYOUTS[len(cid)] = struct.Struct(f"!8sBBBHHHI{len(cid)}sH")
+    return layout.pack(
+        _SEQ_NUM_PLACEHOLDER,
+        _TLS12_CID,
+        len(cid),
+        _TLS12_CID,
+        version,
+        epoch,
+        sequence >> 32,
+        sequence & 0xFFFFFFFF,
+        cid,
+        inner_length,
     )
+
+
+#: :func:`cid_additional_data`'s layouts, by CID length: placeholder(8) 25 cid_length 25
+#: version(2) epoch(2) sequence_number as high(2)+low(4) cid(n) inner_length(2).
+_CID_AAD_LAYOUTS: dict[int, struct.Struct] = {}
 
 
 def inner_plaintext(content_type: int, content: bytes, padding: int = 0) -> bytes:
@@ -286,16 +301,24 @@ class RecordProtection:
         if sequence > MAX_SEQUENCE:
             raise OverflowError("the epoch's 2^48 record sequence numbers are used up")
         self.next_sequence = sequence + 1
-        if self.write_cid:
-            return self._seal_cid(
-                self._write_aead,
-                self._write_iv,
-                self._write_iv_number,
-                sequence,
-                self.write_cid,
-                inner_plaintext(content_type, plaintext),
-            )
         number = self._epoch_high | sequence
+        cid = self.write_cid
+        if cid:
+            # _seal_cid inline (no padding): this runs for every record a CID association
+            # sends, and the calls of _seal_cid, _nonce and inner_plaintext cost a tenth of it.
+            inner = plaintext + bytes((content_type,))
+            if self._xor_nonce:
+                explicit = b""
+                nonce = (self._write_iv_number ^ number).to_bytes(12, "big")
+            else:
+                explicit = number.to_bytes(8, "big")
+                nonce = self._write_iv + explicit
+            epoch = self.epoch
+            sealed = self._write_aead.encrypt(
+                nonce, inner, cid_additional_data(DTLS_1_2, epoch, sequence, cid, len(inner))
+            )
+            header = cid_record_header(DTLS_1_2, epoch, sequence, cid, len(explicit) + len(sealed))
+            return header + explicit + sealed
         epoch_and_sequence = number.to_bytes(8, "big")
         additional = encode_pseudo_header(content_type, DTLS_1_2, number, len(plaintext))
         if self._xor_nonce:
