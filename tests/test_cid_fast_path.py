@@ -21,8 +21,8 @@ import pytest
 import support
 from hypothesis import given
 from hypothesis import strategies as st
-from test_connection_ids import cid_handshake
-from test_wire_properties import SETTINGS, mutated
+from session_support import cid_handshake
+from wire_support import SETTINGS, mutated
 
 from trio_dtls_server import _protection
 from trio_dtls_server._protection import CidAeadProtector
