@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+from interop_support import kill_and_reap
 
 from trio_dtls_server._transport import Address
 
@@ -243,7 +244,4 @@ async def running_peer(
                 await process.wait()
             nursery.cancel_scope.cancel()
     finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.CancelScope(shield=True):
-            await process.wait()
+        await kill_and_reap(process)

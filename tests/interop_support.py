@@ -48,6 +48,15 @@ class PeerRun:
         return "\n".join(self.lines)
 
 
+async def kill_and_reap(process: trio.Process) -> None:
+    """End a peer process we started, if it still runs (by its handle, never by name), and
+    wait for it, also when the surrounding scope was cancelled: no test leaves one behind."""
+    if process.returncode is None:
+        process.kill()
+    with trio.CancelScope(shield=True):
+        await process.wait()
+
+
 async def run_peer(command: Sequence[str]) -> PeerRun:
     """Run one peer to its end (stdout and stderr together); kill it if it outlives the limit."""
     environment = dict(os.environ, QT_QPA_PLATFORM="offscreen", NO_COLOR="1")
@@ -67,10 +76,7 @@ async def run_peer(command: Sequence[str]) -> PeerRun:
                 output += chunk
             await process.wait()
     finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+        await kill_and_reap(process)
     assert process.returncode is not None
     return PeerRun(process.returncode, output.decode(errors="replace").splitlines())
 

@@ -26,6 +26,7 @@ from auth_support import (
     ConnectionLog,
     Credentials,
 )
+from interop_support import kill_and_reap
 
 from trio_dtls_server import CertificateConfig, DTLSServer, ServerConfig
 
@@ -69,10 +70,7 @@ async def converse(
                 output += chunk
             await process.wait()
     finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+        await kill_and_reap(process)
     return output.decode(errors="replace")
 
 
